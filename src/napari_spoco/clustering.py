@@ -1,0 +1,393 @@
+"""From embeddings to instances: mean-shift in torch, HDBSCAN, consistency clustering, and the
+post-processing that turns clusters into a clean label image.
+
+Mean-shift follows scikit-learn's algorithm (flat kernel of radius = bandwidth, modes merged
+within one bandwidth, every point assigned to its nearest mode) but runs the iterations for a
+sample of seeds against a sample of points, as batched matrix products, then assigns all pixels
+in chunks. Points far from every mode get a second round of their own, so small objects missed by
+the sample are still found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from .data import relabel_sequential
+from .errors import SpocoError
+from .losses import sq_dist
+
+Method = Literal["meanshift", "hdbscan", "consistency"]
+METHODS = ("meanshift", "hdbscan", "consistency")
+
+
+@dataclass
+class ClusterConfig:
+    """Clustering and post-processing settings; defaults follow the spec where it has one."""
+
+    method: str = "meanshift"
+    bandwidth: float = 0.5  # δ_v
+    foreground_threshold: float = 0.5
+    min_size: int | None = None  # default 16 px (2D) / 64 voxels (3D)
+    split_components: bool = True
+    merge_distance: float = 1.0  # 2δ_v: touching pieces closer than this in embedding are one object
+    expand: int = 0
+    max_points: int = 10000
+    n_seeds: int = 500
+    hdbscan_min_cluster_size: int = 50
+    consistency_iou: float = 0.6
+    consistency_anchors: int = 30
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _chunked_nearest(points: torch.Tensor, centers: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and squared distance to the nearest center, for every point, in chunks."""
+    idx = torch.empty(points.shape[0], dtype=torch.long)
+    dist = torch.empty(points.shape[0], dtype=points.dtype)
+    ct = centers.T.contiguous()
+    for s in range(0, points.shape[0], chunk):
+        d2 = sq_dist(points[s : s + chunk], ct)
+        m = d2.min(1)
+        idx[s : s + chunk] = m.indices
+        dist[s : s + chunk] = m.values
+    return idx, dist
+
+
+def _mean_shift_modes(
+    sample: torch.Tensor, seeds: torch.Tensor, bandwidth: float, merge_radius: float, max_iter: int = 30
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat-kernel mean-shift of ``seeds`` over ``sample``; returns merged modes and their support.
+
+    Modes are merged greedily, strongest first, within ``merge_radius``.
+    """
+    h2 = bandwidth * bandwidth
+    st = sample.T.contiguous()
+    active = torch.ones(seeds.shape[0], dtype=torch.bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        a = seeds[active]
+        within = (sq_dist(a, st) <= h2).to(sample.dtype)
+        count = within.sum(1, keepdim=True)
+        new = torch.where(count > 0, within @ sample / count.clamp_min(1.0), a)
+        moved = ((new - a) ** 2).sum(1) > (1e-2 * bandwidth) ** 2
+        seeds[active] = new
+        idx = torch.nonzero(active).squeeze(1)
+        active[idx[~moved]] = False
+    support = (sq_dist(seeds, st) <= h2).sum(1)
+    order = torch.argsort(support, descending=True)
+    seeds, support = seeds[order], support[order]
+    # Greedy suppression, strongest first, on the (seeds × seeds) distance matrix.
+    close = (sq_dist(seeds, seeds.T) < merge_radius**2).numpy()
+    suppressed = (support == 0).numpy()
+    keep = []
+    for i in range(seeds.shape[0]):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= close[i]
+    return seeds[keep], support[keep]
+
+
+def mean_shift(
+    points: np.ndarray | torch.Tensor,
+    bandwidth: float = 0.5,
+    max_points: int = 10000,
+    n_seeds: int = 500,
+    min_cluster_size: int = 1,
+    rounds: int = 3,
+    merge_factor: float = 2.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cluster ``points`` (N, E); returns labels (N,) in 0..K-1.
+
+    Modes closer than ``merge_factor × bandwidth`` are one cluster: the pull term only keeps an
+    object's pixels within δ_v of its mean, so one object's pixels can be up to 2δ_v apart, and
+    scikit-learn's merge radius of one bandwidth splits such loose objects (measured in
+    tests/test_clustering.py). Points further than ``merge_factor`` bandwidths from every mode get
+    up to ``rounds`` rounds of their own; after that they join their nearest mode.
+    """
+    x = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    n = x.shape[0]
+    labels = torch.full((n,), -1, dtype=torch.long)
+    if n == 0:
+        return labels.numpy()
+    g = torch.Generator().manual_seed(seed)
+    modes_all = torch.empty((0, x.shape[1]))
+    todo = torch.arange(n)
+    for _ in range(rounds):
+        if todo.numel() < max(1, min_cluster_size):
+            break
+        pts = x[todo]
+        sample = pts[torch.randperm(pts.shape[0], generator=g)[:max_points]]
+        seeds = sample[torch.randperm(sample.shape[0], generator=g)[:n_seeds]].clone()
+        merge = merge_factor * bandwidth
+        modes, _ = _mean_shift_modes(sample, seeds, bandwidth, merge)
+        if modes.shape[0] == 0:
+            break
+        # A new mode within one bandwidth of an old one is the same cluster.
+        if modes_all.shape[0]:
+            _, d2 = _chunked_nearest(modes, modes_all)
+            modes = modes[d2 >= merge**2]
+        modes_all = torch.cat([modes_all, modes])
+        idx, d2 = _chunked_nearest(x[todo], modes_all)
+        near = d2 <= merge**2
+        labels[todo[near]] = idx[near]
+        todo = todo[~near]
+    if todo.numel() and modes_all.shape[0]:
+        # Leftovers after the last round join their nearest mode, as cluster_all=True does.
+        idx, _ = _chunked_nearest(x[todo], modes_all)
+        labels[todo] = idx
+    return labels.numpy()
+
+
+def hdbscan_cluster(
+    points: np.ndarray,
+    min_cluster_size: int = 50,
+    max_points: int = 20000,
+    seed: int = 0,
+) -> np.ndarray:
+    """HDBSCAN (scikit-learn) on a sample, then every point takes its nearest sampled neighbour's
+    label; noise is −1. ``min_cluster_size`` is in pixels of the full set, scaled to the sample."""
+    from sklearn.cluster import HDBSCAN
+
+    x = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    n = x.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    g = torch.Generator().manual_seed(seed)
+    sel = torch.randperm(n, generator=g)[:max_points]
+    frac = sel.numel() / n
+    mcs = max(5, int(round(min_cluster_size * frac)))
+    if sel.numel() <= mcs:
+        return np.zeros(n, dtype=np.int64)
+    sample_labels = HDBSCAN(min_cluster_size=mcs, cluster_selection_epsilon=0.5).fit_predict(x[sel].numpy())
+    idx, _ = _chunked_nearest(x, x[sel])
+    return sample_labels[idx.numpy()].astype(np.int64)
+
+
+def consistency_filter(
+    labels: np.ndarray,
+    teacher_points: np.ndarray,
+    bandwidth: float = 0.5,
+    iou_threshold: float = 0.6,
+    n_anchors: int = 30,
+    max_points: int = 20000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Drop clusters the teacher does not agree on (spec: consistency clustering).
+
+    For each cluster of the student, anchors sampled inside it define δ_v-balls in the teacher's
+    embedding; the cluster is kept if the median IoU of those balls with the cluster is at least
+    ``iou_threshold``. IoUs are estimated on a random sample of pixels. Dropped pixels become −1.
+    """
+    rng = np.random.default_rng(seed)
+    n = labels.shape[0]
+    sample = rng.permutation(n)[:max_points]
+    t = torch.as_tensor(np.asarray(teacher_points), dtype=torch.float32)
+    ts = t[sample].T.contiguous()
+    lab_s = torch.as_tensor(labels[sample])
+    out = labels.copy()
+    for k in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == k)
+        anchors = rng.choice(members, size=min(n_anchors, members.size), replace=False)
+        balls = sq_dist(t[anchors], ts) < bandwidth**2  # (A, S)
+        cluster = (lab_s == int(k))[None, :]
+        inter = (balls & cluster).sum(1).float()
+        union = (balls | cluster).sum(1).float().clamp_min(1.0)
+        if float(torch.median(inter / union)) < iou_threshold:
+            out[labels == k] = -1
+    return out
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    foreground: np.ndarray | None = None,
+    config: ClusterConfig | None = None,
+    teacher_embeddings: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn an embedding image (E, *spatial) into an instance label image (*spatial).
+
+    Background: pixels whose calibrated foreground score is below the threshold are 0. Without a
+    foreground map, the largest cluster is taken as background (the reference's rule). Clusters
+    are split into connected components (a fully convolutional network gives look-alike objects
+    far apart similar embeddings), small pieces removed, optionally expanded, and relabelled 1..N.
+    """
+    config = config or ClusterConfig()
+    if config.method not in METHODS:
+        raise SpocoError(f"Unknown clustering method {config.method!r}; choose one of {', '.join(METHODS)}.")
+    spatial = embeddings.shape[1:]
+    ndim = len(spatial)
+    min_size = config.min_size if config.min_size is not None else (16 if ndim == 2 else 64)
+    if foreground is not None:
+        mask = foreground >= config.foreground_threshold
+    else:
+        mask = np.ones(spatial, dtype=bool)
+    flat_idx = np.flatnonzero(mask)
+    result = np.zeros(int(np.prod(spatial)), dtype=np.int64)
+    if flat_idx.size == 0:
+        return result.reshape(spatial).astype(np.uint16)
+    pts = embeddings.reshape(embeddings.shape[0], -1)[:, flat_idx].T
+    if config.method == "hdbscan":
+        lab = hdbscan_cluster(pts, config.hdbscan_min_cluster_size, config.max_points, config.seed)
+    else:
+        lab = mean_shift(pts, config.bandwidth, config.max_points, config.n_seeds, min_size, seed=config.seed)
+        if config.method == "consistency":
+            if teacher_embeddings is None:
+                raise SpocoError("Consistency clustering needs the teacher's embeddings (embed with with_teacher=True).")
+            tpts = teacher_embeddings.reshape(teacher_embeddings.shape[0], -1)[:, flat_idx].T
+            lab = consistency_filter(lab, tpts, config.bandwidth, config.consistency_iou,
+                                     config.consistency_anchors, config.max_points, config.seed)
+    if foreground is None and (lab >= 0).any():
+        largest = np.bincount(lab[lab >= 0]).argmax()
+        lab = np.where(lab == largest, -1, lab)
+    result[flat_idx] = lab + 1
+    labels = result.reshape(spatial)
+    return postprocess(labels, min_size, config.split_components, config.expand,
+                       embeddings, config.merge_distance)
+
+
+def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a < b) of touching labels (face connectivity) and their contact counts."""
+    pairs = []
+    for axis in range(labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        x, y = a[1:].ravel(), a[:-1].ravel()
+        sel = (x != y) & (x > 0) & (y > 0)
+        lo, hi = np.minimum(x[sel], y[sel]), np.maximum(x[sel], y[sel])
+        pairs.append(np.stack([lo, hi], 1))
+    allp = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    if allp.size == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    uniq, counts = np.unique(allp, axis=0, return_counts=True)
+    return uniq.astype(np.int64), counts
+
+
+def merge_similar_neighbours(
+    labels: np.ndarray, embeddings: np.ndarray, max_distance: float
+) -> np.ndarray:
+    """Agglomerate touching fragments whose mean embeddings are closer than ``max_distance``,
+    closest pair first, updating means as fragments merge.
+
+    Mean-shift clusters pixels without looking at where they are; an object whose embedding
+    drifts across its extent (as after a few minutes of CPU training) comes out in touching
+    pieces whose means are still close. Distinct touching objects are pushed 2δ_d apart by
+    training, far beyond the default ``max_distance`` of 2δ_v.
+    """
+    import heapq
+
+    n = int(labels.max(initial=0))
+    if n < 2:
+        return labels
+    flat = labels.ravel()
+    size = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    emb = embeddings.reshape(embeddings.shape[0], -1)
+    sums = np.stack([np.bincount(flat, weights=c, minlength=n + 1) for c in emb], 1)
+    pairs, _ = adjacency(labels)
+    if len(pairs) == 0:
+        return labels
+    parent = np.arange(n + 1)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    neighbours: dict[int, set[int]] = {}
+    for a, b in pairs:
+        neighbours.setdefault(int(a), set()).add(int(b))
+        neighbours.setdefault(int(b), set()).add(int(a))
+
+    def dist(a: int, b: int) -> float:
+        return float(np.linalg.norm(sums[a] / size[a] - sums[b] / size[b]))
+
+    heap = [(dist(int(a), int(b)), int(a), int(b)) for a, b in pairs]
+    heapq.heapify(heap)
+    while heap:
+        d, a, b = heapq.heappop(heap)
+        if d >= max_distance:
+            break
+        if find(a) != a or find(b) != b:
+            continue  # stale entry: one side was merged already
+        if abs(dist(a, b) - d) > 1e-9:
+            continue
+        parent[b] = a
+        sums[a] += sums[b]
+        size[a] += size[b]
+        nb = (neighbours.pop(a, set()) | neighbours.pop(b, set())) - {a, b}
+        nb = {find(x) for x in nb} - {a}
+        neighbours[a] = nb
+        for c in nb:
+            neighbours.setdefault(c, set()).discard(b)
+            neighbours[c].add(a)
+            heapq.heappush(heap, (dist(a, c), a, c))
+    roots = np.array([find(i) for i in range(n + 1)])
+    return roots[labels]
+
+
+def absorb_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Pieces under ``min_size`` join the neighbour they share most boundary with, or vanish."""
+    n = int(labels.max(initial=0))
+    if n == 0 or min_size <= 1:
+        return labels
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    small = size < min_size
+    small[0] = False
+    if not small.any():
+        return labels
+    pairs, counts = adjacency(labels)
+    target = np.arange(n + 1)
+    best = np.zeros(n + 1)
+    for (a, b), c in zip(pairs, counts):
+        for s, o in ((a, b), (b, a)):
+            if small[s] and not small[o] and c > best[s]:
+                best[s], target[s] = c, o
+    target[small & (best == 0)] = 0
+    return target[labels]
+
+
+def postprocess(
+    labels: np.ndarray,
+    min_size: int,
+    split_components: bool = True,
+    expand: int = 0,
+    embeddings: np.ndarray | None = None,
+    merge_distance: float = 0.0,
+) -> np.ndarray:
+    """Clusters to clean instances: split into connected components, merge touching pieces with
+    similar mean embeddings, fold pieces under ``min_size`` into their neighbour (or drop them),
+    optionally grow instances by ``expand`` pixels into the background, and relabel 1..N."""
+    labels = np.asarray(labels)
+    if split_components and labels.max() > 0:
+        out = np.zeros(labels.shape, dtype=np.int64)
+        offset = 0
+        structure = ndi.generate_binary_structure(labels.ndim, 1)
+        for k, sl in enumerate(ndi.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            cc, n = ndi.label(labels[sl] == k, structure=structure)
+            region = out[sl]
+            region[cc > 0] = cc[cc > 0] + offset
+            offset += n
+        labels = out
+    if embeddings is not None and merge_distance > 0:
+        labels = merge_similar_neighbours(labels, embeddings, merge_distance)
+    if min_size > 1 and labels.max() > 0:
+        labels = absorb_small(labels, min_size)
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels = np.where(small[labels], 0, labels)
+    if expand > 0:
+        from skimage.segmentation import expand_labels
+
+        labels = expand_labels(labels, distance=expand)
+    return relabel_sequential(labels)

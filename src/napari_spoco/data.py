@@ -1,0 +1,257 @@
+"""Images and sparse labels: validation, normalisation, the label convention, patch sampling.
+
+Label convention (see docs/method.md):
+  * ``0``: unlabelled ("unknown"), never background;
+  * positive ids: painted objects, each assumed complete;
+  * an optional ``background_label`` value: pixels the user declares background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import SpocoError
+
+#: Images with more pixels than this are refused for training (inference is tiled).
+MAX_TRAIN_PIXELS = 2**31
+
+
+def to_grayscale_if_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3|4) colour images become luminance; anything else is returned unchanged."""
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4:
+        rgb = image[..., :3].astype(np.float32)
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return image
+
+
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Validate a 2D/3D single-channel (or RGB) image and return it as float32."""
+    image = np.asarray(image)
+    if image.dtype == bool or not (
+        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    ):
+        raise SpocoError(f"{name}: expected a numeric image, got dtype {image.dtype}.")
+    image = to_grayscale_if_rgb(image)
+    if image.ndim not in (2, 3):
+        raise SpocoError(
+            f"{name}: expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {image.shape}. "
+            "Split channels or time points into separate images first."
+        )
+    if min(image.shape) < 2:
+        raise SpocoError(f"{name}: image of shape {image.shape} is too small to segment.")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise SpocoError(
+            f"{name}: the image contains NaN or infinite values; replace them (e.g. with the "
+            "image minimum) before training or segmenting."
+        )
+    return image
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile normalisation to roughly [0, 1] (reference: percentiles 1 and 99.8).
+
+    Percentiles of large images are taken on a strided subsample: same result, a fraction of
+    the time.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    flat = image.ravel()
+    if flat.size > 2_000_000:
+        flat = flat[:: flat.size // 1_000_000]
+    lo, hi = np.percentile(flat, [low, high])
+    scale = hi - lo
+    if scale <= 0:
+        scale = float(flat.max() - flat.min()) or 1.0
+    return ((image - np.float32(lo)) / np.float32(scale)).astype(np.float32, copy=False)
+
+
+def check_labels(
+    labels: np.ndarray, shape: tuple[int, ...], name: str = "labels"
+) -> np.ndarray:
+    """Validate a sparse label image against its image's shape; return it as int64."""
+    labels = np.asarray(labels)
+    if labels.shape != tuple(shape):
+        raise SpocoError(
+            f"{name}: shape {labels.shape} does not match the image's shape {tuple(shape)}; "
+            "labels must be painted on the image they belong to."
+        )
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
+            raise SpocoError(f"{name}: label images must hold whole numbers (object ids).")
+    elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise SpocoError(f"{name}: expected an integer label image, got dtype {labels.dtype}.")
+    labels = labels.astype(np.int64)
+    if labels.min(initial=0) < 0:
+        raise SpocoError(f"{name}: label ids must be >= 0 (0 = unlabelled).")
+    return labels
+
+
+def split_background(
+    labels: np.ndarray, background_label: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (object labels with background set to 0, boolean background mask)."""
+    if background_label is None:
+        return labels, np.zeros(labels.shape, dtype=bool)
+    bg = labels == background_label
+    objects = np.where(bg, 0, labels)
+    return objects, bg
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..N in order of first appearance of the sorted ids; 0 stays 0."""
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    out = lut[labels]
+    return out.astype(np.uint32 if len(ids) >= 2**16 else np.uint16)
+
+
+@dataclass
+class TrainingImage:
+    """One normalised image with its object labels and background mask, ready to sample."""
+
+    image: np.ndarray  # float32, normalised
+    objects: np.ndarray  # int64, 0 = not an object
+    background: np.ndarray  # bool, painted background
+    negatives: np.ndarray  # bool, known not inside any object: background + rings
+    boxes: list  # bounding slices of painted objects
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.boxes)
+
+
+def object_rings(objects: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` of a painted object but outside every painted object.
+
+    Painted objects are complete, so these pixels are known not to belong to them: they are
+    background or the boundary of a neighbour. They are the foreground head's negatives.
+    """
+    painted = objects > 0
+    if width <= 0 or not painted.any():
+        return np.zeros(objects.shape, dtype=bool)
+    grown = ndi.binary_dilation(painted, ndi.generate_binary_structure(objects.ndim, 1), iterations=width)
+    return grown & ~painted
+
+
+def prepare_training_data(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    background_label: int | None = None,
+    names: list[str] | None = None,
+    ring_width: int = 3,
+) -> list[TrainingImage]:
+    """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO."""
+    if len(images) == 0:
+        raise SpocoError("No training images were given.")
+    if len(images) != len(labels):
+        raise SpocoError(
+            f"Got {len(images)} images but {len(labels)} label images; give one label image per image."
+        )
+    names = names or [f"image {i}" for i in range(len(images))]
+    out: list[TrainingImage] = []
+    ndims = set()
+    total_objects = 0
+    for img, lab, name in zip(images, labels, names):
+        img = check_image(img, name)
+        if img.size > MAX_TRAIN_PIXELS:
+            raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
+        lab = check_labels(lab, img.shape, f"{name} labels")
+        objects, bg = split_background(lab, background_label)
+        # Each id is one object; find_objects is indexed by id, so relabel first.
+        objects = relabel_sequential(objects).astype(np.int64)
+        boxes = [b for b in ndi.find_objects(objects) if b is not None]
+        total_objects += len(boxes)
+        ndims.add(img.ndim)
+        negatives = bg | object_rings(objects, ring_width)
+        out.append(TrainingImage(normalize(img), objects, bg, negatives, boxes))
+    if len(ndims) > 1:
+        raise SpocoError("Mix of 2D and 3D images: train 2D and 3D models separately.")
+    if total_objects == 0:
+        raise SpocoError(
+            "The label images contain no painted objects. Paint at least two objects "
+            "(positive ids; 0 means unlabelled) before training."
+        )
+    if total_objects < 2:
+        raise SpocoError(
+            "Only one painted object was found. SPOCO learns by telling objects apart: paint "
+            "at least two objects (ideally 5-20, touching ones included)."
+        )
+    return out
+
+
+def _crop_with_padding(
+    arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, ...], mode: str
+) -> np.ndarray:
+    """Crop ``shape`` at ``start``; parts outside ``arr`` are padded (reflect or zeros)."""
+    src = tuple(slice(max(s, 0), min(s + n, dim)) for s, n, dim in zip(start, shape, arr.shape))
+    crop = arr[src]
+    pad = [(max(-s, 0), n - c - max(-s, 0)) for s, n, c in zip(start, shape, crop.shape)]
+    if any(p != (0, 0) for p in pad):
+        if mode == "reflect":
+            # numpy reflects repeatedly for pads longer than the axis; a 1-pixel axis cannot.
+            return np.pad(crop, pad, mode="reflect" if min(crop.shape) > 1 else "edge")
+        return np.pad(crop, pad, mode="constant")
+    return crop
+
+
+class PatchSampler:
+    """Draws training patches, most of them centred on a painted object.
+
+    Centring on painted objects is what makes CPU training efficient: a random 128² crop of a
+    sparsely painted image usually holds no label at all.
+    """
+
+    def __init__(
+        self,
+        data: list[TrainingImage],
+        patch_shape: tuple[int, ...],
+        object_fraction: float = 0.8,
+        seed: int = 0,
+    ):
+        self.data = data
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.object_fraction = object_fraction
+        self.rng = np.random.default_rng(seed)
+        self._objects = [(i, b) for i, d in enumerate(data) for b in d.boxes]
+        sizes = np.array([d.image.size for d in data], dtype=float)
+        self._image_p = sizes / sizes.sum()
+
+    def _center_on_object(self) -> tuple[int, tuple[int, ...]]:
+        idx, box = self._objects[self.rng.integers(len(self._objects))]
+        center = tuple(int(self.rng.integers(s.start, s.stop)) for s in box)
+        # Jitter up to a quarter patch so objects are not always in the middle.
+        center = tuple(
+            c + int(self.rng.integers(-(p // 4), p // 4 + 1)) for c, p in zip(center, self.patch_shape)
+        )
+        return idx, center
+
+    def sample(self) -> tuple[np.ndarray, ...]:
+        """One (image, objects, background, negatives) patch tuple of ``patch_shape``."""
+        if self.rng.random() < self.object_fraction:
+            idx, center = self._center_on_object()
+        else:
+            idx = int(self.rng.choice(len(self.data), p=self._image_p))
+            center = tuple(int(self.rng.integers(0, n)) for n in self.data[idx].image.shape)
+        d = self.data[idx]
+        start = []
+        for c, p, n in zip(center, self.patch_shape, d.image.shape):
+            s = c - p // 2
+            # Stay inside the image where it is large enough, so padding is rare.
+            s = min(max(s, 0), n - p) if n >= p else -((p - n) // 2)
+            start.append(s)
+        start = tuple(start)
+        img = _crop_with_padding(d.image, start, self.patch_shape, "reflect")
+        obj = _crop_with_padding(d.objects, start, self.patch_shape, "constant")
+        bg = _crop_with_padding(d.background, start, self.patch_shape, "constant")
+        neg = _crop_with_padding(d.negatives, start, self.patch_shape, "constant")
+        return img, obj, bg, neg
+
+    def batch(self, n: int) -> tuple[np.ndarray, ...]:
+        """``n`` samples stacked: (image, objects, background, negatives) batches."""
+        samples = [self.sample() for _ in range(n)]
+        return tuple(np.stack(x) for x in zip(*samples))

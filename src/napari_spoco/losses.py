@@ -1,0 +1,270 @@
+"""The SPOCO loss, one function per term (``../shared/spoco-method.md``, section Loss).
+
+Each term works on one sample: embeddings ``e`` of shape ``(E, P)`` (P pixels, flattened),
+object labels ``(P,)`` (0 = not a painted object) and a background mask ``(P,)``. Terms are
+vectorised over objects, pixels and anchors; only the batch is looped (a handful of samples).
+
+Distances are computed from squared distances with a small epsilon so that gradients stay finite
+where an embedding coincides with an anchor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-8
+
+
+@dataclass
+class LossConfig:
+    """Margins and weights; defaults are the reference's (spec, "Loss")."""
+
+    delta_var: float = 0.5
+    delta_dist: float = 2.0
+    alpha: float = 1.0  # pull
+    beta: float = 1.0  # push
+    gamma: float = 0.001  # regulariser
+    instance_weight: float = 1.0
+    unlabelled_push_weight: float = 1.0
+    consistency_weight: float = 1.0
+    consistency_anchors: int = 20
+    consistency_stop_fraction: float = 0.05
+    #: Our addition: positive-vs-unlabelled foreground head (docs/method.md).
+    foreground_weight: float = 1.0
+    foreground_unlabelled_weight: float = 0.25
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def kernel_two_sigma_sq(delta_var: float) -> float:
+    """2σ² of the Gaussian kernel whose value is 0.5 at distance δ_v: δ_v² / ln 2."""
+    return delta_var**2 / math.log(2.0)
+
+
+def sq_dist(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between rows of ``a`` (K, E) and columns of ``e`` (E, P)."""
+    d2 = (a * a).sum(1, keepdim=True) - 2.0 * a @ e + (e * e).sum(0, keepdim=True)
+    return d2.clamp_min(0.0)
+
+
+def object_masks(labels: torch.Tensor) -> torch.Tensor:
+    """One-hot (K, P) float masks of the positive ids in ``labels`` (P,)."""
+    ids = torch.unique(labels)
+    ids = ids[ids > 0]
+    return (labels[None, :] == ids[:, None]).to(torch.float32)
+
+
+def object_means(e: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean embedding μ_k of each object: (K, E)."""
+    return (masks @ e.T) / masks.sum(1, keepdim=True).clamp_min(1.0)
+
+
+def pull_term(e: torch.Tensor, masks: torch.Tensor, mu: torch.Tensor, delta_var: float) -> torch.Tensor:
+    """Mean over objects of mean over its pixels of max(0, d(e_i, μ_k) − δ_v)²."""
+    if masks.shape[0] == 0:
+        return e.sum() * 0.0
+    d = torch.sqrt(sq_dist(mu, e) + _EPS)
+    hinge = F.relu(d - delta_var) ** 2
+    return ((hinge * masks).sum(1) / masks.sum(1).clamp_min(1.0)).mean()
+
+
+def push_term(mu: torch.Tensor, delta_dist: float) -> torch.Tensor:
+    """Mean over object pairs of max(0, 2δ_d − d(μ_k, μ_l))²; 0 with fewer than 2 objects."""
+    k = mu.shape[0]
+    if k < 2:
+        return mu.sum() * 0.0
+    d = torch.sqrt(sq_dist(mu, mu.T) + _EPS)
+    iu = torch.triu_indices(k, k, offset=1, device=mu.device)
+    return (F.relu(2.0 * delta_dist - d[iu[0], iu[1]]) ** 2).mean()
+
+
+def regularizer_term(mu: torch.Tensor) -> torch.Tensor:
+    """Mean norm of the object means ‖μ_k‖ (keeps the embedding near the origin)."""
+    if mu.shape[0] == 0:
+        return mu.sum() * 0.0
+    return torch.sqrt((mu * mu).sum(1) + _EPS).mean()
+
+
+def soft_mask(e: torch.Tensor, anchors: torch.Tensor, delta_var: float) -> torch.Tensor:
+    """Differentiable selection S(i) = exp(−d(e_i, anchor)² / 2σ²), 0.5 at distance δ_v."""
+    return torch.exp(-sq_dist(anchors, e) / kernel_two_sigma_sq(delta_var))
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row Dice loss 1 − 2ΣST/(ΣS² + ΣT²), optionally restricted by a 0/1 ``weight``."""
+    if weight is not None:
+        pred = pred * weight
+        target = target * weight
+    inter = (pred * target).sum(-1)
+    denom = (pred * pred).sum(-1) + (target * target).sum(-1)
+    return 1.0 - 2.0 * inter / denom.clamp_min(_EPS)
+
+
+def instance_term(
+    e: torch.Tensor,
+    masks: torch.Tensor,
+    mu: torch.Tensor,
+    known: torch.Tensor,
+    delta_var: float,
+) -> torch.Tensor:
+    """Dice between each object's soft mask (anchor = μ_k, as the reference) and its true mask.
+
+    The comparison is restricted to ``known`` pixels (painted objects and background scribbles):
+    unlabelled pixels may belong to unpainted objects, and are handled by the unlabelled-push
+    and consistency terms instead.
+    """
+    if masks.shape[0] == 0:
+        return e.sum() * 0.0
+    s = soft_mask(e, mu, delta_var)
+    return dice_loss(s, masks, known.to(s.dtype)[None, :]).mean()
+
+
+def unlabelled_push_term(
+    e: torch.Tensor, mu: torch.Tensor, unlabelled: torch.Tensor, delta_dist: float
+) -> torch.Tensor:
+    """Push pixels outside every painted object at least δ_d from each object's mean."""
+    if mu.shape[0] == 0 or not bool(unlabelled.any()):
+        return e.sum() * 0.0
+    d = torch.sqrt(sq_dist(mu, e[:, unlabelled]) + _EPS)
+    return (F.relu(delta_dist - d) ** 2).mean(1).mean()
+
+
+@torch.no_grad()
+def pick_consistency_anchors(
+    e: torch.Tensor,
+    region: torch.Tensor,
+    delta_var: float,
+    max_anchors: int,
+    stop_fraction: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Anchor pixels in ``region``: each one removes its δ_v-neighbourhood (in ``e``) from
+    the remaining region; stop after ``max_anchors`` or once < ``stop_fraction`` remains."""
+    remaining = region.clone()
+    total = int(region.sum())
+    anchors: list[int] = []
+    while len(anchors) < max_anchors:
+        n = int(remaining.sum())
+        if n == 0 or n < stop_fraction * total:
+            break
+        idx = torch.nonzero(remaining).squeeze(1)
+        pick = idx[torch.randint(len(idx), (1,), generator=generator).item()]
+        anchors.append(int(pick))
+        d2 = sq_dist(e[:, pick][None, :], e)[0]
+        remaining &= d2 >= delta_var**2
+    return torch.tensor(anchors, dtype=torch.long, device=e.device)
+
+
+def consistency_term(
+    e_student: torch.Tensor,
+    e_teacher: torch.Tensor,
+    anchors: torch.Tensor,
+    delta_var: float,
+) -> torch.Tensor:
+    """Dice between the soft masks the student and the teacher build around the same anchor
+    pixels (each around its own embedding of that pixel). The teacher is treated as a constant."""
+    if anchors.numel() == 0:
+        return e_student.sum() * 0.0
+    e_teacher = e_teacher.detach()
+    s_f = soft_mask(e_student, e_student[:, anchors].T, delta_var)
+    s_g = soft_mask(e_teacher, e_teacher[:, anchors].T, delta_var)
+    return dice_loss(s_f, s_g).mean()
+
+
+def foreground_term(
+    logits: torch.Tensor,
+    objects: torch.Tensor,
+    negatives: torch.Tensor,
+    unlabelled_weight: float = 0.25,
+) -> torch.Tensor:
+    """BCE of the foreground head: painted objects are 1; ``negatives`` (background scribbles
+    and the rings just outside painted objects) are 0; the remaining unlabelled pixels count as 0
+    with a small share ``unlabelled_weight`` of the negative weight.
+
+    The small share teaches "far from anything painted, and unlike painted objects, is
+    background" without letting the many unpainted objects outvote the painted ones. Positives
+    and negatives are balanced, so a few scribbles weigh as much as a large background.
+    """
+    pos = objects > 0
+    neg = negatives & ~pos
+    unl = ~(pos | neg)
+    if not bool(pos.any()):
+        return logits.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(logits, pos.to(logits.dtype), reduction="none")
+    zero = logits.sum() * 0.0
+    neg_known = bce[neg].mean() if bool(neg.any()) else zero
+    neg_unl = bce[unl].mean() if bool(unl.any()) else zero
+    w = unlabelled_weight if bool(neg.any()) else 1.0
+    return 0.5 * bce[pos].mean() + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
+
+
+def spoco_loss(
+    emb: torch.Tensor,
+    objects: torch.Tensor,
+    background: torch.Tensor,
+    config: LossConfig,
+    teacher_emb: torch.Tensor | None = None,
+    fg_logits: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """All terms, averaged over the batch, and their weighted sum under ``"total"``.
+
+    ``emb``/``teacher_emb``: (B, E, *spatial); ``objects``: (B, *spatial) int;
+    ``background``: (B, *spatial) bool; ``fg_logits``: (B, *spatial) or None;
+    ``negatives``: (B, *spatial) bool, the foreground head's negatives (default: ``background``).
+    """
+    generator = generator or torch.Generator().manual_seed(0)
+    b, e_dim = emb.shape[:2]
+    terms: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("pull", "push", "reg", "instance", "unlabelled_push", "consistency")
+    }
+    for i in range(b):
+        e = emb[i].reshape(e_dim, -1)
+        lab = objects[i].reshape(-1)
+        bg = background[i].reshape(-1)
+        masks = object_masks(lab)
+        mu = object_means(e, masks)
+        known = (lab > 0) | bg
+        terms["pull"].append(pull_term(e, masks, mu, config.delta_var))
+        terms["push"].append(push_term(mu, config.delta_dist))
+        terms["reg"].append(regularizer_term(mu))
+        terms["instance"].append(instance_term(e, masks, mu, known, config.delta_var))
+        terms["unlabelled_push"].append(unlabelled_push_term(e, mu, lab == 0, config.delta_dist))
+        if teacher_emb is not None and config.consistency_weight > 0:
+            region = (lab == 0) & ~bg
+            anchors = pick_consistency_anchors(
+                e.detach(), region, config.delta_var, config.consistency_anchors,
+                config.consistency_stop_fraction, generator,
+            )
+            eg = teacher_emb[i].reshape(e_dim, -1)
+            terms["consistency"].append(consistency_term(e, eg, anchors, config.delta_var))
+        else:
+            terms["consistency"].append(emb.sum() * 0.0)
+    out = {k: torch.stack(v).mean() for k, v in terms.items()}
+    if fg_logits is not None and config.foreground_weight > 0:
+        out["foreground"] = foreground_term(
+            fg_logits, objects, background if negatives is None else negatives,
+            config.foreground_unlabelled_weight,
+        )
+    else:
+        out["foreground"] = emb.sum() * 0.0
+    out["total"] = (
+        config.alpha * out["pull"]
+        + config.beta * out["push"]
+        + config.gamma * out["reg"]
+        + config.instance_weight * out["instance"]
+        + config.unlabelled_push_weight * out["unlabelled_push"]
+        + config.consistency_weight * out["consistency"]
+        + config.foreground_weight * out["foreground"]
+    )
+    return out

@@ -1,0 +1,175 @@
+"""The embedding network: a 2D/3D UNet, its configuration, and the EMA teacher.
+
+BatchNorm (not GroupNorm) is used on purpose: in eval mode it is a fixed affine map, so the
+network is translation-equivariant and tiled inference reproduces whole-image inference (see
+``inference.py``). Pooling is isotropic; inputs are padded to a multiple of ``2**(depth-1)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in every model file."""
+
+    ndim: int = 2
+    in_channels: int = 1
+    embedding_dim: int = 16
+    base_features: int = 16
+    depth: int = 3
+    #: Extra output channel: a foreground logit (objects vs. known non-object pixels, docs/method.md).
+    foreground_head: bool = True
+
+    @property
+    def out_channels(self) -> int:
+        return self.embedding_dim + int(self.foreground_head)
+
+    @property
+    def size_divisor(self) -> int:
+        return 2 ** (self.depth - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+#: The interactive CPU default and the reference-size network of the paper.
+CPU_DEFAULT = ModelConfig()
+REFERENCE = ModelConfig(base_features=16, depth=6)
+
+
+def _layers(ndim: int):
+    if ndim == 2:
+        return nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d
+    if ndim == 3:
+        return nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d
+    raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, ndim: int, cin: int, cout: int):
+        conv, norm, _ = _layers(ndim)
+        super().__init__(
+            conv(cin, cout, 3, padding=1, bias=False),
+            norm(cout),
+            nn.ReLU(inplace=True),
+            conv(cout, cout, 3, padding=1, bias=False),
+            norm(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """UNet with nearest-neighbour upsampling and concatenation skips.
+
+    Input ``(B, C, *spatial)`` with spatial sizes divisible by ``config.size_divisor``; output
+    ``(B, config.out_channels, *spatial)``: ``embedding_dim`` embedding channels, then the
+    optional foreground logit.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        conv, _, pool = _layers(config.ndim)
+        feats = [config.base_features * 2**i for i in range(config.depth)]
+        self.encoders = nn.ModuleList()
+        cin = config.in_channels
+        for f in feats:
+            self.encoders.append(_DoubleConv(config.ndim, cin, f))
+            cin = f
+        self.pool = pool(2)
+        self.decoders = nn.ModuleList()
+        for f_skip, f_in in zip(reversed(feats[:-1]), reversed(feats[1:])):
+            self.decoders.append(_DoubleConv(config.ndim, f_in + f_skip, f_skip))
+        self.head = conv(feats[0], config.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            if i > 0:
+                x = self.pool(x)
+            x = enc(x)
+            skips.append(x)
+        skips.pop()
+        for dec in self.decoders:
+            skip = skips.pop()
+            x = nn.functional.interpolate(x, size=skip.shape[2:], mode="nearest")
+            x = dec(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def split_output(out: torch.Tensor, config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split network output into (embeddings, foreground logit or None)."""
+    emb = out[:, : config.embedding_dim]
+    fg = out[:, config.embedding_dim] if config.foreground_head else None
+    return emb, fg
+
+
+@dataclass
+class SpocoModel:
+    """Student network, its EMA teacher, and the record of how they were trained."""
+
+    config: ModelConfig
+    student: UNet
+    teacher: UNet
+    history: dict = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, config: ModelConfig | None = None, seed: int | None = 0) -> "SpocoModel":
+        config = config or ModelConfig()
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                student = UNet(config)
+        else:
+            student = UNet(config)
+        teacher = make_teacher(student)
+        return cls(config=config, student=student, teacher=teacher)
+
+    def to(self, device: torch.device | str) -> "SpocoModel":
+        self.student.to(device)
+        self.teacher.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """g ← m·g + (1−m)·f on the weights; normalisation buffers are copied from f.
+
+    The reference averages only the weights; copying BatchNorm statistics keeps the teacher's
+    normalisation consistent with the weights it is averaging.
+    """
+    for pt, ps in zip(teacher.parameters(), student.parameters()):
+        pt.mul_(momentum).add_(ps.detach(), alpha=1.0 - momentum)
+    for bt, bs in zip(teacher.buffers(), student.buffers()):
+        bt.copy_(bs)
+
+
+def ema_momentum(step: int, cap: float = 0.999) -> float:
+    """Momentum warm-up, min(cap, (1+t)/(10+t)): a teacher that tracks the student early on.
+
+    With a fixed 0.999 a run of a few hundred CPU steps would keep a teacher close to its random
+    initialisation, and the consistency term would pull the student towards it.
+    """
+    return min(cap, (1.0 + step) / (10.0 + step))

@@ -1,0 +1,240 @@
+"""The training loop: device choice, optimiser, progress callbacks and cooperative stopping.
+
+``train`` is what the CLI and the GUI worker both call. It never touches a GUI; it reports
+through ``callback(TrainProgress)`` after every step and checks ``stop`` between steps, so a
+cancelled run still returns a usable, calibrated model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .augment import random_geometry, random_intensity
+from .data import PatchSampler, prepare_training_data
+from .errors import SpocoError
+from .losses import LossConfig, spoco_loss
+from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
+
+
+@dataclass
+class TrainConfig:
+    """How to train; defaults are tuned for an interactive CPU session (docs/method.md)."""
+
+    steps: int = 1000
+    minutes: float | None = None
+    patch_shape: tuple[int, ...] | None = None  # default: (128, 128) or (32, 64, 64)
+    batch_size: int | None = None  # default: 8 (2D) or 2 (3D)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    ema_momentum: float = 0.999
+    consistency_warmup_steps: int = 100
+    object_fraction: float = 0.8
+    ring_width: int = 3  # foreground-head negatives just outside painted objects
+    background_label: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch_shape"] = list(self.patch_shape) if self.patch_shape else None
+        return d
+
+
+@dataclass
+class TrainProgress:
+    """What a progress callback receives after each step."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    elapsed: float
+    steps_per_second: float
+    fraction: float  # 0..1, by steps or by time, whichever is further
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is refused."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpocoError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise SpocoError("--device mps was asked for, but Apple MPS is not available; use --device cpu.")
+    if device not in ("cpu", "cuda", "mps"):
+        raise SpocoError(f"Unknown device {device!r}; choose auto, cpu, cuda or mps.")
+    return torch.device(device)
+
+
+def default_patch_shape(ndim: int, image_shapes: Sequence[tuple[int, ...]], divisor: int) -> tuple[int, ...]:
+    """128² in 2D, 32×64×64 in 3D, shrunk to the largest image, rounded to the divisor."""
+    base = (128, 128) if ndim == 2 else (32, 64, 64)
+    biggest = np.max(np.array(image_shapes), axis=0)
+    return tuple(max(divisor, min(b, int(math.ceil(m / divisor) * divisor))) for b, m in zip(base, biggest))
+
+
+def _stopped(stop) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    model: SpocoModel | None = None,
+    model_config: ModelConfig | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+    stop: threading.Event | Callable[[], bool] | None = None,
+    names: Sequence[str] | None = None,
+) -> SpocoModel:
+    """Train (or fine-tune ``model``) SPOCO on images with sparse labels.
+
+    Parameters
+    ----------
+    images, labels : lists of arrays
+        2D ``(Y, X)`` or 3D ``(Z, Y, X)`` images (RGB is converted to grey) and label images of
+        the same shape: 0 = unlabelled, positive ids = painted objects,
+        ``config.background_label`` = painted background.
+    config : TrainConfig
+        Steps and/or minutes, patch size, optimiser, seed, device, loss weights.
+    model : SpocoModel, optional
+        Start from this model (fine-tuning); otherwise a new ``model_config`` network.
+    callback : callable, optional
+        Called with a :class:`TrainProgress` after every step.
+    stop : threading.Event or callable, optional
+        Checked between steps; when set, training ends early and the model is returned.
+
+    Returns
+    -------
+    SpocoModel
+        Student and EMA teacher, moved back to the CPU.
+    """
+    config = config or TrainConfig()
+    data = prepare_training_data(
+        list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width
+    )
+    ndim = data[0].image.ndim
+    if model is None:
+        model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim), seed=config.seed)
+    elif model.config.ndim != ndim:
+        raise SpocoError(
+            f"The model is {model.config.ndim}D but the images are {ndim}D; start a new model "
+            "or load one made for this kind of image."
+        )
+    if config.steps <= 0 and not config.minutes:
+        raise SpocoError("Give a positive number of steps or minutes to train for.")
+    device = select_device(config.device)
+    if device.type == "cpu" and os.cpu_count():
+        torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    div = model.config.size_divisor
+    patch = tuple(config.patch_shape) if config.patch_shape else default_patch_shape(
+        ndim, [d.image.shape for d in data], div
+    )
+    if any(p % div for p in patch):
+        raise SpocoError(f"Patch shape {patch} must be divisible by {div} for this network depth.")
+    batch = config.batch_size or (8 if ndim == 2 else 2)
+    sampler = PatchSampler(data, patch, config.object_fraction, seed=config.seed)
+
+    model.to(device)
+    student, teacher = model.student, model.teacher
+    # Channels-last convolutions are ~30% faster on CPU (measured; docs/benchmarks.md).
+    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    student.to(memory_format=fmt)
+    teacher.to(memory_format=fmt)
+    opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = config.steps if config.steps > 0 else 10**9
+    seconds = config.minutes * 60.0 if config.minutes else None
+    history: list[dict[str, float]] = model.history.setdefault("losses", [])
+    start = time.perf_counter()
+    step = 0
+    try:
+        student.train()
+        teacher.train()
+        while step < total_steps:
+            elapsed = time.perf_counter() - start
+            if seconds is not None and elapsed >= seconds:
+                break
+            if _stopped(stop):
+                break
+            frac = max(step / total_steps, elapsed / seconds if seconds else 0.0)
+            lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+            parts = sampler.batch(batch)
+            geo = [random_geometry(rng, *sample) for sample in zip(*parts)]
+            img, obj, bg, neg = (torch.from_numpy(np.stack(x)).to(device) for x in zip(*geo))
+            x = img[:, None].contiguous(memory_format=fmt)
+            view1 = random_intensity(x, gen)
+            view2 = random_intensity(x, gen)
+
+            emb, fg = split_output(student(view1), model.config)
+            teacher_emb = None
+            ramp = min(1.0, (step + 1) / max(1, config.consistency_warmup_steps))
+            loss_cfg = replace(config.loss, consistency_weight=config.loss.consistency_weight * ramp)
+            if loss_cfg.consistency_weight > 0:
+                with torch.no_grad():
+                    teacher_emb, _ = split_output(teacher(view2), model.config)
+            losses = spoco_loss(emb, obj, bg, loss_cfg, teacher_emb, fg, neg, gen)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            ema_update(teacher, student, ema_momentum(step, config.ema_momentum))
+            step += 1
+
+            record = {k: float(v.detach()) for k, v in losses.items()}
+            if not math.isfinite(record["total"]):
+                raise SpocoError(
+                    "Training diverged (the loss became NaN/inf). Try a lower learning rate, or "
+                    "check the images for extreme values."
+                )
+            history.append(record)
+            if callback is not None:
+                elapsed = time.perf_counter() - start
+                callback(
+                    TrainProgress(
+                        step=step,
+                        total_steps=config.steps if config.steps > 0 else 0,
+                        losses=record,
+                        elapsed=elapsed,
+                        steps_per_second=step / max(elapsed, 1e-9),
+                        fraction=min(1.0, max(step / total_steps, elapsed / seconds if seconds else 0.0)),
+                    )
+                )
+    finally:
+        student.eval()
+        teacher.eval()
+        model.history["steps"] = model.history.get("steps", 0) + step
+        model.history["seconds"] = model.history.get("seconds", 0.0) + time.perf_counter() - start
+        model.history["train_config"] = config.to_dict()
+        model.history["patch_shape"] = list(patch)
+        sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
+        model.history["object_size_median"] = float(np.median(sizes))
+        model.to("cpu")
+        student.to(memory_format=torch.contiguous_format)
+        teacher.to(memory_format=torch.contiguous_format)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return model

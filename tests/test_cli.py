@@ -1,0 +1,85 @@
+"""The command line end to end on a tiny image, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_spoco.cli import main
+
+
+@pytest.fixture
+def folders(tmp_path, tiny_pair):
+    image, sparse, truth = tiny_pair
+    for sub in ("images", "labels", "gt"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "cells.tif", sparse)
+    tifffile.imwrite(tmp_path / "gt" / "cells.tif", truth)
+    return tmp_path
+
+
+def test_train_predict_evaluate_end_to_end(folders, capsys):
+    model = folders / "model.pt"
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(model), "--steps", "3", "--device", "cpu", "--seed", "1"]) == 0
+    assert model.is_file()
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred"), "--device", "cpu"]) == 0
+    pred = tifffile.imread(folders / "pred" / "cells.tif")
+    assert pred.shape == (64, 64) and pred.dtype == np.uint16
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(folders / "pred"), "--gt", str(folders / "gt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["mean"]) >= {"AP50", "mAP", "SBD", "DiC"}
+    assert set(result["images"]) == {"cells"}
+    assert main(["evaluate", "--pred", str(folders / "gt"), "--gt", str(folders / "gt")]) == 0
+    table = capsys.readouterr().out
+    assert "AP50" in table and "1.000" in table
+
+
+def test_existing_outputs_are_not_overwritten_without_asking(folders, capsys):
+    model = folders / "model.pt"
+    model.write_bytes(b"the user's precious model")
+    code = main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(model), "--steps", "1"])
+    assert code == 2 and model.read_bytes() == b"the user's precious model"
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--images", "nowhere", "--labels", "nowhere", "--out", "m.pt"], "does not exist"),
+    (["predict", "--model", "missing.pt", "--images", ".", "--out", "x"], "does not exist"),
+    (["evaluate", "--pred", "nowhere", "--gt", "nowhere"], "does not exist"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_foreign_model_and_shape_mismatch_are_explained(folders, capsys):
+    import torch
+
+    torch.save({"weights": torch.zeros(3)}, folders / "other.pt")
+    assert main(["predict", "--model", str(folders / "other.pt"), "--images", str(folders / "images"),
+                 "--out", str(folders / "p")]) == 2
+    assert "not a napari-spoco model" in capsys.readouterr().err
+    tifffile.imwrite(folders / "labels" / "cells.tif", np.zeros((10, 10), np.uint16))
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(folders / "m.pt"), "--steps", "1"]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "napari-spoco")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "demo" in out.stdout
+    bad = subprocess.run([exe, "evaluate", "--pred", str(tmp_path / "x"), "--gt", str(tmp_path / "y"), "--debug"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" in bad.stderr

@@ -1,0 +1,132 @@
+"""Clustering on synthetic embeddings whose clusters are known."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.clustering import ClusterConfig, cluster_embeddings, consistency_filter, hdbscan_cluster, mean_shift, postprocess
+from napari_spoco.metrics import evaluate
+
+
+def _blobs(n_clusters=6, per=300, dim=16, spread=0.12, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim))
+    centers *= 3.0 / np.linalg.norm(centers, axis=1, keepdims=True)  # far apart
+    pts = np.concatenate([c + spread * rng.normal(size=(per, dim)) for c in centers])
+    truth = np.repeat(np.arange(n_clusters), per)
+    return pts.astype(np.float32), truth
+
+
+def _agree(a, b):
+    """Every found cluster is pure and every true cluster is found once."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_mean_shift_recovers_known_clusters():
+    pts, truth = _blobs()
+    labels = mean_shift(pts, bandwidth=0.5)
+    assert _agree(labels, truth)
+
+
+def test_mean_shift_finds_small_clusters_missed_by_the_sample():
+    pts, truth = _blobs(n_clusters=3, per=5000)
+    rng = np.random.default_rng(1)
+    small = np.full((20, 16), 5.0, np.float32) + 0.05 * rng.normal(size=(20, 16)).astype(np.float32)
+    pts2 = np.concatenate([pts, small])
+    truth2 = np.concatenate([truth, np.full(20, 99)])
+    labels = mean_shift(pts2, bandwidth=0.5, max_points=2000, n_seeds=200)
+    assert _agree(labels, truth2)
+
+
+def test_hdbscan_recovers_known_clusters():
+    pts, truth = _blobs(per=200)
+    labels = hdbscan_cluster(pts, min_cluster_size=50)
+    assert (labels >= 0).mean() > 0.95
+    keep = labels >= 0
+    assert _agree(labels[keep], truth[keep])
+
+
+def test_mean_shift_keeps_loose_objects_whole_where_a_one_bandwidth_merge_splits_them():
+    # Pixels ~δ_v from their object's mean: allowed by the pull term, hard for mode seeking.
+    pts, truth = _blobs(spread=0.12)
+    assert _agree(mean_shift(pts, bandwidth=0.5), truth)
+    assert len(np.unique(mean_shift(pts, bandwidth=0.5, merge_factor=1.0))) > 6
+
+
+def test_consistency_filter_drops_clusters_the_teacher_scatters():
+    pts, truth = _blobs(n_clusters=2, per=200, spread=0.05)
+    teacher = pts.copy()
+    rng = np.random.default_rng(0)
+    teacher[truth == 1] = rng.normal(size=(200, 16)).astype(np.float32) * 3  # teacher disagrees
+    out = consistency_filter(truth.copy(), teacher, bandwidth=0.5, iou_threshold=0.6)
+    assert (out[truth == 0] == 0).all()
+    assert (out[truth == 1] == -1).all()
+
+
+def _embedding_image():
+    """Two squares with distinct embeddings on a background the foreground map excludes."""
+    emb = np.zeros((16, 32, 32), np.float32)
+    emb[0, 4:12, 4:12] = 3.0
+    emb[1, 20:28, 20:28] = 3.0
+    fg = np.zeros((32, 32), np.float32)
+    fg[4:12, 4:12] = 1
+    fg[20:28, 20:28] = 1
+    gt = np.zeros((32, 32), int)
+    gt[4:12, 4:12] = 1
+    gt[20:28, 20:28] = 2
+    return emb, fg, gt
+
+
+@pytest.mark.parametrize("method", ["meanshift", "hdbscan"])
+def test_cluster_embeddings_gives_instances_inside_the_foreground(method):
+    emb, fg, gt = _embedding_image()
+    labels = cluster_embeddings(emb, fg, ClusterConfig(method=method, hdbscan_min_cluster_size=20))
+    assert labels.shape == gt.shape and labels.dtype == np.uint16
+    assert evaluate(gt, labels)["AP50"] == 1.0
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_consistency_method_needs_teacher_and_agrees_with_identical_teacher():
+    emb, fg, gt = _embedding_image()
+    labels = cluster_embeddings(emb, fg, ClusterConfig(method="consistency"), teacher_embeddings=emb)
+    assert evaluate(gt, labels)["AP50"] == 1.0
+
+
+def test_without_foreground_the_largest_cluster_is_background():
+    emb, _, gt = _embedding_image()
+    labels = cluster_embeddings(emb, None, ClusterConfig())
+    assert evaluate(gt, labels)["AP50"] == 1.0
+
+
+def test_postprocess_splits_components_drops_small_and_relabels():
+    lab = np.zeros((20, 20), int)
+    lab[0:5, 0:5] = 4
+    lab[10:15, 10:15] = 4  # same cluster, far away: two objects
+    lab[18, 18] = 9  # one pixel: noise
+    out = postprocess(lab, min_size=4)
+    assert sorted(np.unique(out)) == [0, 1, 2]
+    out_nosplit = postprocess(lab, min_size=4, split_components=False)
+    assert sorted(np.unique(out_nosplit)) == [0, 1]
+    grown = postprocess(lab, min_size=4, expand=1)
+    assert (grown > 0).sum() > (out > 0).sum()
+
+
+def test_touching_pieces_with_close_embeddings_merge_and_distinct_neighbours_do_not():
+    lab = np.zeros((10, 30), int)
+    lab[:, 0:10] = 1
+    lab[:, 10:20] = 2  # same object as 1, embedding drifted by 0.4
+    lab[:, 20:30] = 3  # a different object, 3 away
+    emb = np.zeros((2, 10, 30), np.float32)
+    emb[0, :, 10:20] = 0.4
+    emb[0, :, 20:30] = 3.4
+    out = postprocess(lab, min_size=1, embeddings=emb, merge_distance=1.0)
+    assert len(np.unique(out[:, :20])) == 1
+    assert out[0, 25] != out[0, 5] and out[0, 25] > 0
+
+
+def test_small_pieces_join_their_largest_neighbour():
+    lab = np.zeros((10, 10), int)
+    lab[:, :8] = 1
+    lab[4, 8] = 2  # a 1-pixel rim piece touching object 1
+    out = postprocess(lab, min_size=4)
+    assert out[4, 8] == out[0, 0] == 1

@@ -1,0 +1,99 @@
+"""Input validation, normalisation, the label convention and patch sampling."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.data import (
+    PatchSampler,
+    check_image,
+    check_labels,
+    normalize,
+    object_rings,
+    prepare_training_data,
+    relabel_sequential,
+    split_background,
+)
+from napari_spoco.errors import SpocoError
+
+
+def test_rgb_becomes_grey_and_4d_is_refused():
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    assert check_image(rgb).shape == (10, 12)
+    with pytest.raises(SpocoError, match="2D .* or 3D"):
+        check_image(np.zeros((2, 3, 8, 8)))
+
+
+def test_nan_and_non_numeric_images_are_refused_with_advice():
+    img = np.ones((8, 8), np.float32)
+    img[2, 2] = np.nan
+    with pytest.raises(SpocoError, match="NaN"):
+        check_image(img)
+    with pytest.raises(SpocoError, match="numeric"):
+        check_image(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_labels_must_match_shape_and_be_whole_non_negative_numbers():
+    with pytest.raises(SpocoError, match="does not match"):
+        check_labels(np.zeros((4, 4)), (5, 5))
+    with pytest.raises(SpocoError, match="whole numbers"):
+        check_labels(np.full((4, 4), 0.5), (4, 4))
+    with pytest.raises(SpocoError, match=">= 0"):
+        check_labels(np.full((4, 4), -1), (4, 4))
+
+
+def test_normalize_maps_percentiles_to_zero_and_one():
+    img = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    n = normalize(img, 0, 100)
+    assert n.dtype == np.float32
+    assert n.min() == pytest.approx(0) and n.max() == pytest.approx(1)
+    assert np.isfinite(normalize(np.zeros((5, 5)))).all()  # constant image: no division by zero
+
+
+def test_background_value_is_split_from_objects():
+    lab = np.array([[0, 1, 9], [2, 9, 0]])
+    obj, bg = split_background(lab, 9)
+    assert obj.tolist() == [[0, 1, 0], [2, 0, 0]]
+    assert bg.tolist() == [[False, False, True], [False, True, False]]
+
+
+def test_rings_lie_just_outside_painted_objects():
+    obj = np.zeros((9, 9), int)
+    obj[4, 4] = 1
+    ring = object_rings(obj, 1)
+    assert ring.sum() == 4 and not ring[4, 4]
+
+
+def test_relabel_sequential_keeps_zero_and_compacts_ids():
+    out = relabel_sequential(np.array([[0, 7], [3, 7]]))
+    assert out.tolist() == [[0, 2], [1, 2]] and out.dtype == np.uint16
+
+
+def test_training_sets_without_two_objects_are_refused(tiny_pair):
+    image, sparse, _ = tiny_pair
+    with pytest.raises(SpocoError, match="no painted objects"):
+        prepare_training_data([image], [np.zeros_like(sparse)])
+    with pytest.raises(SpocoError, match="one painted object"):
+        prepare_training_data([image], [np.where(sparse == 1, 1, 0)])
+    with pytest.raises(SpocoError, match="2 images but 1"):
+        prepare_training_data([image, image], [sparse])
+    with pytest.raises(SpocoError, match="2D and 3D"):
+        prepare_training_data([image, np.zeros((4, 8, 8))], [sparse, np.ones((4, 8, 8), int)])
+
+
+def test_patches_have_the_requested_shape_even_from_small_images(tiny_pair):
+    image, sparse, _ = tiny_pair
+    data = prepare_training_data([image], [sparse])
+    sampler = PatchSampler(data, (96, 80), seed=0)
+    img, obj, bg, neg = sampler.batch(5)
+    assert img.shape == (5, 96, 80) and obj.shape == (5, 96, 80)
+    assert (obj > 0).any()
+
+
+def test_patches_mostly_contain_painted_objects(tiny_pair):
+    image, sparse, _ = tiny_pair
+    big = np.pad(image, 200, mode="constant")
+    big_lab = np.pad(sparse, 200)
+    data = prepare_training_data([big], [big_lab])
+    sampler = PatchSampler(data, (32, 32), object_fraction=0.8, seed=0)
+    hits = np.mean([(sampler.sample()[1] > 0).any() for _ in range(200)])
+    assert hits > 0.7  # random 32² crops of this 464² image would hit labels ~5% of the time

@@ -1,0 +1,47 @@
+"""Tiled embedding reproduces whole-image embedding; segmentation returns the input's shape."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.errors import SpocoError
+from napari_spoco.inference import embed
+from napari_spoco.model import ModelConfig, SpocoModel
+from napari_spoco.segmentation import segment
+
+
+def _model(ndim=2):
+    m = SpocoModel.new(ModelConfig(ndim=ndim, base_features=4, depth=3), seed=0)
+    # Give BatchNorm non-trivial running statistics, as after training.
+    for mod in m.student.modules():
+        if hasattr(mod, "running_var"):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize("shape,tile", [((150, 133), (64, 64)), ((20, 40, 36), (16, 24, 24))])
+def test_tiled_embedding_matches_whole_image(shape, tile):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=shape).astype(np.float32)
+    model = _model(len(shape))
+    whole = embed(model, image, tile_shape=tuple(s * 2 for s in shape), device="cpu")
+    tiled = embed(model, image, tile_shape=tile, overlap=12, device="cpu")
+    assert whole.embeddings.shape == (16,) + shape
+    assert tiled.foreground.shape == shape
+    err = np.abs(whole.embeddings - tiled.embeddings)
+    scale = np.abs(whole.embeddings).mean()
+    assert err.max() < 0.05 * scale, (err.max(), scale)
+
+
+def test_segment_returns_labels_of_the_input_shape():
+    model = _model()
+    image = np.random.default_rng(1).normal(size=(70, 90)).astype(np.float32)
+    labels = segment(model, image, device="cpu")
+    assert labels.shape == image.shape and labels.dtype in (np.uint16, np.uint32)
+    ids = np.unique(labels[labels > 0])
+    assert (ids == np.arange(1, len(ids) + 1)).all()  # consecutive from 1
+
+
+def test_wrong_dimensionality_is_refused():
+    with pytest.raises(SpocoError, match="2D model but the image is 3D"):
+        embed(_model(2), np.zeros((8, 16, 16), np.float32))
