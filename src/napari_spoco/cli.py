@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train, predict and evaluate on the shipped sample image")
     d.add_argument("--out", default="spoco-demo", help="folder for the model, TIFFs and PNG overlays")
-    d.add_argument("--steps", type=int, help="training steps (default: 90 seconds of training)")
-    d.add_argument("--minutes", type=float, default=1.5, help="training time budget")
+    d.add_argument("--steps", type=int, help="training steps (default: train for --minutes)")
+    d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_common(d)
     return parser
