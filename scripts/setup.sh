@@ -38,7 +38,7 @@ if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
     log "no GPU: installing the CPU build of torch ($spec)"
     # The PyTorch CPU index serves CPU-only wheels; where it cannot be reached, pip falls back to
     # the configured indexes and local wheel folders (on our CI machines a local CPU wheel).
-    "${PIP[@]}" install "$spec" --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
+    "${PIP[@]}" install "$spec" numpy --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
       | grep -v -e "^WARNING: Location" -e "Retrying" -e "Could not fetch URL" -e "NewConnectionError" >&2 || true
     "$VPY" -c 'import torch' || { log "torch failed to install"; exit 1; }
   fi
