@@ -45,3 +45,11 @@ def test_segment_returns_labels_of_the_input_shape():
 def test_wrong_dimensionality_is_refused():
     with pytest.raises(SpocoError, match="2D model but the image is 3D"):
         embed(_model(2), np.zeros((8, 16, 16), np.float32))
+
+
+def test_images_too_large_for_memory_are_refused_with_advice(monkeypatch):
+    import napari_spoco.inference as inf
+
+    monkeypatch.setattr(inf, "_available_bytes", lambda: 10 * 2**20)  # pretend 10 MiB are free
+    with pytest.raises(SpocoError, match="Crop or downsample"):
+        embed(_model(), np.zeros((512, 512), np.float32))

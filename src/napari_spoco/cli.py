@@ -145,7 +145,12 @@ def cmd_train(args) -> int:
         raise SpocoError("--steps must be positive.")
     if args.minutes is not None and args.minutes <= 0:
         raise SpocoError("--minutes must be positive.")
-    pairs = match_pairs(_files(args.images), _files(args.labels))
+    image_files = _files(args.images)
+    pairs = match_pairs(image_files, _files(args.labels))
+    unmatched = sorted(set(image_files) - {s for s, _, _ in pairs})
+    if unmatched:
+        print(f"Note: {len(unmatched)} image(s) have no label file of the same name and are not used: "
+              f"{', '.join(unmatched[:5])}{'…' if len(unmatched) > 5 else ''}", file=sys.stderr)
     images = [read_image(i) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
     init = load_model(args.init) if args.init else None

@@ -152,10 +152,12 @@ def hdbscan_cluster(
     points: np.ndarray,
     min_cluster_size: int = 50,
     max_points: int = 20000,
+    epsilon: float = 0.5,
     seed: int = 0,
 ) -> np.ndarray:
-    """HDBSCAN (scikit-learn) on a sample, then every point takes its nearest sampled neighbour's
-    label; noise is −1. ``min_cluster_size`` is in pixels of the full set, scaled to the sample."""
+    """HDBSCAN (scikit-learn, cluster_selection_epsilon = ``epsilon`` = δ_v) on a sample, then
+    every point takes its nearest sampled neighbour's label; noise is −1.
+    ``min_cluster_size`` is in pixels of the full set, scaled to the sample."""
     from sklearn.cluster import HDBSCAN
 
     x = torch.as_tensor(np.asarray(points), dtype=torch.float32)
@@ -168,7 +170,8 @@ def hdbscan_cluster(
     mcs = max(5, int(round(min_cluster_size * frac)))
     if sel.numel() <= mcs:
         return np.zeros(n, dtype=np.int64)
-    sample_labels = HDBSCAN(min_cluster_size=mcs, cluster_selection_epsilon=0.5).fit_predict(x[sel].numpy())
+    hdb = HDBSCAN(min_cluster_size=mcs, cluster_selection_epsilon=epsilon, copy=True)
+    sample_labels = hdb.fit_predict(x[sel].numpy())
     idx, _ = _chunked_nearest(x, x[sel])
     return sample_labels[idx.numpy()].astype(np.int64)
 
@@ -236,7 +239,7 @@ def cluster_embeddings(
         return result.reshape(spatial).astype(np.uint16)
     pts = embeddings.reshape(embeddings.shape[0], -1)[:, flat_idx].T
     if config.method == "hdbscan":
-        lab = hdbscan_cluster(pts, config.hdbscan_min_cluster_size, config.max_points, config.seed)
+        lab = hdbscan_cluster(pts, config.hdbscan_min_cluster_size, config.max_points, config.bandwidth, config.seed)
     else:
         lab = mean_shift(pts, config.bandwidth, config.max_points, config.n_seeds, min_size, seed=config.seed)
         if config.method == "consistency":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .data import check_image, normalize
+from .errors import SpocoError
 from .model import SpocoModel, split_output
 from .training import select_device
 
@@ -57,6 +59,24 @@ def _round_up(x: int, m: int) -> int:
     return int(math.ceil(x / m) * m)
 
 
+def _available_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(n_pixels: int, floats_per_pixel: int, shape: tuple[int, ...]) -> None:
+    """Refuse, with advice, an image whose embedding would not fit in the memory left."""
+    need = n_pixels * floats_per_pixel * 4
+    have = _available_bytes()
+    if have is not None and need > 0.8 * have:
+        raise SpocoError(
+            f"An image of shape {shape} needs about {need / 2**30:.1f} GiB to embed, but only "
+            f"{have / 2**30:.1f} GiB of memory is free. Crop or downsample it, or split it into parts."
+        )
+
+
 @torch.inference_mode()
 def embed(
     model: SpocoModel,
@@ -74,8 +94,6 @@ def embed(
     """
     image = check_image(image)
     if image.ndim != model.config.ndim:
-        from .errors import SpocoError
-
         raise SpocoError(
             f"This is a {model.config.ndim}D model but the image is {image.ndim}D "
             f"(shape {image.shape}); use a model trained on {image.ndim}D images."
@@ -96,8 +114,9 @@ def embed(
     if any(p[1] for p in pad):
         x = np.pad(x, pad, mode="reflect")
 
-    dev = select_device(device)
     nets = [model.student] + ([model.teacher] if with_teacher else [])
+    _check_memory(int(np.prod(padded)), model.config.out_channels * len(nets) + 2, image.shape)
+    dev = select_device(device)
     for n in nets:
         n.eval().to(dev)
     c_out = model.config.out_channels
