@@ -53,3 +53,9 @@ def test_images_too_large_for_memory_are_refused_with_advice(monkeypatch):
     monkeypatch.setattr(inf, "_available_bytes", lambda: 10 * 2**20)  # pretend 10 MiB are free
     with pytest.raises(SpocoError, match="Crop or downsample"):
         embed(_model(), np.zeros((512, 512), np.float32))
+
+
+def test_rgb_images_are_segmented_as_grey():
+    rgb = np.random.default_rng(2).integers(0, 255, size=(40, 48, 3)).astype(np.uint8)
+    labels = segment(_model(), rgb, device="cpu")
+    assert labels.shape == (40, 48)

@@ -39,7 +39,7 @@ def segment(
 
     config = replace(config or ClusterConfig(), method=method)
     if config.min_size is None:
-        config = replace(config, min_size=auto_min_size(model, np.ndim(image)))
+        config = replace(config, min_size=auto_min_size(model, model.config.ndim))
     emb = embed(model, image, tile_shape=tile_shape, device=device,
                 with_teacher=method == "consistency", progress=progress)
     return cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings)
