@@ -34,7 +34,7 @@ class LossConfig:
     consistency_anchors: int = 20
     consistency_stop_fraction: float = 0.05
     #: Our addition: positive-vs-unlabelled foreground head (docs/method.md).
-    foreground_weight: float = 1.0
+    foreground_weight: float = 3.0
     foreground_unlabelled_weight: float = 0.25
 
     def to_dict(self) -> dict:

@@ -30,7 +30,7 @@ class TrainConfig:
 
     steps: int = 1000
     minutes: float | None = None
-    patch_shape: tuple[int, ...] | None = None  # default: (128, 128) or (32, 64, 64)
+    patch_shape: tuple[int, ...] | None = None  # default: (96, 96) or (32, 64, 64)
     batch_size: int | None = None  # default: 8 (2D) or 2 (3D)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
@@ -81,8 +81,8 @@ def select_device(device: str = "auto") -> torch.device:
 
 
 def default_patch_shape(ndim: int, image_shapes: Sequence[tuple[int, ...]], divisor: int) -> tuple[int, ...]:
-    """128² in 2D, 32×64×64 in 3D, shrunk to the largest image, rounded to the divisor."""
-    base = (128, 128) if ndim == 2 else (32, 64, 64)
+    """96² in 2D, 32×64×64 in 3D, shrunk to the largest image, rounded to the divisor."""
+    base = (96, 96) if ndim == 2 else (32, 64, 64)
     biggest = np.max(np.array(image_shapes), axis=0)
     return tuple(max(divisor, min(b, int(math.ceil(m / divisor) * divisor))) for b, m in zip(base, biggest))
 
