@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--background-label", type=int, help="label value that marks painted background")
     t.add_argument("--batch-size", type=int, help="patches per step (default 8 in 2D, 2 in 3D)")
-    t.add_argument("--patch-size", type=int, nargs="+", help="patch shape, e.g. 128 128 (2D) or 32 64 64 (3D)")
+    t.add_argument("--patch-size", type=int, nargs="+", help="patch shape (default 96 96 in 2D, 32 64 64 in 3D)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
 

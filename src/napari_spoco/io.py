@@ -42,7 +42,7 @@ def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
     meta = {
         "config": model.config.to_dict(),
         "history": {k: v for k, v in model.history.items() if k != "losses"},
-        "last_losses": model.history.get("losses", [])[-1:] ,
+        "last_losses": model.history.get("losses", [])[-1:],
     }
     payload = {
         "format": FORMAT,
