@@ -130,3 +130,13 @@ def test_small_pieces_join_their_largest_neighbour():
     lab[4, 8] = 2  # a 1-pixel rim piece touching object 1
     out = postprocess(lab, min_size=4)
     assert out[4, 8] == out[0, 0] == 1
+
+
+def test_clusters_larger_than_max_size_become_background():
+    emb = np.zeros((4, 40, 40), np.float32)
+    emb[0, 5:10, 5:10] = 3.0  # a small object in a huge, uniform "background" cluster
+    fg = np.ones((40, 40), np.float32)  # an untrained head: everything looks like foreground
+    kept = cluster_embeddings(emb, fg, ClusterConfig(min_size=4))
+    dropped = cluster_embeddings(emb, fg, ClusterConfig(min_size=4, max_size=500))
+    assert kept.max() == 2
+    assert dropped.max() == 1 and (dropped > 0).sum() == 25

@@ -97,3 +97,41 @@ def test_patches_mostly_contain_painted_objects(tiny_pair):
     sampler = PatchSampler(data, (32, 32), object_fraction=0.8, seed=0)
     hits = np.mean([(sampler.sample()[1] > 0).any() for _ in range(200)])
     assert hits > 0.7  # random 32² crops of this 464² image would hit labels ~5% of the time
+
+
+def test_promote_instances_fills_only_unlabelled_pixels_with_fresh_ids():
+    from napari_spoco.data import promote_instances
+
+    sparse = np.zeros((10, 10), np.uint32)
+    sparse[0:3, 0:3] = 1  # painted object
+    sparse[9, 9] = 7  # painted background value
+    pred = np.zeros((10, 10), np.uint16)
+    pred[0:4, 0:4] = 1  # touches painted object 1: skipped
+    pred[5:8, 5:10] = 2  # free: promoted, except the background-painted pixel it does not cover
+    pred[8:10, 8:10] = 3  # covers the background pixel: promoted around it
+    out, promoted, skipped = promote_instances(sparse, pred, None, background_label=7)
+    assert (promoted, skipped) == (2, 1)
+    assert out[9, 9] == 7 and np.array_equal(out[0:3, 0:3], sparse[0:3, 0:3])
+    assert set(np.unique(out[5:8, 5:10])) == {2} and out[8, 8] == 3  # fresh ids, 7 skipped
+    assert out.dtype == sparse.dtype and sparse.max() == 7  # input untouched
+
+
+def test_promote_selected_instance_only_and_shape_mismatch_is_refused():
+    from napari_spoco.data import promote_instances
+
+    sparse = np.zeros((6, 6), np.uint16)
+    pred = np.zeros((6, 6), np.uint16)
+    pred[0:2, 0:2], pred[3:5, 3:5] = 4, 5
+    out, promoted, _ = promote_instances(sparse, pred, [5])
+    assert promoted == 1 and set(np.unique(out)) == {0, 1} and out[3, 3] == 1
+    with pytest.raises(SpocoError, match="different shapes"):
+        promote_instances(sparse, pred[:5])
+
+
+def test_normalize_with_a_given_range_matches_the_whole_image():
+    from napari_spoco.data import intensity_range, normalize
+
+    image = np.random.default_rng(0).gamma(2.0, 50.0, (64, 64)).astype(np.float32)
+    whole = normalize(image)
+    crop = normalize(image[10:30, 20:40], value_range=intensity_range(image))
+    assert np.allclose(crop, whole[10:30, 20:40])

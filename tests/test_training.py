@@ -121,3 +121,16 @@ def test_a_short_training_beats_the_untrained_model_on_real_nuclei():
     after = [evaluate(t, segment(model, i, device="cpu"))["AP50"] for i, t in pairs]
     print(f"nuclei AP50: untrained {before:.3f}, after 250 steps train crop {after[0]:.3f}, held-out {after[1]:.3f}")
     assert np.mean(after) >= before + 0.15
+
+
+def test_iter_train_closed_early_still_leaves_a_usable_model(tiny_pair):
+    from napari_spoco.training import iter_train
+
+    image, sparse, _ = tiny_pair
+    gen = iter_train([image], [sparse], TrainConfig(steps=50, patch_shape=(32, 32), batch_size=2))
+    first = next(gen)
+    assert first.step == 1 and first.model is not None
+    model = first.model
+    gen.close()
+    assert model.history["steps"] == 1 and not model.student.training
+    assert model.device.type == "cpu"

@@ -33,6 +33,7 @@ class ClusterConfig:
     bandwidth: float = 0.5  # δ_v
     foreground_threshold: float = 0.5
     min_size: int | None = None  # default 16 px (2D) / 64 voxels (3D)
+    max_size: int | None = None  # clusters larger than this are background (segment() sets it)
     split_components: bool = True
     merge_distance: float = 1.0  # 2δ_v: touching pieces closer than this in embedding are one object
     expand: int = 0
@@ -251,6 +252,11 @@ def cluster_embeddings(
     if foreground is None and (lab >= 0).any():
         largest = np.bincount(lab[lab >= 0]).argmax()
         lab = np.where(lab == largest, -1, lab)
+    if config.max_size is not None and (lab >= 0).any():
+        # A cluster far larger than any painted object is background the foreground head has
+        # not learned yet (early in training): better shown as nothing than as one giant object.
+        counts = np.bincount(lab[lab >= 0])
+        lab = np.where((lab >= 0) & (counts[np.maximum(lab, 0)] > config.max_size), -1, lab)
     result[flat_idx] = lab + 1
     labels = result.reshape(spatial)
     return postprocess(labels, min_size, config.split_components, config.expand,

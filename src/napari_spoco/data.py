@@ -9,6 +9,7 @@ Label convention (see docs/method.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -51,21 +52,35 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Percentile normalisation to roughly [0, 1] (reference: percentiles 1 and 99.8).
+def intensity_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """The percentile range that :func:`normalize` maps to [0, 1] (reference: 1 and 99.8).
 
     Percentiles of large images are taken on a strided subsample: same result, a fraction of
     the time.
     """
-    image = np.asarray(image, dtype=np.float32)
-    flat = image.ravel()
+    flat = np.asarray(image).ravel()
     if flat.size > 2_000_000:
         flat = flat[:: flat.size // 1_000_000]
+    flat = flat.astype(np.float32, copy=False)
     lo, hi = np.percentile(flat, [low, high])
-    scale = hi - lo
-    if scale <= 0:
-        scale = float(flat.max() - flat.min()) or 1.0
-    return ((image - np.float32(lo)) / np.float32(scale)).astype(np.float32, copy=False)
+    if hi - lo <= 0:
+        lo, hi = float(flat.min()), float(flat.max())
+        if hi - lo <= 0:
+            hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def normalize(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Percentile normalisation to roughly [0, 1].
+
+    ``value_range`` (from :func:`intensity_range` of the whole image) normalises a crop exactly
+    as the whole image would be, so previews on a crop match the full segmentation.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = value_range if value_range is not None else intensity_range(image, low, high)
+    return ((image - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
 
 
 def check_labels(
@@ -255,3 +270,55 @@ class PatchSampler:
         """``n`` samples stacked: (image, objects, background, negatives) batches."""
         samples = [self.sample() for _ in range(n)]
         return tuple(np.stack(x) for x in zip(*samples))
+
+
+def promote_instances(
+    sparse: np.ndarray,
+    predicted: np.ndarray,
+    ids: Sequence[int] | None = None,
+    background_label: int | None = None,
+) -> tuple[np.ndarray, int, int]:
+    """Copy predicted instances into a sparse-label image, for the correct-and-retrain loop.
+
+    Each promoted instance gets a fresh id (above the painted ones, never the background
+    value) and fills only *unlabelled* pixels: what the user painted is never overwritten.
+    Instances that touch a painted object are skipped, since adding them would split or grow
+    that object. ``ids=None`` promotes all instances.
+
+    Returns ``(new sparse labels, number promoted, number skipped)``.
+    """
+    sparse = np.asarray(sparse)
+    predicted = np.asarray(predicted)
+    if sparse.shape != predicted.shape:
+        raise SpocoError(
+            f"The segmentation {predicted.shape} and the sparse labels {sparse.shape} have "
+            "different shapes; segment the image these labels belong to."
+        )
+    objects, _ = split_background(sparse.astype(np.int64), background_label)
+    wanted = np.unique(predicted) if ids is None else np.asarray(list(ids))
+    wanted = wanted[wanted > 0]
+    out = sparse.copy()
+    next_id = int(objects.max(initial=0)) + 1
+    promoted = skipped = 0
+    if wanted.size == 0:
+        return out, 0, 0
+    slices = ndi.find_objects(predicted.astype(np.int64, copy=False))
+    for i in wanted.tolist():
+        if i > len(slices) or slices[i - 1] is None:
+            continue
+        box = slices[i - 1]
+        mask = predicted[box] == i
+        if (objects[box][mask] > 0).any():
+            skipped += 1
+            continue
+        if background_label is not None and next_id == background_label:
+            next_id += 1
+        if np.issubdtype(out.dtype, np.integer) and next_id > np.iinfo(out.dtype).max:
+            raise SpocoError(
+                f"The sparse-labels layer ({out.dtype}) cannot hold more ids; convert it to uint32."
+            )
+        target = out[box]
+        target[mask & (target == 0)] = next_id
+        next_id += 1
+        promoted += 1
+    return out, promoted, skipped

@@ -86,11 +86,13 @@ def embed(
     device: str = "auto",
     with_teacher: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> Embedding:
     """Embed a 2D/3D image with the student (and optionally the teacher), tile by tile.
 
     ``tile_shape`` defaults to 512² (2D) or 64×128×128 (3D); ``overlap`` to a quarter tile,
     rounded to the size divisor. ``progress(done, total)`` is called after each tile.
+    ``value_range`` overrides the image's own percentile range (for crops of a larger image).
     """
     image = check_image(image)
     if image.ndim != model.config.ndim:
@@ -98,7 +100,7 @@ def embed(
             f"This is a {model.config.ndim}D model but the image is {image.ndim}D "
             f"(shape {image.shape}); use a model trained on {image.ndim}D images."
         )
-    x = normalize(image)
+    x = normalize(image, value_range=value_range)
     div = model.config.size_divisor
     # A reflected margin around the image: the network learned on crops from inside images, and
     # zero padding at a real image edge otherwise shows as spurious objects along the border.

@@ -145,6 +145,15 @@ class SpocoModel:
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
 
+    def snapshot(self) -> "SpocoModel":
+        """A CPU copy in evaluation mode, for previews while the original keeps training
+        (possibly on a GPU, in channels-last layout, in training mode)."""
+        with torch.no_grad():
+            student = copy.deepcopy(self.student).to("cpu", memory_format=torch.contiguous_format).eval()
+            teacher = copy.deepcopy(self.teacher).to("cpu", memory_format=torch.contiguous_format).eval()
+        history = {k: copy.deepcopy(v) for k, v in self.history.items() if k != "losses"}
+        return SpocoModel(self.config, student, teacher, history)
+
 
 def make_teacher(student: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(student)

@@ -50,3 +50,24 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, labels)).save(path)
     return path
+
+
+def embedding_rgb(embeddings: np.ndarray, max_points: int = 20000, seed: int = 0) -> np.ndarray:
+    """The first three principal components of ``(E, *spatial)`` embeddings as RGB in [0, 1].
+
+    Pixels of one object share a colour and neighbouring objects differ: a quick look at what
+    the network has learned. The PCA is fitted on a random sample of pixels.
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    flat = emb.reshape(emb.shape[0], -1).T
+    rng = np.random.default_rng(seed)
+    sample = flat[rng.choice(len(flat), size=min(max_points, len(flat)), replace=False)]
+    mean = sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    comps = vt[: min(3, vt.shape[0])]
+    proj = (flat - mean) @ comps.T
+    lo, hi = np.percentile(proj, [1, 99], axis=0)
+    rgb = np.clip((proj - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+    if rgb.shape[1] < 3:
+        rgb = np.concatenate([rgb, np.zeros((len(rgb), 3 - rgb.shape[1]), np.float32)], axis=1)
+    return rgb.reshape(emb.shape[1:] + (3,)).astype(np.float32)

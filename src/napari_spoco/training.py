@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ class TrainProgress:
     elapsed: float
     steps_per_second: float
     fraction: float  # 0..1, by steps or by time, whichever is further
+    # The model being trained (on the training device, in training mode): for previews, which
+    # must work on a ``SpocoModel.snapshot()`` rather than on the live networks.
+    model: SpocoModel | None = field(default=None, repr=False, compare=False)
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -127,6 +130,33 @@ def train(
     SpocoModel
         Student and EMA teacher, moved back to the CPU.
     """
+    steps = iter_train(images, labels, config, model, model_config, stop, names)
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            try:
+                callback(progress)
+            except BaseException:
+                steps.close()  # runs the loop's clean-up: the model is left usable
+                raise
+
+
+def iter_train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    model: SpocoModel | None = None,
+    model_config: ModelConfig | None = None,
+    stop: threading.Event | Callable[[], bool] | None = None,
+    names: Sequence[str] | None = None,
+) -> Generator[TrainProgress, None, SpocoModel]:
+    """:func:`train` as a generator: yields a :class:`TrainProgress` after every step and
+    returns the model (``StopIteration.value``). napari's ``thread_worker`` drives it directly;
+    closing the generator early also leaves a usable model.
+    """
     config = config or TrainConfig()
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width
@@ -167,6 +197,9 @@ def train(
     total_steps = config.steps if config.steps > 0 else 10**9
     seconds = config.minutes * 60.0 if config.minutes else None
     history: list[dict[str, float]] = model.history.setdefault("losses", [])
+    # Set before the first step so that previews during training size their fragment filter.
+    sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
+    model.history["object_size_median"] = float(np.median(sizes))
     start = time.perf_counter()
     step = 0
     try:
@@ -211,18 +244,16 @@ def train(
                     "check the images for extreme values."
                 )
             history.append(record)
-            if callback is not None:
-                elapsed = time.perf_counter() - start
-                callback(
-                    TrainProgress(
-                        step=step,
-                        total_steps=config.steps if config.steps > 0 else 0,
-                        losses=record,
-                        elapsed=elapsed,
-                        steps_per_second=step / max(elapsed, 1e-9),
-                        fraction=min(1.0, max(step / total_steps, elapsed / seconds if seconds else 0.0)),
-                    )
-                )
+            elapsed = time.perf_counter() - start
+            yield TrainProgress(
+                step=step,
+                total_steps=config.steps if config.steps > 0 else 0,
+                losses=record,
+                elapsed=elapsed,
+                steps_per_second=step / max(elapsed, 1e-9),
+                fraction=min(1.0, max(step / total_steps, elapsed / seconds if seconds else 0.0)),
+                model=model,
+            )
     finally:
         student.eval()
         teacher.eval()
@@ -230,8 +261,6 @@ def train(
         model.history["seconds"] = model.history.get("seconds", 0.0) + time.perf_counter() - start
         model.history["train_config"] = config.to_dict()
         model.history["patch_shape"] = list(patch)
-        sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
-        model.history["object_size_median"] = float(np.median(sizes))
         model.to("cpu")
         student.to(memory_format=torch.contiguous_format)
         teacher.to(memory_format=torch.contiguous_format)

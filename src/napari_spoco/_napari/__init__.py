@@ -1,0 +1,1 @@
+"""The napari plugin: everything here may import napari and Qt; the compute lives in the core."""

@@ -1,0 +1,91 @@
+"""Reading napari layers into the arrays the core expects, with messages a user can act on.
+
+Kept apart from the widget so that the rules (shapes, RGB, 2D+t, linked label layers) live in
+one place and are tested on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SpocoError
+
+LINK_KEY = "spoco_image"  # Labels.metadata[LINK_KEY] = name of the image the labels belong to
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """Shape of an image layer without its RGB(A) channel axis."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def image_data(layer) -> np.ndarray:
+    """The full-resolution array of an image layer (multiscale: level 0)."""
+    if getattr(layer, "multiscale", False):
+        return layer.data[0]
+    return layer.data
+
+
+def looks_like_time_series(layer) -> bool:
+    """A 3D image whose first axis is called t/time/frame is a 2D+t stack, not a volume."""
+    labels = getattr(layer, "axis_labels", None) or ()
+    if len(spatial_shape(layer)) != 3 or not labels:
+        return False
+    first = str(labels[0]).lower()
+    return first in ("t", "time", "frame", "frames")
+
+
+@dataclass
+class TrainingSet:
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    names: list[str]
+
+    @property
+    def n_objects(self) -> int:
+        return sum(len(np.unique(lab[lab > 0])) for lab in self.labels)
+
+
+def training_set(pairs, series: bool, background_label: int | None) -> TrainingSet:
+    """Copy (image layer, labels layer) pairs into training arrays.
+
+    Labels are copied so that the user can keep painting while the worker trains. With
+    ``series``, 3D stacks become one 2D image per frame that has any painted pixel.
+    """
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    names: list[str] = []
+    for image_layer, labels_layer in pairs:
+        shape = spatial_shape(image_layer)
+        lab = np.asarray(labels_layer.data)
+        if lab.shape != shape:
+            raise SpocoError(
+                f"'{labels_layer.name}' has shape {lab.shape} but '{image_layer.name}' has "
+                f"{shape}; use 'New sparse labels' to make a labels layer that fits the image."
+            )
+        img = image_data(image_layer)
+        if series and len(shape) == 3:
+            painted = np.flatnonzero((lab > 0).reshape(lab.shape[0], -1).any(axis=1))
+            for t in painted:
+                images.append(np.asarray(img[t]))
+                labels.append(np.array(lab[t]))
+                names.append(f"{image_layer.name}[t={t}]")
+        else:
+            images.append(np.asarray(img))
+            labels.append(np.array(lab))
+            names.append(image_layer.name)
+    if not images:
+        raise SpocoError("Nothing is painted yet: paint a few objects in the sparse-labels layer.")
+    objects = sum(
+        len(np.setdiff1d(np.unique(lab[lab > 0]), [background_label] if background_label else []))
+        for lab in labels
+    )
+    if objects < 2:
+        raise SpocoError(
+            f"{objects} object painted: paint at least two objects (each with its own label "
+            "id, each painted completely) so that SPOCO can learn to tell objects apart."
+        )
+    return TrainingSet(images, labels, names)

@@ -1,0 +1,174 @@
+"""Background jobs for the dock widget.
+
+The jobs are plain generators and functions over core calls (no Qt), so tests can run them
+directly; :func:`launch` runs one in a napari thread worker, or inline when ``sync`` is set
+(``NAPARI_SPOCO_SYNC=1``), which makes GUI tests deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from collections.abc import Generator as _GeneratorType
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from ..clustering import ClusterConfig
+from ..data import check_image, intensity_range
+from ..model import ModelConfig, SpocoModel
+from ..segmentation import segment, segment_preview, segment_series
+from ..training import TrainConfig, TrainProgress, iter_train
+
+
+@dataclass
+class PreviewTarget:
+    """Where the user is looking: an image (as the model sees it) and a box inside it.
+
+    ``key`` names the image (and frame) so that value ranges are computed once; ``origin`` is
+    the box's corner in the layer's data coordinates (with the frame index for 2D+t stacks).
+    """
+
+    key: str
+    image: np.ndarray
+    box: tuple[slice, ...]
+    origin: tuple[int, ...]
+
+
+@dataclass
+class PreviewResult:
+    labels: np.ndarray
+    target: PreviewTarget
+    step: int
+    seconds: float
+
+
+@dataclass
+class TrainJob:
+    """Everything a training run needs, copied out of the widgets before the worker starts."""
+
+    images: Sequence[np.ndarray]
+    labels: Sequence[np.ndarray]
+    config: TrainConfig
+    model: SpocoModel | None = None
+    model_config: ModelConfig | None = None
+    names: Sequence[str] | None = None
+    preview_every: float = 0.0  # seconds between previews; 0 switches them off
+    preview_target: Callable[[], PreviewTarget | None] = lambda: None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None, SpocoModel]:
+    """Train, yielding progress after every step and, every ``preview_every`` seconds, a
+    segmentation of the current preview target made with a snapshot of the model."""
+    steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names)
+    ranges: dict[str, tuple[float, float]] = {}
+    last = time.perf_counter()
+    while True:
+        try:
+            progress = next(steps)
+        except StopIteration as done:
+            return done.value
+        yield progress
+        if job.preview_every <= 0 or time.perf_counter() - last < job.preview_every or job.stop.is_set():
+            continue
+        target = job.preview_target()
+        if target is None:
+            continue
+        t0 = time.perf_counter()
+        if target.key not in ranges:
+            ranges[target.key] = intensity_range(check_image(target.image))
+        labels = segment_preview(progress.model, target.image, target.box, ranges[target.key])
+        yield PreviewResult(labels, target, progress.step, time.perf_counter() - t0)
+        last = time.perf_counter()
+
+
+@dataclass
+class SegmentJob:
+    model: SpocoModel
+    image: np.ndarray
+    method: str = "meanshift"
+    config: ClusterConfig | None = None
+    series: bool = False  # a (T, Y, X) stack of 2D images
+    with_embedding: bool = False
+
+
+@dataclass
+class SegmentResult:
+    labels: np.ndarray
+    embedding_rgb: np.ndarray | None
+    seconds: float
+
+
+def segment_job(job: SegmentJob) -> SegmentResult:
+    """Full-resolution segmentation (tiled embedding + clustering), optionally with the
+    embeddings as a PCA colour image."""
+    from ..overlay import embedding_rgb
+
+    t0 = time.perf_counter()
+    rgb = None
+    if job.series:
+        labels = segment_series(job.model, job.image, job.method, job.config)
+    elif job.with_embedding:
+        labels, emb = segment(job.model, job.image, job.method, job.config, return_embedding=True)
+        rgb = embedding_rgb(emb.embeddings)
+    else:
+        labels = segment(job.model, job.image, job.method, job.config)
+    return SegmentResult(labels, rgb, time.perf_counter() - t0)
+
+
+def sync_requested() -> bool:
+    return os.environ.get("NAPARI_SPOCO_SYNC", "") not in ("", "0")
+
+
+def launch(
+    func: Callable[..., Any],
+    *args: Any,
+    on_yield: Callable[[Any], None] | None = None,
+    on_return: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finish: Callable[[], None] | None = None,
+    sync: bool = False,
+):
+    """Run ``func(*args)`` (a function or a generator function) off the GUI thread.
+
+    Handlers run on the GUI thread. Returns the napari worker, or None when run inline.
+    """
+    if sync:
+        try:
+            result = func(*args)
+            if isinstance(result, _GeneratorType):
+                while True:
+                    try:
+                        item = next(result)
+                    except StopIteration as done:
+                        result = done.value
+                        break
+                    if on_yield is not None:
+                        on_yield(item)
+            if on_return is not None:
+                on_return(result)
+        except Exception as exc:  # noqa: BLE001 - reported to the user by on_error
+            if on_error is None:
+                raise
+            on_error(exc)
+        finally:
+            if on_finish is not None:
+                on_finish()
+        return None
+
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(func, *args, _start_thread=False)
+    if on_yield is not None and hasattr(worker, "yielded"):
+        worker.yielded.connect(on_yield)
+    if on_return is not None:
+        worker.returned.connect(on_return)
+    if on_error is not None:
+        worker.errored.connect(on_error)
+    if on_finish is not None:
+        worker.finished.connect(on_finish)
+    worker.start()
+    return worker

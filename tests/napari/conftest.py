@@ -1,0 +1,37 @@
+"""GUI tests: a real napari viewer (make_napari_viewer) on a real display, Xvfb in CI.
+
+Skipped, with the reason, where napari or a display is missing; scripts/test.sh provides both.
+"""
+
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and os.environ.get("QT_QPA_PLATFORM") != "offscreen":
+    pytest.skip("no display: run the GUI tests through scripts/test.sh (xvfb-run)", allow_module_level=True)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Capture the widget's napari notifications: {'error': [...], 'warning': [...], 'info': [...]}."""
+    import napari_spoco._napari.widget as widget_module
+
+    seen = {"error": [], "warning": [], "info": []}
+    for kind in seen:
+        monkeypatch.setattr(widget_module, f"show_{kind}", lambda msg, kind=kind: seen[kind].append(str(msg)))
+    return seen
+
+
+@pytest.fixture
+def spoco(make_napari_viewer, qtbot, notes):
+    """A viewer with the sample opened and the SPOCO dock widget; jobs run inline (sync)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-spoco", "sparse_nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
+    widget.sync = True
+    widget.preview_spin.setValue(0)
+    return viewer, widget

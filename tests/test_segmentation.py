@@ -1,0 +1,74 @@
+"""Segmentation helpers used by the GUI: preview boxes and crops, 2D+t stacks, PCA colours."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.model import ModelConfig, SpocoModel
+from napari_spoco.overlay import embedding_rgb
+from napari_spoco.segmentation import preview_box, segment_preview, segment_series
+
+
+def test_preview_box_is_inside_the_image_and_divisible():
+    box = preview_box((100, 300), (5, 290), (64, 128), divisor=8)
+    assert box == (slice(0, 64), slice(172, 300))
+    # An image smaller than the box is previewed whole; a larger one gets a divisible side.
+    assert preview_box((30, 50), (15, 25), (64, 64), divisor=8) == (slice(0, 30), slice(0, 50))
+    assert preview_box((100, 100), (50, 50), (63, 63), divisor=8) == (slice(22, 78), slice(22, 78))
+
+
+def test_segment_preview_leaves_the_training_model_untouched():
+    model = SpocoModel.new(ModelConfig(ndim=2))
+    model.student.train()
+    before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    image = np.random.default_rng(0).random((64, 96)).astype(np.float32)
+    labels = segment_preview(model, image, (slice(0, 32), slice(16, 80)), value_range=(0.0, 1.0))
+    assert labels.shape == (32, 64)
+    assert model.student.training  # still in training mode
+    after = model.student.state_dict()
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+
+
+def test_segment_series_gives_unique_ids_per_frame(tiny_pair):
+    image, _, _ = tiny_pair
+    model = SpocoModel.new(ModelConfig(ndim=2))
+    stack = np.stack([image, image[::-1]])
+    out = segment_series(model, stack, device="cpu")
+    assert out.shape == stack.shape
+    a, b = set(np.unique(out[0])) - {0}, set(np.unique(out[1])) - {0}
+    assert not (a & b)
+
+
+def test_embedding_rgb_separates_two_clusters():
+    emb = np.zeros((16, 8, 8), np.float32)
+    emb[0, :, 4:] = 3.0
+    rgb = embedding_rgb(emb)
+    assert rgb.shape == (8, 8, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert np.abs(rgb[0, 0] - rgb[0, 7]).max() > 0.5
+    assert np.allclose(rgb[:, :4], rgb[0, 0])
+
+
+@pytest.mark.parametrize("with_preview", [False, True])
+def test_training_job_yields_progress_previews_and_returns_the_model(tiny_pair, with_preview):
+    from napari_spoco._napari import workers
+    from napari_spoco.training import TrainConfig, TrainProgress
+
+    image, sparse, _ = tiny_pair
+    target = workers.PreviewTarget("tiny", image, (slice(0, 32), slice(0, 32)), (0, 0))
+    job = workers.TrainJob(
+        [image], [sparse], TrainConfig(steps=4, patch_shape=(32, 32), batch_size=2),
+        preview_every=1e-9 if with_preview else 0.0, preview_target=lambda: target,
+    )
+    gen = workers.training_job(job)
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as done:
+            model = done.value
+            break
+    steps = [i.step for i in items if isinstance(i, TrainProgress)]
+    previews = [i for i in items if isinstance(i, workers.PreviewResult)]
+    assert steps == [1, 2, 3, 4] and model.history["steps"] == 4
+    assert (len(previews) > 0) == with_preview
+    if with_preview:
+        assert previews[0].labels.shape == (32, 32)
