@@ -83,3 +83,13 @@ def test_unreadable_images_get_clear_errors(tmp_path):
     bad.write_text("hello")
     with pytest.raises(SpocoError, match="Could not read"):
         read_image(bad)
+
+
+def test_saved_files_get_the_usual_permissions_not_mkstemps_private_mode(tmp_path):
+    import os
+    import stat
+
+    from napari_spoco.io import _umask
+
+    path = write_labels(tmp_path / "l.tif", np.ones((4, 4), np.uint16))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_umask()
