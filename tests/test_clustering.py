@@ -124,6 +124,18 @@ def test_touching_pieces_with_close_embeddings_merge_and_distinct_neighbours_do_
     assert out[0, 25] != out[0, 5] and out[0, 25] > 0
 
 
+def test_default_merge_joins_drifted_pieces_but_keeps_neighbours_at_the_push_margin_apart():
+    from napari_spoco.clustering import ClusterConfig
+
+    lab = np.zeros((10, 30), int)
+    lab[:, 0:10], lab[:, 10:20], lab[:, 20:30] = 1, 2, 3
+    emb = np.zeros((2, 10, 30), np.float32)
+    emb[0, :, 10:20] = 1.5  # one object cut in two by mean-shift, its halves 3 δ_v apart
+    emb[0, :, 20:30] = 1.5 + 4.0  # a neighbour at the push margin 2δ_d
+    out = postprocess(lab, min_size=1, embeddings=emb, merge_distance=ClusterConfig().merge_distance)
+    assert len(np.unique(out[:, :20])) == 1 and out[0, 25] not in (0, out[0, 5])
+
+
 def test_small_pieces_join_their_largest_neighbour():
     lab = np.zeros((10, 10), int)
     lab[:, :8] = 1

@@ -35,7 +35,9 @@ class ClusterConfig:
     min_size: int | None = None  # default 16 px (2D) / 64 voxels (3D)
     max_size: int | None = None  # clusters larger than this are background (segment() sets it)
     split_components: bool = True
-    merge_distance: float = 1.0  # 2δ_v: touching pieces closer than this in embedding are one object
+    # δ_d: touching pieces whose mean embeddings are closer than this are one object (measured:
+    # docs/benchmarks.md; half the push margin 2δ_d that distinct neighbours are trained to keep).
+    merge_distance: float = 2.0
     expand: int = 0
     max_points: int = 10000
     n_seeds: int = 500
@@ -288,7 +290,7 @@ def merge_similar_neighbours(
     Mean-shift clusters pixels without looking at where they are; an object whose embedding
     drifts across its extent (as after a few minutes of CPU training) comes out in touching
     pieces whose means are still close. Distinct touching objects are pushed 2δ_d apart by
-    training, far beyond the default ``max_distance`` of 2δ_v.
+    training; the default ``max_distance`` (ClusterConfig) is half that, δ_d.
     """
     import heapq
 
