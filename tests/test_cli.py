@@ -83,3 +83,17 @@ def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):
     bad = subprocess.run([exe, "evaluate", "--pred", str(tmp_path / "x"), "--gt", str(tmp_path / "y"), "--debug"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" in bad.stderr
+
+
+def test_demo_runs_the_whole_loop_on_the_shipped_sample(tmp_path, capsys):
+    # The README's first command, shortened to a few steps: shipped model, sample, TIFFs, PNGs.
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "3", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "shipped 2D model" in printed.err
+    assert "nuclei_heldout" in printed.out and "Trained 3 steps" in printed.out
+    for name in ("model.spoco.pt", "nuclei_train_pred.tif", "nuclei_heldout_pred.tif",
+                 "nuclei_train_overlay.png", "nuclei_heldout_overlay.png"):
+        assert (out / name).is_file(), name
+    pred = tifffile.imread(out / "nuclei_heldout_pred.tif")
+    assert pred.shape == (256, 256) and pred.dtype == np.uint16 and pred.max() >= 10

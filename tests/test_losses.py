@@ -190,3 +190,15 @@ def test_ema_update_moves_teacher_towards_student():
     ema_update(model.teacher, model.student, momentum=0.9)
     for p0, pt, ps in zip(t0, model.teacher.parameters(), model.student.parameters()):
         assert torch.allclose(pt, 0.9 * p0 + 0.1 * ps)
+
+
+def test_foreground_consistency_is_smallest_when_the_student_agrees_with_the_teacher():
+    from napari_spoco.losses import foreground_consistency_term
+
+    teacher = torch.tensor([4.0, -4.0, 0.0])
+    student = teacher.clone().requires_grad_(True)
+    agree = foreground_consistency_term(student, teacher)
+    disagree = foreground_consistency_term(-teacher, teacher)
+    assert agree < disagree
+    agree.backward()
+    assert torch.allclose(student.grad, torch.zeros(3), atol=1e-6)  # the optimum: p_student = p_teacher

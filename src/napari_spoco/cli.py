@@ -31,13 +31,15 @@ def _parser() -> argparse.ArgumentParser:
         "objects, segment all of them.",
     )
     _add_common(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{train,predict,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,pretrain,predict,evaluate,demo}")
 
     t = sub.add_parser("train", help="train a model on images with sparse labels")
     t.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images")
     t.add_argument("--labels", required=True, help="folder (or file) of label images, same file name stems; 0 = unlabelled")
     t.add_argument("--out", required=True, help="model file to write")
-    t.add_argument("--init", help="start from this model file (fine-tuning)")
+    t.add_argument("--init", default="default",
+                   help="start from: 'default' (the shipped 2D starting model; 3D images start new), "
+                   "'none' (a new network), or a model file (fine-tuning). Default: default")
     t.add_argument("--steps", type=int, help="training steps (default 1000, or unlimited with --minutes)")
     t.add_argument("--minutes", type=float, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -47,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--patch-size", type=int, nargs="+", help="patch shape (default 96 96 in 2D, 32 64 64 in 3D)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
+
+    pt = sub.add_parser("pretrain", help="adapt a model to unlabelled images (self-supervised consistency)")
+    pt.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images; no labels needed")
+    pt.add_argument("--out", required=True, help="model file to write")
+    pt.add_argument("--init", default="default",
+                    help="'default' (the shipped 2D model), 'none' (a new network; not recommended) or a model file")
+    pt.add_argument("--steps", type=int, help="steps (default 300, or unlimited with --minutes)")
+    pt.add_argument("--minutes", type=float, help="stop after this many minutes")
+    pt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_common(pt)
 
     pr = sub.add_parser("predict", help="segment images into instance label TIFFs")
     pr.add_argument("--model", required=True, help="model file from `napari-spoco train`")
@@ -70,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train, predict and evaluate on the shipped sample image")
     d.add_argument("--out", default="spoco-demo", help="folder for the model, TIFFs and PNG overlays")
     d.add_argument("--steps", type=int, help="training steps (default: train for --minutes)")
-    d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
+    d.add_argument("--minutes", type=float, default=1.0, help="training time budget (default 1)")
+    d.add_argument("--init", default="default",
+                   help="'default' (fine-tune the shipped starting model), 'none' (from scratch) or a model file")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     _add_common(d)
     return parser
@@ -108,8 +124,8 @@ class _Bar:
         self.bar.close()
 
 
-def _train_with_progress(images, labels, config, model=None, names=None):
-    from .training import train
+def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False):
+    from .training import pretrain, train
 
     stop = threading.Event()
     by_time = not config.steps
@@ -127,11 +143,32 @@ def _train_with_progress(images, labels, config, model=None, names=None):
 
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
+        if self_supervised:
+            return pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names)
         return train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names)
     finally:
         bar.close()
         if old is not None:
             signal.signal(signal.SIGINT, old)
+
+
+def _initial_model(init: str | None, images):
+    """``--init``: 'default' → the shipped model for 2D images (3D: none shipped, start new),
+    'none' → a new network, anything else → a model file."""
+    from .data import is_rgb
+    from .io import load_model
+    from .pretrained import has_default_model, load_default_model
+
+    if init in (None, "", "none"):
+        return None
+    if init == "default":
+        ndim = (2 if is_rgb(images[0]) else images[0].ndim) if images else 2
+        if has_default_model(ndim):
+            print(f"Starting from the shipped {ndim}D model (--init none to start from scratch).", file=sys.stderr)
+            return load_default_model(ndim)
+        print(f"No shipped {ndim}D starting model: training a new network.", file=sys.stderr)
+        return None
+    return load_model(init)
 
 
 def cmd_train(args) -> int:
@@ -153,7 +190,7 @@ def cmd_train(args) -> int:
               f"{', '.join(unmatched[:5])}{'…' if len(unmatched) > 5 else ''}", file=sys.stderr)
     images = [read_image(i) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
-    init = load_model(args.init) if args.init else None
+    init = _initial_model(args.init, images)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     config = TrainConfig(
         steps=steps,
@@ -168,6 +205,34 @@ def cmd_train(args) -> int:
     model = _train_with_progress(images, labels, config, model=init, names=[s for s, _, _ in pairs])
     save_model(model, out)
     print(f"Saved {out} ({model.history.get('steps', 0)} steps in total).")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .io import read_image, save_model
+    from .training import pretrain_config
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes)):
+        if value is not None and value <= 0:
+            raise SpocoError(f"{flag} must be positive.")
+    files = _files(args.images)
+    if not files:
+        raise SpocoError(f"No TIFF/PNG images found in {args.images}.")
+    names = sorted(files)
+    images = [read_image(files[n]) for n in names]
+    init = _initial_model(args.init, images)
+    if init is None:
+        print("Note: pretraining a new network with the consistency term alone learns little; "
+              "start from a trained model (--init default or a model file) where you can.", file=sys.stderr)
+    steps = args.steps if args.steps is not None else (0 if args.minutes else 300)
+    config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed)
+    print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
+    model = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True)
+    save_model(model, out)
+    print(f"Saved {out}; fine-tune it with `napari-spoco train --init {out} ...`.")
     return 0
 
 
@@ -256,8 +321,10 @@ def cmd_demo(args) -> int:
           f"{data.n_painted} of {data.n_train_objects} nuclei painted in the training crop.", file=sys.stderr)
     steps = args.steps or 0
     config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device)
+    init = _initial_model(args.init, [data.train_image])
+    steps_before = init.history.get("steps", 0) if init is not None else 0
     t0 = time.perf_counter()
-    model = _train_with_progress([data.train_image], [data.train_sparse], config)
+    model = _train_with_progress([data.train_image], [data.train_sparse], config, model=init)
     train_s = time.perf_counter() - t0
     save_model(model, out / "model.spoco.pt")
     results = {}
@@ -268,11 +335,11 @@ def cmd_demo(args) -> int:
         results[f"nuclei_{name}"] = evaluate(truth, labels)
     mean = {k: float(np.mean([m[k] for m in results.values()])) for k in METRIC_KEYS}
     print(format_table({"images": results, "mean": mean}))
-    print(f"\nTrained {model.history['steps']} steps in {train_s:.0f} s. Wrote model, label TIFFs and PNG overlays to {out}/")
+    print(f"\nTrained {model.history['steps'] - steps_before} steps in {train_s:.0f} s. Wrote model, label TIFFs and PNG overlays to {out}/")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

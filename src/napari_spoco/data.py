@@ -20,9 +20,14 @@ from .errors import SpocoError
 MAX_TRAIN_PIXELS = 2**31
 
 
+def is_rgb(image: np.ndarray) -> bool:
+    """(H, W, 3|4) with H, W > 4 is a colour image (not a thin 3-slice volume's last axis)."""
+    return image.ndim == 3 and image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4
+
+
 def to_grayscale_if_rgb(image: np.ndarray) -> np.ndarray:
     """(H, W, 3|4) colour images become luminance; anything else is returned unchanged."""
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4:
+    if is_rgb(image):
         rgb = image[..., :3].astype(np.float32)
         return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return image
@@ -159,8 +164,12 @@ def prepare_training_data(
     background_label: int | None = None,
     names: list[str] | None = None,
     ring_width: int = 3,
+    require_objects: bool = True,
 ) -> list[TrainingImage]:
-    """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO."""
+    """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO.
+
+    ``require_objects=False`` (self-supervised pretraining) accepts images with nothing painted.
+    """
     if len(images) == 0:
         raise SpocoError("No training images were given.")
     if len(images) != len(labels):
@@ -186,6 +195,8 @@ def prepare_training_data(
         out.append(TrainingImage(normalize(img), objects, bg, negatives, boxes))
     if len(ndims) > 1:
         raise SpocoError("Mix of 2D and 3D images: train 2D and 3D models separately.")
+    if not require_objects:
+        return out
     if total_objects == 0:
         raise SpocoError(
             "The label images contain no painted objects. Paint at least two objects "
@@ -247,7 +258,7 @@ class PatchSampler:
 
     def sample(self) -> tuple[np.ndarray, ...]:
         """One (image, objects, background, negatives) patch tuple of ``patch_shape``."""
-        if self.rng.random() < self.object_fraction:
+        if self._objects and self.rng.random() < self.object_fraction:
             idx, center = self._center_on_object()
         else:
             idx = int(self.rng.choice(len(self.data), p=self._image_p))

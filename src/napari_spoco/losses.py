@@ -207,6 +207,16 @@ def foreground_term(
     return 0.5 * bce[pos].mean() + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
 
 
+def foreground_consistency_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """BCE of the student's foreground logits against the teacher's probabilities (a constant).
+
+    Used by self-supervised adaptation only (docs/method.md): the consistency term constrains the
+    embeddings but says nothing about the foreground head, which would otherwise drift.
+    """
+    target = torch.sigmoid(teacher_logits.detach())
+    return F.binary_cross_entropy_with_logits(student_logits, target)
+
+
 def spoco_loss(
     emb: torch.Tensor,
     objects: torch.Tensor,

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .augment import random_geometry, random_intensity
-from .data import PatchSampler, prepare_training_data
+from .data import PatchSampler, is_rgb, prepare_training_data
 from .errors import SpocoError
-from .losses import LossConfig, spoco_loss
+from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
 
 
@@ -130,7 +130,11 @@ def train(
     SpocoModel
         Student and EMA teacher, moved back to the CPU.
     """
-    steps = iter_train(images, labels, config, model, model_config, stop, names)
+    return _drive(iter_train(images, labels, config, model, model_config, stop, names), callback)
+
+
+def _drive(steps: Generator[TrainProgress, None, SpocoModel], callback) -> SpocoModel:
+    """Run a training generator to its end, feeding ``callback``; return the model."""
     while True:
         try:
             progress = next(steps)
@@ -152,16 +156,33 @@ def iter_train(
     model_config: ModelConfig | None = None,
     stop: threading.Event | Callable[[], bool] | None = None,
     names: Sequence[str] | None = None,
+    self_supervised: bool = False,
 ) -> Generator[TrainProgress, None, SpocoModel]:
     """:func:`train` as a generator: yields a :class:`TrainProgress` after every step and
     returns the model (``StopIteration.value``). napari's ``thread_worker`` drives it directly;
     closing the generator early also leaves a usable model.
+
+    ``self_supervised``: ignore ``labels`` and train the consistency term alone on random
+    patches (see :func:`pretrain`).
     """
-    config = config or TrainConfig()
+    config = config or (pretrain_config() if self_supervised else TrainConfig())
+    if self_supervised:
+        labels = [np.zeros(np.shape(im)[:2] if is_rgb(np.asarray(im)) else np.shape(im), np.int64) for im in images]
+        config = replace(
+            config,
+            object_fraction=0.0,
+            consistency_warmup_steps=0,
+            background_label=None,
+            loss=replace(config.loss, alpha=0.0, beta=0.0, gamma=0.0, instance_weight=0.0,
+                         unlabelled_push_weight=0.0, foreground_weight=0.0,
+                         consistency_weight=config.loss.consistency_weight or 1.0),
+        )
     data = prepare_training_data(
-        list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width
+        list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
+        require_objects=not self_supervised,
     )
     ndim = data[0].image.ndim
+    started_from_model = model is not None
     if model is None:
         model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim), seed=config.seed)
     elif model.config.ndim != ndim:
@@ -196,10 +217,19 @@ def iter_train(
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.steps if config.steps > 0 else 10**9
     seconds = config.minutes * 60.0 if config.minutes else None
+    if self_supervised and started_from_model:
+        # The teacher starts as a trained model: keep it close to that (the spec's fixed 0.999)
+        # so that the student cannot drift with it towards the trivial all-alike embedding.
+        def momentum(step: int) -> float:
+            return config.ema_momentum
+    else:
+        def momentum(step: int) -> float:
+            return ema_momentum(step, config.ema_momentum)
     history: list[dict[str, float]] = model.history.setdefault("losses", [])
     # Set before the first step so that previews during training size their fragment filter.
     sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
-    model.history["object_size_median"] = float(np.median(sizes))
+    if sizes:  # self-supervised runs keep what the model knew about object sizes
+        model.history["object_size_median"] = float(np.median(sizes))
     start = time.perf_counter()
     step = 0
     try:
@@ -224,17 +254,23 @@ def iter_train(
             view2 = random_intensity(x, gen)
 
             emb, fg = split_output(student(view1), model.config)
-            teacher_emb = None
+            teacher_emb = teacher_fg = None
             ramp = min(1.0, (step + 1) / max(1, config.consistency_warmup_steps))
             loss_cfg = replace(config.loss, consistency_weight=config.loss.consistency_weight * ramp)
             if loss_cfg.consistency_weight > 0:
-                with torch.no_grad():
-                    teacher_emb, _ = split_output(teacher(view2), model.config)
+                with torch.inference_mode():
+                    teacher_emb, teacher_fg = split_output(teacher(view2), model.config)
+                teacher_emb = teacher_emb.clone()
+                teacher_fg = teacher_fg.clone() if teacher_fg is not None else None
             losses = spoco_loss(emb, obj, bg, loss_cfg, teacher_emb, fg, neg, gen)
+            if self_supervised and fg is not None and teacher_fg is not None:
+                # Nothing else constrains the foreground head without labels: follow the teacher.
+                losses["foreground"] = foreground_consistency_term(fg, teacher_fg)
+                losses["total"] = losses["total"] + losses["foreground"]
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             opt.step()
-            ema_update(teacher, student, ema_momentum(step, config.ema_momentum))
+            ema_update(teacher, student, momentum(step))
             step += 1
 
             record = {k: float(v.detach()) for k, v in losses.items()}
@@ -267,3 +303,32 @@ def iter_train(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return model
+
+
+def pretrain_config(**overrides) -> TrainConfig:
+    """Defaults for self-supervised adaptation: 300 steps at the reference's learning rate
+    (2e-4), five times below fine-tuning's, because there are no labels to correct a drift."""
+    return replace(TrainConfig(steps=300, learning_rate=2e-4), **overrides)
+
+
+def pretrain(
+    images: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    model: SpocoModel | None = None,
+    model_config: ModelConfig | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+    stop: threading.Event | Callable[[], bool] | None = None,
+    names: Sequence[str] | None = None,
+) -> SpocoModel:
+    """Self-supervised adaptation to unlabelled images: the two-view consistency term alone
+    (student vs. EMA teacher, spec term 6) on random patches, before anything is painted.
+
+    Best started from a trained model (the shipped default): from a random network the
+    consistency term alone is satisfied by embeddings that are all alike, which teaches
+    nothing; from a trained one it adapts the features (and the normalisation statistics) to
+    the new images' appearance. Started from a model, the teacher's momentum is fixed at
+    ``config.ema_momentum`` and the foreground head follows the teacher's. ``config``
+    defaults to :func:`pretrain_config`.
+    """
+    steps = iter_train(images, [None] * len(images), config, model, model_config, stop, names, self_supervised=True)
+    return _drive(steps, callback)

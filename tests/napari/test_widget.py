@@ -76,7 +76,7 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
     assert [s for s in seen_steps if s is not None][:3] == [1, 2, 3]
     assert len(widget.loss_plot.values) == 25
     assert "steps/s" not in widget.train_label.text() and "Trained 25 steps" in widget.train_label.text()
-    assert widget.model is not None and widget.model.history["steps"] == 25
+    assert widget.model is not None and widget.model_source == "shipped default, fine-tuned"
     assert widget.last_preview is not None and widget.last_preview.step > 0
     preview = viewer.layers[PREVIEW_LAYER]
     assert preview.data.shape == (256, 256)  # the sample is smaller than the preview box
@@ -97,8 +97,8 @@ def test_stop_ends_training_within_a_step_and_keeps_model_usable(spoco, qtbot):
     widget.stop_btn.click()
     qtbot.waitUntil(lambda: not widget._training, timeout=20_000)
     assert time.perf_counter() - clicked < 5
-    steps = widget.model.history["steps"]
-    assert 3 <= steps < 100_000
+    steps = widget.last_progress.step
+    assert 3 <= steps < 100_000 and widget.model is not None
     widget.sync = True
     widget.segment_btn.click()
     labels = viewer.layers["nuclei instances"].data
@@ -109,7 +109,7 @@ def test_train_segment_promote_evaluate_export(spoco, qtbot, tmp_path, notes):
     viewer, widget = spoco
     widget.steps_spin.setValue(40)
     widget.train_btn.click()
-    assert widget.model.history["steps"] == 40 and not notes["error"]
+    assert widget.last_progress.step == 40 and not notes["error"]
 
     widget.embedding_check.setChecked(True)
     widget.segment_btn.click()
@@ -153,12 +153,14 @@ def test_save_and_load_model_round_trip(spoco, tmp_path, notes):
     viewer, widget = spoco
     widget.steps_spin.setValue(3)
     widget.train_btn.click()
+    steps = widget.model.history["steps"]
     path = tmp_path / "m.spoco.pt"
     assert widget.save_model_to(str(path)) and path.exists()
     widget.new_model()
     assert widget.model is None and not widget.segment_btn.isEnabled()
     assert widget.load_model_from(str(path))
-    assert widget.model.history["steps"] == 3 and widget.segment_btn.isEnabled()
+    assert widget.model.history["steps"] == steps and widget.segment_btn.isEnabled()
+    assert widget.model_source == "m.spoco.pt"
 
 
 def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_path, notes):
@@ -268,3 +270,39 @@ def test_widget_has_no_model_until_trained_or_loaded(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = SpocoWidget(viewer)
     assert widget.model is None and not widget.train_btn.isEnabled() and not widget.segment_btn.isEnabled()
+
+
+def test_first_train_fine_tunes_the_shipped_model_and_new_starts_from_scratch(spoco, notes):
+    from napari_spoco.pretrained import load_default_model
+
+    viewer, widget = spoco
+    shipped_steps = load_default_model(2).history["steps"]
+    assert widget.model is None and "shipped" in widget.model_label.text()
+    widget.steps_spin.setValue(2)
+    widget.train_btn.click()
+    assert widget.model_source == "shipped default, fine-tuned" and widget.model.history["steps"] == shipped_steps + 2
+    widget.new_model()
+    assert "new network" in widget.model_label.text()
+    widget.train_btn.click()
+    assert widget.model.history["steps"] == 2 and not notes["error"]
+
+
+def test_default_button_segments_without_any_training(spoco):
+    viewer, widget = spoco
+    widget.default_model_btn.click()
+    assert widget.segment_btn.isEnabled()
+    widget.segment_btn.click()
+    assert viewer.layers["nuclei instances"].data.max() >= 10
+
+
+def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes):
+    viewer, widget = spoco
+    sparse = viewer.layers["nuclei sparse labels"]
+    painted = sparse.data.copy()
+    widget.labels_box.setCurrentText(sparse.name)
+    widget.steps_spin.setValue(2)
+    widget.adapt_btn.click()
+    assert not notes["error"], notes["error"]
+    assert widget.last_progress.step == 2
+    assert set(k for k, v in widget.last_progress.losses.items() if v > 0) == {"consistency", "foreground", "total"}
+    assert np.array_equal(sparse.data, painted) and widget.model_source.startswith("shipped default")

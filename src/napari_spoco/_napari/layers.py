@@ -45,6 +45,13 @@ class TrainingSet:
     names: list[str]
 
     @property
+    def ndim(self) -> int:
+        """Spatial dimensionality as the model sees it (RGB counts as 2D)."""
+        from ..data import is_rgb
+
+        return 2 if is_rgb(self.images[0]) else self.images[0].ndim
+
+    @property
     def n_objects(self) -> int:
         return sum(len(np.unique(lab[lab > 0])) for lab in self.labels)
 

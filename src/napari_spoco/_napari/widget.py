@@ -40,8 +40,9 @@ from ..errors import SpocoError
 from ..io import load_model, save_model, write_labels
 from ..metrics import evaluate
 from ..model import ModelConfig, SpocoModel
+from ..pretrained import has_default_model, load_default_model
 from ..segmentation import preview_box
-from ..training import TrainConfig, TrainProgress
+from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .layers import LINK_KEY, image_data, looks_like_time_series, spatial_shape, training_set
 from .widgets import LayerBox, LossPlot
@@ -71,6 +72,8 @@ class SpocoWidget(QWidget):
         self.viewer = napari_viewer
         self.model: SpocoModel | None = None
         self.model_source = "none"
+        # A first Train on 2D images fine-tunes the shipped model unless the user chose New.
+        self.start_from_default = has_default_model(2)
         self.sync = workers.sync_requested()  # tests: run jobs inline
         self._train_job: workers.TrainJob | None = None
         self._train_worker = None
@@ -157,14 +160,20 @@ class SpocoWidget(QWidget):
         self.model_label.setWordWrap(True)
         lay.addWidget(self.model_label)
         row = QHBoxLayout()
+        self.default_model_btn = QPushButton("Default")
+        self.default_model_btn.setToolTip(
+            "Use the shipped 2D starting model (trained on nuclei and phase-contrast cells): "
+            "Segment right away, or Train to fine-tune it on your labels."
+        )
+        self.default_model_btn.clicked.connect(self.use_default_model)
         self.new_model_btn = QPushButton("New")
-        self.new_model_btn.setToolTip("Forget the current model; the next training starts from scratch.")
+        self.new_model_btn.setToolTip("Forget the current model; the next training starts a new network from scratch.")
         self.new_model_btn.clicked.connect(self.new_model)
         self.load_model_btn = QPushButton("Load…")
         self.load_model_btn.clicked.connect(lambda: self.load_model_from(None))
         self.save_model_btn = QPushButton("Save…")
         self.save_model_btn.clicked.connect(lambda: self.save_model_to(None))
-        for b in (self.new_model_btn, self.load_model_btn, self.save_model_btn):
+        for b in (self.default_model_btn, self.new_model_btn, self.load_model_btn, self.save_model_btn):
             row.addWidget(b)
         lay.addLayout(row)
         return box
@@ -198,7 +207,14 @@ class SpocoWidget(QWidget):
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.setToolTip("Stop after the current step; the model keeps what it learned.")
         self.stop_btn.clicked.connect(self.stop_training)
+        self.adapt_btn = QPushButton("Adapt")
+        self.adapt_btn.setToolTip(
+            "Adapt the model to this image without labels (self-supervised consistency between "
+            "two augmented views): useful while you are still painting. Train afterwards."
+        )
+        self.adapt_btn.clicked.connect(self.start_adaptation)
         row.addWidget(self.train_btn)
+        row.addWidget(self.adapt_btn)
         row.addWidget(self.stop_btn)
         form.addRow(row)
         self.progress_bar = QProgressBar()
@@ -292,7 +308,9 @@ class SpocoWidget(QWidget):
         self.bg_brush_btn.setEnabled(labels is not None)
         self.train_btn.setEnabled(not busy and image is not None and labels is not None)
         self.stop_btn.setEnabled(self._training)
+        self.adapt_btn.setEnabled(not busy and image is not None)
         self.new_model_btn.setEnabled(not self._training)
+        self.default_model_btn.setEnabled(not self._training and has_default_model(2))
         self.load_model_btn.setEnabled(not self._training)
         self.save_model_btn.setEnabled(self.model is not None and not self._training)
         self.segment_btn.setEnabled(self.model is not None and not busy and image is not None)
@@ -305,7 +323,11 @@ class SpocoWidget(QWidget):
 
     def _update_model_label(self) -> None:
         if self.model is None:
-            text = "No model yet: Train starts a new one."
+            text = (
+                "No model yet: Train fine-tunes the shipped starting model (2D; 3D starts a new network)."
+                if self.start_from_default
+                else "No model yet: Train starts a new network."
+            )
         else:
             steps = self.model.history.get("steps", 0)
             if self._training:
@@ -385,9 +407,21 @@ class SpocoWidget(QWidget):
         return pairs
 
     # ------------------------------------------------------------------ 2 · model
+    def use_default_model(self) -> bool:
+        try:
+            self.model = load_default_model(2)
+        except Exception as exc:  # noqa: BLE001
+            show_error(_message(exc, "Loading the shipped model"))
+            return False
+        self.model_source = "shipped default"
+        self.start_from_default = True
+        self._update_buttons()
+        return True
+
     def new_model(self) -> None:
         self.model = None
         self.model_source = "none"
+        self.start_from_default = False
         self.loss_plot.clear()
         self.train_label.setText("Not trained yet.")
         self._update_buttons()
@@ -450,6 +484,7 @@ class SpocoWidget(QWidget):
         )
 
     def start_training(self) -> None:
+        """Train (or fine-tune) on the painted objects of the chosen image(s)."""
         if self._training:
             show_warning("Training is already running; press Stop first.")
             return
@@ -462,15 +497,45 @@ class SpocoWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             show_error(_message(exc, "Preparing the training data"))
             return
+        self._launch_training(data.images, data.labels, data.names, config, data.ndim, False,
+                              f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…")
+
+    def start_adaptation(self) -> None:
+        """Self-supervised pretraining on the chosen image, before (or while) painting."""
+        image = self.image_box.layer()
+        if self._training or image is None:
+            return
+        data = image_data(image)
+        if self.series:  # at most 16 frames, spread over the stack
+            frames = np.unique(np.linspace(0, data.shape[0] - 1, min(16, data.shape[0])).astype(int))
+            images = [np.asarray(data[t]) for t in frames]
+        else:
+            images = [np.asarray(data)]
+        ndim = len(spatial_shape(image)) - (1 if self.series else 0)
+        if self.model is None and not (self.start_from_default and has_default_model(ndim)):
+            show_warning(
+                "Adapting works best from a trained model: press Default (2D) or Load… first. "
+                "Adapting a new network anyway."
+            )
+        steps_minutes = self.train_config()
+        config = pretrain_config(steps=steps_minutes.steps, minutes=steps_minutes.minutes)
+        self._launch_training(images, [None] * len(images), [image.name] * len(images), config, ndim, True,
+                              f"Adapting to '{image.name}' without labels…")
+
+    def _launch_training(self, images, labels, names, config, ndim, self_supervised, message) -> None:
+        if self.model is None and self.start_from_default and ndim == 2 and has_default_model(2):
+            self.model = load_default_model(2)
+            self.model_source = "shipped default"
         self._train_job = workers.TrainJob(
-            images=data.images,
-            labels=data.labels,
-            names=data.names,
+            images=images,
+            labels=labels,
+            names=names,
             config=config,
             model=self.model,
             model_config=ModelConfig(),
             preview_every=float(self.preview_spin.value()),
             preview_target=lambda: self._preview_request,
+            self_supervised=self_supervised,
         )
         self._preview_request = self._preview_target()
         if self._preview_request is not None:
@@ -481,7 +546,7 @@ class SpocoWidget(QWidget):
         self._training = True
         self.last_progress = None
         self.progress_bar.setValue(0)
-        self.train_label.setText(f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…")
+        self.train_label.setText(message)
         self._update_buttons()
         self._train_worker = workers.launch(
             workers.training_job,
@@ -548,7 +613,9 @@ class SpocoWidget(QWidget):
         try:
             point = list(self.viewer.dims.point)
             displayed = list(self.viewer.dims.displayed)
-            center = list(self.viewer.camera.center)[-len(displayed):]
+            scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 moved the camera there
+            camera = scene.camera if scene is not None else self.viewer.camera
+            center = list(camera.center)[-len(displayed):]
             for axis, c in zip(displayed, center):
                 point[axis] = c
             data_point = np.asarray(image.world_to_data(point))[-len(spatial_shape(image)):]
@@ -560,14 +627,16 @@ class SpocoWidget(QWidget):
         if len(shape) == 3 and self.series:
             t = int(np.clip(round(data_point[0]), 0, shape[0] - 1))
             box = preview_box(shape[1:], data_point[1:], PREVIEW_SIZE_2D, div)
-            return workers.PreviewTarget(f"{image.name}[{t}]", data[t], box, (t,) + tuple(s.start for s in box))
+            origin = (t,) + tuple(s.start for s in box)
+            return workers.PreviewTarget(f"{image.name}[{t}]", data[t], box, origin, image.name)
         size = PREVIEW_SIZE_2D if len(shape) == 2 else PREVIEW_SIZE_3D
         box = preview_box(shape, data_point, size, div)
-        return workers.PreviewTarget(image.name, data, box, tuple(s.start for s in box))
+        return workers.PreviewTarget(image.name, data, box, tuple(s.start for s in box), image.name)
 
     def _show_preview(self, result: workers.PreviewResult) -> None:
         self.last_preview = result
-        image = self.viewer.layers[result.target.key.split("[")[0]] if result.target.key.split("[")[0] in self.viewer.layers else None
+        name = result.target.layer
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
         labels = result.labels
         if labels.ndim < len(result.target.origin):  # one frame of a 2D+t stack
             labels = labels[None]

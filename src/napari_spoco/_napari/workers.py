@@ -35,6 +35,7 @@ class PreviewTarget:
     image: np.ndarray
     box: tuple[slice, ...]
     origin: tuple[int, ...]
+    layer: str = ""  # the image layer's name
 
 
 @dataclass
@@ -58,12 +59,14 @@ class TrainJob:
     preview_every: float = 0.0  # seconds between previews; 0 switches them off
     preview_target: Callable[[], PreviewTarget | None] = lambda: None
     stop: threading.Event = field(default_factory=threading.Event)
+    self_supervised: bool = False  # consistency alone, labels ignored ("Adapt")
 
 
 def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None, SpocoModel]:
     """Train, yielding progress after every step and, every ``preview_every`` seconds, a
     segmentation of the current preview target made with a snapshot of the model."""
-    steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names)
+    steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names,
+                       self_supervised=job.self_supervised)
     ranges: dict[str, tuple[float, float]] = {}
     last = time.perf_counter()
     while True:
