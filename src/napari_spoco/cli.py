@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         "objects, segment all of them.",
     )
     _add_common(parser)
-    sub = parser.add_subparsers(dest="command", metavar="{train,pretrain,predict,evaluate,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,pretrain,predict,evaluate,export,demo}")
 
     t = sub.add_parser("train", help="train a model on images with sparse labels")
     t.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images")
@@ -74,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     pr.add_argument("--overwrite", action="store_true", help="replace existing label files")
     _add_common(pr)
+
+    ex = sub.add_parser("export", help="write a model as a bioimage.io package (.zip) for other tools")
+    ex.add_argument("--model", required=True, help="model file, or 'default' for the shipped 2D model")
+    ex.add_argument("--out", required=True, help="package to write (.zip)")
+    ex.add_argument("--name", default="napari-spoco embedding model")
+    ex.add_argument("--author", action="append", help="author name (repeat for several)")
+    ex.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
+    ex.add_argument("--test-image", help="image to store as the package's test input (default: a sample crop)")
+    ex.add_argument("--no-validate", action="store_true", help="skip bioimage.io's own test of the package")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_common(ex)
 
     ev = sub.add_parser("evaluate", help="score predicted labels against dense ground truth")
     ev.add_argument("--pred", required=True, help="folder (or file) of predicted label images")
@@ -339,7 +350,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+def cmd_export(args) -> int:
+    from .bioimageio_export import export_bioimageio, validate_bioimageio
+    from .io import load_model, read_image
+    from .pretrained import load_default_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    model = load_default_model(2) if args.model == "default" else load_model(args.model)
+    test_image = read_image(args.test_image) if args.test_image else None
+    path = export_bioimageio(model, out, name=args.name, authors=args.author or ["napari-spoco user"],
+                             license=args.license, test_image=test_image)
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB).", file=sys.stderr)
+    if args.no_validate:
+        return 0
+    passed, summary = validate_bioimageio(path)
+    if not passed:
+        print(summary, file=sys.stderr)
+        raise SpocoError(f"bioimage.io's test of {path} failed (details above); please report this.")
+    print(f"{path}: bioimage.io validation passed (format, and the weights reproduce the test output).")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "predict": cmd_predict, "evaluate": cmd_evaluate,
+            "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,239 @@
+"""Export a napari-spoco model to the bioimage.io model format (a zip other tools can run).
+
+The package holds the student network as TorchScript (no napari-spoco code needed to run it),
+the percentile normalisation as bioimage.io preprocessing, a test input with the output it must
+reproduce, and a README that says what the output is: per-pixel embeddings (plus the foreground
+logit), which still have to be clustered into instances (``napari_spoco.cluster_embeddings`` or
+any mean-shift with bandwidth δ_v). Needs the optional ``bioimageio.spec`` package
+(``pip install "napari-spoco[bioimageio]"``); ``bioimageio.core`` validates the result.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import check_image, normalize
+from .errors import SpocoError
+from .model import SpocoModel
+
+SPOCO_PAPER = (
+    "Wolny, Yu, Pape, Kreshuk: Sparse object-level supervision for instance segmentation with "
+    "pixel embeddings. CVPR 2022."
+)
+SPOCO_URL = "https://arxiv.org/abs/2103.14572"
+#: Output pixels this close to a tile border differ from whole-image inference (the network's
+#: reach); tools that tile the input should crop them (bioimage.io "halo").
+HALO = 16
+
+
+def _require_spec():
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise SpocoError(
+            'Exporting to bioimage.io needs the bioimageio.spec package: pip install "napari-spoco[bioimageio]".'
+        ) from exc
+
+
+def _scripted(model: SpocoModel) -> torch.jit.ScriptModule:
+    """The student network as TorchScript, in evaluation mode, on the CPU."""
+    import copy
+
+    net = copy.deepcopy(model.student).to("cpu", memory_format=torch.contiguous_format).eval()
+    return torch.jit.script(net)
+
+
+def _default_test_image(model: SpocoModel) -> np.ndarray:
+    """A real crop of the shipped sample for 2D models; smooth synthetic blobs for 3D."""
+    if model.config.ndim == 2:
+        from .sample import load_sample
+
+        return load_sample().test_image[:128, :128]
+    rng = np.random.default_rng(0)
+    from scipy import ndimage as ndi
+
+    vol = ndi.gaussian_filter(rng.random((48, 64, 64)).astype(np.float32), 3)
+    return (vol > np.percentile(vol, 80)).astype(np.float32) * 1000 + rng.normal(100, 10, vol.shape).astype(np.float32)
+
+
+def _readme(model: SpocoModel, name: str) -> str:
+    e = model.config.embedding_dim
+    div = model.config.size_divisor
+    fg = "\nChannel {e} is a foreground logit (sigmoid > 0.5: object).".format(e=e) if model.config.foreground_head else ""
+    axes = "z, y, x" if model.config.ndim == 3 else "y, x"
+    return f"""# {name}
+
+A SPOCO embedding network exported by napari-spoco ({model.config.ndim}D UNet,
+{model.config.base_features} base features, depth {model.config.depth}).
+
+## What it computes
+
+Input `raw`: one grey channel, axes batch, channel, {axes}; each side a multiple of
+{model.config.size_divisor}, at least {div * -(-(2 * HALO + 1) // div)}. Preprocessing (in this package): per-image percentile scaling, 1st
+percentile to 0 and 99.8th to 1.
+
+Output `embeddings`: channels 0–{e - 1} are a {e}-D embedding vector per pixel. Pixels of one
+object lie within δ_v = 0.5 of their object's mean embedding; different objects are at least
+2δ_d = 4 apart.{fg}
+
+The output is **not** a label image. To get instances, cluster the embeddings of foreground
+pixels: mean-shift with bandwidth 0.5, split clusters into connected components, merge touching
+pieces whose mean embeddings are closer than 2.0. napari-spoco does this with
+`napari_spoco.cluster_embeddings(embeddings, foreground_probability)` or
+`napari-spoco predict` on the original `.spoco.pt` model. When tiling, crop {HALO} pixels
+from each tile border.
+
+## Validation
+
+The test input in this package is reproduced by the packaged weights (bioimage.io test). For
+accuracy on held-out images, see napari-spoco's docs/benchmarks.md and docs/models.md.
+
+## Training
+
+{model.history.get('steps', 0)} training steps recorded in the napari-spoco model file.
+Method: {SPOCO_PAPER} ({SPOCO_URL}).
+"""
+
+
+def export_bioimageio(
+    model: SpocoModel,
+    path: str | Path,
+    *,
+    name: str = "napari-spoco embedding model",
+    description: str = "SPOCO pixel-embedding network for instance segmentation, trained with napari-spoco.",
+    authors: Sequence[str] = ("napari-spoco user",),
+    license: str = "CC-BY-4.0",
+    test_image: np.ndarray | None = None,
+) -> Path:
+    """Write ``model`` as a bioimage.io model package (a ``.zip``) at ``path``.
+
+    ``test_image`` (2D or 3D, matching the model) becomes the package's test input; its sides
+    are cropped to multiples of the network's size divisor. Returns the written path.
+    """
+    _require_spec()
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model.v0_5 import (
+        Author,
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        CiteEntry,
+        FileDescr,
+        Identifier,
+        InputTensorDescr,
+        IntervalOrRatioDataDescr,
+        ModelDescr,
+        OutputTensorDescr,
+        ParameterizedSize,
+        ScaleRangeDescr,
+        ScaleRangeKwargs,
+        SizeReference,
+        SpaceInputAxis,
+        SpaceOutputAxisWithHalo,
+        TensorId,
+        TorchscriptWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    path = Path(path)
+    if path.suffix != ".zip":
+        raise SpocoError(f"A bioimage.io package is a .zip file; got {path.name}.")
+    cfg = model.config
+    div = cfg.size_divisor
+    image = check_image(test_image if test_image is not None else _default_test_image(model))
+    if image.ndim != cfg.ndim:
+        raise SpocoError(f"The test image is {image.ndim}D but the model is {cfg.ndim}D.")
+    crop = tuple(slice(0, (n // div) * div) for n in image.shape)
+    image = np.ascontiguousarray(image[crop], dtype=np.float32)
+    min_side = div * -(-(2 * HALO + 1) // div)  # tiles must be larger than their two halos
+    if min(image.shape) < min_side:
+        raise SpocoError(f"The test image must be at least {min_side} pixels on each side.")
+
+    scripted = _scripted(model)
+    x = torch.from_numpy(normalize(image))[None, None]
+    with torch.no_grad():
+        y = scripted(x).numpy()
+
+    spatial = ["z", "y", "x"][-cfg.ndim:]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "test_input.npy", image[None, None])
+        np.save(tmp / "test_output.npy", y)
+        scripted.save(str(tmp / "weights.torchscript.pt"))
+        (tmp / "README.md").write_text(_readme(model, name), encoding="utf-8")
+
+        raw = TensorId("raw")
+        inputs = [
+            InputTensorDescr(
+                id=raw,
+                description="grey-value image",
+                axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier("grey")])]
+                + [SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=min_side, step=div)) for a in spatial],
+                test_tensor=FileDescr(source=tmp / "test_input.npy"),
+                data=IntervalOrRatioDataDescr(type="float32"),
+                preprocessing=[
+                    ScaleRangeDescr(
+                        kwargs=ScaleRangeKwargs(
+                            axes=tuple(AxisId(a) for a in spatial), min_percentile=1.0, max_percentile=99.8
+                        )
+                    )
+                ],
+            )
+        ]
+        channels = [Identifier(f"embedding{i}") for i in range(cfg.embedding_dim)]
+        if cfg.foreground_head:
+            channels.append(Identifier("foreground_logit"))
+        outputs = [
+            OutputTensorDescr(
+                id=TensorId("embeddings"),
+                description="per-pixel embedding vectors (and the foreground logit); cluster them into instances",
+                axes=[BatchAxis(), ChannelAxis(channel_names=channels)]
+                + [
+                    SpaceOutputAxisWithHalo(id=AxisId(a), size=SizeReference(tensor_id=raw, axis_id=AxisId(a)), halo=HALO)
+                    for a in spatial
+                ],
+                test_tensor=FileDescr(source=tmp / "test_output.npy"),
+                data=IntervalOrRatioDataDescr(type="float32"),
+            )
+        ]
+        descr = ModelDescr(
+            name=name,
+            description=description,
+            authors=[Author(name=a) for a in authors],
+            cite=[CiteEntry(text=SPOCO_PAPER, url=SPOCO_URL)],
+            license=license,
+            documentation=FileDescr(source=tmp / "README.md"),
+            tags=["instance-segmentation", "pixel-embeddings", "spoco", "napari-spoco", f"{cfg.ndim}d"],
+            inputs=inputs,
+            outputs=outputs,
+            weights=WeightsDescr(
+                torchscript=TorchscriptWeightsDescr(
+                    source=tmp / "weights.torchscript.pt",
+                    pytorch_version=Version(torch.__version__.split("+")[0]),
+                )
+            ),
+            config={"napari_spoco": {"model_config": cfg.to_dict(), "delta_var": 0.5, "delta_dist": 2.0,
+                                     "steps": int(model.history.get("steps", 0))}},
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_bioimageio_package(descr, output_path=path)
+    return path
+
+
+def validate_bioimageio(path: str | Path) -> tuple[bool, str]:
+    """Run bioimage.io's own model test (format + reproducing the test output) on a package.
+
+    Returns (passed, a text summary). Needs ``bioimageio.core``.
+    """
+    try:
+        from bioimageio.core import test_model
+    except ImportError as exc:  # pragma: no cover
+        raise SpocoError('Validating needs bioimageio.core: pip install "napari-spoco[bioimageio]".') from exc
+    summary = test_model(str(path))
+    return summary.status == "passed", summary.format()

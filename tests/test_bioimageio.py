@@ -1,0 +1,44 @@
+"""bioimage.io export: the package passes bioimage.io's own test (format + reproduced outputs)."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bioimageio.core")
+
+from napari_spoco.bioimageio_export import HALO, export_bioimageio, validate_bioimageio  # noqa: E402
+from napari_spoco.cli import main  # noqa: E402
+from napari_spoco.errors import SpocoError  # noqa: E402
+from napari_spoco.model import ModelConfig, SpocoModel  # noqa: E402
+
+
+def test_exported_2d_package_passes_bioimageio_test_and_documents_its_output(tmp_path, capsys):
+    out = tmp_path / "nuclei.zip"
+    assert main(["export", "--model", "default", "--out", str(out), "--author", "A. Tester"]) == 0
+    assert "validation passed" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as z:
+        names = set(z.namelist())
+        readme = z.read("README.md").decode()
+        rdf = z.read("rdf.yaml").decode()
+    assert {"rdf.yaml", "README.md", "weights.torchscript.pt", "test_input.npy", "test_output.npy"} <= names
+    assert "not** a label image" in readme and "mean-shift" in readme
+    assert "A. Tester" in rdf and "scale_range" in rdf and f"halo: {HALO}" in rdf
+    # refuses to overwrite
+    assert main(["export", "--model", "default", "--out", str(out)]) == 2
+
+
+def test_exported_3d_package_passes_too(tmp_path):
+    model = SpocoModel.new(ModelConfig(ndim=3, base_features=4, depth=2))
+    passed, summary = validate_bioimageio(export_bioimageio(model, tmp_path / "vol.zip"))
+    assert passed, summary
+
+
+def test_export_refuses_a_test_image_of_the_wrong_kind(tmp_path):
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=2))
+    with pytest.raises(SpocoError, match="3D but the model is 2D"):
+        export_bioimageio(model, tmp_path / "m.zip", test_image=np.zeros((40, 40, 40), np.float32))
+    with pytest.raises(SpocoError, match=r"\.zip"):
+        export_bioimageio(model, tmp_path / "m.pt")
+    with pytest.raises(SpocoError, match="at least"):
+        export_bioimageio(model, tmp_path / "m.zip", test_image=np.ones((16, 16), np.float32))
