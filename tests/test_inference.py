@@ -33,6 +33,16 @@ def test_tiled_embedding_matches_whole_image(shape, tile):
     assert err.max() < 0.05 * scale, (err.max(), scale)
 
 
+def test_tiles_overlapping_by_twice_the_receptive_radius_reproduce_the_whole_image_exactly():
+    image = np.random.default_rng(3).normal(size=(300, 260)).astype(np.float32)
+    model = _model(2)
+    whole = embed(model, image, tile_shape=(512, 512), device="cpu")
+    tiled = embed(model, image, tile_shape=(128, 128), device="cpu")  # default overlap: 2 × 28 px
+    scale = np.abs(whole.embeddings).mean()
+    assert np.abs(whole.embeddings - tiled.embeddings).max() < 1e-5 * scale
+    assert np.abs(whole.foreground - tiled.foreground).max() < 1e-5
+
+
 def test_segment_returns_labels_of_the_input_shape():
     model = _model()
     image = np.random.default_rng(1).normal(size=(70, 90)).astype(np.float32)

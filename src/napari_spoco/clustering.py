@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from .data import relabel_sequential
 from .errors import SpocoError
@@ -378,17 +377,10 @@ def postprocess(
     optionally grow instances by ``expand`` pixels into the background, and relabel 1..N."""
     labels = np.asarray(labels)
     if split_components and labels.max() > 0:
-        out = np.zeros(labels.shape, dtype=np.int64)
-        offset = 0
-        structure = ndi.generate_binary_structure(labels.ndim, 1)
-        for k, sl in enumerate(ndi.find_objects(labels), start=1):
-            if sl is None:
-                continue
-            cc, n = ndi.label(labels[sl] == k, structure=structure)
-            region = out[sl]
-            region[cc > 0] = cc[cc > 0] + offset
-            offset += n
-        labels = out
+        from skimage.measure import label as connected_regions
+
+        # One pass over the image: neighbours (face connectivity) with the same id join.
+        labels = connected_regions(labels, background=0, connectivity=1).astype(np.int64)
     if embeddings is not None and merge_distance > 0:
         labels = merge_similar_neighbours(labels, embeddings, merge_distance)
     if min_size > 1 and labels.max() > 0:

@@ -34,6 +34,14 @@ class ModelConfig:
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
 
+    @property
+    def receptive_radius(self) -> int:
+        """How far (pixels) an input pixel can influence the output: the encoder's and the
+        decoder's 3×3 convolutions at each scale, plus pooling and upsampling offsets (an upper
+        bound; 28 for the CPU default). Tiles overlapping by twice this agree in the middle."""
+        d = self.depth
+        return 2 * (2**d - 1) + 2 * (2 ** (d - 1) - 1) + 2**d
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .clustering import ClusterConfig, cluster_embeddings
+from .data import relabel_sequential
+from .errors import SpocoError
 from .inference import Embedding, embed
 from .model import SpocoModel
 
@@ -28,6 +31,22 @@ def auto_max_size(model: SpocoModel, shape: tuple[int, ...]) -> int | None:
     return int(max(10 * median, 0.25 * np.prod(shape)))
 
 
+def segment_tile_shape(ndim: int) -> tuple[int, ...]:
+    """Largest block embedded and clustered at once: 1024² in 2D, 64×384×384 in 3D (about
+    half a GB of working memory either way)."""
+    return (1024, 1024) if ndim == 2 else (64, 384, 384)
+
+
+def object_halo(model: SpocoModel, ndim: int) -> int:
+    """Context around each segmentation tile: four object diameters (from the median painted
+    object), and at least one diameter plus twice the network's reach, so that an object
+    claimed by a tile (centre within half a halo of its core) lies whole inside the tile and
+    away from its border effects; at most 256 pixels."""
+    median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
+    diameter = 2.0 * (median / np.pi) ** 0.5 if ndim == 2 else 2.0 * (3.0 * median / (4.0 * np.pi)) ** (1 / 3)
+    return int(min(256, max(4 * diameter, diameter + 2 * model.config.receptive_radius)))
+
+
 def segment(
     model: SpocoModel,
     image: np.ndarray,
@@ -38,6 +57,7 @@ def segment(
     progress: Callable[[int, int], None] | None = None,
     value_range: tuple[float, float] | None = None,
     return_embedding: bool = False,
+    _timing: dict | None = None,
 ) -> np.ndarray | tuple[np.ndarray, "Embedding"]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's shape).
 
@@ -45,19 +65,76 @@ def segment(
     clustering parameters (its ``method`` is overridden by ``method``). Without an explicit
     ``min_size``, pieces under 15 % of the median painted object's size are merged into their
     neighbour or dropped; clusters above :func:`auto_max_size` count as background.
-    ``return_embedding=True`` also returns the :class:`Embedding`.
+
+    Images larger than ``tile_shape`` (default :func:`segment_tile_shape`) are segmented tile by
+    tile with a halo of context (:mod:`napari_spoco.tiling`), so memory stays bounded by the tile;
+    ``progress(done, total)`` counts tiles. ``return_embedding=True`` also returns the whole
+    image's :class:`Embedding` (which does take memory in proportion to the image).
     """
     from dataclasses import replace
 
+    from .data import check_image, intensity_range
+    from .io import label_dtype
+    from .tiling import paste_claimed, tiles
+
+    image = check_image(image)
+    ndim = model.config.ndim
+    if image.ndim != ndim:
+        raise SpocoError(
+            f"This is a {ndim}D model but the image is {image.ndim}D (shape {image.shape}); "
+            f"use a model trained on {image.ndim}D images."
+        )
+    spatial = image.shape
     config = replace(config or ClusterConfig(), method=method)
     if config.min_size is None:
-        config = replace(config, min_size=auto_min_size(model, model.config.ndim))
-    if config.max_size is None:
-        config = replace(config, max_size=auto_max_size(model, image.shape[: model.config.ndim]))
-    emb = embed(model, image, tile_shape=tile_shape, device=device,
-                with_teacher=method == "consistency", progress=progress, value_range=value_range)
-    labels = cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings)
-    return (labels, emb) if return_embedding else labels
+        config = replace(config, min_size=auto_min_size(model, ndim))
+    tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
+    if value_range is None:
+        value_range = intensity_range(image)  # one normalisation for every tile
+    halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
+    blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
+    out = np.zeros(spatial, dtype=np.int64)
+    whole = None
+    next_id = 1
+    for k, (core, region) in enumerate(blocks):
+        block = image[region]
+        cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape[:ndim]))
+        t0 = time.perf_counter()
+        emb = embed(model, block, device=device, with_teacher=method == "consistency", value_range=value_range)
+        if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
+            _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
+        labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
+        if len(blocks) == 1:
+            out = labels.astype(np.int64)
+        else:
+            next_id = paste_claimed(out, labels, core, region, next_id, margin=halo / 2)
+        if return_embedding:
+            whole = _paste_embedding(whole, emb, core, region, spatial)
+        del emb
+        if progress is not None:
+            progress(k + 1, len(blocks))
+    if len(blocks) > 1:
+        out = relabel_sequential(out)
+    out = out.astype(label_dtype(out))
+    return (out, whole) if return_embedding else out
+
+
+def _paste_embedding(whole: "Embedding | None", emb: "Embedding", core, region, spatial) -> "Embedding":
+    """Assemble the cores of per-tile embeddings into one image-sized :class:`Embedding`."""
+    if whole is None:
+        whole = Embedding(
+            np.zeros((emb.embeddings.shape[0],) + tuple(spatial), np.float32),
+            None if emb.foreground is None else np.zeros(spatial, np.float32),
+            None if emb.teacher_embeddings is None
+            else np.zeros((emb.teacher_embeddings.shape[0],) + tuple(spatial), np.float32),
+        )
+    inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
+    whole.embeddings[(slice(None),) + core] = emb.embeddings[(slice(None),) + inner]
+    if whole.foreground is not None:
+        whole.foreground[core] = emb.foreground[inner]
+    if whole.teacher_embeddings is not None:
+        whole.teacher_embeddings[(slice(None),) + core] = emb.teacher_embeddings[(slice(None),) + inner]
+    return whole
 
 
 def preview_box(
