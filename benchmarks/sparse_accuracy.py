@@ -9,7 +9,7 @@ next to the better of two classical pipelines computed in the same run:
              the cell interiors, grown back over the membranes by a watershed.
 
 Usage:  python benchmarks/sparse_accuracy.py [--minutes 5] [--datasets bbbc039-nuclei ...]
-                                            [--save-dir DIR]
+                                            [--init default|none] [--save-dir DIR]
 Writes the markdown table to stdout (and to --out if given).
 """
 
@@ -113,13 +113,24 @@ def mean_scores(scores: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in scores])) for k in ("AP50", "mAP", "SBD")}
 
 
-def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path | None = None) -> dict:
+def start_model(init: str, ndim: int):
+    """``default``: the shipped starting model where one exists for ``ndim`` (what
+    ``napari-spoco train`` does), else a new network; ``none``: always a new network."""
+    from napari_spoco.pretrained import has_default_model, load_default_model
+
+    return load_default_model(ndim) if init == "default" and has_default_model(ndim) else None
+
+
+def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path | None = None,
+        init: str = "default") -> dict:
     ds = split.name
     images = [read(ds, s, "images") for s in split.train]
     sparse = [sparsify(read(ds, s, "masks"), fraction, seed + i) for i, s in enumerate(split.train)]
     n_painted = sum(len(np.unique(s)) - 1 for s in sparse)
     t0 = time.perf_counter()
-    model = train(images, sparse, TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu"))
+    start = start_model(init, images[0].ndim)
+    steps_before = start.history.get("steps", 0) if start is not None else 0
+    model = train(images, sparse, TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu"), model=start)
     train_s = time.perf_counter() - t0
     ours, classic = [], {"blobs": [], "membranes": []}
     seg_s = []
@@ -146,7 +157,8 @@ def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path
     best = max(classic_mean, key=lambda k: classic_mean[k]["AP50"])
     return {
         "dataset": ds, "n_train": len(split.train), "n_test": len(split.test), "painted": n_painted,
-        "steps": model.history["steps"], "train_s": train_s, "segment_s": float(np.mean(seg_s)),
+        "steps": model.history["steps"] - steps_before, "start": "shipped 2D model" if start is not None else "new",
+        "train_s": train_s, "segment_s": float(np.mean(seg_s)),
         "ours": mean_scores(ours), "best_classical": best, "classical": classic_mean[best],
         "note": split.note,
     }
@@ -154,15 +166,15 @@ def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| data set | train / test images | painted objects | steps (time) | SPOCO AP50 | mAP | SBD | "
+        "| data set | train / test images | painted objects | start | steps (time) | SPOCO AP50 | mAP | SBD | "
         "best classical | its AP50 | mAP | SBD | AP50 ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, c = r["ours"], r["classical"]
         ratio = o["AP50"] / c["AP50"] if c["AP50"] > 0 else float("inf")
         lines.append(
-            f"| {r['dataset']} | {r['n_train']} / {r['n_test']} | {r['painted']} | {r['steps']} "
+            f"| {r['dataset']} | {r['n_train']} / {r['n_test']} | {r['painted']} | {r['start']} | {r['steps']} "
             f"({r['train_s'] / 60:.1f} min) | {o['AP50']:.3f} | {o['mAP']:.3f} | {o['SBD']:.3f} | "
             f"{r['best_classical']} | {c['AP50']:.3f} | {c['mAP']:.3f} | {c['SBD']:.3f} | {ratio:.2f}× |"
         )
@@ -177,6 +189,9 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--save-dir", type=Path, help="save each data set's model and PNG overlays here")
+    parser.add_argument("--init", choices=["default", "none"], default="default",
+                        help="start from the shipped model where there is one (as `napari-spoco train` does; "
+                        "default) or from a new network")
     args = parser.parse_args()
     if not SHARED.is_dir():
         print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
@@ -188,7 +203,7 @@ def main() -> int:
         if args.datasets and split.name not in args.datasets:
             continue
         print(f"== {split.name}: training {args.minutes} min ...", file=sys.stderr, flush=True)
-        r = run(split, args.minutes, args.fraction, args.seed, args.save_dir)
+        r = run(split, args.minutes, args.fraction, args.seed, args.save_dir, args.init)
         print(f"   {r}", file=sys.stderr, flush=True)
         results.append(r)
     header = (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
