@@ -24,6 +24,11 @@ from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
 
 
+#: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
+#: switches it off to measure by how much).
+CHANNELS_LAST = True
+
+
 @dataclass
 class TrainConfig:
     """How to train; defaults are tuned for an interactive CPU session (docs/method.md)."""
@@ -211,7 +216,7 @@ def iter_train(
     model.to(device)
     student, teacher = model.student, model.teacher
     # Channels-last convolutions are ~30% faster on CPU (measured; docs/benchmarks.md).
-    fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    fmt = (torch.channels_last if ndim == 2 else torch.channels_last_3d) if CHANNELS_LAST else torch.contiguous_format
     student.to(memory_format=fmt)
     teacher.to(memory_format=fmt)
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

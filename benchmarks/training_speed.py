@@ -1,0 +1,113 @@
+"""Training steps per second of the CPU-default network, variants side by side in one run.
+
+    python benchmarks/training_speed.py [--steps 40] [--rounds 3]
+
+Data: the sparse-accuracy benchmark's BBBC039 training images with 10 % of the nuclei painted.
+Variants (each fine-tunes a fresh copy of the shipped 2D model with the default TrainConfig):
+
+* ``current``            — the library as it is;
+* ``no channels-last``  — convolutions in the default (contiguous) memory format;
+* ``1 thread``           — torch limited to one thread.
+
+Rounds alternate the variants so that drifts of a shared machine hit all of them alike; the
+table gives the median steps/s over rounds and the ratio to ``current``. A per-phase breakdown of
+one ``current`` step (cProfile, cumulative) follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import platform
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sparse_accuracy import SHARED, read, sparsify, splits  # noqa: E402
+
+import napari_spoco.training as training  # noqa: E402
+from napari_spoco import TrainConfig, train  # noqa: E402
+from napari_spoco.pretrained import load_default_model  # noqa: E402
+
+
+def steps_per_second(images, labels, steps: int, variant: str) -> float:
+    import os
+
+    import torch
+
+    saved_threads, cpu_count = torch.get_num_threads(), os.cpu_count
+    try:
+        training.CHANNELS_LAST = variant != "no channels-last"
+        if variant == "1 thread":
+            os.cpu_count = lambda: 1  # train() sets torch's thread count from os.cpu_count()
+        train(images, labels, TrainConfig(steps=3, device="cpu"), model=load_default_model(2))  # warm-up
+        t = time.perf_counter()
+        train(images, labels, TrainConfig(steps=steps, device="cpu"), model=load_default_model(2))
+        return steps / (time.perf_counter() - t)
+    finally:
+        training.CHANNELS_LAST = True
+        os.cpu_count = cpu_count
+        torch.set_num_threads(saved_threads)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
+        return 1
+    import torch
+
+    split = next(s for s in splits() if s.name == "bbbc039-nuclei")
+    images = [read(split.name, s, "images") for s in split.train]
+    labels = [sparsify(read(split.name, s, "masks"), 0.1, i) for i, s in enumerate(split.train)]
+    variants = ["current", "no channels-last", "1 thread"]
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants:
+            results[v].append(steps_per_second(images, labels, args.steps, v))
+            print(f"round {r + 1} {v}: {results[v][-1]:.2f} steps/s", file=sys.stderr, flush=True)
+
+    print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only, "
+          f"{time.strftime('%Y-%m-%d')}. CPU-default 2D network, batch 8 × 96², {args.steps} timed steps × "
+          f"{args.rounds} rounds.\n")
+    print("| variant | steps/s (median) | all rounds | vs current |")
+    print("|---|---|---|---|")
+    base = float(np.median(results["current"]))
+    for v in variants:
+        med = float(np.median(results[v]))
+        print(f"| {v} | {med:.2f} | {', '.join(f'{x:.2f}' for x in results[v])} | {med / base:.2f}× |")
+
+    prof = cProfile.Profile()
+    prof.enable()
+    train(images, labels, TrainConfig(steps=args.steps, device="cpu"), model=load_default_model(2))
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
+    phases = [
+        ("backward", lambda f, fn: "run_backward" in fn),
+        ("network forward (student + teacher)", lambda f, fn: f.endswith("model.py") and fn == "forward"),
+        ("SPOCO loss", lambda f, fn: f.endswith("losses.py") and fn == "spoco_loss"),
+        ("  of which consistency anchors", lambda f, fn: f.endswith("losses.py") and fn == "pick_consistency_anchors"),
+        ("patch sampling", lambda f, fn: f.endswith("data.py") and fn == "batch"),
+        ("optimizer step", lambda f, fn: "optim" in f and fn == "step"),
+    ]
+    print("\nOne run of `current`, cumulative seconds per step by phase (cProfile, which slows Python a little):\n")
+    print("| phase | s / step |")
+    print("|---|---|")
+    for label, match in phases:
+        cum = max((v[3] for (f, _, fn), v in stats.items() if match(f, fn)), default=0.0)
+        print(f"| {label} | {cum / args.steps:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
