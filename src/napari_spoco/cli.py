@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_output(path: str, overwrite: bool) -> Path:
+    """The --out file, refused if it exists and --overwrite was not given (a model or package
+    the user already has is never replaced silently)."""
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    return out
+
+
 def _files(path: str) -> dict[str, Path]:
     from .io import IMAGE_SUFFIXES, list_images
 
@@ -186,9 +195,7 @@ def cmd_train(args) -> int:
     from .io import load_model, match_pairs, read_image, save_model
     from .training import TrainConfig
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    out = _new_output(args.out, args.overwrite)
     if args.steps is not None and args.steps <= 0:
         raise SpocoError("--steps must be positive.")
     if args.minutes is not None and args.minutes <= 0:
@@ -223,9 +230,7 @@ def cmd_pretrain(args) -> int:
     from .io import read_image, save_model
     from .training import pretrain_config
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    out = _new_output(args.out, args.overwrite)
     for flag, value in (("--steps", args.steps), ("--minutes", args.minutes)):
         if value is not None and value <= 0:
             raise SpocoError(f"{flag} must be positive.")
@@ -355,9 +360,7 @@ def cmd_export(args) -> int:
     from .io import load_model, read_image
     from .pretrained import load_default_model
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    out = _new_output(args.out, args.overwrite)
     model = load_default_model(2) if args.model == "default" else load_model(args.model)
     test_image = read_image(args.test_image) if args.test_image else None
     path = export_bioimageio(model, out, name=args.name, authors=args.author or ["napari-spoco user"],
