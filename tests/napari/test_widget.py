@@ -281,6 +281,7 @@ def test_first_train_fine_tunes_the_shipped_model_and_new_starts_from_scratch(sp
     widget.steps_spin.setValue(2)
     widget.train_btn.click()
     assert widget.model_source == "shipped default, fine-tuned" and widget.model.history["steps"] == shipped_steps + 2
+    widget._confirm = lambda question: True  # "discard the unsaved training?" — yes
     widget.new_model()
     assert "new network" in widget.model_label.text()
     widget.train_btn.click()
@@ -306,3 +307,19 @@ def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes):
     assert widget.last_progress.step == 2
     assert set(k for k, v in widget.last_progress.losses.items() if v > 0) == {"consistency", "foreground", "total"}
     assert np.array_equal(sparse.data, painted) and widget.model_source.startswith("shipped default")
+
+
+def test_unsaved_training_is_not_discarded_without_asking(spoco, tmp_path):
+    viewer, widget = spoco
+    widget.steps_spin.setValue(2)
+    widget.train_btn.click()
+    trained = widget.model
+    asked = []
+    widget._confirm = lambda question: asked.append(question) or False
+    widget.default_model_btn.click()
+    widget.new_model()
+    assert not widget.load_model_from(str(tmp_path / "any.spoco.pt"))
+    assert widget.model is trained and len(asked) == 3 and "not been saved" in asked[0]
+    assert widget.save_model_to(str(tmp_path / "kept.spoco.pt"))
+    widget.new_model()  # saved: no question
+    assert widget.model is None and len(asked) == 3

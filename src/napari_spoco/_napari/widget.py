@@ -74,6 +74,7 @@ class SpocoWidget(QWidget):
         self.model_source = "none"
         # A first Train on 2D images fine-tunes the shipped model unless the user chose New.
         self.start_from_default = has_default_model(2)
+        self._unsaved_training = False  # Default/New/Load ask before discarding it
         self.sync = workers.sync_requested()  # tests: run jobs inline
         self._train_job: workers.TrainJob | None = None
         self._train_worker = None
@@ -407,7 +408,16 @@ class SpocoWidget(QWidget):
         return pairs
 
     # ------------------------------------------------------------------ 2 · model
+    def _may_replace_model(self) -> bool:
+        """True unless the current model holds training that was never saved and the user
+        declines to discard it."""
+        return not self._unsaved_training or self._confirm(
+            "The current model has training that has not been saved (Save… keeps it). Replace it anyway?"
+        )
+
     def use_default_model(self) -> bool:
+        if not self._may_replace_model():
+            return False
         try:
             self.model = load_default_model(2)
         except Exception as exc:  # noqa: BLE001
@@ -415,10 +425,14 @@ class SpocoWidget(QWidget):
             return False
         self.model_source = "shipped default"
         self.start_from_default = True
+        self._unsaved_training = False
         self._update_buttons()
         return True
 
     def new_model(self) -> None:
+        if not self._may_replace_model():
+            return
+        self._unsaved_training = False
         self.model = None
         self.model_source = "none"
         self.start_from_default = False
@@ -443,13 +457,14 @@ class SpocoWidget(QWidget):
 
     def load_model_from(self, path: str | None) -> bool:
         path = path or self._ask_path("Load SPOCO model", False, "", MODEL_FILTER)
-        if not path:
+        if not path or not self._may_replace_model():
             return False
         try:
             self.model = load_model(path)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             show_error(_message(exc, "Loading the model"))
             return False
+        self._unsaved_training = False
         self.model_source = Path(path).name
         show_info(f"Loaded {Path(path).name}: {self.model.config.ndim}D, {self.model.history.get('steps', 0)} steps.")
         self._update_buttons()
@@ -470,6 +485,7 @@ class SpocoWidget(QWidget):
             show_error(_message(exc, "Saving the model"))
             return False
         self.model_source = saved.name
+        self._unsaved_training = False
         show_info(f"Model saved to {saved}")
         self._update_buttons()
         return True
@@ -574,6 +590,7 @@ class SpocoWidget(QWidget):
             self.model = p.model
             self.model_source = "new"
         self.last_progress = p
+        self._unsaved_training = True  # from the first step on, even if the run later fails
         self._update_model_label()
         self.progress_bar.setValue(int(1000 * p.fraction))
         total = f"/{p.total_steps}" if p.total_steps else ""
