@@ -153,6 +153,17 @@ def test_clusters_larger_than_max_size_become_background():
     assert dropped.max() == 1 and (dropped > 0).sum() == 25
 
 
+def test_max_size_caps_connected_pieces_not_whole_clusters():
+    # Look-alike cells far apart share one embedding (one cluster of 4 × 100 px), as a fully
+    # convolutional network makes them; each cell is far under the cap and must stay.
+    emb = np.zeros((4, 40, 40), np.float32)
+    fg = np.zeros((40, 40), np.float32)
+    for y, x in [(2, 2), (2, 25), (25, 2), (25, 25)]:
+        fg[y : y + 10, x : x + 10] = 1.0
+    out = cluster_embeddings(emb, fg, ClusterConfig(min_size=4, max_size=150))
+    assert out.max() == 4 and (out > 0).sum() == 400
+
+
 def test_hdbscan_still_clusters_when_sklearns_epsilon_search_fails(monkeypatch):
     # scikit-learn 1.9 + NumPy 2.4 raise TypeError inside the ε search on real embeddings.
     import sklearn.cluster

@@ -32,7 +32,7 @@ class ClusterConfig:
     bandwidth: float = 0.5  # δ_v
     foreground_threshold: float = 0.5
     min_size: int | None = None  # default 16 px (2D) / 64 voxels (3D)
-    max_size: int | None = None  # clusters larger than this are background (segment() sets it)
+    max_size: int | None = None  # connected pieces larger than this are background (segment() sets it)
     split_components: bool = True
     # δ_d: touching pieces whose mean embeddings are closer than this are one object (measured:
     # docs/benchmarks.md; half the push margin 2δ_d that distinct neighbours are trained to keep).
@@ -279,15 +279,10 @@ def cluster_embeddings(
     if foreground is None and (lab >= 0).any():
         largest = np.bincount(lab[lab >= 0]).argmax()
         lab = np.where(lab == largest, -1, lab)
-    if config.max_size is not None and (lab >= 0).any():
-        # A cluster far larger than any painted object is background the foreground head has
-        # not learned yet (early in training): better shown as nothing than as one giant object.
-        counts = np.bincount(lab[lab >= 0])
-        lab = np.where((lab >= 0) & (counts[np.maximum(lab, 0)] > config.max_size), -1, lab)
     result[flat_idx] = lab + 1
     labels = result.reshape(spatial)
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance)
+                       embeddings, config.merge_distance, config.max_size)
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -401,10 +396,18 @@ def postprocess(
     expand: int = 0,
     embeddings: np.ndarray | None = None,
     merge_distance: float = 0.0,
+    max_size: int | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
-    similar mean embeddings, fold pieces under ``min_size`` into their neighbour (or drop them),
-    optionally grow instances by ``expand`` pixels into the background, and relabel 1..N."""
+    similar mean embeddings, drop pieces over ``max_size`` (background), fold pieces under
+    ``min_size`` into their neighbour (or drop them), optionally grow instances by ``expand``
+    pixels into the background, and relabel 1..N.
+
+    The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
+    gives look-alike objects far apart the same embedding, so one cluster can hold dozens of
+    separate cells (measured on ISBI EM: capping whole clusters dropped a third to half of the
+    cells, and AP50 swung between 0.23 and 0.54 with the clustering seed).
+    """
     labels = np.asarray(labels)
     if split_components and labels.max() > 0:
         from skimage.measure import label as connected_regions
@@ -413,6 +416,13 @@ def postprocess(
         labels = connected_regions(labels, background=0, connectivity=1).astype(np.int64)
     if embeddings is not None and merge_distance > 0:
         labels = merge_similar_neighbours(labels, embeddings, merge_distance)
+    if max_size is not None and labels.max() > 0:
+        # A piece far larger than any painted object is background the foreground head has not
+        # learned yet (early in training): better shown as nothing than as one giant object.
+        sizes = np.bincount(labels.ravel())
+        huge = sizes > max_size
+        huge[0] = False
+        labels = np.where(huge[labels], 0, labels)
     if min_size > 1 and labels.max() > 0:
         labels = absorb_small(labels, min_size)
         sizes = np.bincount(labels.ravel())

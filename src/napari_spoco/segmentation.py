@@ -23,8 +23,8 @@ def auto_min_size(model: SpocoModel, ndim: int) -> int:
 
 
 def auto_max_size(model: SpocoModel, shape: tuple[int, ...]) -> int | None:
-    """Clusters above both 10× the median painted object and a quarter of the image are
-    background (None when the model does not know its objects' size)."""
+    """Connected pieces above both 10× the median painted object and a quarter of the image
+    are background (None when the model does not know its objects' size)."""
     median = model.history.get("object_size_median")
     if not median:
         return None
@@ -64,7 +64,7 @@ def segment(
     ``method`` is ``meanshift`` (default), ``hdbscan`` or ``consistency``; ``config`` holds the
     clustering parameters (its ``method`` is overridden by ``method``). Without an explicit
     ``min_size``, pieces under 15 % of the median painted object's size are merged into their
-    neighbour or dropped; clusters above :func:`auto_max_size` count as background.
+    neighbour or dropped; connected pieces above :func:`auto_max_size` count as background.
 
     Images larger than ``tile_shape`` (default :func:`segment_tile_shape`) are segmented tile by
     tile with a halo of context (:mod:`napari_spoco.tiling`), so memory stays bounded by the tile;
