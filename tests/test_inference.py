@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from napari_spoco.errors import SpocoError
-from napari_spoco.inference import embed
+import math
+
+from napari_spoco.inference import _axis_layout, embed, plan_tiles
 from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.segmentation import segment
 
@@ -41,6 +43,35 @@ def test_tiles_overlapping_by_twice_the_receptive_radius_reproduce_the_whole_ima
     scale = np.abs(whole.embeddings).mean()
     assert np.abs(whole.embeddings - tiled.embeddings).max() < 1e-5 * scale
     assert np.abs(whole.foreground - tiled.foreground).max() < 1e-5
+
+
+def test_planned_tiles_cover_the_image_within_budget_with_less_work_than_fixed_tiles():
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        ndim = int(rng.integers(2, 4))
+        div, ov = 4, 56
+        padded = tuple(int(rng.integers(16, 700 if ndim == 2 else 200)) // div * div + div for _ in range(ndim))
+        budget = 512 * 512 if ndim == 2 else 64 * 160 * 160
+        plan = plan_tiles(padded, budget, ov, div)
+        assert math.prod(t for t, _ in plan) <= budget
+        for n, (t, starts) in zip(padded, plan):
+            assert starts[0] == 0 and starts[-1] + t == n and all(s0 % div == 0 for s0 in starts)
+            assert all(b - a <= t - ov for a, b in zip(starts, starts[1:]))  # overlap >= ov
+        fixed = (512, 512) if ndim == 2 else (64, 160, 160)
+        old = [_axis_layout(n, f, min(ov, f // 2), div) for n, f in zip(padded, fixed)]
+        work = lambda lay: math.prod(t * len(st) for t, st in lay)  # noqa: E731
+        assert work(plan) <= work(old)
+
+
+def test_planned_3d_tiles_reproduce_the_whole_volume_exactly():
+    image = np.random.default_rng(5).normal(size=(24, 90, 80)).astype(np.float32)
+    model = _model(3)
+    whole = embed(model, image, tile_shape=(256, 256, 256), device="cpu")
+    seen = []
+    tiled = embed(model, image, max_tile_voxels=64 * 64 * 64, device="cpu", progress=lambda i, n: seen.append(n))
+    assert seen and seen[-1] > 1  # it did tile
+    scale = np.abs(whole.embeddings).mean()
+    assert np.abs(whole.embeddings - tiled.embeddings).max() < 1e-5 * scale
 
 
 def test_segment_returns_labels_of_the_input_shape():

@@ -31,8 +31,35 @@ class Embedding:
     teacher_embeddings: np.ndarray | None = None  # (E, *spatial), for consistency clustering
 
 
-def default_tile_shape(ndim: int) -> tuple[int, ...]:
-    return (512, 512) if ndim == 2 else (64, 160, 160)
+def default_tile_voxels(ndim: int) -> int:
+    """Voxels of the largest tile, which bounds the memory of one forward pass: 512² in 2D,
+    64×160×160 in 3D (about 0.3 and 1 GB for the CPU-default network)."""
+    return 512 * 512 if ndim == 2 else 64 * 160 * 160
+
+
+def default_margin(model: SpocoModel) -> int:
+    """Reflected context around the image: 8 × the network's size divisor in 2D (32 pixels for
+    the default network), half that in 3D.
+
+    In 3D the margin multiplies the work by (1 + 2m/n)³: 32 voxels around the 60×256×256 cells3d
+    volume made it 2.5× larger, and 16 voxels changed its embedding by at most 0.013 with the
+    same AP50 (docs/benchmarks.md).
+    """
+    div = model.config.size_divisor
+    return 8 * div if model.config.ndim == 2 else 4 * div
+
+
+def _layout_for_count(n: int, count: int, overlap: int, div: int) -> tuple[int, list[int]]:
+    """Tile length and starts for ``count`` equal tiles along an axis of length ``n`` (a
+    multiple of ``div``), overlapping by at least ``overlap`` and starting on multiples of
+    ``div``; the shortest such tile."""
+    if count <= 1:
+        return n, [0]
+    # one divisor of slack: starts are rounded down to multiples of div, which can widen a gap
+    tile = min(n, _round_up(math.ceil((n + (count - 1) * (overlap + div)) / count), div))
+    starts = [int((i * (n - tile) / (count - 1)) // div * div) for i in range(count)]
+    starts[-1] = n - tile
+    return tile, starts
 
 
 def _axis_layout(n: int, max_tile: int, overlap: int, div: int) -> tuple[int, list[int]]:
@@ -42,11 +69,42 @@ def _axis_layout(n: int, max_tile: int, overlap: int, div: int) -> tuple[int, li
     if n <= max_tile:
         return n, [0]
     count = math.ceil((n - overlap) / max(div, max_tile - overlap - div))
-    # one divisor of slack: starts are rounded down to multiples of div, which can widen a gap
-    tile = min(n, _round_up(math.ceil((n + (count - 1) * (overlap + div)) / count), div))
-    starts = [int((i * (n - tile) / (count - 1)) // div * div) for i in range(count)]
-    starts[-1] = n - tile
-    return tile, starts
+    return _layout_for_count(n, count, overlap, div)
+
+
+def plan_tiles(padded: tuple[int, ...], max_voxels: int, overlap: int, div: int) -> list[tuple[int, list[int]]]:
+    """Per-axis (tile length, starts) for tiles of at most ``max_voxels`` that cover ``padded``
+    with the least total work (tiles × tile volume).
+
+    A fixed tile shape wastes most of its work on overlaps when the image is thin along one
+    axis (a 60-slice stack in 64×160×160 tiles overlapping by 56 voxels needs four tiles in Z);
+    searching over tile counts per axis spends the voxel budget where it saves most.
+    """
+    options = []
+    for n in padded:
+        opts: dict[int, tuple[int, list[int]]] = {}
+        for count in range(1, 65):
+            tile, starts = _layout_for_count(n, count, overlap, div)
+            if count > 1 and tile <= overlap + div:
+                break  # a tile must keep something beyond its share of the overlaps
+            opts.setdefault(tile, (tile, starts))
+        options.append(list(opts.values()))
+    # Options run from one tile to many; along an axis more tiles always mean more work (each
+    # adds an overlap), so for each choice on the other axes the last axis takes its fewest
+    # tiles that fit the budget.
+    best, best_cost = None, None
+    last = options[-1]
+    for prefix in itertools.product(*options[:-1]):
+        pvox = math.prod(t for t, _ in prefix)
+        choice = next((o for o in last if pvox * o[0] <= max_voxels), last[-1])
+        combo = list(prefix) + [choice]
+        vox = pvox * choice[0]
+        n_tiles = math.prod(len(st) for _, st in combo)
+        # within the budget, least work, then fewest tiles; else the smallest tiles there are
+        cost = (vox > max_voxels, vox if vox > max_voxels else n_tiles * vox, n_tiles)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = combo, cost
+    return best
 
 
 def _ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
@@ -97,13 +155,18 @@ def embed(
     with_teacher: bool = False,
     progress: Callable[[int, int], None] | None = None,
     value_range: tuple[float, float] | None = None,
+    margin: int | None = None,
+    max_tile_voxels: int | None = None,
 ) -> Embedding:
     """Embed a 2D/3D image with the student (and optionally the teacher), tile by tile.
 
-    ``tile_shape`` is the largest tile, which bounds the memory of one forward pass (default
-    512² in 2D, 64×160×160 in 3D: about 0.3 and 1 GB for the CPU-default network); ``overlap``
-    defaults to twice the network's receptive radius, beyond which tiles agree exactly. ``progress(done, total)`` is called after each tile.
-    ``value_range`` overrides the image's own percentile range (for crops of a larger image).
+    ``tile_shape`` is the largest tile along each axis; by default tiles of at most
+    ``max_tile_voxels`` (default :func:`default_tile_voxels`) are shaped by :func:`plan_tiles`
+    for the least total work. Either way the tile bounds the memory of one forward pass. ``overlap`` defaults to twice the
+    network's receptive radius, beyond which tiles agree exactly. ``margin`` is the reflected
+    context added around the image (default :func:`default_margin`). ``progress(done, total)``
+    is called after each tile. ``value_range`` overrides the image's own percentile range (for
+    crops of a larger image).
     """
     image = check_image(image)
     if image.ndim != model.config.ndim:
@@ -115,55 +178,71 @@ def embed(
     div = model.config.size_divisor
     # A reflected margin around the image: the network learned on crops from inside images, and
     # zero padding at a real image edge otherwise shows as spurious objects along the border.
-    margin = tuple(min(2 * div * 4, n - 1) for n in image.shape)
-    x = np.pad(x, [(m, m) for m in margin], mode="reflect")
-    inner = tuple(slice(m, m + n) for m, n in zip(margin, image.shape))
-    tile_shape = tuple(tile_shape or default_tile_shape(image.ndim))
+    if margin is None:
+        margin = default_margin(model)
+    margins = tuple(min(margin, n - 1) for n in image.shape)
+    x = np.pad(x, [(m, m) for m in margins], mode="reflect")
     padded = tuple(_round_up(n, div) for n in x.shape)
     ov = overlap if overlap is not None else 2 * model.config.receptive_radius
-    layouts = [
-        _axis_layout(p, max(div, _round_up(t, div)), min(_round_up(ov, div) if ov else 0, _round_up(t, div) // 2), div)
-        for p, t in zip(padded, tile_shape)
-    ]
+    ov_r = _round_up(ov, div) if ov else 0
+    if tile_shape is None:
+        layouts = plan_tiles(padded, max_tile_voxels or default_tile_voxels(image.ndim), ov_r, div)
+    else:
+        layouts = [
+            _axis_layout(p, max(div, _round_up(t, div)), min(ov_r, _round_up(t, div) // 2), div)
+            for p, t in zip(padded, tile_shape)
+        ]
     tiles = tuple(t for t, _ in layouts)
-    overlaps = tuple(min(_round_up(ov, div) if ov else 0, t // 2) for t in tiles)
+    # each tile hands over in the middle of its overlaps (planned tiles are longer than ov_r)
+    overlaps = tuple(min(ov_r, t // 2) for t in tiles) if tile_shape is not None else (ov_r,) * len(tiles)
     pad = [(0, p - n) for p, n in zip(padded, x.shape)]
     if any(p[1] for p in pad):
         x = np.pad(x, pad, mode="reflect")
 
     nets = [model.student] + ([model.teacher] if with_teacher else [])
-    _check_memory(int(np.prod(padded)), model.config.out_channels * len(nets) + 2, image.shape)
+    # Accumulators cover the image only, not its margin: the margin is context, never output.
+    _check_memory(int(np.prod(image.shape)), model.config.out_channels * len(nets) + 1, image.shape)
     dev = select_device(device)
     for n in nets:
         n.eval().to(dev)
     c_out = model.config.out_channels
-    acc = [np.zeros((c_out,) + padded, dtype=np.float32) for _ in nets]
-    wsum = np.zeros(padded, dtype=np.float32)
+    acc = [np.zeros((c_out,) + image.shape, dtype=np.float32) for _ in nets]
+    wsum = np.zeros(image.shape, dtype=np.float32)
     starts = [st for _, st in layouts]
     combos = list(itertools.product(*starts))
     try:
         for i, start in enumerate(combos):
-            sl = tuple(slice(s, s + t) for s, t in zip(start, tiles))
-            w = np.ones((), dtype=np.float32)
-            for ax, (s, t, o, p) in enumerate(zip(start, tiles, overlaps, padded)):
-                r = _ramp(t, o, at_start=s == 0, at_end=s + t >= p)
-                w = w[..., None] * r if w.ndim else r
-            xt = torch.from_numpy(np.ascontiguousarray(x[sl]))[None, None].to(dev)
-            for a, net in zip(acc, nets):
-                out = net(xt)[0].float().cpu().numpy()
-                a[(slice(None),) + sl] += out * w
-            wsum[sl] += w
+            # the part of this tile that lies inside the image, in tile and in image coordinates
+            in_tile, in_image = [], []
+            for s0, t, m, n in zip(start, tiles, margins, image.shape):
+                lo, hi = max(s0, m), min(s0 + t, m + n)
+                in_tile.append(slice(lo - s0, hi - s0))
+                in_image.append(slice(lo - m, hi - m))
+            if all(sl.stop > sl.start for sl in in_tile):
+                w = np.ones((), dtype=np.float32)
+                for s0, t, o, p in zip(start, tiles, overlaps, padded):
+                    r = _ramp(t, o, at_start=s0 == 0, at_end=s0 + t >= p)
+                    w = w[..., None] * r if w.ndim else r
+                w = w[tuple(in_tile)]
+                sl = tuple(slice(s0, s0 + t) for s0, t in zip(start, tiles))
+                xt = torch.from_numpy(np.ascontiguousarray(x[sl]))[None, None].to(dev)
+                for a, net in zip(acc, nets):
+                    out = net(xt)[0].float().cpu().numpy()
+                    a[(slice(None),) + tuple(in_image)] += out[(slice(None),) + tuple(in_tile)] * w
+                    del out
+                wsum[tuple(in_image)] += w
             if progress is not None:
                 progress(i + 1, len(combos))
     finally:
         for n in nets:
             n.to("cpu")
-    outs = [a[(slice(None),) + inner] / wsum[inner] for a in acc]
-    student_emb, fg = split_output(torch.from_numpy(outs[0])[None], model.config)
+    for a in acc:
+        a /= wsum
+    student_emb, fg = split_output(torch.from_numpy(acc[0])[None], model.config)
     fg_prob = None
     if fg is not None:
         fg_prob = (1.0 / (1.0 + np.exp(-fg[0].numpy()))).astype(np.float32)
     teacher_emb = None
     if with_teacher:
-        teacher_emb = np.ascontiguousarray(outs[1][: model.config.embedding_dim])
+        teacher_emb = np.ascontiguousarray(acc[1][: model.config.embedding_dim])
     return Embedding(np.ascontiguousarray(student_emb[0].numpy()), fg_prob, teacher_emb)
