@@ -200,8 +200,9 @@ def embed(
         x = np.pad(x, pad, mode="reflect")
 
     nets = [model.student] + ([model.teacher] if with_teacher else [])
-    # Accumulators cover the image only, not its margin: the margin is context, never output.
-    _check_memory(int(np.prod(image.shape)), model.config.out_channels * len(nets) + 1, image.shape)
+    # Accumulators cover the image only, not its margin (context, never output); plus the
+    # weight sum and the padded input, about one image each.
+    _check_memory(int(np.prod(image.shape)), model.config.out_channels * len(nets) + 2, image.shape)
     dev = select_device(device)
     for n in nets:
         n.eval().to(dev)
