@@ -83,6 +83,13 @@ def test_segment_returns_labels_of_the_input_shape():
     assert (ids == np.arange(1, len(ids) + 1)).all()  # consecutive from 1
 
 
+def test_negative_margin_or_overlap_is_refused():
+    with pytest.raises(SpocoError, match="0 or more pixels"):
+        embed(_model(2), np.zeros((32, 32), np.float32), margin=-1, device="cpu")
+    with pytest.raises(SpocoError, match="0 or more pixels"):
+        embed(_model(2), np.zeros((32, 32), np.float32), overlap=-4, device="cpu")
+
+
 def test_wrong_dimensionality_is_refused():
     with pytest.raises(SpocoError, match="2D model but the image is 3D"):
         embed(_model(2), np.zeros((8, 16, 16), np.float32))

@@ -180,6 +180,8 @@ def embed(
     # zero padding at a real image edge otherwise shows as spurious objects along the border.
     if margin is None:
         margin = default_margin(model)
+    if margin < 0 or (overlap is not None and overlap < 0):
+        raise SpocoError(f"margin and overlap must be 0 or more pixels (got {margin} and {overlap}).")
     margins = tuple(min(margin, n - 1) for n in image.shape)
     x = np.pad(x, [(m, m) for m in margins], mode="reflect")
     padded = tuple(_round_up(n, div) for n in x.shape)
