@@ -9,7 +9,8 @@ next to the better of two classical pipelines computed in the same run:
              the cell interiors, grown back over the membranes by a watershed.
 
 Usage:  python benchmarks/sparse_accuracy.py [--minutes 5] [--datasets bbbc039-nuclei ...]
-                                            [--init default|none] [--save-dir DIR]
+                                            [--init default|none] [--scale auto|F]
+                                            [--save-dir DIR]
 Writes the markdown table to stdout (and to --out if given).
 """
 
@@ -122,7 +123,7 @@ def start_model(init: str, ndim: int):
 
 
 def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path | None = None,
-        init: str = "default") -> dict:
+        init: str = "default", scale: float | None = None) -> dict:
     ds = split.name
     images = [read(ds, s, "images") for s in split.train]
     sparse = [sparsify(read(ds, s, "masks"), fraction, seed + i) for i, s in enumerate(split.train)]
@@ -130,7 +131,7 @@ def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path
     t0 = time.perf_counter()
     start = start_model(init, images[0].ndim)
     steps_before = start.history.get("steps", 0) if start is not None else 0
-    model = train(images, sparse, TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu"), model=start)
+    model = train(images, sparse, TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu", scale=scale), model=start)
     train_s = time.perf_counter() - t0
     ours, classic = [], {"blobs": [], "membranes": []}
     seg_s = []
@@ -158,7 +159,7 @@ def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path
     return {
         "dataset": ds, "n_train": len(split.train), "n_test": len(split.test), "painted": n_painted,
         "steps": model.history["steps"] - steps_before, "start": "shipped 2D model" if start is not None else "new",
-        "train_s": train_s, "segment_s": float(np.mean(seg_s)),
+        "scale": model.pixel_scale, "train_s": train_s, "segment_s": float(np.mean(seg_s)),
         "ours": mean_scores(ours), "best_classical": best, "classical": classic_mean[best],
         "note": split.note,
     }
@@ -166,15 +167,15 @@ def run(split: Split, minutes: float, fraction: float, seed: int, save_dir: Path
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| data set | train / test images | painted objects | start | steps (time) | SPOCO AP50 | mAP | SBD | "
+        "| data set | train / test images | painted objects | start | scale | steps (time) | SPOCO AP50 | mAP | SBD | "
         "best classical | its AP50 | mAP | SBD | AP50 ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, c = r["ours"], r["classical"]
         ratio = o["AP50"] / c["AP50"] if c["AP50"] > 0 else float("inf")
         lines.append(
-            f"| {r['dataset']} | {r['n_train']} / {r['n_test']} | {r['painted']} | {r['start']} | {r['steps']} "
+            f"| {r['dataset']} | {r['n_train']} / {r['n_test']} | {r['painted']} | {r['start']} | {r.get('scale', 1.0):g} | {r['steps']} "
             f"({r['train_s'] / 60:.1f} min) | {o['AP50']:.3f} | {o['mAP']:.3f} | {o['SBD']:.3f} | "
             f"{r['best_classical']} | {c['AP50']:.3f} | {c['mAP']:.3f} | {c['SBD']:.3f} | {ratio:.2f}× |"
         )
@@ -192,7 +193,10 @@ def main() -> int:
     parser.add_argument("--init", choices=["default", "none"], default="default",
                         help="start from the shipped model where there is one (as `napari-spoco train` does; "
                         "default) or from a new network")
+    parser.add_argument("--scale", default="auto",
+                        help="object scale for training and prediction: 'auto' (as `napari-spoco train`) or a factor")
     args = parser.parse_args()
+    scale = None if args.scale == "auto" else float(args.scale)
     if not SHARED.is_dir():
         print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
         return 1
@@ -203,7 +207,7 @@ def main() -> int:
         if args.datasets and split.name not in args.datasets:
             continue
         print(f"== {split.name}: training {args.minutes} min ...", file=sys.stderr, flush=True)
-        r = run(split, args.minutes, args.fraction, args.seed, args.save_dir, args.init)
+        r = run(split, args.minutes, args.fraction, args.seed, args.save_dir, args.init, scale)
         print(f"   {r}", file=sys.stderr, flush=True)
         results.append(r)
     header = (f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -76,6 +76,24 @@ def test_foreign_model_and_shape_mismatch_are_explained(folders, capsys):
     assert "does not match" in capsys.readouterr().err
 
 
+def test_train_scale_is_kept_in_the_model_and_predictions_come_back_full_size(folders, capsys):
+    from napari_spoco.io import load_model
+
+    model = folders / "half.pt"
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(model), "--steps", "2", "--device", "cpu", "--init", "none",
+                 "--scale", "0.5"]) == 0
+    assert load_model(model).pixel_scale == 0.5
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred"), "--device", "cpu"]) == 0
+    assert tifffile.imread(folders / "pred" / "cells.tif").shape == (64, 64)
+    capsys.readouterr()
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(folders / "bad.pt"), "--steps", "1", "--scale", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Scale 0.0 is outside" in err and "Traceback" not in err
+
+
 def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "napari-spoco")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True)

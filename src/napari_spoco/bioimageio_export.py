@@ -66,6 +66,12 @@ def _readme(model: SpocoModel, name: str) -> str:
     div = model.config.size_divisor
     fg = "\nChannel {e} is a foreground logit (sigmoid > 0.5: object).".format(e=e) if model.config.foreground_head else ""
     axes = "z, y, x" if model.config.ndim == 3 else "y, x"
+    scale = model.pixel_scale
+    resize = (
+        f"\n\n**Resize first:** this model was trained on images resized by {scale:g} per axis (its\n"
+        "objects were large). Resize input images by the same factor, and the label image back."
+        if scale != 1.0 else ""
+    )
     return f"""# {name}
 
 A SPOCO embedding network exported by napari-spoco ({model.config.ndim}D UNet,
@@ -75,7 +81,7 @@ A SPOCO embedding network exported by napari-spoco ({model.config.ndim}D UNet,
 
 Input `raw`: one grey channel, axes batch, channel, {axes}; each side a multiple of
 {model.config.size_divisor}, at least {div * -(-(2 * HALO + 1) // div)}. Preprocessing (in this package): per-image percentile scaling, 1st
-percentile to 0 and 99.8th to 1.
+percentile to 0 and 99.8th to 1.{resize}
 
 Output `embeddings`: channels 0–{e - 1} are a {e}-D embedding vector per pixel. Pixels of one
 object lie within δ_v = 0.5 of their object's mean embedding; different objects are at least

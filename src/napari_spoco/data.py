@@ -165,10 +165,12 @@ def prepare_training_data(
     names: list[str] | None = None,
     ring_width: int = 3,
     require_objects: bool = True,
+    scale: float = 1.0,
 ) -> list[TrainingImage]:
     """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO.
 
     ``require_objects=False`` (self-supervised pretraining) accepts images with nothing painted.
+    ``scale`` resizes each pair first (:mod:`napari_spoco.scaling`; labels by nearest neighbour).
     """
     if len(images) == 0:
         raise SpocoError("No training images were given.")
@@ -185,6 +187,11 @@ def prepare_training_data(
         if img.size > MAX_TRAIN_PIXELS:
             raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
         lab = check_labels(lab, img.shape, f"{name} labels")
+        if scale != 1.0:
+            from .scaling import resize_image, resize_labels, scaled_shape
+
+            small = scaled_shape(img.shape, scale)
+            img, lab = resize_image(img, small), resize_labels(lab, small)
         objects, bg = split_background(lab, background_label)
         # Each id is one object; find_objects is indexed by id, so relabel first.
         objects = relabel_sequential(objects).astype(np.int64)

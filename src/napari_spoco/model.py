@@ -150,6 +150,12 @@ class SpocoModel:
         return self
 
     @property
+    def pixel_scale(self) -> float:
+        """Factor images are resized by before the network (napari_spoco.scaling); models
+        written before scaling existed hold none and work at 1.0."""
+        return float(self.history.get("pixel_scale", 1.0))
+
+    @property
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
 

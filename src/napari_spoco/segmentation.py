@@ -66,16 +66,21 @@ def segment(
     ``min_size``, pieces under 15 % of the median painted object's size are merged into their
     neighbour or dropped; connected pieces above :func:`auto_max_size` count as background.
 
-    Images larger than ``tile_shape`` (default :func:`segment_tile_shape`) are segmented tile by
-    tile with a halo of context (:mod:`napari_spoco.tiling`), so memory stays bounded by the tile;
-    ``progress(done, total)`` counts tiles. ``return_embedding=True`` also returns the whole
-    image's :class:`Embedding` (which does take memory in proportion to the image).
+    A model trained at a ``pixel_scale`` other than 1 (large objects, :mod:`napari_spoco.scaling`)
+    sees the image resized by that factor; labels (and the embedding) come back at the image's
+    shape, and ``min_size``, ``max_size`` and ``expand`` stay in the image's pixels.
+
+    Images larger than ``tile_shape`` (default :func:`segment_tile_shape`, in the network's
+    pixels) are segmented tile by tile with a halo of context (:mod:`napari_spoco.tiling`), so
+    memory stays bounded by the tile; ``progress(done, total)`` counts tiles.
+    ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
+    take memory in proportion to the image).
     """
     from dataclasses import replace
 
     from .data import check_image, intensity_range
     from .io import label_dtype
-    from .tiling import paste_claimed, tiles
+    from .scaling import resize_image, resize_labels, scaled_shape
 
     image = check_image(image)
     ndim = model.config.ndim
@@ -84,6 +89,58 @@ def segment(
             f"This is a {ndim}D model but the image is {image.ndim}D (shape {image.shape}); "
             f"use a model trained on {image.ndim}D images."
         )
+    scale = model.pixel_scale
+    if scale == 1.0:
+        return _segment_at_network_scale(
+            model, image, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
+        )
+    if value_range is None:
+        value_range = intensity_range(image)  # of the original: crops normalise like the whole
+    config = config or ClusterConfig()
+    volume = scale**ndim
+    config = replace(
+        config,
+        min_size=None if config.min_size is None else max(1, int(round(config.min_size * volume))),
+        max_size=None if config.max_size is None else max(1, int(round(config.max_size * volume))),
+        expand=int(round(config.expand * scale)),
+    )
+    small = resize_image(image, scaled_shape(image.shape, scale))
+    result = _segment_at_network_scale(
+        model, small, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
+    )
+    labels, emb = result if return_embedding else (result, None)
+    labels = resize_labels(labels, image.shape)
+    if scale > 1.0:  # shrinking the labels back may lose an object of a pixel or two
+        labels = relabel_sequential(labels)
+    labels = labels.astype(label_dtype(labels))
+    if emb is None:
+        return labels
+    from .inference import Embedding
+
+    up = lambda a: None if a is None else resize_image(a, image.shape)  # noqa: E731
+    return labels, Embedding(up(emb.embeddings), up(emb.foreground), up(emb.teacher_embeddings))
+
+
+def _segment_at_network_scale(
+    model: SpocoModel,
+    image: np.ndarray,
+    method: str,
+    config: ClusterConfig | None,
+    tile_shape: tuple[int, ...] | None,
+    device: str,
+    progress: Callable[[int, int], None] | None,
+    value_range: tuple[float, float] | None,
+    return_embedding: bool,
+    _timing: dict | None,
+) -> np.ndarray | tuple[np.ndarray, "Embedding"]:
+    """:func:`segment` on an image already at the model's scale (checked, float32)."""
+    from dataclasses import replace
+
+    from .data import intensity_range
+    from .io import label_dtype
+    from .tiling import paste_claimed, tiles
+
+    ndim = model.config.ndim
     spatial = image.shape
     config = replace(config or ClusterConfig(), method=method)
     if config.min_size is None:

@@ -22,6 +22,7 @@ from .data import PatchSampler, is_rgb, prepare_training_data
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
+from .scaling import auto_scale, check_scale
 
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
@@ -44,6 +45,10 @@ class TrainConfig:
     object_fraction: float = 0.8
     ring_width: int = 3  # foreground-head negatives just outside painted objects
     background_label: int | None = None
+    # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
+    # 2D objects wider than 45 px are brought to about 30 px; a self-supervised run keeps the
+    # starting model's scale.
+    scale: float | None = None
     seed: int = 0
     device: str = "auto"
     loss: LossConfig = field(default_factory=LossConfig)
@@ -182,9 +187,15 @@ def iter_train(
                          unlabelled_push_weight=0.0, foreground_weight=0.0,
                          consistency_weight=config.loss.consistency_weight or 1.0),
         )
+    if config.scale is not None:
+        scale = check_scale(config.scale)
+    elif self_supervised:
+        scale = model.pixel_scale if model is not None else 1.0
+    else:
+        scale = auto_scale(labels, config.background_label)
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
-        require_objects=not self_supervised,
+        require_objects=not self_supervised, scale=scale,
     )
     ndim = data[0].image.ndim
     started_from_model = model is not None
@@ -234,7 +245,8 @@ def iter_train(
     # Set before the first step so that previews during training size their fragment filter.
     sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
     if sizes:  # self-supervised runs keep what the model knew about object sizes
-        model.history["object_size_median"] = float(np.median(sizes))
+        model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
+    model.history["pixel_scale"] = scale
     start = time.perf_counter()
     step = 0
     try:

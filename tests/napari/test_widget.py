@@ -255,6 +255,27 @@ def test_rgb_image_is_accepted(spoco, notes):
     assert viewer.layers["rgb instances"].data.shape == grey.shape
 
 
+def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes):
+    viewer, widget = spoco
+    from napari_spoco.scaling import auto_scale
+
+    big = np.kron(viewer.layers["nuclei"].data, np.ones((3, 3), np.uint8))  # painted nuclei ~48 px
+    sparse = np.kron(viewer.layers["nuclei sparse labels"].data, np.ones((3, 3), np.uint8))
+    viewer.layers.clear()  # train on the enlarged pair alone
+    viewer.add_image(big, name="big")
+    viewer.add_labels(sparse.astype(np.uint32), name="big sparse")
+    widget.image_box.setCurrentText("big")
+    widget.labels_box.setCurrentText("big sparse")
+    widget.steps_spin.setValue(3)
+    widget.train_btn.click()
+    assert not notes["error"], notes["error"]
+    assert widget.model.pixel_scale == auto_scale([sparse], widget.train_config().background_label) < 1.0
+    assert "scale" in widget.model_label.text()
+    widget.segment_btn.click()
+    assert not notes["error"], notes["error"]
+    assert viewer.layers["big instances"].data.shape == big.shape
+
+
 def test_writer_saves_labels_layer_as_tiff(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     data = np.zeros((2, 8, 8), np.uint32)

@@ -8,6 +8,7 @@ touches layers.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import napari
@@ -42,6 +43,7 @@ from ..metrics import evaluate
 from ..model import ModelConfig, SpocoModel
 from ..pretrained import has_default_model, load_default_model
 from ..segmentation import preview_box
+from ..scaling import auto_scale, median_diameter
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .layers import LINK_KEY, image_data, looks_like_time_series, spatial_shape, training_set
@@ -336,6 +338,8 @@ class SpocoWidget(QWidget):
                 text = f"{self.model.config.ndim}D model ({self.model_source}): training, step {done} of this run…"
             else:
                 text = f"{self.model.config.ndim}D model ({self.model_source}), {steps} steps trained; Train fine-tunes it."
+            if self.model.pixel_scale != 1.0:
+                text += f" Works at scale {self.model.pixel_scale:g} (large objects)."
         self.model_label.setText(text)
 
     def _on_image_changed(self, *args) -> None:
@@ -513,8 +517,14 @@ class SpocoWidget(QWidget):
         except Exception as exc:  # noqa: BLE001
             show_error(_message(exc, "Preparing the training data"))
             return
-        self._launch_training(data.images, data.labels, data.names, config, data.ndim, False,
-                              f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…")
+        message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
+        scale = auto_scale(data.labels, config.background_label)
+        if scale != 1.0:
+            # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
+            diameter = median_diameter(data.labels, config.background_label)
+            message += f" Objects are ~{diameter:.0f} px across: training at scale {scale:g}."
+        config = replace(config, scale=scale)
+        self._launch_training(data.images, data.labels, data.names, config, data.ndim, False, message)
 
     def start_adaptation(self) -> None:
         """Self-supervised pretraining on the chosen image, before (or while) painting."""

@@ -1,0 +1,112 @@
+"""Object scale: train and segment at a size where objects fit the network's reach.
+
+The default network sees about 28 pixels around each pixel. Objects much wider than that
+(phase-contrast cells of 50-100 px) cannot be told apart from the inside, so the image is
+resized before it reaches the network: by ``scale`` on every spatial axis (0.5 = half the
+pixels per axis). The scale is chosen at training time from the painted objects, stored in the
+model file, and undone on the way out, so that labels always come back at the image's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import SpocoError
+
+#: Objects are brought to about this many pixels across (BBBC039's nuclei, on which the
+#: shipped model learned, are 28 px).
+TARGET_DIAMETER = 30.0
+#: Automatic scaling starts above this median diameter; objects between 10 and 45 px are
+#: segmented at their own size.
+AUTO_ABOVE = 45.0
+MIN_SCALE, MAX_SCALE = 0.125, 4.0
+
+
+def check_scale(scale: float) -> float:
+    """A usable scale factor, or a clear error."""
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise SpocoError(f"Scale {scale!r} is not a number; give e.g. 0.5 (half size) or 'auto'.") from None
+    if not math.isfinite(scale) or not MIN_SCALE <= scale <= MAX_SCALE:
+        raise SpocoError(
+            f"Scale {scale} is outside {MIN_SCALE}-{MAX_SCALE}; 0.5 halves the image, 1 keeps it, "
+            "'auto' picks it from the painted objects."
+        )
+    return scale
+
+
+def median_diameter(labels: Sequence[np.ndarray], background_label: int | None = None) -> float | None:
+    """Median equivalent diameter (of a disk, or a ball in 3D) of the painted objects, in
+    pixels; None when nothing is painted."""
+    sizes: list[np.ndarray] = []
+    ndim = 2
+    for lab in labels:
+        if lab is None:
+            continue
+        lab = np.asarray(lab)
+        ndim = lab.ndim
+        ids, counts = np.unique(lab[lab > 0], return_counts=True)
+        if background_label is not None:
+            counts = counts[ids != background_label]
+        sizes.append(counts)
+    if not sizes or sum(len(s) for s in sizes) == 0:
+        return None
+    area = float(np.median(np.concatenate(sizes)))
+    if ndim == 3:
+        return (6.0 * area / math.pi) ** (1.0 / 3.0)
+    return 2.0 * math.sqrt(area / math.pi)
+
+
+def auto_scale(labels: Sequence[np.ndarray], background_label: int | None = None) -> float:
+    """Scale that brings the median painted object to about 30 px across, for 2D labels whose
+    objects are wider than 45 px; 1.0 otherwise.
+
+    Only ever shrinks (enlarging small objects would cost the square of the factor in time),
+    and only in 2D: 3D volumes are often anisotropic, so their scale is left to the user.
+    """
+    arrays = [np.asarray(lab) for lab in labels if lab is not None]
+    if not arrays or any(a.ndim != 2 for a in arrays):
+        return 1.0
+    d = median_diameter(arrays, background_label)
+    if d is None or d <= AUTO_ABOVE:
+        return 1.0
+    return max(MIN_SCALE, round(TARGET_DIAMETER / d, 2))
+
+
+def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
+    """Spatial shape at ``scale`` (each axis at least 1)."""
+    return tuple(max(1, int(round(n * scale))) for n in shape)
+
+
+def resize_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize the trailing ``len(shape)`` axes of a float image (leading axes are channels):
+    area averaging to shrink (no aliasing), linear interpolation to enlarge."""
+    shape = tuple(int(s) for s in shape)
+    nsp = len(shape)
+    if tuple(image.shape[-nsp:]) == shape:
+        return np.asarray(image, np.float32)
+    lead = image.shape[:-nsp]
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape((1, -1) + tuple(image.shape[-nsp:]))
+    shrink = all(s <= n for s, n in zip(shape, image.shape[-nsp:]))
+    if shrink:
+        y = F.interpolate(x, size=shape, mode="area")
+    else:
+        y = F.interpolate(x, size=shape, mode="bilinear" if nsp == 2 else "trilinear", align_corners=False)
+    return y.reshape(lead + shape).numpy()
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image (ids are kept, never blended)."""
+    shape = tuple(int(s) for s in shape)
+    if tuple(labels.shape) == shape:
+        return labels
+    index = np.ix_(*[
+        np.minimum(((np.arange(m) + 0.5) * n / m).astype(np.int64), n - 1) for n, m in zip(labels.shape, shape)
+    ])
+    return labels[index]

@@ -1,0 +1,115 @@
+"""Object scale: choosing it from painted objects, resizing, and undoing it on the way out."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.clustering import ClusterConfig
+from napari_spoco.errors import SpocoError
+from napari_spoco.io import load_model, save_model
+from napari_spoco.model import ModelConfig, SpocoModel
+from napari_spoco.scaling import auto_scale, check_scale, median_diameter, resize_image, resize_labels
+from napari_spoco.segmentation import segment
+from napari_spoco.training import TrainConfig, train
+
+SMALL = ModelConfig(base_features=8, depth=2)
+
+
+def _big_disks(radius=35, size=256):
+    """Four disks of the given radius (two painted) on a noisy background."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), np.uint16)
+    for i, (cy, cx) in enumerate([(64, 64), (64, 192), (192, 64), (192, 192)], start=1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = i
+    image = ((truth > 0) * 150.0 + rng.normal(30, 10, truth.shape)).astype(np.float32)
+    sparse = np.where(np.isin(truth, [1, 4]), truth, 0).astype(np.uint16)
+    return image, sparse, truth
+
+
+def test_median_diameter_is_that_of_a_disk_of_the_median_area():
+    lab = np.zeros((100, 100), np.int32)
+    lab[:10, :10] = 1  # 100 px
+    lab[20:40, 20:40] = 2  # 400 px
+    lab[50:80, 50:80] = 3  # 900 px
+    assert median_diameter([lab]) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    lab[90:, 90:] = 7  # painted background, not an object
+    assert median_diameter([lab], background_label=7) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert median_diameter([np.zeros((5, 5), int)]) is None
+
+
+def test_auto_scale_shrinks_only_large_2d_objects():
+    _, sparse_big, _ = _big_disks(radius=35)  # 70 px across
+    assert auto_scale([sparse_big]) == pytest.approx(30 / 70, abs=0.01)
+    _, sparse_small, _ = _big_disks(radius=12)  # 24 px: left alone
+    assert auto_scale([sparse_small]) == 1.0
+    assert auto_scale([np.zeros((64, 64), int)]) == 1.0  # nothing painted
+    assert auto_scale([np.ones((8, 64, 64), int)]) == 1.0  # 3D: left to the user
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10, float("nan"), "half"])
+def test_bad_scales_are_refused_with_a_message(bad):
+    with pytest.raises(SpocoError, match="[Ss]cale"):
+        check_scale(bad)
+
+
+def test_resize_labels_keeps_ids_and_restores_the_shape():
+    _, _, truth = _big_disks()
+    small = resize_labels(truth, (100, 100))
+    assert small.shape == (100, 100) and set(np.unique(small)) == set(np.unique(truth))
+    back = resize_labels(small, truth.shape)
+    assert back.shape == truth.shape
+    assert (back == truth).mean() > 0.97  # only boundary pixels move
+
+
+def test_resize_image_averages_when_shrinking():
+    img = np.arange(16, dtype=np.float32).reshape(4, 4)
+    small = resize_image(img, (2, 2))
+    np.testing.assert_allclose(small, [[2.5, 4.5], [10.5, 12.5]])
+    stack = np.stack([img, 2 * img])  # leading axes are channels
+    np.testing.assert_allclose(resize_image(stack, (2, 2))[1], 2 * small)
+
+
+def test_training_picks_the_scale_from_painted_objects_and_the_file_keeps_it(tmp_path):
+    image, sparse, _ = _big_disks(radius=35)
+    cfg = TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu")
+    model = train([image], [sparse], cfg, model_config=SMALL)
+    assert model.pixel_scale == pytest.approx(0.43, abs=0.01)
+    # object sizes are recorded at the network's scale (where the fragment filter works)
+    assert model.history["object_size_median"] == pytest.approx(np.pi * 35**2 * 0.43**2, rel=0.1)
+    loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
+    assert loaded.pixel_scale == model.pixel_scale
+    fixed = train([image], [sparse], TrainConfig(**{**cfg.__dict__, "scale": 1.0}), model_config=SMALL)
+    assert fixed.pixel_scale == 1.0
+
+
+def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():
+    image, _, truth = _big_disks(radius=35)
+    model = SpocoModel.new(SMALL)
+    model.history.update(object_size_median=900.0, pixel_scale=0.5)
+    labels, emb = segment(model, image, device="cpu", return_embedding=True)
+    assert labels.shape == image.shape and emb.embeddings.shape[1:] == image.shape
+    assert emb.foreground.shape == image.shape
+
+    native = SpocoModel(model.config, model.student, model.teacher, {"object_size_median": 900.0})
+    from napari_spoco.data import intensity_range
+
+    small = resize_image(image, (128, 128))
+    expected = segment(native, small, device="cpu", value_range=intensity_range(image))
+    np.testing.assert_array_equal(labels, resize_labels(expected, image.shape))
+
+
+def test_sizes_given_in_image_pixels_are_converted_to_the_networks(monkeypatch):
+    import napari_spoco.segmentation as seg
+
+    seen = {}
+
+    def fake(model, image, method, config, *rest):
+        seen["config"], seen["shape"] = config, image.shape
+        return np.zeros(image.shape, np.uint16)
+
+    monkeypatch.setattr(seg, "_segment_at_network_scale", fake)
+    model = SpocoModel.new(SMALL)
+    model.history["pixel_scale"] = 0.5
+    out = segment(model, np.random.rand(100, 60), config=ClusterConfig(min_size=400, max_size=8000, expand=4))
+    assert out.shape == (100, 60) and seen["shape"] == (50, 30)
+    assert (seen["config"].min_size, seen["config"].max_size, seen["config"].expand) == (100, 2000, 2)
