@@ -1,6 +1,5 @@
 """The shipped starting model and self-supervised pretraining (library and CLI)."""
 
-import numpy as np
 import pytest
 import tifffile
 import torch

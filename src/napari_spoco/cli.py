@@ -209,7 +209,7 @@ def _scale(arg: str, labels, background_label) -> float:
 
 
 def cmd_train(args) -> int:
-    from .io import load_model, match_pairs, read_image, save_model
+    from .io import match_pairs, read_image, save_model
     from .training import TrainConfig
 
     out = _new_output(args.out, args.overwrite)

@@ -4,12 +4,10 @@ Evaluate → Export, plus the failure paths that must become notifications."""
 import time
 
 import numpy as np
-import pytest
 import tifffile
 import torch
 from napari.layers import Image, Labels
 
-from napari_spoco import save_model
 from napari_spoco._napari.widget import PREVIEW_LAYER, SpocoWidget
 from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.training import TrainProgress
@@ -217,7 +215,7 @@ def test_3d_volume_trains_and_segments_in_3d(spoco, notes):
 def test_time_series_is_trained_and_segmented_frame_by_frame(spoco, notes):
     viewer, widget = spoco
     stack = np.stack([viewer.layers["nuclei"].data[:64, :64]] * 3)
-    layer_img = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
+    viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
     widget.image_box.setCurrentText("movie")
     assert widget.series_check.isChecked()  # guessed from the axis name
     sparse = widget.new_sparse_labels()
