@@ -7,7 +7,9 @@ from napari_spoco.clustering import ClusterConfig
 from napari_spoco.errors import SpocoError
 from napari_spoco.io import load_model, save_model
 from napari_spoco.model import ModelConfig, SpocoModel
-from napari_spoco.scaling import auto_scale, check_scale, median_diameter, resize_image, resize_labels
+from napari_spoco.scaling import (
+    auto_scale, check_scale, median_diameter, resize_image, resize_labels, training_scale,
+)
 from napari_spoco.segmentation import segment
 from napari_spoco.training import TrainConfig, train
 
@@ -80,6 +82,16 @@ def test_training_picks_the_scale_from_painted_objects_and_the_file_keeps_it(tmp
     assert loaded.pixel_scale == model.pixel_scale
     fixed = train([image], [sparse], TrainConfig(**{**cfg.__dict__, "scale": 1.0}), model_config=SMALL)
     assert fixed.pixel_scale == 1.0
+
+
+def test_fine_tuning_keeps_the_starting_models_scale():
+    """Weights learned at one scale are not silently retrained at another."""
+    image, sparse, _ = _big_disks(radius=12)  # small objects: auto would say 1.0
+    start = SpocoModel.new(SMALL)
+    start.history["pixel_scale"] = 0.5
+    cfg = TrainConfig(steps=1, batch_size=2, patch_shape=(32, 32), device="cpu")
+    assert train([image], [sparse], cfg, model=start).pixel_scale == 0.5
+    assert training_scale([sparse], None, model_scale=1.0) == 1.0
 
 
 def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():

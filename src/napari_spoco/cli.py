@@ -194,12 +194,17 @@ def _initial_model(init: str | None, images):
     return load_model(init)
 
 
-def _scale(arg: str, labels, background_label) -> float:
-    """``--scale``: 'auto' (from the painted objects, said aloud when it is not 1) or a number."""
+def _scale(arg: str, labels, background_label, init=None) -> float:
+    """``--scale``: 'auto' (the starting model's scale, or from the painted objects; said aloud
+    when it is not 1) or a number."""
     from .scaling import auto_scale, check_scale, median_diameter
 
     if str(arg).lower() != "auto":
         return check_scale(arg)
+    if init is not None and init.pixel_scale != 1.0:
+        print(f"The starting model works at scale {init.pixel_scale:g}; keeping it (--scale to change).",
+              file=sys.stderr)
+        return init.pixel_scale
     scale = auto_scale(labels, background_label)
     if scale != 1.0:
         d = median_diameter(labels, background_label)
@@ -227,7 +232,7 @@ def cmd_train(args) -> int:
     labels = [read_image(l) for _, _, l in pairs]
     init = _initial_model(args.init, images)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
-    scale = _scale(args.scale, labels, args.background_label)
+    scale = _scale(args.scale, labels, args.background_label, init)
     config = TrainConfig(
         scale=scale,
         steps=steps,

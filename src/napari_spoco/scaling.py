@@ -21,7 +21,7 @@ from .errors import SpocoError
 #: Objects are brought to about this many pixels across (BBBC039's nuclei, on which the
 #: shipped model learned, are 28 px).
 TARGET_DIAMETER = 30.0
-#: Automatic scaling starts above this median diameter; objects between 10 and 45 px are
+#: Automatic scaling starts above this median diameter; objects up to 45 px across are
 #: segmented at their own size.
 AUTO_ABOVE = 45.0
 MIN_SCALE, MAX_SCALE = 0.125, 4.0
@@ -77,6 +77,15 @@ def auto_scale(labels: Sequence[np.ndarray], background_label: int | None = None
     if d is None or d <= AUTO_ABOVE:
         return 1.0
     return max(MIN_SCALE, round(TARGET_DIAMETER / d, 2))
+
+
+def training_scale(
+    labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0
+) -> float:
+    """The automatic choice when training: a model that already works at a scale other than 1
+    keeps it (fine-tuning must not silently change what its weights learned); otherwise
+    :func:`auto_scale` of the painted objects."""
+    return model_scale if model_scale != 1.0 else auto_scale(labels, background_label)
 
 
 def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ from .data import PatchSampler, is_rgb, prepare_training_data
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
-from .scaling import auto_scale, check_scale
+from .scaling import check_scale, training_scale
 
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
@@ -46,8 +46,8 @@ class TrainConfig:
     ring_width: int = 3  # foreground-head negatives just outside painted objects
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
-    # 2D objects wider than 45 px are brought to about 30 px; a self-supervised run keeps the
-    # starting model's scale.
+    # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
+    # brought to about 30 px; a self-supervised run keeps the starting model's scale.
     scale: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -192,7 +192,7 @@ def iter_train(
     elif self_supervised:
         scale = model.pixel_scale if model is not None else 1.0
     else:
-        scale = auto_scale(labels, config.background_label)
+        scale = training_scale(labels, config.background_label, model.pixel_scale if model is not None else 1.0)
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
         require_objects=not self_supervised, scale=scale,
