@@ -109,6 +109,11 @@ def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():
     expected = segment(native, small, device="cpu", value_range=intensity_range(image))
     np.testing.assert_array_equal(labels, resize_labels(expected, image.shape))
 
+    from napari_spoco.segmentation import preview_box, segment_preview
+
+    box = preview_box(image.shape, (100, 150), (120, 90))
+    assert segment_preview(model, image, box, intensity_range(image)).shape == (120, 90)
+
 
 def test_sizes_given_in_image_pixels_are_converted_to_the_networks(monkeypatch):
     import napari_spoco.segmentation as seg
