@@ -130,3 +130,12 @@ def test_sizes_given_in_image_pixels_are_converted_to_the_networks(monkeypatch):
     out = segment(model, np.random.rand(100, 60), config=ClusterConfig(min_size=400, max_size=8000, expand=4))
     assert out.shape == (100, 60) and seen["shape"] == (50, 30)
     assert (seen["config"].min_size, seen["config"].max_size, seen["config"].expand) == (100, 2000, 2)
+
+
+def test_the_user_is_told_why_training_runs_at_a_scale():
+    from napari_spoco.scaling import scale_note
+
+    _, sparse, _ = _big_disks(radius=35)
+    assert scale_note(1.0, [sparse]) == ""
+    assert "about 70 px across" in scale_note(0.43, [sparse]) and "0.43" in scale_note(0.43, [sparse])
+    assert "keeping it" in scale_note(0.5, [sparse], model_scale=0.5)

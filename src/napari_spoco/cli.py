@@ -197,19 +197,15 @@ def _initial_model(init: str | None, images):
 def _scale(arg: str, labels, background_label, init=None) -> float:
     """``--scale``: 'auto' (the starting model's scale, or from the painted objects; said aloud
     when it is not 1) or a number."""
-    from .scaling import auto_scale, check_scale, median_diameter
+    from .scaling import check_scale, scale_note, training_scale
 
     if str(arg).lower() != "auto":
         return check_scale(arg)
-    if init is not None and init.pixel_scale != 1.0:
-        print(f"The starting model works at scale {init.pixel_scale:g}; keeping it (--scale to change).",
-              file=sys.stderr)
-        return init.pixel_scale
-    scale = auto_scale(labels, background_label)
-    if scale != 1.0:
-        d = median_diameter(labels, background_label)
-        print(f"Painted objects are about {d:.0f} px across: training at scale {scale:g} "
-              f"(objects ~{d * scale:.0f} px; --scale 1 to keep full size).", file=sys.stderr)
+    model_scale = init.pixel_scale if init is not None else 1.0
+    scale = training_scale(labels, background_label, model_scale)
+    note = scale_note(scale, labels, background_label, model_scale)
+    if note:
+        print(f"{note[:-1]}; --scale changes it.", file=sys.stderr)
     return scale
 
 

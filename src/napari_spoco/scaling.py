@@ -88,6 +88,21 @@ def training_scale(
     return model_scale if model_scale != 1.0 else auto_scale(labels, background_label)
 
 
+def scale_note(
+    scale: float, labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0
+) -> str:
+    """One sentence for the user on why training runs at ``scale`` ("" at 1.0), shared by the
+    CLI and the GUI."""
+    if scale == 1.0:
+        return ""
+    if scale == model_scale:
+        return f"The model works at scale {scale:g}; keeping it."
+    d = median_diameter(labels, background_label)
+    if d is None:
+        return f"Training at scale {scale:g}."
+    return f"Painted objects are about {d:.0f} px across: training at scale {scale:g}, where they are ~{d * scale:.0f} px."
+
+
 def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
     """Spatial shape at ``scale`` (each axis at least 1)."""
     return tuple(max(1, int(round(n * scale))) for n in shape)

@@ -43,7 +43,7 @@ from ..metrics import evaluate
 from ..model import ModelConfig, SpocoModel
 from ..pretrained import has_default_model, load_default_model
 from ..segmentation import preview_box
-from ..scaling import median_diameter, training_scale
+from ..scaling import scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .layers import LINK_KEY, image_data, looks_like_time_series, spatial_shape, training_set
@@ -518,13 +518,12 @@ class SpocoWidget(QWidget):
             show_error(_message(exc, "Preparing the training data"))
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
-        scale = training_scale(data.labels, config.background_label, self.model.pixel_scale if self.model else 1.0)
-        if self.model is not None and self.model.pixel_scale != 1.0:
-            message += f" The model works at scale {scale:g}; keeping it."
-        elif scale != 1.0:
-            # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
-            diameter = median_diameter(data.labels, config.background_label)
-            message += f" Objects are ~{diameter:.0f} px across: training at scale {scale:g}."
+        # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
+        model_scale = self.model.pixel_scale if self.model else 1.0
+        scale = training_scale(data.labels, config.background_label, model_scale)
+        note = scale_note(scale, data.labels, config.background_label, model_scale)
+        if note:
+            message += " " + note
         config = replace(config, scale=scale)
         self._launch_training(data.images, data.labels, data.names, config, data.ndim, False, message)
 
