@@ -35,3 +35,24 @@ def spoco(make_napari_viewer, qtbot, notes):
     widget.sync = True
     widget.preview_spin.setValue(0)
     return viewer, widget
+
+
+@pytest.fixture
+def napari_notes(monkeypatch):
+    """What reaches napari's notification manager directly (the widget's own messages go
+    through the ``notes`` fixture instead): notifications, and errors handed to it (napari
+    shows those as traceback notifications), e.g. by a thread worker whose error nobody handled."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def notified(notification):
+        seen.append(str(notification.message))
+
+    def received(exctype, value, traceback=None, thread=None):
+        seen.append(f"{exctype.__name__}: {value}")
+
+    monkeypatch.setattr(notification_manager, "receive_error", received)
+    notification_manager.notification_ready.connect(notified)
+    yield seen
+    notification_manager.notification_ready.disconnect(notified)

@@ -7,6 +7,7 @@ directly; :func:`launch` runs one in a napari thread worker, or inline when ``sy
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -126,6 +127,33 @@ def sync_requested() -> bool:
     return os.environ.get("NAPARI_SPOCO_SYNC", "") not in ("", "0")
 
 
+class JobFailed(Exception):
+    """A job's exception on its way out of the worker thread (``args[0]`` is the original).
+
+    superqt's generator worker treats a ``RuntimeError`` from the generator as "the worker was
+    deleted": it warns and ends without emitting ``errored`` or ``finished``, so a training run
+    that failed with one of torch's many RuntimeErrors would never end in the GUI. Wrapped, every
+    failure takes the ``errored`` path.
+    """
+
+
+def _reporting_failures(func: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(func):
+        def run_generator(*args):
+            try:
+                return (yield from func(*args))
+            except Exception as exc:
+                raise JobFailed(exc) from exc
+        return run_generator
+
+    def run(*args):
+        try:
+            return func(*args)
+        except Exception as exc:
+            raise JobFailed(exc) from exc
+    return run
+
+
 def launch(
     func: Callable[..., Any],
     *args: Any,
@@ -137,7 +165,9 @@ def launch(
 ):
     """Run ``func(*args)`` (a function or a generator function) off the GUI thread.
 
-    Handlers run on the GUI thread. Returns the napari worker, or None when run inline.
+    Handlers run on the GUI thread; ``on_error`` receives the job's own exception, and an error
+    is reported through ``on_error`` alone (napari neither re-raises it nor shows a traceback).
+    Returns the napari worker, already started, or None when run inline.
     """
     if sync:
         try:
@@ -164,14 +194,16 @@ def launch(
 
     from napari.qt.threading import create_worker
 
-    worker = create_worker(func, *args, _start_thread=False)
-    if on_yield is not None and hasattr(worker, "yielded"):
-        worker.yielded.connect(on_yield)
-    if on_return is not None:
-        worker.returned.connect(on_return)
-    if on_error is not None:
-        worker.errored.connect(on_error)
-    if on_finish is not None:
-        worker.finished.connect(on_finish)
-    worker.start()
-    return worker
+    def errored(exc: BaseException) -> None:
+        on_error(exc.args[0] if isinstance(exc, JobFailed) else exc)
+
+    handlers = {
+        "yielded": on_yield if inspect.isgeneratorfunction(func) else None,
+        "returned": on_return,
+        "errored": errored if on_error is not None else None,
+        "finished": on_finish,
+    }
+    # Handlers are connected by create_worker itself, before the thread starts: napari connects
+    # a handler that re-raises the error on the GUI thread unless `errored` is among them.
+    connect = {signal: handler for signal, handler in handlers.items() if handler is not None}
+    return create_worker(_reporting_failures(func), *args, _connect=connect, _start_thread=True)
