@@ -58,3 +58,29 @@ def test_a_failing_job_is_reported_once(threaded, qtbot, notes, napari_notes, mo
     assert widget.model is kept and np.array_equal(sparse.data, painted)
     assert "nuclei instances" not in viewer.layers
     assert widget.train_btn.isEnabled() and widget.segment_btn.isEnabled()
+
+
+def _train_until_running(qtbot, widget):
+    widget.steps_spin.setValue(100_000)
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.last_progress is not None and widget.last_progress.step >= 1, timeout=60_000)
+    finished = []
+    widget._train_worker.finished.connect(lambda: finished.append(True))
+    return widget._train_job, finished
+
+
+@pytest.mark.parametrize("how", ["viewer closed", "panel closed"])
+def test_closing_the_viewer_or_the_panel_stops_training(threaded, qtbot, notes, how):
+    viewer, widget = threaded
+    job, finished = _train_until_running(qtbot, widget)
+    with qtbot.capture_exceptions() as raised:
+        if how == "viewer closed":
+            viewer.close()
+        else:  # the panel's close button (napari: QtViewerDockWidget.destroyOnClose)
+            viewer.window.remove_dock_widget(widget)
+        qtbot.waitUntil(lambda: bool(finished), timeout=10_000)  # the current step, then the end
+        assert job.stop.is_set()
+        qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=5_000)
+        qtbot.wait(200)  # late signals reach a widget that is gone without an error
+    assert not raised, raised
+    assert not notes["error"], notes["error"]

@@ -8,6 +8,7 @@ touches layers.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -66,6 +67,22 @@ def _message(exc: BaseException, what: str) -> str:
     return f"{what} failed: {type(exc).__name__}: {exc}"
 
 
+class _Closing:
+    """Called when the panel goes away (its Qt object destroyed, or the panel taken out of the
+    viewer): a running training job is told to stop after its current step, and results that
+    arrive later are dropped. Apart from the widget, so that it still works while the widget's
+    Qt object is being destroyed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.stop: threading.Event | None = None  # the running training job's
+
+    def __call__(self, *args) -> None:
+        self.closed = True
+        if self.stop is not None:
+            self.stop.set()
+
+
 class SpocoWidget(QWidget):
     """Dock widget: sparse labels → training with live preview → instances → export."""
 
@@ -83,6 +100,9 @@ class SpocoWidget(QWidget):
         self._training = False
         self._segmenting = False
         self._preview_request: workers.PreviewTarget | None = None
+        self._closing = _Closing()
+        self.destroyed.connect(self._closing)  # viewer closed: napari deletes its window
+        self._docked = False
         self.last_progress: TrainProgress | None = None
         self.last_preview: workers.PreviewResult | None = None
 
@@ -304,6 +324,15 @@ class SpocoWidget(QWidget):
         return box
 
     # ------------------------------------------------------------------ state
+    def event(self, event) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ParentChange:
+            # The panel's close button takes the widget out of the window for good (napari
+            # makes a new one when the panel is opened again): stop what it runs.
+            if self.parent() is None and self._docked:
+                self._closing()
+            self._docked = self.parent() is not None
+        return super().event(event)
+
     def _update_buttons(self, *args) -> None:
         busy = self._training or self._segmenting
         image, labels = self.image_box.layer(), self.labels_box.layer()
@@ -571,6 +600,7 @@ class SpocoWidget(QWidget):
                 np.zeros(tuple(s.stop - s.start for s in self._preview_request.box), np.uint32),
                 self._preview_request, 0, 0.0))
         self._training = True
+        self._closing.stop = self._train_job.stop
         self.last_progress = None
         self.progress_bar.setValue(0)
         self.train_label.setText(message)
@@ -591,6 +621,8 @@ class SpocoWidget(QWidget):
             self.train_label.setText(self.train_label.text() + " — stopping after this step…")
 
     def _on_train_yield(self, item) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         if isinstance(item, workers.PreviewResult):
             self._show_preview(item)
             return
@@ -613,6 +645,8 @@ class SpocoWidget(QWidget):
         self._preview_request = self._preview_target()
 
     def _on_train_done(self, model: SpocoModel) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         if model is not None:
             if self.model is not model:
                 self.model_source = "new"
@@ -625,12 +659,17 @@ class SpocoWidget(QWidget):
         self.progress_bar.setValue(1000 if p else 0)
 
     def _on_train_error(self, exc: BaseException) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         show_error(_message(exc, "Training"))
         self.train_label.setText(f"Training stopped: {exc}")
 
     def _on_train_finished(self) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         self._training = False
         self._train_worker = None
+        self._closing.stop = None
         self._update_buttons()
 
     def _preview_target(self) -> workers.PreviewTarget | None:
@@ -732,6 +771,8 @@ class SpocoWidget(QWidget):
         )
 
     def _on_segmented(self, result: workers.SegmentResult) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         image = self._segment_image
         name = image.name + RESULT_SUFFIX
         ndim = result.labels.ndim
@@ -755,10 +796,14 @@ class SpocoWidget(QWidget):
         self.segment_label.setText(f"{n} instances in {result.seconds:.1f} s → layer '{name}'.")
 
     def _on_segment_error(self, exc: BaseException) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         show_error(_message(exc, "Segmentation"))
         self.segment_label.setText("Segmentation failed; see the notification.")
 
     def _on_segment_finished(self) -> None:
+        if self._closing.closed:  # the panel is gone
+            return
         self._segmenting = False
         self.progress_bar.setRange(0, 1000)
         self._update_buttons()
