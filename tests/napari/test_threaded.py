@@ -1,11 +1,15 @@
 """The dock widget with real napari thread workers (``widget.sync = False``): failures, closing
 the viewer, layers removed or renamed, repeated clicks and painting while a job runs."""
 
+import threading
+
 import numpy as np
 import pytest
+from napari.layers import Labels
 from qtpy.QtCore import QThreadPool
 
 from napari_spoco._napari import workers
+from napari_spoco._napari.widget import PREVIEW_LAYER
 from napari_spoco.errors import SpocoError
 from napari_spoco.model import ModelConfig, SpocoModel
 
@@ -84,3 +88,87 @@ def test_closing_the_viewer_or_the_panel_stops_training(threaded, qtbot, notes, 
         qtbot.wait(200)  # late signals reach a widget that is gone without an error
     assert not raised, raised
     assert not notes["error"], notes["error"]
+
+
+def _gate(monkeypatch, name):
+    """Hold the worker's first call of ``workers.<name>`` until the test opens the gate."""
+    real = getattr(workers, name)
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            assert gate.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers, name, gated)
+    return entered, gate
+
+
+@pytest.mark.parametrize("change", ["renamed", "removed"])
+def test_layers_renamed_or_removed_during_segmentation(threaded, qtbot, notes, monkeypatch, change):
+    viewer, widget = threaded
+    image = viewer.layers["nuclei"]
+    image.scale = (2, 2)
+    widget.default_model_btn.click()
+    entered, gate = _gate(monkeypatch, "segment")
+    with qtbot.capture_exceptions() as raised:
+        widget.start_segmentation()
+        qtbot.waitUntil(entered.is_set, timeout=10_000)
+        if change == "renamed":
+            image.name = "renamed"
+        else:
+            viewer.layers.remove("nuclei")
+            viewer.layers.remove("nuclei sparse labels")
+        gate.set()
+        wait_idle(qtbot, widget)
+    assert not raised, raised
+    assert not notes["error"], notes["error"]
+    assert "nuclei instances" not in viewer.layers
+    if change == "renamed":
+        result = viewer.layers["renamed instances"]
+        assert result.data.shape == image.data.shape and result.data.max() >= 10
+        assert tuple(result.scale) == (2, 2)
+        assert widget.result_box.layer().name == "renamed instances" and not notes["warning"]
+    else:  # nowhere to put it: said so, nothing added
+        assert len(notes["warning"]) == 1 and "'nuclei' was removed" in notes["warning"][0]
+        assert not any(isinstance(layer, Labels) for layer in viewer.layers)
+        assert "removed" in widget.segment_label.text()
+    assert widget.model is not None and widget.segment_btn.isEnabled() == (change == "renamed")
+
+
+@pytest.mark.parametrize("change", ["renamed", "removed"])
+def test_layers_renamed_or_removed_during_training(threaded, qtbot, notes, monkeypatch, change):
+    viewer, widget = threaded
+    viewer.layers["nuclei"].scale = viewer.layers["nuclei sparse labels"].scale = (2, 2)
+    widget.steps_spin.setValue(4)
+    widget.preview_spin.setValue(1)
+    # The first preview is computed while the image is renamed or removed.
+    entered, gate = _gate(monkeypatch, "segment_preview")
+    placed = []  # where each preview went
+
+    def show_preview(result, show=widget._show_preview):
+        show(result)
+        placed.append(tuple(viewer.layers[PREVIEW_LAYER].scale))
+
+    monkeypatch.setattr(widget, "_show_preview", show_preview)
+    with qtbot.capture_exceptions() as raised:
+        widget.start_training()
+        qtbot.waitUntil(entered.is_set, timeout=60_000)
+        if change == "renamed":
+            viewer.layers["nuclei"].name = "renamed"
+            viewer.layers["nuclei sparse labels"].name = "renamed labels"
+        else:
+            viewer.layers.remove("nuclei")
+            viewer.layers.remove("nuclei sparse labels")
+        gate.set()
+        wait_idle(qtbot, widget)
+    assert not raised, raised
+    assert not notes["error"] and not notes["warning"], notes
+    # The model keeps the whole run.
+    assert widget.last_progress.step == 4 and "Trained 4 steps" in widget.train_label.text()
+    assert widget.model is not None and widget.model_source == "shipped default, fine-tuned"
+    # Every preview lies on the image (scale 2), or, with the image gone, is not moved.
+    assert len(placed) >= 2 and set(placed) == {(2, 2)}, placed
+    if change == "renamed":
+        assert widget.last_preview.step > 0

@@ -672,6 +672,14 @@ class SpocoWidget(QWidget):
         self._closing.stop = None
         self._update_buttons()
 
+    def _layer(self, layer_id, name: str = ""):
+        """The viewer's layer with this ``unique_id`` (kept when the layer is renamed; napari
+        hands plugins a new proxy object at every access, so identity says nothing), or, without
+        an id, the layer of that name; None when it is no longer in the viewer."""
+        if layer_id is None:
+            return self.viewer.layers[name] if name in self.viewer.layers else None
+        return next((layer for layer in self.viewer.layers if layer.unique_id == layer_id), None)
+
     def _preview_target(self) -> workers.PreviewTarget | None:
         """Where the user is looking, in the selected image's data coordinates (GUI thread)."""
         image = self.image_box.layer()
@@ -695,22 +703,21 @@ class SpocoWidget(QWidget):
             t = int(np.clip(round(data_point[0]), 0, shape[0] - 1))
             box = preview_box(shape[1:], data_point[1:], PREVIEW_SIZE_2D, div)
             origin = (t,) + tuple(s.start for s in box)
-            return workers.PreviewTarget(f"{image.name}[{t}]", data[t], box, origin, image.name)
+            return workers.PreviewTarget(f"{image.name}[{t}]", data[t], box, origin, image.name, image.unique_id)
         size = PREVIEW_SIZE_2D if len(shape) == 2 else PREVIEW_SIZE_3D
         box = preview_box(shape, data_point, size, div)
-        return workers.PreviewTarget(image.name, data, box, tuple(s.start for s in box), image.name)
+        return workers.PreviewTarget(image.name, data, box, tuple(s.start for s in box), image.name, image.unique_id)
 
     def _show_preview(self, result: workers.PreviewResult) -> None:
+        image = self._layer(result.target.layer_id, result.target.layer)
+        if image is None:  # the image was removed while the preview was made: nowhere to show it
+            return
         self.last_preview = result
-        name = result.target.layer
-        image = self.viewer.layers[name] if name in self.viewer.layers else None
         labels = result.labels
         if labels.ndim < len(result.target.origin):  # one frame of a 2D+t stack
             labels = labels[None]
-        scale = np.asarray(image.scale[-labels.ndim:]) if image is not None else np.ones(labels.ndim)
-        translate = (np.asarray(image.translate[-labels.ndim:]) if image is not None else 0) + scale * np.asarray(
-            result.target.origin
-        )
+        scale = np.asarray(image.scale[-labels.ndim:])
+        translate = np.asarray(image.translate[-labels.ndim:]) + scale * np.asarray(result.target.origin)
         if PREVIEW_LAYER in self.viewer.layers and isinstance(self.viewer.layers[PREVIEW_LAYER], Labels):
             layer = self.viewer.layers[PREVIEW_LAYER]
             if layer.data.ndim == labels.ndim:
@@ -757,7 +764,7 @@ class SpocoWidget(QWidget):
             with_embedding=self.embedding_check.isChecked() and not self.series,
         )
         self._segmenting = True
-        self._segment_image = image
+        self._segment_image = (image.unique_id, image.name)  # renamed or removed meanwhile: see _on_segmented
         self.segment_label.setText(f"Segmenting '{image.name}' ({config.method})…")
         self.progress_bar.setRange(0, 0)  # busy indicator
         self._update_buttons()
@@ -773,15 +780,22 @@ class SpocoWidget(QWidget):
     def _on_segmented(self, result: workers.SegmentResult) -> None:
         if self._closing.closed:  # the panel is gone
             return
-        image = self._segment_image
+        layer_id, launched_name = self._segment_image
+        image = self._layer(layer_id)
+        if image is None:
+            show_warning(f"'{launched_name}' was removed while it was being segmented; its segmentation was not added.")
+            self.segment_label.setText(f"'{launched_name}' was removed; nothing was added.")
+            return
         name = image.name + RESULT_SUFFIX
         ndim = result.labels.ndim
         kwargs = dict(scale=image.scale[-ndim:], translate=image.translate[-ndim:])
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
-            layer = self.viewer.layers[name]
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Labels) and existing.data.shape == result.labels.shape:
+            layer = existing
             layer.data = result.labels
-        else:
+        else:  # (a layer of another kind or shape keeps its name; napari numbers the new one)
             layer = self.viewer.add_labels(result.labels, name=name, **kwargs)
+            name = layer.name
         layer.metadata["spoco_result_of"] = image.name
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].visible = False

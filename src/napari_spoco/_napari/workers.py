@@ -30,6 +30,8 @@ class PreviewTarget:
 
     ``key`` names the image (and frame) so that value ranges are computed once; ``origin`` is
     the box's corner in the layer's data coordinates (with the frame index for 2D+t stacks).
+    ``layer_id`` is the image layer's ``unique_id``, which survives renaming; the worker never
+    uses it.
     """
 
     key: str
@@ -37,6 +39,7 @@ class PreviewTarget:
     box: tuple[slice, ...]
     origin: tuple[int, ...]
     layer: str = ""  # the image layer's name
+    layer_id: Any = None
 
 
 @dataclass
