@@ -119,8 +119,12 @@ def export_bioimageio(
     """Write ``model`` as a bioimage.io model package (a ``.zip``) at ``path``.
 
     ``test_image`` (2D or 3D, matching the model) becomes the package's test input; its sides
-    are cropped to multiples of the network's size divisor. Returns the written path.
+    are cropped to multiples of the network's size divisor. Returns the written path. A model
+    with NaN or infinite weights is refused (it would pass bioimage.io's test and output NaN).
     """
+    from .io import check_finite
+
+    check_finite(model)
     _require_spec()
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (

@@ -7,6 +7,7 @@ A model file is a ``torch.save`` dictionary of tensors and a JSON string; it is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -51,8 +52,51 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def weights_checksum(student: dict, teacher: dict) -> str:
+    """SHA-256 of every weight tensor (names, dtypes, shapes and bytes, in name order).
+
+    Stored in the model file and checked on load, so a file damaged on disk or in transfer is
+    refused instead of segmenting with garbage (torch's zip container does not check this).
+    """
+    digest = hashlib.sha256()
+    for part, state in (("student", student), ("teacher", teacher)):
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous()
+            digest.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def nonfinite_weights(*states: dict) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinite values."""
+    bad = []
+    for state in states:
+        for name, t in state.items():
+            if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    return bad
+
+
+def check_finite(model: SpocoModel) -> None:
+    """Refuse a model whose weights are not all finite (a diverged or damaged network)."""
+    bad = nonfinite_weights(model.student.state_dict(), model.teacher.state_dict())
+    if bad:
+        raise SpocoError(
+            f"The model's weights hold NaN or infinite values ({bad[0]}{' and others' if len(bad) > 1 else ''}): "
+            "it cannot segment. Train it again or load another model file."
+        )
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message`` cut to one short line (torch's errors can run to kilobytes)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
-    """Write student, teacher, config and training record to one file, atomically."""
+    """Write student, teacher, config and training record to one file, atomically, with a
+    checksum of the weights; a model with non-finite weights is refused."""
+    check_finite(model)
     meta = {
         "config": model.config.to_dict(),
         "history": {k: v for k, v in model.history.items() if k != "losses"},
@@ -65,6 +109,7 @@ def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
         "student": {k: v.detach().cpu() for k, v in model.student.state_dict().items()},
         "teacher": {k: v.detach().cpu() for k, v in model.teacher.state_dict().items()},
     }
+    payload["checksum"] = weights_checksum(payload["student"], payload["teacher"])
     path = Path(path)
     _atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
@@ -89,43 +134,106 @@ def load_model(path: str | os.PathLike) -> SpocoModel:
         )
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise SpocoError(f"{path} was written by a newer napari-spoco; upgrade napari-spoco to read it.")
+    damaged = f"{path} is damaged or incomplete"
     try:
+        student_state, teacher_state = payload["student"], payload["teacher"]
+        checksum = payload.get("checksum")  # files written before checksums were added have none
+        if checksum is not None and checksum != weights_checksum(student_state, teacher_state):
+            raise SpocoError(
+                f"{damaged}: its weights do not match the checksum stored with them (the file was "
+                "changed or corrupted after it was saved). Use a backup or train the model again."
+            )
+        bad = nonfinite_weights(student_state, teacher_state)
+        if bad:
+            raise SpocoError(
+                f"{path}: the model's weights hold NaN or infinite values ({bad[0]}): it cannot "
+                "segment. Use another model file or train again."
+            )
         meta = json.loads(payload["meta"])
         config = ModelConfig.from_dict(meta["config"])
         student = UNet(config)
-        student.load_state_dict(payload["student"])
+        student.load_state_dict(student_state)
         teacher = make_teacher(student)
-        teacher.load_state_dict(payload["teacher"])
+        teacher.load_state_dict(teacher_state)
+    except SpocoError:
+        raise
     except Exception as exc:
-        raise SpocoError(f"{path} is damaged or incomplete ({type(exc).__name__}: {exc}).") from exc
+        raise SpocoError(f"{damaged} ({_short(exc)}). Use a backup or train the model again.") from exc
     student.eval()
     teacher.eval()
     history = dict(meta.get("history", {}))
     history["losses"] = list(meta.get("last_losses", []))
+    _check_history(history, damaged)
     return SpocoModel(config, student, teacher, history)
 
 
+def _check_history(history: dict, damaged: str) -> None:
+    """The training record fields that change how images are segmented must be usable."""
+    from .scaling import check_scale
+
+    try:
+        check_scale(history.get("pixel_scale", 1.0))
+    except SpocoError as exc:
+        raise SpocoError(f"{damaged}: its pixel_scale is unusable ({exc})") from None
+    median = history.get("object_size_median")
+    if median is not None and (
+        isinstance(median, bool) or not isinstance(median, (int, float)) or not (0 < median < float("inf"))
+    ):
+        raise SpocoError(f"{damaged}: its object_size_median {median!r} is not a positive number.")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF or PNG into an array; unreadable files get a clear error."""
+    """Read a TIFF or PNG into an array; unreadable files get a clear error.
+
+    Colour comes back channels-last ``(Y, X, 3|4)`` whichever way the file stores it (planar
+    RGB TIFFs hold ``(3, Y, X)``, which would otherwise pass for a 3-slice volume); grey+alpha
+    PNGs come back grey. Files whose axes metadata names a channel axis are refused with advice,
+    since a 2- or 3-channel stack cannot be told from a short volume by its shape.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
+            return _read_tiff(path)
         from PIL import Image
 
         with Image.open(path) as im:
+            if im.mode in ("LA", "La"):
+                im = im.getchannel(0)  # grey + alpha: the alpha channel is no image content
+            elif im.mode == "PA":
+                im = im.convert("RGBA")
             return np.asarray(im)
+    except SpocoError:
+        raise
     except FileNotFoundError:
         raise SpocoError(f"{path} does not exist.") from None
     except Exception as exc:
-        raise SpocoError(f"Could not read {path} as an image ({type(exc).__name__}: {exc}).") from exc
+        raise SpocoError(f"Could not read {path} as an image ({_short(exc)}).") from exc
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = np.asarray(series.asarray())
+        axes = series.axes
+    if data.ndim == len(axes):
+        if "S" in axes and data.shape[axes.index("S")] in (3, 4) and axes.index("S") != data.ndim - 1:
+            data = np.moveaxis(data, axes.index("S"), -1)  # planar colour → (…, Y, X, 3|4)
+            axes = axes.replace("S", "") + "S"
+        if "C" in axes and data.shape[axes.index("C")] > 1:
+            raise SpocoError(
+                f"{path} holds {data.shape[axes.index('C')]} channels (axes {axes}, shape {data.shape}); "
+                "napari-spoco segments one channel: save the channel to segment as its own image "
+                "(e.g. in Fiji: Image > Color > Split Channels)."
+            )
+    return data
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
-    """uint16 while ids fit, uint32 beyond 65535."""
-    return np.dtype(np.uint16) if int(np.max(labels, initial=0)) < 2**16 else np.dtype(np.uint32)
+    """uint16 while ids fit, uint32 beyond 65535, uint64 beyond 2**32 - 1 (never truncated)."""
+    top = int(np.max(labels, initial=0))
+    return np.dtype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.uint64)
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = True) -> Path:
@@ -144,11 +252,31 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
 
 
 def list_images(folder: str | os.PathLike) -> dict[str, Path]:
-    """Image files in ``folder`` by stem (TIFF/PNG), sorted; a missing or empty folder is an error."""
+    """Image files in ``folder`` by stem (TIFF/PNG), sorted; a missing or empty folder is an error.
+
+    Hidden files are skipped: macOS ``._name.tif`` resource forks and our own unfinished
+    ``.name.tmp`` writes are not images. Two files with one stem (``a.tif`` and ``a.png``) are
+    refused, since outputs and label pairs are matched by stem.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise SpocoError(f"{folder} is not a folder.")
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    files: dict[str, Path] = {}
+    clashes: dict[str, list[str]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        if p.stem in files:
+            clashes.setdefault(p.stem, [files[p.stem].name]).append(p.name)
+            continue
+        files[p.stem] = p
+    if clashes:
+        stem, names = next(iter(clashes.items()))
+        raise SpocoError(
+            f"{folder}: {' and '.join(names)} share the name {stem!r} (files are matched and "
+            f"outputs named by the name without extension); rename or move one"
+            f"{f' ({len(clashes)} such names)' if len(clashes) > 1 else ''}."
+        )
     if not files:
         raise SpocoError(f"No .tif/.tiff/.png images in {folder}.")
     return files
@@ -163,3 +291,91 @@ def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "l
             f"{what}: {', '.join(list(labels)[:3])}…)."
         )
     return [(s, images[s], labels[s]) for s in common]
+
+
+#: Room a model file needs (the CPU default is about 1 MB; the reference network about 30 MB).
+MODEL_FILE_ROOM = 64 * 2**20
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output_file(
+    path: str | os.PathLike, overwrite: bool, inputs: tuple = (), room: int = MODEL_FILE_ROOM
+) -> Path:
+    """Refuse an output file before any work starts: one that exists (without ``overwrite``),
+    is a folder, is one of ``inputs``, or lies in a folder that cannot be written or is full.
+
+    The parent folder is created if needed; writing is proven by creating and removing a
+    hidden probe file there (permission bits say little when running as root or on network
+    file systems).
+    """
+    out = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(out, Path(source)):
+            raise SpocoError(f"{out} is also an input of this command; write the output to another file.")
+    if out.is_dir():
+        raise SpocoError(f"{out} is a folder; give a file name (e.g. {out / 'model.spoco.pt'}).")
+    if out.exists() and not overwrite:
+        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
+    check_output_folder(out.parent if str(out.parent) else Path("."), room=room, what=f"{out}")
+    return out
+
+
+def check_output_folder(folder: str | os.PathLike, room: int = MODEL_FILE_ROOM, what: str | None = None) -> Path:
+    """Create ``folder`` if needed and prove that a file can be written there with ``room``
+    bytes free; otherwise a :class:`SpocoError` that says why, before any work is done."""
+    folder = Path(folder)
+    what = what or str(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SpocoError(f"Cannot write {what}: {folder} is a file, not a folder.") from None
+    except OSError as exc:
+        raise SpocoError(f"Cannot write {what}: could not create the folder {folder} ({exc.strerror or exc}).") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".napari-spoco-probe-", dir=folder)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise SpocoError(
+            f"Cannot write {what}: the folder {folder} is not writable ({exc.strerror or exc}); "
+            "choose another location."
+        ) from None
+    try:
+        import shutil
+
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < room:
+        raise SpocoError(
+            f"Cannot write {what}: only {free / 2**20:.0f} MB are free in {folder}; free some space "
+            "or choose another location."
+        )
+    return folder
+
+
+def rescue_path(out: Path) -> Path:
+    """Where a trained model goes when its own destination fails at the end (disk full,
+    folder removed): the working folder, else the temporary folder; never an existing file."""
+    import time
+
+    name = f"{out.name.split('.')[0] or 'model'}-rescued-{time.strftime('%Y%m%d-%H%M%S')}.spoco.pt"
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            check_output_folder(folder, what="the rescued model")
+        except SpocoError:
+            continue
+        candidate, i = folder / name, 1
+        while candidate.exists():
+            candidate, i = folder / name.replace(".spoco.pt", f"-{i}.spoco.pt"), i + 1
+        return candidate
+    raise SpocoError("No writable folder was found to rescue the model into.")

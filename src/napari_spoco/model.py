@@ -47,8 +47,25 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """Rebuild a config read from a model file; values outside what the network can be
+        built with (a hand-edited file) raise ``ValueError`` naming the field."""
+        if not isinstance(d, dict):
+            raise ValueError("the model configuration is not a mapping")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        config = cls(**{k: v for k, v in d.items() if k in known})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a field the network cannot be built with."""
+        limits = {"ndim": (2, 3), "in_channels": (1, 64), "embedding_dim": (1, 256),
+                  "base_features": (1, 512), "depth": (1, 8)}
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"model config field {name!r} is {value!r}; expected a whole number in {lo}-{hi}")
+        if not isinstance(self.foreground_head, bool):
+            raise ValueError(f"model config field 'foreground_head' is {self.foreground_head!r}; expected true or false")
 
 
 #: The interactive CPU default and the reference-size network of the paper.
