@@ -82,6 +82,13 @@ def segment(
     from .io import label_dtype
     from .scaling import resize_image, resize_labels, scaled_shape
 
+    from .training import as_model
+
+    model = as_model(model)
+    if model is None:
+        raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
+    if image is None or isinstance(image, (str, bytes)):
+        raise SpocoError("image must be an array; read a file first, e.g. with napari_spoco.io.read_image.")
     image = check_image(image)
     ndim = model.config.ndim
     if image.ndim != ndim:

@@ -53,6 +53,75 @@ class TrainConfig:
     device: str = "auto"
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values training cannot run with, naming the field and what it expects."""
+        def bad(name: str, expected: str) -> SpocoError:
+            return SpocoError(f"TrainConfig.{name} = {getattr(self, name)!r}: expected {expected}.")
+
+        def whole(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        if not whole(self.steps) or self.steps < 0:
+            raise bad("steps", "a whole number >= 0 (0 = train for `minutes`)")
+        if self.minutes is not None and (
+            isinstance(self.minutes, bool) or not isinstance(self.minutes, (int, float))
+            or not math.isfinite(self.minutes) or self.minutes <= 0
+        ):
+            raise bad("minutes", "a positive, finite number of minutes, or None")
+        if self.steps == 0 and self.minutes is None:
+            raise SpocoError("Give a positive number of steps or minutes to train for.")
+        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
+            raise bad("batch_size", "a whole number >= 1, or None for the default")
+        if self.patch_shape is not None:
+            shape = tuple(self.patch_shape)
+            if not shape or not all(whole(p) and p >= 1 for p in shape) or len(shape) not in (2, 3):
+                raise bad("patch_shape", "2 (2D) or 3 (3D) positive whole numbers, or None for the default")
+            self.patch_shape = tuple(int(p) for p in shape)
+        for name in ("learning_rate", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+                    or (name == "learning_rate" and value == 0):
+                raise bad(name, "a positive, finite number" if name == "learning_rate" else "a finite number >= 0")
+        if not isinstance(self.ema_momentum, (int, float)) or not 0 <= self.ema_momentum < 1:
+            raise bad("ema_momentum", "a number in [0, 1)")
+        if not isinstance(self.object_fraction, (int, float)) or not 0 <= self.object_fraction <= 1:
+            raise bad("object_fraction", "a number in [0, 1]")
+        if not whole(self.consistency_warmup_steps) or self.consistency_warmup_steps < 0:
+            raise bad("consistency_warmup_steps", "a whole number >= 0")
+        if not whole(self.ring_width) or self.ring_width < 0:
+            raise bad("ring_width", "a whole number >= 0")
+        if self.background_label is not None and (not whole(self.background_label) or self.background_label <= 0):
+            raise SpocoError(
+                f"Background label {self.background_label!r}: expected a positive whole number "
+                "(0 means unlabelled, so it cannot mark background; e.g. 65535)."
+            )
+        if self.scale is not None:
+            self.scale = check_scale(self.scale)
+        if not whole(self.seed):
+            raise bad("seed", "a whole number")
+        if not isinstance(self.device, str):
+            raise bad("device", "'auto', 'cpu', 'cuda' or 'mps'")
+
+    @classmethod
+    def coerce(cls, config) -> "TrainConfig":
+        """A TrainConfig from a TrainConfig, a dict of its fields, or None (the defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            unknown = sorted(set(config) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise SpocoError(
+                    f"Unknown training setting(s) {', '.join(map(repr, unknown))}; TrainConfig has "
+                    f"{', '.join(cls.__dataclass_fields__)}."
+                )
+            return cls(**config)
+        raise SpocoError(f"config must be a TrainConfig (or a dict of its fields), not {type(config).__name__}.")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["patch_shape"] = list(self.patch_shape) if self.patch_shape else None
@@ -143,6 +212,38 @@ def train(
     return _drive(iter_train(images, labels, config, model, model_config, stop, names), callback)
 
 
+def as_image_list(arrays, what: str) -> list:
+    """Accept one array or a sequence of arrays (what users pass by habit); refuse the rest."""
+    if arrays is None:
+        raise SpocoError(f"No {what} were given; pass a list of arrays (one per image).")
+    if isinstance(arrays, (str, bytes)) or hasattr(arrays, "__fspath__"):
+        raise SpocoError(
+            f"{what} must be arrays, not a file name ({arrays!s}); read them first, e.g. with "
+            "napari_spoco.io.read_image."
+        )
+    if isinstance(arrays, np.ndarray) or hasattr(arrays, "__array__") and not isinstance(arrays, (list, tuple)):
+        return [arrays]
+    try:
+        items = list(arrays)
+    except TypeError:
+        raise SpocoError(f"{what} must be an array or a list of arrays, not {type(arrays).__name__}.") from None
+    for i, item in enumerate(items):
+        if item is None or isinstance(item, (str, bytes)) or not hasattr(item, "__array__") and not isinstance(item, (list, tuple)):
+            raise SpocoError(f"{what}[{i}] is {type(item).__name__}, not an array.")
+    return items
+
+
+def as_model(model) -> SpocoModel | None:
+    """A model, a model file's path (loaded), or None; anything else is refused clearly."""
+    if model is None or isinstance(model, SpocoModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from .io import load_model
+
+        return load_model(model)
+    raise SpocoError(f"model must be a SpocoModel or a model file's path, not {type(model).__name__}.")
+
+
 def _drive(steps: Generator[TrainProgress, None, SpocoModel], callback) -> SpocoModel:
     """Run a training generator to its end, feeding ``callback``; return the model."""
     while True:
@@ -175,7 +276,11 @@ def iter_train(
     ``self_supervised``: ignore ``labels`` and train the consistency term alone on random
     patches (see :func:`pretrain`).
     """
-    config = config or (pretrain_config() if self_supervised else TrainConfig())
+    config = pretrain_config() if (config is None and self_supervised) else TrainConfig.coerce(config)
+    images = as_image_list(images, "images")
+    if not self_supervised:
+        labels = as_image_list(labels, "labels")
+    model = as_model(model)
     if self_supervised:
         labels = [np.zeros(np.shape(im)[:2] if is_rgb(np.asarray(im)) else np.shape(im), np.int64) for im in images]
         config = replace(
@@ -219,6 +324,10 @@ def iter_train(
     patch = tuple(config.patch_shape) if config.patch_shape else default_patch_shape(
         ndim, [d.image.shape for d in data], div
     )
+    if len(patch) != ndim:
+        raise SpocoError(
+            f"Patch shape {patch} has {len(patch)} values but the images are {ndim}D; give {ndim} values."
+        )
     if any(p % div for p in patch):
         raise SpocoError(f"Patch shape {patch} must be divisible by {div} for this network depth.")
     batch = config.batch_size or (8 if ndim == 2 else 2)
@@ -347,5 +456,6 @@ def pretrain(
     ``config.ema_momentum`` and the foreground head follows the teacher's. ``config``
     defaults to :func:`pretrain_config`.
     """
+    images = as_image_list(images, "images")
     steps = iter_train(images, [None] * len(images), config, model, model_config, stop, names, self_supervised=True)
     return _drive(steps, callback)
