@@ -172,3 +172,53 @@ def test_layers_renamed_or_removed_during_training(threaded, qtbot, notes, monke
     assert len(placed) >= 2 and set(placed) == {(2, 2)}, placed
     if change == "renamed":
         assert widget.last_preview.step > 0
+
+
+def test_a_second_train_click_does_not_start_a_second_run(threaded, qtbot, notes, monkeypatch, tmp_path):
+    from napari_spoco.pretrained import load_default_model
+
+    viewer, widget = threaded
+    runs = []
+    real = workers.training_job
+
+    def counted(job):
+        runs.append(job)
+        return (yield from real(job))
+
+    monkeypatch.setattr(workers, "training_job", counted)
+    widget._confirm = lambda question: True  # "discard the unsaved training?" would be yes
+    widget.steps_spin.setValue(3)
+    widget.start_training()
+    assert widget._training and not widget.train_btn.isEnabled() and not widget.adapt_btn.isEnabled()
+    qtbot.waitUntil(lambda: widget.last_progress is not None, timeout=60_000)
+    trained = widget.model
+    widget.start_training()
+    widget.train_btn.click()  # disabled: nothing happens
+    widget.start_adaptation()
+    # Nor can the model being trained be swapped for another.
+    assert not widget.use_default_model() and not widget.load_model_from(str(tmp_path / "any.spoco.pt"))
+    widget.new_model()
+    assert widget.model is trained
+    assert not widget.save_model_to(str(tmp_path / "half.spoco.pt")) and not (tmp_path / "half.spoco.pt").exists()
+    assert len(notes["warning"]) == 6 and all("Training is running" in w for w in notes["warning"]), notes
+    wait_idle(qtbot, widget)
+    assert len(runs) == 1 and not notes["error"]
+    assert len(widget.loss_plot.values) == 3
+    assert widget.model is trained and widget.model.history["steps"] == load_default_model(2).history["steps"] + 3
+
+
+def test_no_training_starts_while_segmenting(threaded, qtbot, notes, monkeypatch):
+    viewer, widget = threaded
+    widget.default_model_btn.click()
+    model = widget.model
+    entered, gate = _gate(monkeypatch, "segment")
+    widget.start_segmentation()
+    qtbot.waitUntil(entered.is_set, timeout=10_000)
+    assert not widget.train_btn.isEnabled() and not widget.adapt_btn.isEnabled()
+    widget.start_training()  # would train the model that is segmenting
+    widget.start_adaptation()
+    assert not widget._training and widget.model is model
+    assert len(notes["warning"]) == 2 and all("Segmentation is running" in w for w in notes["warning"]), notes
+    gate.set()
+    wait_idle(qtbot, widget)
+    assert "nuclei instances" in viewer.layers and widget.last_progress is None and not notes["error"]

@@ -333,6 +333,17 @@ class SpocoWidget(QWidget):
             self._docked = self.parent() is not None
         return super().event(event)
 
+    def _busy(self, action: str, segmenting: bool = True) -> bool:
+        """True, with a warning, while a job runs that ``action`` must not overlap: the buttons
+        are disabled then, but the methods are also called directly (and by tests)."""
+        if self._training:
+            show_warning(f"Training is running: press Stop, or wait for it to end, before {action}.")
+            return True
+        if segmenting and self._segmenting:
+            show_warning(f"Segmentation is running: wait for it to end before {action}.")
+            return True
+        return False
+
     def _update_buttons(self, *args) -> None:
         busy = self._training or self._segmenting
         image, labels = self.image_box.layer(), self.labels_box.layer()
@@ -449,7 +460,8 @@ class SpocoWidget(QWidget):
         )
 
     def use_default_model(self) -> bool:
-        if not self._may_replace_model():
+        # (a segmentation holds its own reference to the model: replacing it is safe then)
+        if self._busy("replacing the model", segmenting=False) or not self._may_replace_model():
             return False
         try:
             self.model = load_default_model(2)
@@ -463,7 +475,7 @@ class SpocoWidget(QWidget):
         return True
 
     def new_model(self) -> None:
-        if not self._may_replace_model():
+        if self._busy("replacing the model", segmenting=False) or not self._may_replace_model():
             return
         self._unsaved_training = False
         self.model = None
@@ -489,6 +501,8 @@ class SpocoWidget(QWidget):
         return answer == QMessageBox.Yes
 
     def load_model_from(self, path: str | None) -> bool:
+        if self._busy("replacing the model", segmenting=False):
+            return False
         path = path or self._ask_path("Load SPOCO model", False, "", MODEL_FILTER)
         if not path or not self._may_replace_model():
             return False
@@ -504,6 +518,8 @@ class SpocoWidget(QWidget):
         return True
 
     def save_model_to(self, path: str | None) -> bool:
+        if self._busy("saving the model (its weights change at every step)", segmenting=False):
+            return False
         if self.model is None:
             show_warning("There is no model to save yet: train one first.")
             return False
@@ -534,8 +550,7 @@ class SpocoWidget(QWidget):
 
     def start_training(self) -> None:
         """Train (or fine-tune) on the painted objects of the chosen image(s)."""
-        if self._training:
-            show_warning("Training is already running; press Stop first.")
+        if self._busy("starting another run"):
             return
         if self.image_box.layer() is None or self.labels_box.layer() is None:
             show_warning("Choose an image and its sparse-labels layer first.")
@@ -559,7 +574,7 @@ class SpocoWidget(QWidget):
     def start_adaptation(self) -> None:
         """Self-supervised pretraining on the chosen image, before (or while) painting."""
         image = self.image_box.layer()
-        if self._training or image is None:
+        if self._busy("starting another run") or image is None:
             return
         data = image_data(image)
         if self.series:  # at most 16 frames, spread over the stack
