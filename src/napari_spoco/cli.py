@@ -1,13 +1,19 @@
-"""``napari-spoco train | predict | evaluate | demo``: argument parsing and messages only.
+"""``napari-spoco train | pretrain | predict | evaluate | export | demo``: argument parsing,
+output checks and messages; the work is done by the library.
 
-Every subcommand calls the library; bad input ends in one line on stderr (exit 2) unless
-``--debug`` asks for the traceback.
+Guarantees (README, "What napari-spoco never does"): bad input ends in one line on stderr
+(exit 2) unless ``--debug`` asks for the traceback; every output location is checked before
+work starts; an output never replaces an input, nor an existing file without ``--overwrite``;
+a model file is written atomically and only by a model that trained at least one step; batch
+commands skip files they cannot read, go on, list them at the end and exit 1; Ctrl-C and
+SIGTERM stop training after the current step and save the model (exit 130 / 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import threading
@@ -20,8 +26,43 @@ import numpy as np
 from .errors import SpocoError
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+#: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
+EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster job's time limit, ``kill``): handled like Ctrl-C, so that clean-up runs."""
+
+
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # Given before or after the command: the subcommand's flag must not reset the top one.
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="show full tracebacks on errors")
+
+
+def _number(kind, low=None, low_open=False, high=None, high_open=False, what="a number"):
+    """An argparse type: a finite int/float within bounds, with a message saying what is expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what="a whole number >= 1")
+NONNEG_INT = _number(int, 0, what="a whole number >= 0")
+MINUTES = _number(float, 0, low_open=True, what="a positive, finite number of minutes")
+POSITIVE_FLOAT = _number(float, 0, low_open=True, what="a positive, finite number")
+PROBABILITY = _number(float, 0, True, 1, True, what="a number between 0 and 1 (exclusive)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Sparse instance segmentation with pixel embeddings (SPOCO): label a few "
         "objects, segment all of them.",
     )
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="{train,pretrain,predict,evaluate,export,demo}")
 
     t = sub.add_parser("train", help="train a model on images with sparse labels")
@@ -40,13 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default="default",
                    help="start from: 'default' (the shipped 2D starting model; 3D images start new), "
                    "'none' (a new network), or a model file (fine-tuning). Default: default")
-    t.add_argument("--steps", type=int, help="training steps (default 1000, or unlimited with --minutes)")
-    t.add_argument("--minutes", type=float, help="stop after this many minutes")
+    t.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 1000, or unlimited with --minutes)")
+    t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--background-label", type=int, help="label value that marks painted background")
-    t.add_argument("--batch-size", type=int, help="patches per step (default 8 in 2D, 2 in 3D)")
-    t.add_argument("--patch-size", type=int, nargs="+", help="patch shape (default 96 96 in 2D, 32 64 64 in 3D)")
+    t.add_argument("--background-label", type=POSITIVE_INT,
+                   help="label value that marks painted background (not 0: 0 means unlabelled)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, help="patches per step (default 8 in 2D, 2 in 3D)")
+    t.add_argument("--patch-size", type=POSITIVE_INT, nargs="+",
+                   help="patch shape, one value per image axis (default 96 96 in 2D, 32 64 64 in 3D)")
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
                    "'auto' (default) brings 2D objects wider than 45 px to ~30 px. The model file keeps it.")
@@ -58,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="model file to write")
     pt.add_argument("--init", default="default",
                     help="'default' (the shipped 2D model), 'none' (a new network; not recommended) or a model file")
-    pt.add_argument("--steps", type=int, help="steps (default 300, or unlimited with --minutes)")
-    pt.add_argument("--minutes", type=float, help="stop after this many minutes")
+    pt.add_argument("--steps", type=POSITIVE_INT, help="steps (default 300, or unlimited with --minutes)")
+    pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -70,12 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images")
     pr.add_argument("--out", required=True, help="folder for the label TIFFs (one per image, same stem)")
     pr.add_argument("--method", default="meanshift", choices=["meanshift", "hdbscan", "consistency"], help="consistency = mean-shift that drops clusters the EMA teacher disagrees on (same result as meanshift on our benchmarks, ~2x slower)")
-    pr.add_argument("--bandwidth", type=float, default=0.5, help="mean-shift bandwidth (δ_v)")
-    pr.add_argument("--min-size", type=int, help="drop objects smaller than this (pixels/voxels)")
-    pr.add_argument("--foreground-threshold", type=float, default=0.5)
-    pr.add_argument("--expand", type=int, default=0, help="grow objects by this many pixels")
+    pr.add_argument("--bandwidth", type=POSITIVE_FLOAT, default=0.5, help="mean-shift bandwidth (δ_v)")
+    pr.add_argument("--min-size", type=NONNEG_INT, help="drop objects smaller than this (pixels/voxels)")
+    pr.add_argument("--foreground-threshold", type=PROBABILITY, default=0.5,
+                    help="foreground probability above which a pixel can belong to an object (default 0.5)")
+    pr.add_argument("--expand", type=NONNEG_INT, default=0, help="grow objects by this many pixels")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    pr.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    existing = pr.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="segment only the images that have no label file in --out yet (resume a batch)")
     _add_common(pr)
 
     ex = sub.add_parser("export", help="write a model as a bioimage.io package (.zip) for other tools")
@@ -97,22 +144,22 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train, predict and evaluate on the shipped sample image")
     d.add_argument("--out", default="spoco-demo", help="folder for the model, TIFFs and PNG overlays")
-    d.add_argument("--steps", type=int, help="training steps (default: train for --minutes)")
-    d.add_argument("--minutes", type=float, default=1.0, help="training time budget (default 1)")
+    d.add_argument("--steps", type=POSITIVE_INT, help="training steps (default: train for --minutes)")
+    d.add_argument("--minutes", type=MINUTES, default=1.0, help="training time budget (default 1)")
     d.add_argument("--init", default="default",
                    help="'default' (fine-tune the shipped starting model), 'none' (from scratch) or a model file")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files already")
     _add_common(d)
     return parser
 
 
-def _new_output(path: str, overwrite: bool) -> Path:
-    """The --out file, refused if it exists and --overwrite was not given (a model or package
-    the user already has is never replaced silently)."""
-    out = Path(path)
-    if out.exists() and not overwrite:
-        raise SpocoError(f"{out} exists; pass --overwrite to replace it or choose another --out.")
-    return out
+def _out_file(path: str, overwrite: bool, inputs=()) -> Path:
+    """The --out file, checked before any work: never an input, never an existing file
+    without --overwrite, never a folder, and in a folder that can be written."""
+    from .io import check_output_file
+
+    return check_output_file(path, overwrite, tuple(inputs))
 
 
 def _files(path: str) -> dict[str, Path]:
@@ -126,6 +173,15 @@ def _files(path: str) -> dict[str, Path]:
     if not p.exists():
         raise SpocoError(f"{p} does not exist.")
     return list_images(p)
+
+
+def _names(stems, limit: int = 5) -> str:
+    stems = list(stems)
+    return ", ".join(stems[:limit]) + ("…" if len(stems) > limit else "")
+
+
+def _warn(message: str) -> None:
+    print(f"napari-spoco: warning: {message}", file=sys.stderr)
 
 
 class _Bar:
@@ -147,32 +203,92 @@ class _Bar:
         self.bar.close()
 
 
+class _Interrupts:
+    """Ctrl-C and SIGTERM during training: the first one stops after the current step (the
+    model so far is kept), a second one aborts. ``received`` names the first signal."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.stop.is_set():
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.received = signum
+        self.stop.set()
+        what = "Terminated" if signum == signal.SIGTERM else "Interrupted"
+        print(f"\n{what}: stopping after this step; the model so far will be saved "
+              "(Ctrl-C again to abort without saving).", file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    @property
+    def exit_code(self) -> int:
+        if self.received is None:
+            return 0
+        return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
+
+
 def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False):
+    """Train with a progress bar; returns ``(model, steps trained in this run, exit code)``,
+    the exit code saying whether a signal stopped it early."""
     from .training import pretrain, train
 
     stop = threading.Event()
     by_time = not config.steps
     total = config.minutes * 60 if by_time else config.steps
     bar = _Bar(round(total), "s" if by_time else "step", "train")
+    done = {"steps": 0}
 
     def on_progress(p):
+        done["steps"] = p.step
         bar.to(round(p.elapsed) if by_time else p.step, loss=f"{p.losses['total']:.3f}", it_s=f"{p.steps_per_second:.1f}")
 
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nStopping after this step; the model so far will be saved (Ctrl-C again to abort).", file=sys.stderr)
+    with _Interrupts(stop) as interrupts:
+        try:
+            if self_supervised:
+                model = pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names)
+            else:
+                model = train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names)
+        finally:
+            bar.close()
+    return model, done["steps"], interrupts.exit_code
 
-    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+
+def _save_trained(model, out: Path, steps: int, exit_code: int) -> int:
+    """Save a model that trained at least one step (atomically); a failure at this point does
+    not lose the training: the model goes to a rescue file and the message says where."""
+    from .io import rescue_path, save_model
+
+    if steps == 0:
+        print(f"Stopped before the first training step finished: nothing was saved"
+              f"{f' ({out} is unchanged)' if out.exists() else ''}.", file=sys.stderr)
+        return exit_code or EXIT_FAILED
     try:
-        if self_supervised:
-            return pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names)
-        return train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names)
-    finally:
-        bar.close()
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        save_model(model, out)
+    except (OSError, RuntimeError) as exc:
+        rescue = rescue_path(out)
+        save_model(model, rescue)
+        raise SpocoError(
+            f"Could not write {out} ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
+            f"the trained model was saved to {rescue} instead."
+        ) from exc
+    total = model.history.get("steps", 0)
+    if exit_code:
+        print(f"Stopped early after {steps} step(s); saved {out} ({total} steps in total).")
+    else:
+        print(f"Saved {out} ({total} steps in total).")
+    return exit_code
 
 
 def _initial_model(init: str | None, images):
@@ -194,6 +310,10 @@ def _initial_model(init: str | None, images):
     return load_model(init)
 
 
+def _init_path(init: str | None) -> Path | None:
+    return None if init in (None, "", "none", "default") else Path(init)
+
+
 def _scale(arg: str, labels, background_label, init=None) -> float:
     """``--scale``: 'auto' (the starting model's scale, or from the painted objects; said aloud
     when it is not 1) or a number."""
@@ -209,23 +329,43 @@ def _scale(arg: str, labels, background_label, init=None) -> float:
     return scale
 
 
+def _check_background_label(value: int | None, labels, names) -> None:
+    """A --background-label that occurs in no label image is a typo, not a choice."""
+    if value is None:
+        return
+    if not any(np.any(np.asarray(lab) == value) for lab in labels):
+        raise SpocoError(
+            f"--background-label {value} occurs in none of the label images ({_names(names)}); "
+            "check the value your painting program used for background, or leave the flag out."
+        )
+
+
 def cmd_train(args) -> int:
-    from .io import match_pairs, read_image, save_model
+    from .io import match_pairs, read_image
     from .training import TrainConfig
 
-    out = _new_output(args.out, args.overwrite)
-    if args.steps is not None and args.steps <= 0:
-        raise SpocoError("--steps must be positive.")
-    if args.minutes is not None and args.minutes <= 0:
-        raise SpocoError("--minutes must be positive.")
     image_files = _files(args.images)
-    pairs = match_pairs(image_files, _files(args.labels))
-    unmatched = sorted(set(image_files) - {s for s, _, _ in pairs})
-    if unmatched:
-        print(f"Note: {len(unmatched)} image(s) have no label file of the same name and are not used: "
-              f"{', '.join(unmatched[:5])}{'…' if len(unmatched) > 5 else ''}", file=sys.stderr)
+    label_files = _files(args.labels)
+    pairs = match_pairs(image_files, label_files)
+    same = [s for s, i, l in pairs if i.resolve() == l.resolve()]
+    if same:
+        raise SpocoError(
+            f"--images and --labels point at the same files ({_names(same)}); --labels must be the "
+            "painted label images (0 = unlabelled, 1, 2, … = objects)."
+        )
+    init_path = _init_path(args.init)
+    inputs = [p for _, i, l in pairs for p in (i, l)] + ([init_path] if init_path else [])
+    out = _out_file(args.out, args.overwrite, inputs)
+    used = {s for s, _, _ in pairs}
+    for what, stems, other in (("image", set(image_files) - used, "label file"),
+                               ("label file", set(label_files) - used, "image")):
+        if stems:
+            print(f"Note: {len(stems)} {what}(s) have no {other} of the same name and are not used: "
+                  f"{_names(sorted(stems))}", file=sys.stderr)
     images = [read_image(i) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
+    names = [s for s, _, _ in pairs]
+    _check_background_label(args.background_label, labels, names)
     init = _initial_model(args.init, images)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     scale = _scale(args.scale, labels, args.background_label, init)
@@ -239,24 +379,18 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         patch_shape=tuple(args.patch_size) if args.patch_size else None,
     )
-    print(f"Training on {len(pairs)} image(s): {', '.join(s for s, _, _ in pairs[:5])}{'…' if len(pairs) > 5 else ''}", file=sys.stderr)
-    model = _train_with_progress(images, labels, config, model=init, names=[s for s, _, _ in pairs])
-    save_model(model, out)
-    print(f"Saved {out} ({model.history.get('steps', 0)} steps in total).")
-    return 0
+    print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
+    model, trained, code = _train_with_progress(images, labels, config, model=init, names=names)
+    return _save_trained(model, out, trained, code)
 
 
 def cmd_pretrain(args) -> int:
-    from .io import read_image, save_model
+    from .io import read_image
     from .training import pretrain_config
 
-    out = _new_output(args.out, args.overwrite)
-    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes)):
-        if value is not None and value <= 0:
-            raise SpocoError(f"{flag} must be positive.")
     files = _files(args.images)
-    if not files:
-        raise SpocoError(f"No TIFF/PNG images found in {args.images}.")
+    init_path = _init_path(args.init)
+    out = _out_file(args.out, args.overwrite, list(files.values()) + ([init_path] if init_path else []))
     names = sorted(files)
     images = [read_image(files[n]) for n in names]
     init = _initial_model(args.init, images)
@@ -266,15 +400,26 @@ def cmd_pretrain(args) -> int:
     steps = args.steps if args.steps is not None else (0 if args.minutes else 300)
     config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed)
     print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
-    model = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True)
-    save_model(model, out)
-    print(f"Saved {out}; fine-tune it with `napari-spoco train --init {out} ...`.")
-    return 0
+    model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True)
+    code = _save_trained(model, out, trained, code)
+    if trained:
+        print(f"Fine-tune it with `napari-spoco train --init {out} ...`.")
+    return code
+
+
+def _report_failures(failed: dict[str, str], total: int, what: str) -> int:
+    """End of a batch: list the files that failed (they were skipped) and exit 1, or 0."""
+    if not failed:
+        return 0
+    print(f"napari-spoco: {len(failed)} of {total} {what} failed and were skipped:", file=sys.stderr)
+    for name, reason in failed.items():
+        print(f"  {name}: {reason}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def cmd_predict(args) -> int:
     from .clustering import ClusterConfig
-    from .io import load_model, read_image, write_labels
+    from .io import check_output_folder, load_model, read_image, write_labels
     from .segmentation import segment
 
     model = load_model(args.model)
@@ -282,49 +427,95 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SpocoError(f"--out {out} is a file; give a folder.")
+    images_dir = Path(args.images) if Path(args.images).is_dir() else Path(args.images).parent
+    if out.exists() and out.resolve() == images_dir.resolve():
+        raise SpocoError(
+            f"--out {out} is the folder of the input images: label files would replace or mix with "
+            "them. Choose another folder, e.g. --out labels/."
+        )
     targets = {stem: out / f"{stem}.tif" for stem in files}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not args.overwrite:
-        raise SpocoError(f"{len(existing)} output file(s) exist already (e.g. {existing[0]}); pass --overwrite to replace them.")
+    inputs = {p.resolve() for p in files.values()} | {Path(args.model).resolve()}
+    clash = [str(t) for t in targets.values() if t.resolve() in inputs]
+    if clash:
+        raise SpocoError(f"{clash[0]} is an input of this command; write the labels to another folder.")
+    existing = [stem for stem, p in targets.items() if p.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        raise SpocoError(
+            f"{len(existing)} output file(s) exist already (e.g. {targets[existing[0]]}); pass "
+            "--skip-existing to segment only the images without one, or --overwrite to replace them."
+        )
+    if args.skip_existing and existing:
+        print(f"Skipping {len(existing)} image(s) whose labels exist in {out}.", file=sys.stderr)
+        files = {s: p for s, p in files.items() if s not in set(existing)}
+    check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
     config = ClusterConfig(
         bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand,
     )
     from tqdm import tqdm
 
+    failed: dict[str, str] = {}
     for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr):
-        image = read_image(path)
         try:
+            image = read_image(path)
             labels = segment(model, image, method=args.method, config=config, device=args.device)
-        except SpocoError as exc:
-            raise SpocoError(f"{path.name}: {exc}") from exc
-        write_labels(targets[stem], labels)
+            write_labels(targets[stem], labels)
+        except (SpocoError, OSError, MemoryError) as exc:
+            failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
+            tqdm.write(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
+            continue
         tqdm.write(f"{stem}: {int(labels.max())} objects -> {targets[stem]}", file=sys.stderr)
-    return 0
+    return _report_failures(failed, len(files), "images")
 
 
 METRIC_KEYS = ("AP50", "AP75", "mAP", "SBD", "DiC")
 
 
 def evaluate_folders(pred: str, gt: str) -> dict:
-    from .io import match_pairs, read_image
+    """Score every ground-truth image. One without a prediction (or whose prediction cannot be
+    read or has another shape) counts as an empty prediction, so that the mean is not taken
+    over the easy images only; it is listed under ``missing`` / ``failed``."""
+    from .io import read_image
     from .metrics import evaluate
 
-    pairs = match_pairs(_files(pred), _files(gt), what="ground truth")
-    per_image = {}
-    for stem, p, g in pairs:
-        pl, gl = read_image(p), read_image(g)
-        if pl.shape != gl.shape:
-            raise SpocoError(f"{stem}: prediction shape {pl.shape} differs from ground truth {gl.shape}.")
-        per_image[stem] = evaluate(gl, pl)
+    preds, gts = _files(pred), _files(gt)
+    if not set(preds) & set(gts):
+        raise SpocoError(
+            f"No prediction has a ground-truth file with the same name (predictions: {_names(preds, 3)}; "
+            f"ground truth: {_names(gts, 3)})."
+        )
+    per_image, missing, failed = {}, [], {}
+    for stem in sorted(gts):
+        try:
+            truth = read_image(gts[stem])
+        except SpocoError as exc:
+            failed[gts[stem].name] = f"ground truth not scored: {exc}"
+            continue
+        labels = None
+        if stem not in preds:
+            missing.append(stem)
+        else:
+            try:
+                labels = read_image(preds[stem])
+                if labels.shape != truth.shape:
+                    raise SpocoError(f"prediction shape {labels.shape} differs from ground truth {truth.shape}")
+            except SpocoError as exc:
+                failed[preds[stem].name] = f"scored as an empty prediction: {exc}"
+                labels = None
+        per_image[stem] = evaluate(truth, np.zeros(truth.shape, np.uint8) if labels is None else labels)
+    if not per_image:
+        raise SpocoError("No ground-truth image could be read; nothing was scored.")
     mean = {k: float(np.mean([m[k] for m in per_image.values()])) for k in METRIC_KEYS}
-    return {"images": per_image, "mean": mean}
+    extra = sorted(set(preds) - set(gts))
+    return {"images": per_image, "mean": mean, "missing": missing, "failed": failed, "unmatched_predictions": extra}
 
 
 def format_table(result: dict) -> str:
+    missing = set(result.get("missing", []))
     rows = [("image",) + METRIC_KEYS]
     for stem, m in result["images"].items():
-        rows.append((stem[:40],) + tuple(f"{m[k]:.3f}" if k != "DiC" else f"{m[k]:.0f}" for k in METRIC_KEYS))
+        name = stem[:40] + (" (no prediction)" if stem in missing else "")
+        rows.append((name,) + tuple(f"{m[k]:.3f}" if k != "DiC" else f"{m[k]:.0f}" for k in METRIC_KEYS))
     rows.append(("mean",) + tuple(f"{result['mean'][k]:.3f}" if k != "DiC" else f"{result['mean'][k]:.1f}" for k in METRIC_KEYS))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
@@ -339,19 +530,36 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
-    return 0
+    if result["missing"]:
+        _warn(f"{len(result['missing'])} ground-truth image(s) have no prediction and were scored as "
+              f"empty predictions (every object missed): {_names(result['missing'])}")
+    if result["unmatched_predictions"]:
+        _warn(f"{len(result['unmatched_predictions'])} prediction(s) have no ground truth and were not "
+              f"scored: {_names(result['unmatched_predictions'])}")
+    return _report_failures(result["failed"], len(result["images"]) + len(result["failed"]), "files")
+
+
+DEMO_FILES = ("model.spoco.pt", "nuclei_train_pred.tif", "nuclei_train_overlay.png",
+              "nuclei_heldout_pred.tif", "nuclei_heldout_overlay.png")
 
 
 def cmd_demo(args) -> int:
     from . import sample
-    from .io import save_model, write_labels
+    from .io import check_output_folder, save_model, write_labels
     from .metrics import evaluate
     from .overlay import save_overlay
     from .segmentation import segment
     from .training import TrainConfig
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise SpocoError(f"--out {out} is a file; give a folder for the demo's outputs.")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise SpocoError(
+            f"{out} exists and is not empty; choose a new --out folder, or pass --overwrite to write "
+            f"the demo's files ({', '.join(DEMO_FILES)}) into it."
+        )
+    check_output_folder(out, what=f"the demo's outputs in {out}")
     data = sample.load_sample()
     print("napari-spoco demo: U2OS nuclei (BBBC039, CC0), 256x256 crops; "
           f"{data.n_painted} of {data.n_train_objects} nuclei painted in the training crop.", file=sys.stderr)
@@ -360,8 +568,11 @@ def cmd_demo(args) -> int:
     init = _initial_model(args.init, [data.train_image])
     steps_before = init.history.get("steps", 0) if init is not None else 0
     t0 = time.perf_counter()
-    model = _train_with_progress([data.train_image], [data.train_sparse], config, model=init)
+    model, trained, code = _train_with_progress([data.train_image], [data.train_sparse], config, model=init)
     train_s = time.perf_counter() - t0
+    if trained == 0:
+        print("Stopped before the first training step finished: nothing was written.", file=sys.stderr)
+        return code or EXIT_FAILED
     save_model(model, out / "model.spoco.pt")
     results = {}
     for name, image, truth in (("train", data.train_image, data.train_truth), ("heldout", data.test_image, data.test_truth)):
@@ -372,7 +583,7 @@ def cmd_demo(args) -> int:
     mean = {k: float(np.mean([m[k] for m in results.values()])) for k in METRIC_KEYS}
     print(format_table({"images": results, "mean": mean}))
     print(f"\nTrained {model.history['steps'] - steps_before} steps in {train_s:.0f} s. Wrote model, label TIFFs and PNG overlays to {out}/")
-    return 0
+    return code
 
 
 def cmd_export(args) -> int:
@@ -380,7 +591,8 @@ def cmd_export(args) -> int:
     from .io import load_model, read_image
     from .pretrained import load_default_model
 
-    out = _new_output(args.out, args.overwrite)
+    inputs = ([] if args.model == "default" else [Path(args.model)]) + ([Path(args.test_image)] if args.test_image else [])
+    out = _out_file(args.out, args.overwrite, inputs)
     model = load_default_model(2) if args.model == "default" else load_model(args.model)
     test_image = read_image(args.test_image) if args.test_image else None
     path = export_bioimageio(model, out, name=args.name, authors=args.author or ["napari-spoco user"],
@@ -400,28 +612,45 @@ COMMANDS = {"train": cmd_train, "pretrain": cmd_pretrain, "predict": cmd_predict
             "export": cmd_export, "demo": cmd_demo}
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    # SIGTERM unwinds like Ctrl-C, so unfinished files are removed (training installs its own
+    # handler on top: it stops after the step and saves).
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return COMMANDS[args.command](args)
     except SpocoError as exc:
         if args.debug:
             raise
         print(f"napari-spoco {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Terminated:
+        print("napari-spoco: terminated.", file=sys.stderr)
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
         print("napari-spoco: interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
     except Exception as exc:  # a bug: one line, and how to get the traceback
         if args.debug:
             raise
-        print(f"napari-spoco {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 300 else text[:299] + "…"
+        print(f"napari-spoco {args.command}: unexpected error: {type(exc).__name__}: {text} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

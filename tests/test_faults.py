@@ -1,0 +1,491 @@
+"""The fault matrix: bad input and faults through the CLI and the Python API.
+
+One case per item of the reliability campaign (README, "What napari-spoco never does"). Each
+asserts the message, the exit code and, where user files are involved, that none of them
+changed (SHA-256 of every file before and after).
+"""
+
+import errno
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_spoco.io as spoco_io
+from napari_spoco import TrainConfig, segment, train
+from napari_spoco.cli import main
+from napari_spoco.errors import SpocoError
+from napari_spoco.io import load_model, save_model, weights_checksum
+
+TRAIN = ["--steps", "1", "--device", "cpu", "--init", "none", "--batch-size", "2", "--patch-size", "32", "32"]
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """SHA-256 of every file under the folders (hidden ones included)."""
+    out = {}
+    for folder in folders:
+        for p in sorted(Path(folder).rglob("*")):
+            if p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, stdout, stderr); argparse refusals exit via SystemExit."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def work(tmp_path, tiny_pair):
+    """images/, labels/, gt/ with one 64² disk image, and a 1-step model, in a fresh folder."""
+    image, sparse, truth = tiny_pair
+    for sub in ("images", "labels", "gt"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "cells.tif", sparse)
+    tifffile.imwrite(tmp_path / "gt" / "cells.tif", truth)
+    model = train([image], [sparse], TrainConfig(steps=1, batch_size=2, patch_shape=(32, 32), device="cpu"))
+    save_model(model, tmp_path / "good.pt")
+    return tmp_path
+
+
+def args_train(work: Path, out: Path | str, *extra) -> list:
+    return ["train", "--images", work / "images", "--labels", work / "labels", "--out", out, *TRAIN, *extra]
+
+
+# 1 --------------------------------------------------------------------- outputs never replace inputs
+def test_1_predict_into_the_images_folder_is_refused_even_with_overwrite(work, capsys):
+    before = snapshot(work)
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "images", "--overwrite", "--device", "cpu")
+    assert code == 2 and "folder of the input images" in err
+    assert snapshot(work) == before
+
+
+def test_1_train_out_cannot_be_an_input(work, capsys):
+    before = snapshot(work)
+    code, _, err = run(capsys, *args_train(work, work / "labels" / "cells.tif", "--overwrite"))
+    assert code == 2 and "is also an input" in err
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
+                       "--out", work / "good.pt", "--overwrite", "--init", work / "good.pt", "--steps", "1")
+    assert code == 2 and "is also an input" in err
+    assert snapshot(work) == before
+
+
+# 2 --------------------------------------------------------- a model is replaced only by a trained one
+def test_2_interrupt_before_the_first_step_keeps_the_old_model(work, capsys, monkeypatch):
+    import napari_spoco.training as training
+
+    original = training.prepare_training_data
+
+    def interrupted(*a, **k):  # Ctrl-C while the data are being prepared
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*a, **k)
+
+    monkeypatch.setattr(training, "prepare_training_data", interrupted)
+    before = snapshot(work)
+    code, _, err = run(capsys, *args_train(work, work / "good.pt", "--overwrite"))
+    assert code == 130 and "nothing was saved" in err
+    assert snapshot(work) == before
+
+
+# 3 ------------------------------------------------------- the output is checked before training starts
+@pytest.fixture
+def no_training(monkeypatch):
+    import napari_spoco.training as training
+
+    def fail(*a, **k):
+        raise AssertionError("training started although the output cannot be written")
+
+    monkeypatch.setattr(training, "iter_train", fail)
+
+
+def test_3_out_is_a_folder(work, capsys, no_training):
+    (work / "dir.pt").mkdir()
+    code, _, err = run(capsys, *args_train(work, work / "dir.pt", "--overwrite"))
+    assert code == 2 and "is a folder" in err
+
+
+def test_3_out_under_a_file(work, capsys, no_training):
+    code, _, err = run(capsys, *args_train(work, work / "good.pt" / "m.pt"))
+    assert code == 2 and "is a file, not a folder" in err
+
+
+def test_3_out_folder_not_writable(work, capsys, no_training, monkeypatch):
+    locked = work / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits: make the probe write fail as a read-only mount would
+        def refuse(*a, **k):
+            raise PermissionError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(spoco_io.tempfile, "mkstemp", refuse)
+    else:
+        locked.chmod(0o555)
+    try:
+        code, _, err = run(capsys, *args_train(work, locked / "m.pt"))
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and "not writable" in err and not (locked / "m.pt").exists()
+
+
+def test_3_out_folder_full(work, capsys, no_training, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))
+    assert code == 2 and "MB are free" in err
+
+
+def test_3_write_failure_after_training_rescues_the_model(work, capsys, monkeypatch):
+    original = spoco_io.save_model
+    calls = []
+
+    def disk_full_once(model, path):
+        calls.append(Path(path))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(model, path)
+
+    monkeypatch.setattr(spoco_io, "save_model", disk_full_once)
+    monkeypatch.chdir(work)
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))
+    assert code == 2 and "was saved to" in err and not (work / "m.pt").exists()
+    rescued = calls[1]
+    assert rescued.parent == work and str(rescued) in err
+    assert load_model(rescued).history["steps"] == 1
+
+
+# 4 --------------------------------------------------------------- damaged or non-finite weights refused
+def test_4_corrupted_bytes_are_caught_by_the_checksum(work, capsys):
+    model = load_model(work / "good.pt")
+    weight = model.student.state_dict()["encoders.1.0.weight"].numpy().tobytes()
+    raw = bytearray((work / "good.pt").read_bytes())
+    at = raw.find(weight[:64])
+    assert at > 0
+    raw[at + 100: at + 108] = b"\x7f" * 8
+    (work / "bad.pt").write_bytes(bytes(raw))
+    code, _, err = run(capsys, "predict", "--model", work / "bad.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 2 and "checksum" in err and not (work / "pred").exists()
+
+
+def test_4_the_shipped_model_carries_a_checksum_that_matches():
+    from importlib.resources import files
+
+    payload = torch.load(files("napari_spoco._models").joinpath("default_2d.spoco.pt"), weights_only=True)
+    assert payload["checksum"] == weights_checksum(payload["student"], payload["teacher"])
+
+
+def test_4_nan_weights_refused_by_load_save_and_export(work):
+    model = load_model(work / "good.pt")
+    with torch.no_grad():
+        model.student.head.weight[0, 0] = float("nan")
+    with pytest.raises(SpocoError, match="NaN"):
+        save_model(model, work / "nan.pt")
+    # A file with NaN weights and a matching checksum (written by other means) is refused too.
+    payload = torch.load(work / "good.pt", weights_only=True)
+    payload["student"] = {k: v.clone() for k, v in model.student.state_dict().items()}
+    payload["checksum"] = weights_checksum(payload["student"], payload["teacher"])
+    torch.save(payload, work / "nan.pt")
+    with pytest.raises(SpocoError, match="NaN"):
+        load_model(work / "nan.pt")
+    from napari_spoco.bioimageio_export import export_bioimageio
+
+    with pytest.raises(SpocoError, match="NaN"):
+        export_bioimageio(model, work / "nan.zip")
+    assert not (work / "nan.zip").exists()
+
+
+# 5 -------------------------------------------------------------------- evaluate counts what is missing
+def test_5_evaluate_scores_missing_predictions_as_empty(work, capsys):
+    truth = tifffile.imread(work / "gt" / "cells.tif")
+    tifffile.imwrite(work / "gt" / "other.tif", truth)
+    (work / "pred").mkdir()
+    tifffile.imwrite(work / "pred" / "cells.tif", truth)  # perfect on one image, nothing for the other
+    code, out, err = run(capsys, "evaluate", "--pred", work / "pred", "--gt", work / "gt", "--json")
+    import json
+
+    result = json.loads(out)
+    assert code == 0 and result["missing"] == ["other"]
+    assert result["mean"]["AP50"] == pytest.approx(0.5)
+    assert "no prediction" in err and "other" in err
+
+
+# 6 ------------------------------------------------------------------ demo does not replace a folder
+def test_6_demo_refuses_a_non_empty_folder(tmp_path, capsys, no_training):
+    (tmp_path / "mine.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, "demo", "--out", tmp_path)
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    assert snapshot(tmp_path) == before
+
+
+# 7 ------------------------------------------------------------------------ no file dropped silently
+def test_7_same_stem_files_are_refused(work, capsys):
+    image = tifffile.imread(work / "images" / "cells.tif")
+    tifffile.imwrite(work / "images" / "cells.tiff", image)
+    from PIL import Image
+
+    Image.fromarray(image.astype(np.uint8)).save(work / "images" / "cells.png")
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 2 and "share the name 'cells'" in err and not (work / "pred").exists()
+
+
+def test_7_label_without_image_is_reported(work, capsys):
+    sparse = tifffile.imread(work / "labels" / "cells.tif")
+    tifffile.imwrite(work / "labels" / "orphan.tif", sparse)
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))
+    assert code == 0 and "label file(s) have no image" in err and "orphan" in err
+
+
+# 8 ------------------------------------------------------------------------------- label mistakes
+def test_8_background_label_zero_is_refused(work, capsys):
+    code, _, err = run(capsys, *args_train(work, work / "m.pt", "--background-label", "0"))
+    assert code == 2 and "--background-label" in err and not (work / "m.pt").exists()
+    with pytest.raises(SpocoError, match="0 means unlabelled"):
+        TrainConfig(background_label=0)
+
+
+def test_8_background_label_that_never_occurs_is_refused(work, capsys):
+    code, _, err = run(capsys, *args_train(work, work / "m.pt", "--background-label", "999"))
+    assert code == 2 and "occurs in none of the label images" in err
+
+
+def test_8_labels_pointing_at_the_images(work, capsys):
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "images",
+                       "--out", work / "m.pt", *TRAIN)
+    assert code == 2 and "same files" in err
+
+
+def test_8_swapped_folders_are_recognised(work, capsys, tmp_path_factory):
+    # Labels folder holding noisy intensity images: a real microscope image has many grey levels
+    # and neighbouring pixels rarely share one.
+    fake = tmp_path_factory.mktemp("fake_labels")
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(fake / "cells.tif", rng.integers(1, 4000, (64, 64)).astype(np.uint16))
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", fake,
+                       "--out", work / "m.pt", *TRAIN)
+    assert code == 2 and "look like an image, not labels" in err
+
+
+# 9 ------------------------------------------------------------------------------------- huge ids
+def test_9_huge_label_ids_train_in_little_memory(tiny_pair):
+    import tracemalloc
+
+    from napari_spoco.data import prepare_training_data
+
+    image, sparse, _ = tiny_pair
+    huge = sparse.astype(np.uint32)
+    huge[sparse == 1], huge[sparse == 3], huge[sparse == 5] = 2**31, 2**32 - 1, 7
+    tracemalloc.start()
+    data = prepare_training_data([image], [huge])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert data[0].n_objects == 3 and peak < 50 * 2**20
+
+
+# 10 --------------------------------------------------------- one bad file does not abort a batch
+def test_10_predict_skips_bad_files_reports_them_and_resumes(work, capsys):
+    image = tifffile.imread(work / "images" / "cells.tif")
+    tifffile.imwrite(work / "images" / "second.tif", image)
+    (work / "images" / "broken.tif").write_bytes(b"II*\x00 this is not a TIFF")
+    (work / "images" / "._cells.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 1 and "1 of 3 images failed" in err and "broken.tif" in err
+    assert "._cells" not in err
+    assert sorted(p.name for p in (work / "pred").iterdir()) == ["cells.tif", "second.tif"]
+    before = snapshot(work / "pred")
+    (work / "images" / "broken.tif").unlink()
+    tifffile.imwrite(work / "images" / "broken.tif", image)  # fixed by the user
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu", "--skip-existing")
+    assert code == 0 and "Skipping 2" in err
+    assert {k: v for k, v in snapshot(work / "pred").items() if k in before} == before
+    assert (work / "pred" / "broken.tif").exists()
+
+
+# 11 ------------------------------------------------------------------------ values are validated
+@pytest.mark.parametrize("flags, expected", [
+    (["--minutes", "nan"], "finite number of minutes"),
+    (["--minutes", "inf"], "finite number of minutes"),
+    (["--minutes", "-1"], "finite number of minutes"),
+    (["--batch-size", "-1"], "whole number >= 1"),
+    (["--batch-size", "0"], "whole number >= 1"),
+    (["--patch-size", "0", "0"], "whole number >= 1"),
+    (["--steps", "0"], "whole number >= 1"),
+])
+def test_11_train_values(work, capsys, flags, expected):
+    argv = ["train", "--images", work / "images", "--labels", work / "labels", "--out", work / "m.pt",
+            "--device", "cpu", "--init", "none", *flags]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and expected in err and len(err) < 1500 and not (work / "m.pt").exists()
+
+
+def test_11_patch_size_must_match_the_images(work, capsys):
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
+                       "--out", work / "m.pt", "--steps", "1", "--device", "cpu", "--init", "none",
+                       "--patch-size", "32", "32", "32")
+    assert code == 2 and "has 3 values but the images are 2D" in err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--bandwidth", "-0.5"], "positive, finite number"),
+    (["--foreground-threshold", "2"], "between 0 and 1"),
+    (["--min-size", "-3"], "whole number >= 0"),
+    (["--expand", "-1"], "whole number >= 0"),
+])
+def test_11_predict_values(work, capsys, flags, expected):
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu", *flags)
+    assert code == 2 and expected in err and not (work / "pred").exists()
+
+
+@pytest.mark.parametrize("field, value", [("depth", 99), ("ndim", 4), ("base_features", "sixteen"),
+                                          ("foreground_head", "yes")])
+def test_11_hand_edited_model_config(work, capsys, field, value):
+    import json
+
+    payload = torch.load(work / "good.pt", weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta["config"][field] = value
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, work / "edited.pt")
+    code, _, err = run(capsys, "predict", "--model", work / "edited.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 2 and "damaged" in err and field in err and len(err) < 400
+
+
+def test_11_training_values_through_the_api():
+    for bad in (dict(minutes=-1), dict(minutes=math.nan), dict(batch_size=0), dict(patch_shape=(0, 0)),
+                dict(steps=-5), dict(learning_rate=0)):
+        with pytest.raises(SpocoError):
+            TrainConfig(**bad)
+
+
+# 12 ------------------------------------------------------------ planar RGB and grey+alpha are 2D
+def test_12_planar_rgb_tiff_and_grey_alpha_png_are_2d(work, capsys):
+    image = tifffile.imread(work / "images" / "cells.tif")
+    grey = np.clip(image, 0, 255).astype(np.uint8)
+    folder = work / "colour"
+    folder.mkdir()
+    tifffile.imwrite(folder / "planar.tif", np.stack([grey] * 3), photometric="rgb", planarconfig="separate")
+    from PIL import Image
+
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), mode="LA").save(folder / "alpha.png")
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", folder,
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 0, err
+    for name in ("planar", "alpha"):
+        assert tifffile.imread(work / "pred" / f"{name}.tif").shape == (64, 64)
+
+
+def test_12_channel_stacks_get_advice_not_3d(work, capsys):
+    image = tifffile.imread(work / "images" / "cells.tif").astype(np.uint16)
+    folder = work / "channels"
+    folder.mkdir()
+    tifffile.imwrite(folder / "two.tif", np.stack([image, image]), imagej=True, metadata={"axes": "CYX"})
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", folder,
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 1 and "2 channels" in err and "3D model" not in err
+
+
+# 13 ------------------------------------------------------------------- --debug before the command
+def test_13_debug_before_the_command_shows_the_traceback(work, capsys):
+    with pytest.raises(SpocoError):
+        main(["--debug", "train", "--images", str(work / "nowhere"), "--labels", str(work / "labels"),
+              "--out", str(work / "m.pt")])
+    code, _, err = run(capsys, "train", "--images", work / "nowhere", "--labels", work / "labels",
+                       "--out", work / "m.pt")
+    assert code == 2 and "does not exist" in err
+
+
+# 14 ----------------------------------------------------------- Ctrl-C / SIGTERM stop, save, exit non-zero
+def test_14_ctrl_c_after_a_step_saves_and_exits_130(work, capsys, monkeypatch):
+    import napari_spoco.training as training
+
+    original = training.spoco_loss
+    monkeypatch.setattr(training, "spoco_loss",
+                        lambda *a, **k: (os.kill(os.getpid(), signal.SIGINT), original(*a, **k))[1])
+    code, out, _ = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
+                       "--out", work / "m.pt", "--steps", "50", "--device", "cpu", "--init", "none",
+                       "--batch-size", "2", "--patch-size", "32", "32")
+    assert code == 130 and "Stopped early after 1 step" in out
+    assert load_model(work / "m.pt").history["steps"] == 1
+
+
+def test_14_sigterm_during_training_saves_the_model(work):
+    out = work / "m.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_spoco.cli", *map(str, args_train(work, out)[:7]), "--steps", "100000",
+         "--device", "cpu", "--init", "none", "--batch-size", "2", "--patch-size", "32", "32"],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    # Wait until the progress bar shows a finished step (its postfix appears after one).
+    buf = ""
+    deadline = time.time() + 120
+    while "it_s=" not in buf and time.time() < deadline:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        buf += chunk.decode(errors="replace")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, buf + stderr
+    assert "Stopped early" in stdout and load_model(out).history["steps"] >= 1
+
+
+def test_14_terminated_write_leaves_no_temporary_file(work, capsys, monkeypatch):
+    original = tifffile.imwrite
+
+    def killed_while_writing(path, *a, **k):
+        Path(path).write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here
+        return original(path, *a, **k)
+
+    monkeypatch.setattr(tifffile, "imwrite", killed_while_writing)
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",
+                       "--out", work / "pred", "--device", "cpu")
+    assert code == 143 and "terminated" in err
+    assert list((work / "pred").iterdir()) == []
+
+
+# 16 --------------------------------------------------------------------------------- Python API
+def test_16_api_accepts_single_arrays_paths_and_dicts(work, tiny_pair):
+    image, sparse, _ = tiny_pair
+    model = train(image, sparse, {"steps": 1, "batch_size": 2, "patch_shape": (32, 32), "device": "cpu"})
+    assert model.history["steps"] == 1
+    labels = segment(str(work / "good.pt"), image)
+    assert labels.shape == image.shape
+
+
+@pytest.mark.parametrize("call, expected", [
+    (lambda img, lab, p: train(None, None), "No images"),
+    (lambda img, lab, p: train([img], [lab], {"stepz": 1}), "Unknown training setting"),
+    (lambda img, lab, p: train([img], [lab], "fast"), "must be a TrainConfig"),
+    (lambda img, lab, p: train([img], [lab], TrainConfig(steps=1), model=3), "must be a SpocoModel"),
+    (lambda img, lab, p: train(str(p), [lab]), "not a file name"),
+    (lambda img, lab, p: segment(None, img), "No model"),
+    (lambda img, lab, p: segment(str(p / "missing.pt"), img), "does not exist"),
+    (lambda img, lab, p: TrainConfig(minutes=-1), "minutes"),
+])
+def test_16_api_bad_arguments_get_clear_errors(work, tiny_pair, call, expected):
+    image, sparse, _ = tiny_pair
+    with pytest.raises(SpocoError, match=expected):
+        call(image, sparse, work)
