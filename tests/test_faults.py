@@ -371,6 +371,15 @@ def test_11_hand_edited_model_config(work, capsys, field, value):
     assert code == 2 and "damaged" in err and field in err and len(err) < 400
 
 
+def test_11_clustering_values_through_the_api():
+    from napari_spoco.clustering import ClusterConfig
+
+    for bad in (dict(bandwidth=-0.5), dict(bandwidth=math.inf), dict(foreground_threshold=2),
+                dict(min_size=-1), dict(expand=-2), dict(method="kmeans")):
+        with pytest.raises(SpocoError):
+            ClusterConfig(**bad)
+
+
 def test_11_training_values_through_the_api():
     for bad in (dict(minutes=-1), dict(minutes=math.nan), dict(batch_size=0), dict(patch_shape=(0, 0)),
                 dict(steps=-5), dict(learning_rate=0)):
