@@ -1,8 +1,8 @@
 """Augmentations: geometry shared by image and labels, intensity drawn per view.
 
-The two views of the consistency term must keep geometry identical (the spec: "two augmented
-views of the same patch that keep geometry"), so geometry is applied once, before the views are
-split, and only intensity changes differ between them.
+The two views of the consistency term must keep geometry identical (the paper compares two
+augmented views of one patch pixel by pixel; docs/method.md, term 6), so geometry is applied
+once, before the views are split, and only intensity changes differ between them.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ METHODS = ("meanshift", "hdbscan", "consistency")
 
 @dataclass
 class ClusterConfig:
-    """Clustering and post-processing settings; defaults follow the spec where it has one."""
+    """Clustering and post-processing settings; defaults follow the paper's reference code where it has one."""
 
     method: str = "meanshift"
     bandwidth: float = 0.5  # δ_v

@@ -1,4 +1,5 @@
-"""The SPOCO loss, one function per term (``../shared/spoco-method.md``, section Loss).
+"""The SPOCO loss (Wolny et al., CVPR 2022, section 3), one function per term; docs/method.md
+lists the terms and where we depart from the paper's reference code.
 
 Each term works on one sample: embeddings ``e`` of shape ``(E, P)`` (P pixels, flattened),
 object labels ``(P,)`` (0 = not a painted object) and a background mask ``(P,)``. Terms are
@@ -21,7 +22,7 @@ _EPS = 1e-8
 
 @dataclass
 class LossConfig:
-    """Margins and weights; defaults are the reference's (spec, "Loss")."""
+    """Margins and weights; defaults are the paper's reference code's (docs/method.md, "Loss")."""
 
     delta_var: float = 0.5
     delta_dist: float = 2.0
