@@ -222,3 +222,26 @@ def test_no_training_starts_while_segmenting(threaded, qtbot, notes, monkeypatch
     gate.set()
     wait_idle(qtbot, widget)
     assert "nuclei instances" in viewer.layers and widget.last_progress is None and not notes["error"]
+
+
+def test_painting_during_training_is_kept(threaded, qtbot, notes):
+    viewer, widget = threaded
+    sparse = viewer.layers["nuclei sparse labels"]
+    before = sparse.data.copy()
+    widget.steps_spin.setValue(4)
+    widget.preview_spin.setValue(1)  # previews are shown while the user paints
+    widget.start_training()
+    qtbot.waitUntil(lambda: widget.last_progress is not None, timeout=60_000)
+    # Paint as the brush does, and write into the array as a script would.
+    sparse.brush_size = 9
+    sparse.paint((200, 40), 7)
+    sparse.data[10:20, 10:20] = 9
+    sparse.refresh()
+    painted = sparse.data.copy()
+    assert (painted == 7).sum() > 20 and (painted[10:20, 10:20] == 9).all()
+    # The run trains on the labels as they were when Train was pressed.
+    assert np.array_equal(widget._train_job.labels[0], before)
+    wait_idle(qtbot, widget)
+    assert widget.last_progress.step == 4 and not notes["error"]
+    assert np.array_equal(sparse.data, painted)
+    assert viewer.layers.selection.active is None or viewer.layers.selection.active.name == sparse.name
