@@ -365,6 +365,10 @@ def cmd_train(args) -> int:
     images = [read_image(i) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
     names = [s for s, _, _ in pairs]
+    from .data import check_labels
+
+    for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
+        check_labels(lab, np.shape(lab), f"{name} labels")
     _check_background_label(args.background_label, labels, names)
     init = _initial_model(args.init, images)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
