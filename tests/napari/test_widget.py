@@ -1,6 +1,7 @@
 """The dock widget driven as a user would: sample → paint → Train → Stop → Segment → promote →
 Evaluate → Export, plus the failure paths that must become notifications."""
 
+import gc
 import time
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_new_sparse_labels_layer_fits_image_and_is_ready_to_paint(spoco):
 
 def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(spoco, qtbot):
     viewer, widget = spoco
+    viewer.show()  # drawn, as for a user
     widget.sync = False
     widget.steps_spin.setValue(25)
     widget.preview_spin.setValue(2)
@@ -63,7 +65,8 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
 
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append((time.perf_counter(), widget.last_progress)))
-    timer.start(20)
+    gc.collect()  # not a collection of the garbage earlier tests left (~0.3 s with napari's heap)
+    timer.start(50)
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     assert widget._training and not widget.train_btn.isEnabled() and widget.stop_btn.isEnabled()
     assert not widget.segment_btn.isEnabled()
@@ -78,10 +81,13 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
     assert widget.last_preview is not None and widget.last_preview.step > 0
     preview = viewer.layers[PREVIEW_LAYER]
     assert preview.data.shape == (256, 256)  # the sample is smaller than the preview box
-    # The event loop kept turning: once training was under way, ticks never paused >= 200 ms.
-    running = [t for t, p in ticks if p is not None and p.step >= 2]
+    # The event loop kept turning: from the first step on (the click itself, and torch's one-off
+    # imports when the first optimiser is made, come before it), a 50 ms timer never waited more
+    # than 150 ms, previews included.
+    running = [t for t, p in ticks if p is not None and p.step >= 1]
     gaps = np.diff(running)
-    assert len(gaps) > 20 and gaps.max() < 0.2, f"GUI blocked for {gaps.max():.3f} s"
+    print(f"training: {len(gaps)} gaps, max {gaps.max():.3f} s, 99th percentile {np.percentile(gaps, 99):.3f} s")
+    assert len(gaps) > 20 and gaps.max() <= 0.15, f"GUI blocked for {gaps.max():.3f} s"
     assert widget.segment_btn.isEnabled() and widget.train_btn.isEnabled()
 
 

@@ -107,6 +107,7 @@ class SegmentResult:
     labels: np.ndarray
     embedding_rgb: np.ndarray | None
     seconds: float
+    objects: int = 0  # counted here, off the GUI thread
 
 
 def segment_job(job: SegmentJob) -> SegmentResult:
@@ -123,7 +124,8 @@ def segment_job(job: SegmentJob) -> SegmentResult:
         rgb = embedding_rgb(emb.embeddings)
     else:
         labels = segment(job.model, job.image, job.method, job.config)
-    return SegmentResult(labels, rgb, time.perf_counter() - t0)
+    objects = len(np.unique(labels[labels > 0]))
+    return SegmentResult(labels, rgb, time.perf_counter() - t0, objects)
 
 
 def sync_requested() -> bool:
