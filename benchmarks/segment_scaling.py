@@ -56,6 +56,7 @@ def mosaic(images: list[np.ndarray], masks: list[np.ndarray], size: int) -> tupl
 def child(spec: dict) -> dict:
     """Run one segmentation in this (fresh) process and report time, memory and accuracy."""
     import torch
+    from sparse_accuracy import read, splits
 
     from napari_spoco import evaluate
     from napari_spoco.clustering import ClusterConfig, cluster_embeddings
@@ -63,7 +64,6 @@ def child(spec: dict) -> dict:
     from napari_spoco.io import load_model
     from napari_spoco.pretrained import load_default_model
     from napari_spoco.segmentation import auto_max_size, auto_min_size, segment
-    from sparse_accuracy import read, splits
 
     torch.set_num_threads(spec["threads"])
     model = load_default_model(2) if spec["model"] == "default" else load_model(spec["model"])
@@ -105,8 +105,9 @@ def run_child(spec: dict) -> dict:
 
 
 def train_3d_model(steps: int, path: Path) -> Path:
-    from napari_spoco import TrainConfig, save_model, train
     from sparse_accuracy import read, sparsify
+
+    from napari_spoco import TrainConfig, save_model, train
 
     vol = read("cells3d-nuclei", "cells3d_nuclei", "images")
     sparse = sparsify(read("cells3d-nuclei", "cells3d_nuclei", "masks"), 0.1, 0)

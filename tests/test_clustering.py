@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from napari_spoco.clustering import ClusterConfig, cluster_embeddings, consistency_filter, hdbscan_cluster, mean_shift, postprocess
+from napari_spoco.clustering import (
+    ClusterConfig,
+    cluster_embeddings,
+    consistency_filter,
+    hdbscan_cluster,
+    mean_shift,
+    postprocess,
+)
 from napari_spoco.metrics import evaluate
 
 

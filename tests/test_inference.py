@@ -1,11 +1,11 @@
 """Tiled embedding reproduces whole-image embedding; segmentation returns the input's shape."""
 
+import math
+
 import numpy as np
 import pytest
 
 from napari_spoco.errors import SpocoError
-import math
-
 from napari_spoco.inference import _axis_layout, embed, plan_tiles
 from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.segmentation import segment

@@ -8,7 +8,12 @@ from napari_spoco.errors import SpocoError
 from napari_spoco.io import load_model, save_model
 from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.scaling import (
-    auto_scale, check_scale, median_diameter, resize_image, resize_labels, training_scale,
+    auto_scale,
+    check_scale,
+    median_diameter,
+    resize_image,
+    resize_labels,
+    training_scale,
 )
 from napari_spoco.segmentation import segment
 from napari_spoco.training import TrainConfig, train

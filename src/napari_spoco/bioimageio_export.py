@@ -11,8 +11,8 @@ any mean-shift with bandwidth δ_v). Needs the optional ``bioimageio.spec`` pack
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def _default_test_image(model: SpocoModel) -> np.ndarray:
 def _readme(model: SpocoModel, name: str) -> str:
     e = model.config.embedding_dim
     div = model.config.size_divisor
-    fg = "\nChannel {e} is a foreground logit (sigmoid > 0.5: object).".format(e=e) if model.config.foreground_head else ""
+    fg = f"\nChannel {e} is a foreground logit (sigmoid > 0.5: object)." if model.config.foreground_head else ""
     axes = "z, y, x" if model.config.ndim == 3 else "y, x"
     scale = model.pixel_scale
     resize = (

@@ -10,13 +10,13 @@ the sample are still found.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
+from .checks import check_field
 from .data import relabel_sequential
 from .errors import SpocoError
 from .losses import sq_dist
@@ -53,34 +53,18 @@ class ClusterConfig:
     def validate(self) -> None:
         """Refuse values the clustering cannot use (a negative bandwidth used to be taken as
         positive; a foreground threshold of 2 silently found no object)."""
-        def bad(name: str, expected: str) -> SpocoError:
-            return SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected {expected}.")
-
-        def number(value) -> bool:
-            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-                and math.isfinite(value)
-
-        def whole(value) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
         if self.method not in METHODS:
             raise SpocoError(f"Unknown clustering method {self.method!r}; choose {', '.join(METHODS)}.")
-        for name in ("bandwidth", "merge_distance"):
-            if not number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise bad(name, "a positive, finite number")
-        if not number(self.foreground_threshold) or not 0 < self.foreground_threshold < 1:
-            raise bad("foreground_threshold", "a number between 0 and 1 (exclusive)")
-        for name in ("min_size", "max_size"):
-            value = getattr(self, name)
-            if value is not None and (not whole(value) or value < 0):
-                raise bad(name, "a whole number >= 0, or None")
-        if not whole(self.expand) or self.expand < 0:
-            raise bad("expand", "a whole number >= 0")
+        check_field(self, "bandwidth", "a positive, finite number", low=0, low_open=True)
+        check_field(self, "merge_distance", "a positive, finite number", low=0, low_open=True)
+        check_field(self, "foreground_threshold", "a number between 0 and 1 (exclusive)", low=0, high=1,
+                    low_open=True, high_open=True)
+        check_field(self, "min_size", "a whole number >= 0, or None", whole=True, low=0, optional=True)
+        check_field(self, "max_size", "a whole number >= 0, or None", whole=True, low=0, optional=True)
+        check_field(self, "expand", "a whole number >= 0", whole=True, low=0)
         for name in ("max_points", "n_seeds", "hdbscan_min_cluster_size", "hdbscan_max_points", "consistency_anchors"):
-            if not whole(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "a whole number >= 1")
-        if not number(self.consistency_iou) or not 0 <= self.consistency_iou <= 1:
-            raise bad("consistency_iou", "a number in [0, 1]")
+            check_field(self, name, "a whole number >= 1", whole=True, low=1)
+        check_field(self, "consistency_iou", "a number in [0, 1]", low=0, high=1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -146,7 +146,7 @@ def _check_memory(n_pixels: int, floats_per_pixel: int, shape: tuple[int, ...]) 
 
 
 @torch.inference_mode()
-def embed(
+def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each part is short and tested (tests/test_inference.py)
     model: SpocoModel,
     image: np.ndarray,
     tile_shape: tuple[int, ...] | None = None,

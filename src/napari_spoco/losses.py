@@ -42,7 +42,7 @@ class LossConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LossConfig":
+    def from_dict(cls, d: dict) -> LossConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

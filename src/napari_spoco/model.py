@@ -46,7 +46,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         """Rebuild a config read from a model file; values outside what the network can be
         built with (a hand-edited file) raise ``ValueError`` naming the field."""
         if not isinstance(d, dict):
@@ -150,7 +150,7 @@ class SpocoModel:
     history: dict = field(default_factory=dict)
 
     @classmethod
-    def new(cls, config: ModelConfig | None = None, seed: int | None = 0) -> "SpocoModel":
+    def new(cls, config: ModelConfig | None = None, seed: int | None = 0) -> SpocoModel:
         config = config or ModelConfig()
         if seed is not None:
             with torch.random.fork_rng(devices=[]):
@@ -161,7 +161,7 @@ class SpocoModel:
         teacher = make_teacher(student)
         return cls(config=config, student=student, teacher=teacher)
 
-    def to(self, device: torch.device | str) -> "SpocoModel":
+    def to(self, device: torch.device | str) -> SpocoModel:
         self.student.to(device)
         self.teacher.to(device)
         return self
@@ -176,7 +176,7 @@ class SpocoModel:
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
 
-    def snapshot(self) -> "SpocoModel":
+    def snapshot(self) -> SpocoModel:
         """A CPU copy in evaluation mode, for previews while the original keeps training
         (possibly on a GPU, in channels-last layout, in training mode)."""
         with torch.no_grad():

@@ -10,7 +10,7 @@ model file, and undone on the way out, so that labels always come back at the im
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def segment(
     value_range: tuple[float, float] | None = None,
     return_embedding: bool = False,
     _timing: dict | None = None,
-) -> np.ndarray | tuple[np.ndarray, "Embedding"]:
+) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's shape).
 
     ``method`` is ``meanshift`` (default), ``hdbscan`` or ``consistency``; ``config`` holds the
@@ -81,7 +81,6 @@ def segment(
     from .data import check_image, intensity_range
     from .io import label_dtype
     from .scaling import resize_image, resize_labels, scaled_shape
-
     from .training import as_model
 
     model = as_model(model)
@@ -139,7 +138,7 @@ def _segment_at_network_scale(
     value_range: tuple[float, float] | None,
     return_embedding: bool,
     _timing: dict | None,
-) -> np.ndarray | tuple[np.ndarray, "Embedding"]:
+) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` on an image already at the model's scale (checked, float32)."""
     from dataclasses import replace
 
@@ -183,7 +182,7 @@ def _segment_at_network_scale(
     return (out, whole) if return_embedding else out
 
 
-def _paste_embedding(whole: "Embedding | None", emb: "Embedding", core, region, spatial) -> "Embedding":
+def _paste_embedding(whole: Embedding | None, emb: Embedding, core, region, spatial) -> Embedding:
     """Assemble the cores of per-tile embeddings into one image-sized :class:`Embedding`."""
     if whole is None:
         whole = Embedding(

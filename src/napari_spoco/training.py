@@ -11,19 +11,19 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
 
 from .augment import random_geometry, random_intensity
+from .checks import check_field, is_whole
 from .data import PatchSampler, is_rgb, prepare_training_data
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
 from .scaling import check_scale, training_scale
-
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
 #: switches it off to measure by how much).
@@ -58,55 +58,35 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse values training cannot run with, naming the field and what it expects."""
-        def bad(name: str, expected: str) -> SpocoError:
-            return SpocoError(f"TrainConfig.{name} = {getattr(self, name)!r}: expected {expected}.")
-
-        def whole(value) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        if not whole(self.steps) or self.steps < 0:
-            raise bad("steps", "a whole number >= 0 (0 = train for `minutes`)")
-        if self.minutes is not None and (
-            isinstance(self.minutes, bool) or not isinstance(self.minutes, (int, float))
-            or not math.isfinite(self.minutes) or self.minutes <= 0
-        ):
-            raise bad("minutes", "a positive, finite number of minutes, or None")
+        check_field(self, "steps", "a whole number >= 0 (0 = train for `minutes`)", whole=True, low=0)
+        check_field(self, "minutes", "a positive, finite number of minutes, or None", low=0, low_open=True,
+                    optional=True)
         if self.steps == 0 and self.minutes is None:
             raise SpocoError("Give a positive number of steps or minutes to train for.")
-        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
-            raise bad("batch_size", "a whole number >= 1, or None for the default")
+        check_field(self, "batch_size", "a whole number >= 1, or None for the default", whole=True, low=1,
+                    optional=True)
         if self.patch_shape is not None:
             shape = tuple(self.patch_shape)
-            if not shape or not all(whole(p) and p >= 1 for p in shape) or len(shape) not in (2, 3):
-                raise bad("patch_shape", "2 (2D) or 3 (3D) positive whole numbers, or None for the default")
+            if len(shape) not in (2, 3) or not all(is_whole(p) and p >= 1 for p in shape):
+                raise SpocoError(f"TrainConfig.patch_shape = {self.patch_shape!r}: expected 2 (2D) or 3 (3D) "
+                                 "positive whole numbers, or None for the default.")
             self.patch_shape = tuple(int(p) for p in shape)
-        for name in ("learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
-                    or (name == "learning_rate" and value == 0):
-                raise bad(name, "a positive, finite number" if name == "learning_rate" else "a finite number >= 0")
-        if not isinstance(self.ema_momentum, (int, float)) or not 0 <= self.ema_momentum < 1:
-            raise bad("ema_momentum", "a number in [0, 1)")
-        if not isinstance(self.object_fraction, (int, float)) or not 0 <= self.object_fraction <= 1:
-            raise bad("object_fraction", "a number in [0, 1]")
-        if not whole(self.consistency_warmup_steps) or self.consistency_warmup_steps < 0:
-            raise bad("consistency_warmup_steps", "a whole number >= 0")
-        if not whole(self.ring_width) or self.ring_width < 0:
-            raise bad("ring_width", "a whole number >= 0")
-        if self.background_label is not None and (not whole(self.background_label) or self.background_label <= 0):
-            raise SpocoError(
-                f"Background label {self.background_label!r}: expected a positive whole number "
-                "(0 means unlabelled, so it cannot mark background; e.g. 65535)."
-            )
+        check_field(self, "learning_rate", "a positive, finite number", low=0, low_open=True)
+        check_field(self, "weight_decay", "a finite number >= 0", low=0)
+        check_field(self, "ema_momentum", "a number in [0, 1)", low=0, high=1, high_open=True)
+        check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
+        check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
+        check_field(self, "ring_width", "a whole number >= 0", whole=True, low=0)
+        check_field(self, "background_label", "a positive whole number (0 means unlabelled, so it cannot "
+                    "mark background; e.g. 65535), or None", whole=True, low=1, optional=True)
         if self.scale is not None:
             self.scale = check_scale(self.scale)
-        if not whole(self.seed):
-            raise bad("seed", "a whole number")
+        check_field(self, "seed", "a whole number", whole=True)
         if not isinstance(self.device, str):
-            raise bad("device", "'auto', 'cpu', 'cuda' or 'mps'")
+            raise SpocoError(f"TrainConfig.device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'mps'.")
 
     @classmethod
-    def coerce(cls, config) -> "TrainConfig":
+    def coerce(cls, config) -> TrainConfig:
         """A TrainConfig from a TrainConfig, a dict of its fields, or None (the defaults)."""
         if config is None:
             return cls()
@@ -259,7 +239,7 @@ def _drive(steps: Generator[TrainProgress, None, SpocoModel], callback) -> Spoco
                 raise
 
 
-def iter_train(
+def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the model, optimiser and device; the step is one block on purpose (docs/method.md, Training)
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     config: TrainConfig | None = None,
