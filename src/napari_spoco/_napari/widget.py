@@ -43,8 +43,8 @@ from ..io import load_model, save_model, write_labels
 from ..metrics import evaluate
 from ..model import ModelConfig, SpocoModel
 from ..pretrained import has_default_model, load_default_model
-from ..segmentation import preview_box
 from ..scaling import scale_note, training_scale
+from ..segmentation import preview_box
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .layers import LINK_KEY, image_data, looks_like_time_series, spatial_shape, training_set

@@ -11,9 +11,10 @@ import inspect
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Sequence
 from collections.abc import Generator as _GeneratorType
-from typing import Any, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
