@@ -22,3 +22,17 @@ def tiny_pair():
     image = (truth > 0) * 200.0 + rng.normal(20, 5, truth.shape)
     sparse = np.where(np.isin(truth, [1, 3, 5]), truth, 0).astype(np.uint16)
     return image.astype(np.float32), sparse, truth
+
+
+@pytest.fixture
+def folders(tmp_path, tiny_pair):
+    """images/, labels/ and gt/ folders holding ``tiny_pair`` as cells.tif, for the CLI tests."""
+    import tifffile
+
+    image, sparse, truth = tiny_pair
+    for sub in ("images", "labels", "gt"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "cells.tif", sparse)
+    tifffile.imwrite(tmp_path / "gt" / "cells.tif", truth)
+    return tmp_path

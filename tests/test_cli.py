@@ -12,17 +12,6 @@ import tifffile
 from napari_spoco.cli import main
 
 
-@pytest.fixture
-def folders(tmp_path, tiny_pair):
-    image, sparse, truth = tiny_pair
-    for sub in ("images", "labels", "gt"):
-        (tmp_path / sub).mkdir()
-    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
-    tifffile.imwrite(tmp_path / "labels" / "cells.tif", sparse)
-    tifffile.imwrite(tmp_path / "gt" / "cells.tif", truth)
-    return tmp_path
-
-
 def test_train_predict_evaluate_end_to_end(folders, capsys):
     model = folders / "model.pt"
     assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),

@@ -50,17 +50,12 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def work(tmp_path, tiny_pair):
-    """images/, labels/, gt/ with one 64² disk image, and a 1-step model, in a fresh folder."""
-    image, sparse, truth = tiny_pair
-    for sub in ("images", "labels", "gt"):
-        (tmp_path / sub).mkdir()
-    tifffile.imwrite(tmp_path / "images" / "cells.tif", image)
-    tifffile.imwrite(tmp_path / "labels" / "cells.tif", sparse)
-    tifffile.imwrite(tmp_path / "gt" / "cells.tif", truth)
+def work(folders, tiny_pair):
+    """images/, labels/, gt/ with one 64² disk image (conftest), and a 1-step model good.pt."""
+    image, sparse, _ = tiny_pair
     model = train([image], [sparse], TrainConfig(steps=1, batch_size=2, patch_shape=(32, 32), device="cpu"))
-    save_model(model, tmp_path / "good.pt")
-    return tmp_path
+    save_model(model, folders / "good.pt")
+    return folders
 
 
 def args_train(work: Path, out: Path | str, *extra) -> list:
