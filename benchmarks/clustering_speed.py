@@ -1,12 +1,13 @@
 """Clustering speed and accuracy: our torch mean-shift and sampled HDBSCAN versus scikit-learn's
 MeanShift(bin_seeding=True) and the `hdbscan` package, on the *same* embeddings, side by side.
 
-    python benchmarks/clustering_speed.py [--crop 512] [--images 3]
+    python benchmarks/clustering_speed.py [--data DIR] [--crop 512] [--images 3]
 
 Embeddings come from the shipped default model on held-out 512×512 crops of BBBC039 (the test
 fields of sparse_accuracy.py). Every method clusters the same foreground pixels and goes through
 the same post-processing (components, neighbour merge, size filter), so the AP50 difference is
-the clustering's alone; times include that post-processing for all of them. Needs ../shared/data; `pip install hdbscan` for the last column.
+the clustering's alone; times include that post-processing for all of them. Reads BBBC039 from
+``--data DIR`` (default: ../shared/data beside the repository); `pip install hdbscan` for the last column.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sparse_accuracy import SHARED, read, splits  # noqa: E402
+from bench_data import add_data_argument, use_data_dir  # noqa: E402
+from sparse_accuracy import read, splits  # noqa: E402
 
 import napari_spoco.clustering as clustering  # noqa: E402
 from napari_spoco import ClusterConfig, embed, evaluate  # noqa: E402
@@ -67,12 +69,11 @@ def timed_cluster(emb, fg, config, replace=None, repeats=1):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
     ap.add_argument("--crop", type=int, default=512)
     ap.add_argument("--images", type=int, default=3)
     args = ap.parse_args()
-    if not SHARED.is_dir():
-        print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
-        return 1
+    use_data_dir(args.data, needs=("bbbc039-nuclei",))
     import torch
 
     try:

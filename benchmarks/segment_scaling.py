@@ -1,6 +1,6 @@
 """Segmentation time and peak memory versus image size, side by side in one run.
 
-    python benchmarks/segment_scaling.py [--sizes 512 1024 2048] [--3d] [--model default]
+    python benchmarks/segment_scaling.py [--data DIR] [--sizes 512 1024 2048] [--3d] [--model default]
 
 2D: mosaics of held-out BBBC039 fields (the test fields of sparse_accuracy.py, tiled and cropped
 to N×N, with their masks tiled the same way so that accuracy is checked at every size), segmented
@@ -30,6 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_data import add_data_argument, data_dir, use_data_dir  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -66,6 +68,7 @@ def child(spec: dict) -> dict:
     from napari_spoco.segmentation import auto_max_size, auto_min_size, segment
 
     torch.set_num_threads(spec["threads"])
+    use_data_dir(Path(spec["data"]))
     model = load_default_model(2) if spec["model"] == "default" else load_model(spec["model"])
     if spec["kind"] == "2d":
         split = next(s for s in splits() if s.name == "bbbc039-nuclei")
@@ -97,6 +100,7 @@ def child(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
+    spec = {**spec, "data": str(data_dir())}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -117,6 +121,7 @@ def train_3d_model(steps: int, path: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
     ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024, 2048])
     ap.add_argument("--3d", dest="three_d", action="store_true", help="also the 3D volume (trains a 3D model first)")
     ap.add_argument("--steps-3d", type=int, default=300)
@@ -128,11 +133,7 @@ def main() -> int:
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return 0
-    from sparse_accuracy import SHARED
-
-    if not SHARED.is_dir():
-        print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
-        return 1
+    use_data_dir(args.data, needs=("bbbc039-nuclei",) + (("cells3d-nuclei",) if args.three_d else ()))
     import torch
 
     rows = []

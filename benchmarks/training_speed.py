@@ -1,6 +1,6 @@
 """Training steps per second of the CPU-default network, variants side by side in one run.
 
-    python benchmarks/training_speed.py [--steps 40] [--rounds 3]
+    python benchmarks/training_speed.py [--data DIR] [--steps 40] [--rounds 3]
 
 Data: the sparse-accuracy benchmark's BBBC039 training images with 10 % of the nuclei painted.
 Variants (each fine-tunes a fresh copy of the shipped 2D model with the default TrainConfig):
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sparse_accuracy import SHARED, read, sparsify, splits  # noqa: E402
+from bench_data import add_data_argument, use_data_dir  # noqa: E402
+from sparse_accuracy import read, sparsify, splits  # noqa: E402
 
 import napari_spoco.training as training  # noqa: E402
 from napari_spoco import TrainConfig, train  # noqa: E402
@@ -59,12 +60,11 @@ def steps_per_second(images, labels, steps: int, variant: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    if not SHARED.is_dir():
-        print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
-        return 1
+    use_data_dir(args.data, needs=("bbbc039-nuclei",))
     import torch
 
     split = next(s for s in splits() if s.name == "bbbc039-nuclei")

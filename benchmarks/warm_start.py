@@ -1,7 +1,7 @@
 """Warm starts: AP50 versus CPU training time from scratch, from the shipped default model, and
 after self-supervised pretraining, on the shared data sets with 10 % of the objects painted.
 
-    python benchmarks/warm_start.py [--minutes 5] [--datasets bbbc039-nuclei usiigaci-phc isbi2012-em]
+    python benchmarks/warm_start.py [--data DIR] [--minutes 5] [--datasets bbbc039-nuclei usiigaci-phc isbi2012-em]
                                     [--pretrain-minutes 1] [--plot docs/images/warm_start.png]
                                     [--json docs/warm_start.json]
     python benchmarks/warm_start.py --from-json docs/warm_start.json --plot docs/images/warm_start.png
@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sparse_accuracy import SHARED, read, sparsify, splits  # noqa: E402
+from bench_data import add_data_argument, use_data_dir  # noqa: E402
+from sparse_accuracy import read, sparsify, splits  # noqa: E402
 
 from napari_spoco import TrainConfig, evaluate, segment  # noqa: E402
 from napari_spoco.pretrained import load_default_model  # noqa: E402
@@ -68,6 +69,7 @@ def score(model, tests) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--pretrain-minutes", type=float, default=1.0)
     ap.add_argument("--fraction", type=float, default=0.1)
@@ -81,9 +83,7 @@ def main() -> int:
         saved = json.loads(args.from_json.read_text())
         report(saved["results"], saved["meta"], args.plot)
         return 0
-    if not SHARED.is_dir():
-        print(f"{SHARED} not found: the benchmarks need the shared data beside the repository.")
-        return 1
+    use_data_dir(args.data, needs=tuple(args.datasets))
     import torch
 
     m = args.minutes

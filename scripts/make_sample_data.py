@@ -1,13 +1,17 @@
-"""Cut the shipped sample data (src/napari_spoco/_sample/) from BBBC039 (CC0) in ../shared/data.
+"""Cut the shipped sample data (src/napari_spoco/_sample/) from the BBBC039 data set (CC0).
+
+    .venv/bin/python scripts/make_sample_data.py [--data DIR]
 
 Run once by a developer; users, the tests and the demo only read the files it writes.
 Two 256×256 crops of U2OS nuclei: one for training, with a few nuclei kept as sparse labels
 (objects touching the crop border are not painted, as a user would not paint them), and one
-held out; both with their dense truth.
+held out; both with their dense truth. BBBC039 is read from ``--data DIR`` (default:
+../shared/data beside the repository; see benchmarks/bench_data.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +19,11 @@ import numpy as np
 import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT.parent / "shared" / "data" / "bbbc039-nuclei"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_data import add_data_argument, read, use_data_dir  # noqa: E402
+
+DATASET = "bbbc039-nuclei"
 DST = ROOT / "src" / "napari_spoco" / "_sample"
 
 # (file stem, y0, x0) of the crops, chosen for touching nuclei and a range of sizes.
@@ -26,17 +34,17 @@ N_PAINTED = 8
 
 
 def crop(stem: str, y0: int, x0: int) -> tuple[np.ndarray, np.ndarray]:
-    img = tifffile.imread(SRC / "images" / f"{stem}.tif")[y0 : y0 + SIZE, x0 : x0 + SIZE]
-    gt = tifffile.imread(SRC / "masks" / f"{stem}.tif")[y0 : y0 + SIZE, x0 : x0 + SIZE]
+    img = read(DATASET, stem, "images")[y0 : y0 + SIZE, x0 : x0 + SIZE]
+    gt = read(DATASET, stem, "masks")[y0 : y0 + SIZE, x0 : x0 + SIZE]
     from skimage.segmentation import relabel_sequential
 
     return img, relabel_sequential(gt)[0].astype(np.uint16)
 
 
 def main() -> int:
-    if not SRC.is_dir():
-        print(f"{SRC} not found: this script needs the shared data beside the repository.")
-        return 1
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
+    use_data_dir(ap.parse_args().data, needs=(DATASET,))
     DST.mkdir(parents=True, exist_ok=True)
     img, gt = crop(*TRAIN)
     border = set(np.unique(np.concatenate([gt[0], gt[-1], gt[:, 0], gt[:, -1]]))) - {0}

@@ -1,13 +1,14 @@
-"""Train the starting model shipped inside the package (reproducible; needs ../shared/data).
+"""Train the starting model shipped inside the package (reproducible; needs the data sets).
 
-    .venv/bin/python scripts/train_default_model.py --minutes 25
+    .venv/bin/python scripts/train_default_model.py [--data DIR] --minutes 25
 
 A 2D network (the CPU default: 16 features, 3 levels) trained with the SPOCO loss on *dense*
 labels of redistributable data: BBBC039 fluorescent nuclei (CC0) and Usiigaci phase-contrast
 cells (MIT). Unlabelled pixels of the dense masks are real background, so they are given the
 background value. Images used by the benchmarks' test splits and by the shipped sample crops
 are held out, and the script prints the model's zero-shot scores on the held-out images.
-Writes src/napari_spoco/_models/default_2d.spoco.pt (see docs/models.md).
+Writes src/napari_spoco/_models/default_2d.spoco.pt (see docs/models.md). The data sets are read from
+``--data DIR`` (default: ../shared/data beside the repository; see benchmarks/bench_data.py).
 """
 
 from __future__ import annotations
@@ -19,21 +20,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_data import add_data_argument, read, stems, use_data_dir  # noqa: E402
 
 from napari_spoco import TrainConfig, evaluate, save_model, segment, train  # noqa: E402
 from napari_spoco.model import ModelConfig  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
 BG = 65535
 SAMPLE_SOURCES = ("IXMtest_B23_s1_", "IXMtest_D02_s8_")  # fields of the crops shipped in _sample/
-
-
-def stems(ds: str) -> list[str]:
-    return sorted(p.stem for p in (SHARED / ds / "images").glob("*.tif"))
 
 
 def split() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -47,16 +45,17 @@ def split() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
 
 def load(ds: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    return (tifffile.imread(SHARED / ds / "images" / f"{stem}.tif"),
-            tifffile.imread(SHARED / ds / "masks" / f"{stem}.tif"))
+    return read(ds, stem, "images"), read(ds, stem, "masks")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_argument(ap)
     ap.add_argument("--minutes", type=float, default=25.0)
     ap.add_argument("--out", default=str(ROOT / "src" / "napari_spoco" / "_models" / "default_2d.spoco.pt"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    use_data_dir(args.data, needs=("bbbc039-nuclei", "usiigaci-phc"))
 
     train_set, held = split()
     images, labels = [], []
