@@ -18,12 +18,30 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and os.env
 @pytest.fixture
 def notes(monkeypatch):
     """Capture the widget's napari notifications: {'error': [...], 'warning': [...], 'info': [...]}."""
-    import napari_spoco._napari.widget as widget_module
+    import importlib
 
     seen = {"error": [], "warning": [], "info": []}
-    for kind in seen:
-        monkeypatch.setattr(widget_module, f"show_{kind}", lambda msg, kind=kind: seen[kind].append(str(msg)))
+    for name in PANEL_MODULES:
+        module = importlib.import_module(f"napari_spoco._napari.{name}")
+        for kind in seen:
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(module, f"show_{kind}", lambda msg, kind=kind: seen[kind].append(str(msg)))
     return seen
+
+
+# The modules that talk to the user through napari's notifications (each imports show_*).
+PANEL_MODULES = ("state", "data_panel", "model_panel", "train_panel", "segment_panel", "correct_panel", "export_panel")
+
+
+def _choose(picker, name):
+    """Choose a layer in a panel's layer picker by its name, as a user does in the combo box."""
+    picker.native.setCurrentText(name)
+    assert picker.value is not None and picker.value.name == name, [c.name for c in picker.choices if c]
+
+
+@pytest.fixture
+def choose():
+    return _choose
 
 
 @pytest.fixture
@@ -33,7 +51,7 @@ def spoco(make_napari_viewer, qtbot, notes):
     viewer.open_sample("napari-spoco", "sparse_nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
     widget.sync = True
-    widget.preview_spin.setValue(0)
+    widget.train_panel.preview_spin.setValue(0)
     return viewer, widget
 
 

@@ -11,13 +11,14 @@ from napari.layers import Labels
 from qtpy.QtCore import QThreadPool
 
 from napari_spoco._napari import workers
+from napari_spoco._napari.state import ModelSource
 from napari_spoco._napari.widget import PREVIEW_LAYER
 from napari_spoco.errors import SpocoError
 from napari_spoco.model import ModelConfig, SpocoModel
 
 
 def wait_idle(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget._training and not widget._segmenting, timeout=timeout)
+    qtbot.waitUntil(lambda: widget.state.job.idle, timeout=timeout)
     # the worker's thread ends just after its last signal
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)
 
@@ -35,8 +36,8 @@ def test_a_failing_job_is_reported_once(threaded, qtbot, notes, napari_notes, mo
     viewer, widget = threaded
     sparse = viewer.layers["nuclei sparse labels"]
     painted = sparse.data.copy()
-    widget.model = kept = SpocoModel.new(ModelConfig(ndim=2))
-    widget._update_buttons()
+    kept = SpocoModel.new(ModelConfig(ndim=2))
+    widget.state.model.use(kept, ModelSource.NEW)
 
     def fail(*args, **kwargs):
         raise exc
@@ -50,7 +51,7 @@ def test_a_failing_job_is_reported_once(threaded, qtbot, notes, napari_notes, mo
     else:
         monkeypatch.setattr(workers, "segment", fail)
     with qtbot.capture_exceptions() as raised:
-        (widget.start_training if job == "training" else widget.start_segmentation)()
+        (widget.train_panel.start_training if job == "training" else widget.segment_panel.start_segmentation)()
         wait_idle(qtbot, widget)
         qtbot.wait(100)  # let any re-raised error or extra notification arrive
     assert not raised, f"re-raised on the GUI thread: {raised}"
@@ -61,18 +62,18 @@ def test_a_failing_job_is_reported_once(threaded, qtbot, notes, napari_notes, mo
         assert notes["error"][0] == str(exc)
     else:
         assert "RuntimeError" in notes["error"][0]
-    assert widget.model is kept and np.array_equal(sparse.data, painted)
+    assert widget.state.model.current is kept and np.array_equal(sparse.data, painted)
     assert "nuclei instances" not in viewer.layers
-    assert widget.train_btn.isEnabled() and widget.segment_btn.isEnabled()
+    assert widget.train_panel.train_btn.isEnabled() and widget.segment_panel.segment_btn.isEnabled()
 
 
 def _train_until_running(qtbot, widget):
-    widget.steps_spin.setValue(100_000)
-    widget.start_training()
-    qtbot.waitUntil(lambda: widget.last_progress is not None and widget.last_progress.step >= 1, timeout=60_000)
+    widget.train_panel.steps_spin.setValue(100_000)
+    widget.train_panel.start_training()
+    qtbot.waitUntil(lambda: widget.train_panel.last_progress is not None and widget.train_panel.last_progress.step >= 1, timeout=60_000)
     finished = []
-    widget._train_worker.finished.connect(lambda: finished.append(True))
-    return widget._train_job, finished
+    widget.train_panel.worker.finished.connect(lambda: finished.append(True))
+    return widget.train_panel.job, finished
 
 
 @pytest.mark.parametrize("how", ["viewer closed", "panel closed"])
@@ -112,10 +113,10 @@ def test_layers_renamed_or_removed_during_segmentation(threaded, qtbot, notes, m
     viewer, widget = threaded
     image = viewer.layers["nuclei"]
     image.scale = (2, 2)
-    widget.default_model_btn.click()
+    widget.model_panel.default_model_btn.click()
     entered, gate = _gate(monkeypatch, "segment")
     with qtbot.capture_exceptions() as raised:
-        widget.start_segmentation()
+        widget.segment_panel.start_segmentation()
         qtbot.waitUntil(entered.is_set, timeout=10_000)
         if change == "renamed":
             image.name = "renamed"
@@ -131,31 +132,31 @@ def test_layers_renamed_or_removed_during_segmentation(threaded, qtbot, notes, m
         result = viewer.layers["renamed instances"]
         assert result.data.shape == image.data.shape and result.data.max() >= 10
         assert tuple(result.scale) == (2, 2)
-        assert widget.result_box.layer().name == "renamed instances" and not notes["warning"]
+        assert widget.correct_panel.result_box.value.name == "renamed instances" and not notes["warning"]
     else:  # nowhere to put it: said so, nothing added
         assert len(notes["warning"]) == 1 and "'nuclei' was removed" in notes["warning"][0]
         assert not any(isinstance(layer, Labels) for layer in viewer.layers)
-        assert "removed" in widget.segment_label.text()
-    assert widget.model is not None and widget.segment_btn.isEnabled() == (change == "renamed")
+        assert "removed" in widget.segment_panel.segment_label.text()
+    assert widget.state.model.current is not None and widget.segment_panel.segment_btn.isEnabled() == (change == "renamed")
 
 
 @pytest.mark.parametrize("change", ["renamed", "removed"])
 def test_layers_renamed_or_removed_during_training(threaded, qtbot, notes, monkeypatch, change):
     viewer, widget = threaded
     viewer.layers["nuclei"].scale = viewer.layers["nuclei sparse labels"].scale = (2, 2)
-    widget.steps_spin.setValue(4)
-    widget.preview_spin.setValue(1)
+    widget.train_panel.steps_spin.setValue(4)
+    widget.train_panel.preview_spin.setValue(1)
     # The first preview is computed while the image is renamed or removed.
     entered, gate = _gate(monkeypatch, "segment_preview")
     placed = []  # where each preview went
 
-    def show_preview(result, show=widget._show_preview):
+    def show_preview(result, show=widget.train_panel._show_preview):
         show(result)
         placed.append(tuple(viewer.layers[PREVIEW_LAYER].scale))
 
-    monkeypatch.setattr(widget, "_show_preview", show_preview)
+    monkeypatch.setattr(widget.train_panel, "_show_preview", show_preview)
     with qtbot.capture_exceptions() as raised:
-        widget.start_training()
+        widget.train_panel.start_training()
         qtbot.waitUntil(entered.is_set, timeout=60_000)
         if change == "renamed":
             viewer.layers["nuclei"].name = "renamed"
@@ -168,12 +169,13 @@ def test_layers_renamed_or_removed_during_training(threaded, qtbot, notes, monke
     assert not raised, raised
     assert not notes["error"] and not notes["warning"], notes
     # The model keeps the whole run.
-    assert widget.last_progress.step == 4 and "Trained 4 steps" in widget.train_label.text()
-    assert widget.model is not None and widget.model_source == "shipped default, fine-tuned"
+    assert widget.train_panel.last_progress.step == 4 and "Trained 4 steps" in widget.train_panel.train_label.text()
+    assert widget.state.model.current is not None and widget.state.model.source is ModelSource.DEFAULT and widget.state.model.fine_tuned
+    assert widget.state.model.describe() == "shipped default, fine-tuned"
     # Every preview lies on the image (scale 2), or, with the image gone, is not moved.
     assert len(placed) >= 2 and set(placed) == {(2, 2)}, placed
     if change == "renamed":
-        assert widget.last_preview.step > 0
+        assert widget.train_panel.last_preview.step > 0
 
 
 def test_a_second_train_click_does_not_start_a_second_run(threaded, qtbot, notes, monkeypatch, tmp_path):
@@ -188,52 +190,52 @@ def test_a_second_train_click_does_not_start_a_second_run(threaded, qtbot, notes
         return (yield from real(job))
 
     monkeypatch.setattr(workers, "training_job", counted)
-    widget._confirm = lambda question: True  # "discard the unsaved training?" would be yes
-    widget.steps_spin.setValue(3)
-    widget.start_training()
-    assert widget._training and not widget.train_btn.isEnabled() and not widget.adapt_btn.isEnabled()
-    qtbot.waitUntil(lambda: widget.last_progress is not None, timeout=60_000)
-    trained = widget.model
-    widget.start_training()
-    widget.train_btn.click()  # disabled: nothing happens
-    widget.start_adaptation()
+    widget.state.confirm = lambda question: True  # "discard the unsaved training?" would be yes
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.start_training()
+    assert widget.state.job.training and not widget.train_panel.train_btn.isEnabled() and not widget.train_panel.adapt_btn.isEnabled()
+    qtbot.waitUntil(lambda: widget.train_panel.last_progress is not None, timeout=60_000)
+    trained = widget.state.model.current
+    widget.train_panel.start_training()
+    widget.train_panel.train_btn.click()  # disabled: nothing happens
+    widget.train_panel.start_adaptation()
     # Nor can the model being trained be swapped for another.
-    assert not widget.use_default_model() and not widget.load_model_from(str(tmp_path / "any.spoco.pt"))
-    widget.new_model()
-    assert widget.model is trained
-    assert not widget.save_model_to(str(tmp_path / "half.spoco.pt")) and not (tmp_path / "half.spoco.pt").exists()
+    assert not widget.model_panel.use_default_model() and not widget.model_panel.load_model_from(str(tmp_path / "any.spoco.pt"))
+    widget.model_panel.new_model()
+    assert widget.state.model.current is trained
+    assert not widget.model_panel.save_model_to(str(tmp_path / "half.spoco.pt")) and not (tmp_path / "half.spoco.pt").exists()
     assert len(notes["warning"]) == 6 and all("Training is running" in w for w in notes["warning"]), notes
     wait_idle(qtbot, widget)
     assert len(runs) == 1 and not notes["error"]
-    assert len(widget.loss_plot.values) == 3
-    assert widget.model is trained and widget.model.history["steps"] == load_default_model(2).history["steps"] + 3
+    assert len(widget.train_panel.loss_plot.values) == 3
+    assert widget.state.model.current is trained and widget.state.model.current.history["steps"] == load_default_model(2).history["steps"] + 3
 
 
 def test_no_training_starts_while_segmenting(threaded, qtbot, notes, monkeypatch):
     viewer, widget = threaded
-    widget.default_model_btn.click()
-    model = widget.model
+    widget.model_panel.default_model_btn.click()
+    model = widget.state.model.current
     entered, gate = _gate(monkeypatch, "segment")
-    widget.start_segmentation()
+    widget.segment_panel.start_segmentation()
     qtbot.waitUntil(entered.is_set, timeout=10_000)
-    assert not widget.train_btn.isEnabled() and not widget.adapt_btn.isEnabled()
-    widget.start_training()  # would train the model that is segmenting
-    widget.start_adaptation()
-    assert not widget._training and widget.model is model
+    assert not widget.train_panel.train_btn.isEnabled() and not widget.train_panel.adapt_btn.isEnabled()
+    widget.train_panel.start_training()  # would train the model that is segmenting
+    widget.train_panel.start_adaptation()
+    assert not widget.state.job.training and widget.state.model.current is model
     assert len(notes["warning"]) == 2 and all("Segmentation is running" in w for w in notes["warning"]), notes
     gate.set()
     wait_idle(qtbot, widget)
-    assert "nuclei instances" in viewer.layers and widget.last_progress is None and not notes["error"]
+    assert "nuclei instances" in viewer.layers and widget.train_panel.last_progress is None and not notes["error"]
 
 
 def test_painting_during_training_is_kept(threaded, qtbot, notes):
     viewer, widget = threaded
     sparse = viewer.layers["nuclei sparse labels"]
     before = sparse.data.copy()
-    widget.steps_spin.setValue(4)
-    widget.preview_spin.setValue(1)  # previews are shown while the user paints
-    widget.start_training()
-    qtbot.waitUntil(lambda: widget.last_progress is not None, timeout=60_000)
+    widget.train_panel.steps_spin.setValue(4)
+    widget.train_panel.preview_spin.setValue(1)  # previews are shown while the user paints
+    widget.train_panel.start_training()
+    qtbot.waitUntil(lambda: widget.train_panel.last_progress is not None, timeout=60_000)
     # Paint as the brush does, and write into the array as a script would.
     sparse.brush_size = 9
     sparse.paint((200, 40), 7)
@@ -242,22 +244,22 @@ def test_painting_during_training_is_kept(threaded, qtbot, notes):
     painted = sparse.data.copy()
     assert (painted == 7).sum() > 20 and (painted[10:20, 10:20] == 9).all()
     # The run trains on the labels as they were when Train was pressed.
-    assert np.array_equal(widget._train_job.labels[0], before)
+    assert np.array_equal(widget.train_panel.job.labels[0], before)
     wait_idle(qtbot, widget)
-    assert widget.last_progress.step == 4 and not notes["error"]
+    assert widget.train_panel.last_progress.step == 4 and not notes["error"]
     assert np.array_equal(sparse.data, painted)
     assert viewer.layers.selection.active is None or viewer.layers.selection.active.name == sparse.name
 
 
-def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes):
+def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes, choose):
     from qtpy.QtCore import QTimer
 
     viewer, widget = threaded
     viewer.show()  # drawn, as for a user
     big = np.tile(viewer.layers["nuclei"].data, (3, 3))  # 768 x 768: a few seconds of work
     viewer.add_image(big, name="big")
-    widget.image_box.setCurrentText("big")
-    widget.default_model_btn.click()
+    choose(widget.data_panel.image_box, "big")
+    widget.model_panel.default_model_btn.click()
     gc.collect()  # not a collection of the garbage earlier tests left (~0.3 s with napari's heap)
     ticks = []
     timer = QTimer()
@@ -265,7 +267,7 @@ def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes):
     clicked = time.perf_counter()
     # The click adds the (empty) result layer, and napari draws it on the next turn of the
     # event loop: that is the click's response; from the first tick on the job runs.
-    widget.start_segmentation()
+    widget.segment_panel.start_segmentation()
     timer.start(50)
     wait_idle(qtbot, widget)
     qtbot.wait(100)  # ticks after the result was placed

@@ -9,13 +9,14 @@ import tifffile
 import torch
 from napari.layers import Image, Labels
 
+from napari_spoco._napari.state import ModelSource
 from napari_spoco._napari.widget import PREVIEW_LAYER, SpocoWidget
 from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.training import TrainProgress
 
 
 def wait_idle(qtbot, widget, timeout=180_000):
-    qtbot.waitUntil(lambda: not widget._training and not widget._segmenting, timeout=timeout)
+    qtbot.waitUntil(lambda: widget.state.job.idle, timeout=timeout)
 
 
 def test_manifest_validates():
@@ -33,19 +34,19 @@ def test_open_sample_gives_image_and_linked_sparse_labels(spoco):
     assert isinstance(image, Image) and isinstance(labels, Labels)
     assert labels.data.shape == image.data.shape and len(np.unique(labels.data)) > 3
     # (napari gives plugins proxies of layers: compare names, not identities)
-    assert widget.image_box.layer().name == "nuclei" and widget.labels_box.layer().name == labels.name
+    assert widget.data_panel.image_box.value.name == "nuclei" and widget.data_panel.labels_box.value.name == labels.name
     # Nothing to segment with yet; Stop only while training.
-    assert not widget.segment_btn.isEnabled() and not widget.stop_btn.isEnabled()
-    assert widget.train_btn.isEnabled()
+    assert not widget.segment_panel.segment_btn.isEnabled() and not widget.train_panel.stop_btn.isEnabled()
+    assert widget.train_panel.train_btn.isEnabled()
 
 
 def test_new_sparse_labels_layer_fits_image_and_is_ready_to_paint(spoco):
     viewer, widget = spoco
-    layer = widget.new_sparse_labels()
+    layer = widget.data_panel.new_sparse_labels()
     assert layer.data.shape == viewer.layers["nuclei"].data.shape and not layer.data.any()
     assert layer.mode == "paint" and layer.selected_label == 1
-    assert widget.labels_box.layer().name == layer.name
-    widget.background_brush()
+    assert widget.data_panel.labels_box.value.name == layer.name
+    widget.data_panel.background_brush()
     assert layer.selected_label == 65535
 
 
@@ -53,32 +54,33 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
     viewer, widget = spoco
     viewer.show()  # drawn, as for a user
     widget.sync = False
-    widget.steps_spin.setValue(25)
-    widget.preview_spin.setValue(2)
+    widget.train_panel.steps_spin.setValue(25)
+    widget.train_panel.preview_spin.setValue(2)
     seen_steps = []
-    original = widget._on_train_yield
-    widget._on_train_yield = lambda item: (
+    original = widget.train_panel._on_train_yield
+    widget.train_panel._on_train_yield = lambda item: (
         seen_steps.append(item.step if isinstance(item, TrainProgress) else None), original(item)
     )
     ticks = []
     from qtpy.QtCore import Qt, QTimer
 
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), widget.last_progress)))
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), widget.train_panel.last_progress)))
     gc.collect()  # not a collection of the garbage earlier tests left (~0.3 s with napari's heap)
     timer.start(50)
-    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
-    assert widget._training and not widget.train_btn.isEnabled() and widget.stop_btn.isEnabled()
-    assert not widget.segment_btn.isEnabled()
+    qtbot.mouseClick(widget.train_panel.train_btn, Qt.MouseButton.LeftButton)
+    assert widget.state.job.training and not widget.train_panel.train_btn.isEnabled() and widget.train_panel.stop_btn.isEnabled()
+    assert not widget.segment_panel.segment_btn.isEnabled()
     wait_idle(qtbot, widget)
     timer.stop()
 
-    assert widget.last_progress.step == 25 and widget.progress_bar.value() == 1000
+    assert widget.train_panel.last_progress.step == 25 and widget.train_panel.progress_bar.value() == 1000
     assert [s for s in seen_steps if s is not None][:3] == [1, 2, 3]
-    assert len(widget.loss_plot.values) == 25
-    assert "steps/s" not in widget.train_label.text() and "Trained 25 steps" in widget.train_label.text()
-    assert widget.model is not None and widget.model_source == "shipped default, fine-tuned"
-    assert widget.last_preview is not None and widget.last_preview.step > 0
+    assert len(widget.train_panel.loss_plot.values) == 25
+    assert "steps/s" not in widget.train_panel.train_label.text() and "Trained 25 steps" in widget.train_panel.train_label.text()
+    assert widget.state.model.current is not None and widget.state.model.source is ModelSource.DEFAULT and widget.state.model.fine_tuned
+    assert widget.state.model.describe() == "shipped default, fine-tuned"
+    assert widget.train_panel.last_preview is not None and widget.train_panel.last_preview.step > 0
     preview = viewer.layers[PREVIEW_LAYER]
     assert preview.data.shape == (256, 256)  # the sample is smaller than the preview box
     # The event loop kept turning: from the first step on (the click itself, and torch's one-off
@@ -88,43 +90,43 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
     gaps = np.diff(running)
     print(f"training: {len(gaps)} gaps, max {gaps.max():.3f} s, 99th percentile {np.percentile(gaps, 99):.3f} s")
     assert len(gaps) > 20 and gaps.max() <= 0.15, f"GUI blocked for {gaps.max():.3f} s"
-    assert widget.segment_btn.isEnabled() and widget.train_btn.isEnabled()
+    assert widget.segment_panel.segment_btn.isEnabled() and widget.train_panel.train_btn.isEnabled()
 
 
 def test_stop_ends_training_within_a_step_and_keeps_model_usable(spoco, qtbot):
     viewer, widget = spoco
     widget.sync = False
-    widget.steps_spin.setValue(100_000)
-    widget.train_btn.click()
-    qtbot.waitUntil(lambda: widget.last_progress is not None and widget.last_progress.step >= 3, timeout=60_000)
+    widget.train_panel.steps_spin.setValue(100_000)
+    widget.train_panel.train_btn.click()
+    qtbot.waitUntil(lambda: widget.train_panel.last_progress is not None and widget.train_panel.last_progress.step >= 3, timeout=60_000)
     clicked = time.perf_counter()
-    widget.stop_btn.click()
-    qtbot.waitUntil(lambda: not widget._training, timeout=20_000)
+    widget.train_panel.stop_btn.click()
+    qtbot.waitUntil(lambda: not widget.state.job.training, timeout=20_000)
     assert time.perf_counter() - clicked < 5
-    steps = widget.last_progress.step
-    assert 3 <= steps < 100_000 and widget.model is not None
+    steps = widget.train_panel.last_progress.step
+    assert 3 <= steps < 100_000 and widget.state.model.current is not None
     widget.sync = True
-    widget.segment_btn.click()
+    widget.segment_panel.segment_btn.click()
     labels = viewer.layers["nuclei instances"].data
     assert labels.shape == (256, 256) and labels.dtype in (np.uint16, np.uint32)
 
 
-def test_train_segment_promote_evaluate_export(spoco, qtbot, tmp_path, notes):
+def test_train_segment_promote_evaluate_export(spoco, qtbot, tmp_path, notes, choose):
     viewer, widget = spoco
-    widget.steps_spin.setValue(40)
-    widget.train_btn.click()
-    assert widget.last_progress.step == 40 and not notes["error"]
+    widget.train_panel.steps_spin.setValue(40)
+    widget.train_panel.train_btn.click()
+    assert widget.train_panel.last_progress.step == 40 and not notes["error"]
 
-    widget.embedding_check.setChecked(True)
-    widget.segment_btn.click()
+    widget.segment_panel.embedding_check.setChecked(True)
+    widget.segment_panel.segment_btn.click()
     result = viewer.layers["nuclei instances"]
     assert result.data.shape == (256, 256) and result.data.max() >= 2
     assert viewer.layers["nuclei embeddings (PCA)"].data.shape == (256, 256, 3)
-    assert widget.result_box.layer().name == result.name and "instances" in widget.segment_label.text()
+    assert widget.correct_panel.result_box.value.name == result.name and "instances" in widget.segment_panel.segment_label.text()
 
     sparse = viewer.layers["nuclei sparse labels"]
     before = sparse.data.copy()
-    n_promoted = widget.promote(selected_only=False)
+    n_promoted = widget.correct_panel.promote(selected_only=False)
     after = sparse.data
     assert n_promoted >= 1
     assert np.array_equal(after[before > 0], before[before > 0])  # painting is never overwritten
@@ -132,72 +134,71 @@ def test_train_segment_promote_evaluate_export(spoco, qtbot, tmp_path, notes):
     assert after.max() < 65535
 
     viewer.open_sample("napari-spoco", "heldout_nuclei")
-    widget.image_box.setCurrentText("nuclei (held out)")
-    widget.segment_btn.click()
-    widget.result_box.setCurrentText("nuclei (held out) instances")
-    widget.gt_box.setCurrentText("nuclei (held out) ground truth")
-    assert widget.evaluate_btn.isEnabled()
-    scores = widget.evaluate()
-    assert 0.0 <= scores["AP50"] <= 1.0 and "AP50" in widget.eval_label.text()
+    choose(widget.data_panel.image_box, "nuclei (held out)")
+    widget.segment_panel.segment_btn.click()
+    choose(widget.correct_panel.result_box, "nuclei (held out) instances")
+    choose(widget.correct_panel.gt_box, "nuclei (held out) ground truth")
+    assert widget.correct_panel.evaluate_btn.isEnabled()
+    scores = widget.correct_panel.evaluate()
+    assert 0.0 <= scores["AP50"] <= 1.0 and "AP50" in widget.correct_panel.eval_label.text()
 
-    widget.export_box.setCurrentText("nuclei instances")
+    choose(widget.export_panel.export_box, "nuclei instances")
     out = tmp_path / "instances.tif"
-    assert widget.export_labels(str(out))
+    assert widget.export_panel.export_labels(str(out))
     back = tifffile.imread(out)
     assert np.array_equal(back, result.data) and back.dtype == np.uint16
     # An existing file is only replaced after the user confirms.
     out.write_bytes(b"keep me")
-    widget._confirm = lambda question: False
-    assert not widget.export_labels(str(out)) and out.read_bytes() == b"keep me"
-    widget._confirm = lambda question: True
-    assert widget.export_labels(str(out)) and np.array_equal(tifffile.imread(out), result.data)
+    widget.state.confirm = lambda question: False
+    assert not widget.export_panel.export_labels(str(out)) and out.read_bytes() == b"keep me"
+    widget.state.confirm = lambda question: True
+    assert widget.export_panel.export_labels(str(out)) and np.array_equal(tifffile.imread(out), result.data)
 
 
 def test_save_and_load_model_round_trip(spoco, tmp_path, notes):
     viewer, widget = spoco
-    widget.steps_spin.setValue(3)
-    widget.train_btn.click()
-    steps = widget.model.history["steps"]
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.train_btn.click()
+    steps = widget.state.model.current.history["steps"]
     path = tmp_path / "m.spoco.pt"
-    assert widget.save_model_to(str(path)) and path.exists()
-    widget.new_model()
-    assert widget.model is None and not widget.segment_btn.isEnabled()
-    assert widget.load_model_from(str(path))
-    assert widget.model.history["steps"] == steps and widget.segment_btn.isEnabled()
-    assert widget.model_source == "m.spoco.pt"
+    assert widget.model_panel.save_model_to(str(path)) and path.exists()
+    widget.model_panel.new_model()
+    assert widget.state.model.current is None and not widget.segment_panel.segment_btn.isEnabled()
+    assert widget.model_panel.load_model_from(str(path))
+    assert widget.state.model.current.history["steps"] == steps and widget.segment_panel.segment_btn.isEnabled()
+    assert widget.state.model.source is ModelSource.FILE and widget.state.model.describe() == "m.spoco.pt"
 
 
-def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_path, notes):
+def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_path, notes, choose):
     viewer, widget = spoco
     sparse = viewer.layers["nuclei sparse labels"]
     # One painted object only.
     one = np.where(sparse.data == sparse.data.max(), sparse.data, 0)
     sparse.data = one
-    widget.train_btn.click()
+    widget.train_panel.train_btn.click()
     assert notes["error"] and "at least two objects" in notes["error"][-1]
-    assert np.array_equal(sparse.data, one) and widget.model is None and not widget._training
+    assert np.array_equal(sparse.data, one) and widget.state.model.current is None and not widget.state.job.training
     # Labels of the wrong shape.
     viewer.add_labels(np.zeros((10, 10), np.uint32), name="wrong")
-    widget.labels_box.setCurrentText("wrong")
-    widget.train_btn.click()
+    choose(widget.data_panel.labels_box, "wrong")
+    widget.train_panel.train_btn.click()
     assert "does not match" in notes["error"][-1] or "has shape" in notes["error"][-1]
     # A file that is not a SPOCO model; the current model survives.
-    widget.model = SpocoModel.new(ModelConfig(ndim=2))
-    kept = widget.model
+    kept = SpocoModel.new(ModelConfig(ndim=2))
+    widget.state.model.use(kept, ModelSource.NEW)
     bad = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, bad)
-    assert not widget.load_model_from(str(bad))
-    assert widget.model is kept and notes["error"][-1]
+    assert not widget.model_panel.load_model_from(str(bad))
+    assert widget.state.model.current is kept and notes["error"][-1]
     assert "Traceback" not in notes["error"][-1]
     # A 3D model cannot segment a 2D image: message, no crash.
-    widget.model = SpocoModel.new(ModelConfig(ndim=3))
-    widget._update_buttons()
-    assert widget.segment_btn.isEnabled()
-    widget.segment_btn.click()
-    assert "3D model" in notes["error"][-1] and not widget._segmenting
+    widget.state.model.use(SpocoModel.new(ModelConfig(ndim=3)), ModelSource.NEW)
+    assert widget.segment_panel.segment_btn.isEnabled()  # the panel follows the model state
+    widget.segment_panel.segment_btn.click()
+    assert "3D model" in notes["error"][-1] and not widget.state.job.segmenting
 
 
-def test_3d_volume_trains_and_segments_in_3d(spoco, notes):
+def test_3d_volume_trains_and_segments_in_3d(spoco, notes, choose):
     viewer, widget = spoco
     zz, yy, xx = np.mgrid[:16, :40, :40]
     truth = np.zeros((16, 40, 40), np.uint32)
@@ -205,61 +206,61 @@ def test_3d_volume_trains_and_segments_in_3d(spoco, notes):
         truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 25] = i
     volume = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 3, truth.shape)
     viewer.add_image(volume.astype(np.float32), name="vol")
-    widget.image_box.setCurrentText("vol")
-    assert widget.series_check.isEnabled() and not widget.series_check.isChecked()
-    layer = widget.new_sparse_labels()
+    choose(widget.data_panel.image_box, "vol")
+    assert widget.data_panel.series_check.isEnabled() and not widget.data_panel.series_check.isChecked()
+    layer = widget.data_panel.new_sparse_labels()
     layer.data = np.where(truth <= 2, truth, 0).astype(np.uint32)
-    widget.all_pairs_check.setChecked(False)
-    widget.steps_spin.setValue(3)
-    widget.train_btn.click()
+    widget.data_panel.all_pairs_check.setChecked(False)
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.train_btn.click()
     assert not notes["error"], notes["error"]
-    assert widget.model.config.ndim == 3
-    widget.segment_btn.click()
+    assert widget.state.model.current.config.ndim == 3
+    widget.segment_panel.segment_btn.click()
     assert viewer.layers["vol instances"].data.shape == (16, 40, 40)
 
 
-def test_time_series_is_trained_and_segmented_frame_by_frame(spoco, notes):
+def test_time_series_is_trained_and_segmented_frame_by_frame(spoco, notes, choose):
     viewer, widget = spoco
     stack = np.stack([viewer.layers["nuclei"].data[:64, :64]] * 3)
     viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
-    widget.image_box.setCurrentText("movie")
-    assert widget.series_check.isChecked()  # guessed from the axis name
-    sparse = widget.new_sparse_labels()
+    choose(widget.data_panel.image_box, "movie")
+    assert widget.data_panel.series_check.isChecked()  # guessed from the axis name
+    sparse = widget.data_panel.new_sparse_labels()
     frame = viewer.layers["nuclei sparse labels"].data[:64, :64]
     data = np.zeros(stack.shape, np.uint32)
     data[1] = frame
     if len(np.unique(frame)) < 3:  # make sure two objects are painted in frame 1
         data[1, 5:15, 5:15], data[1, 40:50, 40:50] = 1, 2
     sparse.data = data
-    widget.all_pairs_check.setChecked(False)
-    widget.steps_spin.setValue(3)
-    widget.train_btn.click()
+    widget.data_panel.all_pairs_check.setChecked(False)
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.train_btn.click()
     assert not notes["error"], notes["error"]
-    assert widget.model.config.ndim == 2
-    widget.segment_btn.click()
+    assert widget.state.model.current.config.ndim == 2
+    widget.segment_panel.segment_btn.click()
     result = viewer.layers["movie instances"].data
     assert result.shape == stack.shape
     ids = [set(np.unique(result[t])) - {0} for t in range(3)]
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # ids unique across frames
 
 
-def test_rgb_image_is_accepted(spoco, notes):
+def test_rgb_image_is_accepted(spoco, notes, choose):
     viewer, widget = spoco
     grey = viewer.layers["nuclei"].data
     rgb = np.stack([grey, grey, grey], axis=-1).astype(np.uint8)
     viewer.add_image(rgb, name="rgb", rgb=True)
-    widget.image_box.setCurrentText("rgb")
-    sparse = widget.new_sparse_labels()
+    choose(widget.data_panel.image_box, "rgb")
+    sparse = widget.data_panel.new_sparse_labels()
     assert sparse.data.shape == grey.shape
     sparse.data = viewer.layers["nuclei sparse labels"].data.astype(np.uint32)
-    widget.steps_spin.setValue(3)
-    widget.train_btn.click()
-    widget.segment_btn.click()
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.train_btn.click()
+    widget.segment_panel.segment_btn.click()
     assert not notes["error"], notes["error"]
     assert viewer.layers["rgb instances"].data.shape == grey.shape
 
 
-def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes):
+def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes, choose):
     viewer, widget = spoco
     from napari_spoco.scaling import auto_scale
 
@@ -268,14 +269,14 @@ def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes):
     viewer.layers.clear()  # train on the enlarged pair alone
     viewer.add_image(big, name="big")
     viewer.add_labels(sparse.astype(np.uint32), name="big sparse")
-    widget.image_box.setCurrentText("big")
-    widget.labels_box.setCurrentText("big sparse")
-    widget.steps_spin.setValue(3)
-    widget.train_btn.click()
+    choose(widget.data_panel.image_box, "big")
+    choose(widget.data_panel.labels_box, "big sparse")
+    widget.train_panel.steps_spin.setValue(3)
+    widget.train_panel.train_btn.click()
     assert not notes["error"], notes["error"]
-    assert widget.model.pixel_scale == auto_scale([sparse], widget.train_config().background_label) < 1.0
-    assert "scale" in widget.model_label.text()
-    widget.segment_btn.click()
+    assert widget.state.model.current.pixel_scale == auto_scale([sparse], widget.train_panel.train_config().background_label) < 1.0
+    assert "scale" in widget.model_panel.model_label.text()
+    widget.segment_panel.segment_btn.click()
     assert not notes["error"], notes["error"]
     assert viewer.layers["big instances"].data.shape == big.shape
 
@@ -294,7 +295,7 @@ def test_writer_saves_labels_layer_as_tiff(make_napari_viewer, tmp_path):
 def test_widget_has_no_model_until_trained_or_loaded(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = SpocoWidget(viewer)
-    assert widget.model is None and not widget.train_btn.isEnabled() and not widget.segment_btn.isEnabled()
+    assert widget.state.model.current is None and not widget.train_panel.train_btn.isEnabled() and not widget.segment_panel.segment_btn.isEnabled()
 
 
 def test_first_train_fine_tunes_the_shipped_model_and_new_starts_from_scratch(spoco, notes):
@@ -302,49 +303,52 @@ def test_first_train_fine_tunes_the_shipped_model_and_new_starts_from_scratch(sp
 
     viewer, widget = spoco
     shipped_steps = load_default_model(2).history["steps"]
-    assert widget.model is None and "shipped" in widget.model_label.text()
-    widget.steps_spin.setValue(2)
-    widget.train_btn.click()
-    assert widget.model_source == "shipped default, fine-tuned" and widget.model.history["steps"] == shipped_steps + 2
-    widget._confirm = lambda question: True  # "discard the unsaved training?" — yes
-    widget.new_model()
-    assert "new network" in widget.model_label.text()
-    widget.train_btn.click()
-    assert widget.model.history["steps"] == 2 and not notes["error"]
+    assert widget.state.model.current is None and "shipped" in widget.model_panel.model_label.text()
+    widget.train_panel.steps_spin.setValue(2)
+    widget.train_panel.train_btn.click()
+    assert widget.state.model.source is ModelSource.DEFAULT and widget.state.model.fine_tuned
+    assert widget.state.model.describe() == "shipped default, fine-tuned" and widget.state.model.current.history["steps"] == shipped_steps + 2
+    widget.state.confirm = lambda question: True  # "discard the unsaved training?" — yes
+    widget.model_panel.new_model()
+    assert "new network" in widget.model_panel.model_label.text()
+    widget.train_panel.train_btn.click()
+    assert widget.state.model.current.history["steps"] == 2 and not notes["error"]
 
 
 def test_default_button_segments_without_any_training(spoco):
     viewer, widget = spoco
-    widget.default_model_btn.click()
-    assert widget.segment_btn.isEnabled()
-    widget.segment_btn.click()
+    widget.model_panel.default_model_btn.click()
+    assert widget.segment_panel.segment_btn.isEnabled()
+    widget.segment_panel.segment_btn.click()
     assert viewer.layers["nuclei instances"].data.max() >= 10
 
 
-def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes):
+def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes, choose):
     viewer, widget = spoco
     sparse = viewer.layers["nuclei sparse labels"]
     painted = sparse.data.copy()
-    widget.labels_box.setCurrentText(sparse.name)
-    widget.steps_spin.setValue(2)
-    widget.adapt_btn.click()
+    choose(widget.data_panel.labels_box, sparse.name)
+    widget.train_panel.steps_spin.setValue(2)
+    widget.train_panel.adapt_btn.click()
     assert not notes["error"], notes["error"]
-    assert widget.last_progress.step == 2
-    assert set(k for k, v in widget.last_progress.losses.items() if v > 0) == {"consistency", "foreground", "total"}
-    assert np.array_equal(sparse.data, painted) and widget.model_source.startswith("shipped default")
+    assert widget.train_panel.last_progress.step == 2
+    assert set(k for k, v in widget.train_panel.last_progress.losses.items() if v > 0) == {"consistency", "foreground", "total"}
+    assert np.array_equal(sparse.data, painted) and widget.state.model.source is ModelSource.DEFAULT
+    assert widget.state.model.adapted and not widget.state.model.fine_tuned
+    assert widget.state.model.describe() == "shipped default, adapted"
 
 
 def test_unsaved_training_is_not_discarded_without_asking(spoco, tmp_path):
     viewer, widget = spoco
-    widget.steps_spin.setValue(2)
-    widget.train_btn.click()
-    trained = widget.model
+    widget.train_panel.steps_spin.setValue(2)
+    widget.train_panel.train_btn.click()
+    trained = widget.state.model.current
     asked = []
-    widget._confirm = lambda question: asked.append(question) or False
-    widget.default_model_btn.click()
-    widget.new_model()
-    assert not widget.load_model_from(str(tmp_path / "any.spoco.pt"))
-    assert widget.model is trained and len(asked) == 3 and "not been saved" in asked[0]
-    assert widget.save_model_to(str(tmp_path / "kept.spoco.pt"))
-    widget.new_model()  # saved: no question
-    assert widget.model is None and len(asked) == 3
+    widget.state.confirm = lambda question: asked.append(question) or False
+    widget.model_panel.default_model_btn.click()
+    widget.model_panel.new_model()
+    assert not widget.model_panel.load_model_from(str(tmp_path / "any.spoco.pt"))
+    assert widget.state.model.current is trained and len(asked) == 3 and "not been saved" in asked[0]
+    assert widget.model_panel.save_model_to(str(tmp_path / "kept.spoco.pt"))
+    widget.model_panel.new_model()  # saved: no question
+    assert widget.state.model.current is None and len(asked) == 3

@@ -96,3 +96,12 @@ def training_set(pairs, series: bool, background_label: int | None) -> TrainingS
             "id, each painted completely) so that SPOCO can learn to tell objects apart."
         )
     return TrainingSet(images, labels, names)
+
+
+def find_layer(viewer, layer_id, name: str = ""):
+    """The viewer's layer with this ``unique_id`` (kept when the layer is renamed; napari hands
+    plugins a new proxy object at every access, so identity says nothing), or, without an id,
+    the layer of that name; None when it is no longer in the viewer."""
+    if layer_id is None:
+        return viewer.layers[name] if name in viewer.layers else None
+    return next((layer for layer in viewer.layers if layer.unique_id == layer_id), None)

@@ -1,64 +1,71 @@
-"""Small Qt building blocks for the dock widget: layer pickers and a live loss curve."""
+"""Small building blocks for the panels: layer pickers (magicgui) and a live loss curve (Qt)."""
 
 from __future__ import annotations
 
 import math
+import weakref
 
+from magicgui.widgets import ComboBox
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
 
-NONE = "—"
+
+def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False) -> ComboBox:
+    """A magicgui combo box of ``viewer``'s layers of ``layer_type`` (its value: the layer, or
+    None), kept current as layers are added, removed, reordered and renamed.
+
+    napari refreshes the pickers of a magicgui dock widget itself (``reset_choices`` on the
+    layer list's events), but only for a widget that has ``reset_choices`` and only once it
+    is docked; ours is a panel of several pickers that also works undocked, so each picker
+    follows the layer list on its own. A renamed layer stays selected.
+    """
+
+    def choices(_widget) -> list[tuple[str, object]]:
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
+
+    picker = ComboBox(choices=choices, nullable=nullable, tooltip=tooltip or None)
+    picker.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    picker.native.setMinimumContentsLength(12)
+    ref = weakref.ref(picker)
+
+    def refresh(event=None) -> None:
+        picker = ref()
+        if picker is not None:
+            try:
+                _refresh(picker)
+            except RuntimeError:  # its Qt widget is gone with the panel
+                pass
+
+    events = viewer.layers.events
+    for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+        emitter.connect(refresh)
+    return picker
 
 
-class LayerBox(QComboBox):
-    """A combo box listing the viewer's layers of one type, kept current as layers come, go
-    and get renamed."""
+def _layer_id(layer):
+    return None if layer is None else layer.unique_id
 
-    def __init__(self, viewer, layer_type, allow_none: bool = False, parent=None):
-        super().__init__(parent)
-        self.viewer = viewer
-        self.layer_type = layer_type
-        self.allow_none = allow_none
-        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(12)
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.reordered.connect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
 
-    def _on_inserted(self, event=None):
-        if event is not None and getattr(event, "value", None) is not None:
-            event.value.events.name.connect(self.refresh)
-        self.refresh()
+def _refresh(picker: ComboBox) -> None:
+    # magicgui keys its items by name: a renamed layer is a new item, and the selection would
+    # jump to the first layer. Keep the same layer (napari's unique_id) selected, and say
+    # "changed" only when the selected layer did change.
+    before = _layer_id(picker.value)
+    with picker.changed.blocked():
+        picker.reset_choices()
+        same = next((layer for layer in picker.choices if layer is not None and _layer_id(layer) == before), None)
+        if same is not None:
+            picker.value = same
+    if _layer_id(picker.value) != before:
+        picker.changed.emit(picker.value)
 
-    def names(self) -> list[str]:
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, self.layer_type)]
 
-    def refresh(self, event=None):
-        current = self.currentText()
-        names = ([NONE] if self.allow_none else []) + self.names()
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        if self.currentText() != current:
-            self.currentTextChanged.emit(self.currentText())
-
-    def layer(self):
-        name = self.currentText()
-        if not name or name == NONE or name not in self.viewer.layers:
-            return None
-        layer = self.viewer.layers[name]
-        return layer if isinstance(layer, self.layer_type) else None
-
-    def select(self, name: str) -> None:
-        self.refresh()
-        self.setCurrentText(name)
+def select_layer(picker: ComboBox, name: str) -> None:
+    """Select the layer called ``name`` (it may have been added a moment ago)."""
+    _refresh(picker)
+    if name in [layer.name for layer in picker.choices if layer is not None]:
+        picker.value = picker.get_choice(name)
 
 
 class LossPlot(QWidget):

@@ -1,0 +1,98 @@
+"""5 · Correct and evaluate: turn instances of a segmentation into sparse labels (to correct
+them and train again), and score a segmentation against a dense ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
+
+from ..data import promote_instances
+from ..metrics import evaluate
+from .data_panel import DataPanel
+from .dialogs import error_message
+from .state import SpocoState
+from .widgets import layer_picker
+
+
+class CorrectPanel(QGroupBox):
+    def __init__(self, state: SpocoState, data: DataPanel, parent=None) -> None:
+        super().__init__("5 · Correct and evaluate", parent)
+        self.state, self.data, self.viewer = state, data, state.viewer
+        form = QFormLayout(self)
+        self.result_box = layer_picker(self.viewer, Labels, "The segmentation to promote or evaluate.")
+        form.addRow("Segmentation", self.result_box.native)
+        row = QHBoxLayout()
+        self.promote_sel_btn = QPushButton("Use selected as labels")
+        self.promote_sel_btn.setToolTip(
+            "Copy the segmentation's selected instance (its 'label' in the layer controls) into the "
+            "sparse labels, with a fresh id; painted pixels are never overwritten."
+        )
+        self.promote_sel_btn.clicked.connect(lambda: self.promote(selected_only=True))
+        self.promote_all_btn = QPushButton("Use all as labels")
+        self.promote_all_btn.clicked.connect(lambda: self.promote(selected_only=False))
+        row.addWidget(self.promote_sel_btn)
+        row.addWidget(self.promote_all_btn)
+        form.addRow(row)
+        self.gt_box = layer_picker(self.viewer, Labels, "A dense ground-truth labels layer, if you have one.",
+                                   nullable=True)
+        form.addRow("Ground truth", self.gt_box.native)
+        self.evaluate_btn = QPushButton("Evaluate")
+        self.evaluate_btn.clicked.connect(self.evaluate)
+        form.addRow(self.evaluate_btn)
+        self.eval_label = QLabel("")
+        self.eval_label.setWordWrap(True)
+        form.addRow(self.eval_label)
+        for picker in (self.result_box, self.gt_box, data.labels_box):
+            picker.changed.connect(self.update_buttons)
+        self.update_buttons()
+
+    def update_buttons(self, *args) -> None:
+        if self.state.closing.closed:
+            return
+        has_result = self.result_box.value is not None
+        self.promote_sel_btn.setEnabled(has_result and self.data.labels is not None)
+        self.promote_all_btn.setEnabled(has_result and self.data.labels is not None)
+        self.evaluate_btn.setEnabled(has_result and self.gt_box.value is not None)
+
+    def promote(self, selected_only: bool) -> int:
+        """Copy the segmentation's selected instance (or all of them) into the sparse labels;
+        the number of instances copied."""
+        result, sparse = self.result_box.value, self.data.labels
+        if result is None or sparse is None:
+            show_warning("Choose a segmentation and a sparse-labels layer first.")
+            return 0
+        if result.name == sparse.name:
+            show_warning("The segmentation and the sparse labels are the same layer; choose two different layers.")
+            return 0
+        ids = [int(result.selected_label)] if selected_only else None
+        try:
+            new, promoted, skipped = promote_instances(sparse.data, result.data, ids, self.data.background_label)
+        except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Promoting instances"))
+            return 0
+        if promoted:
+            sparse.data = new
+        note = f" ({skipped} skipped: they touch painted objects)" if skipped else ""
+        if selected_only and not promoted and not skipped:
+            show_warning(f"Instance {ids[0]} is not in '{result.name}': pick one with the layer's colour picker.")
+        else:
+            show_info(f"{promoted} instance(s) added to '{sparse.name}'{note}. Correct them, then Train again.")
+        return promoted
+
+    def evaluate(self) -> dict | None:
+        """AP50, mAP, SBD and |DiC| of the segmentation against the ground truth."""
+        pred, gt = self.result_box.value, self.gt_box.value
+        if pred is None or gt is None:
+            show_warning("Choose a segmentation and a ground-truth layer to evaluate.")
+            return None
+        if pred.data.shape != gt.data.shape:
+            show_error(f"'{pred.name}' {pred.data.shape} and '{gt.name}' {gt.data.shape} differ in shape.")
+            return None
+        scores = evaluate(np.asarray(gt.data), np.asarray(pred.data))
+        self.eval_label.setText(
+            f"AP50 {scores['AP50']:.3f} · mAP {scores['mAP']:.3f} · SBD {scores['SBD']:.3f} · "
+            f"|DiC| {scores['DiC']:.0f} ({scores['n_pred']:.0f} predicted / {scores['n_true']:.0f} true)"
+        )
+        return scores

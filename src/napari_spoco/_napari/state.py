@@ -1,0 +1,175 @@
+"""What the dock widget's panels share: the current model and where it came from, the one job
+that may run at a time, and whether the panel has been closed.
+
+Panels change this state only through the methods below and observe its ``changed`` signals
+(psygnal) to enable their own buttons; no panel reaches into another panel's widgets for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from napari.utils.notifications import show_warning
+from psygnal import Signal
+
+from ..model import SpocoModel
+
+
+class ModelSource(Enum):
+    """Where the current model came from."""
+
+    NONE = "none"  # no model yet
+    DEFAULT = "shipped default"  # the shipped 2D starting model (docs/models.md)
+    NEW = "new"  # a network trained from scratch in this session
+    FILE = "file"  # loaded from, or last saved to, a .spoco.pt file (``ModelState.file_name``)
+
+
+class ModelState:
+    """The current model, where it came from, and what was done to it since.
+
+    ``changed`` is emitted after every change, including each training step (the model being
+    trained is the current model from its first step on, so that a stopped or failed run still
+    leaves a usable model).
+    """
+
+    changed = Signal()
+
+    def __init__(self, start_from_default: bool) -> None:
+        self.current: SpocoModel | None = None
+        self.source = ModelSource.NONE
+        self.file_name = ""
+        self.fine_tuned = False  # trained on sparse labels since it was loaded
+        self.adapted = False  # adapted without labels (Adapt) since it was loaded
+        self.unsaved = False  # holds training that was never saved: ask before replacing it
+        self.run_step: int | None = None  # the running training's last step, None when idle
+        # With no model, a first Train on 2D images fine-tunes the shipped model (unless New).
+        self.start_from_default = start_from_default
+
+    def use(self, model: SpocoModel | None, source: ModelSource, file_name: str = "") -> None:
+        """Replace the model (Default, New, Load…, or the shipped model a first Train loads)."""
+        self.current, self.source, self.file_name = model, source, file_name
+        self.fine_tuned = self.adapted = self.unsaved = False
+        if source is ModelSource.DEFAULT:
+            self.start_from_default = True
+        elif source is ModelSource.NONE:  # New: the next Train starts from scratch
+            self.start_from_default = False
+        self.changed.emit()
+
+    def saved(self, file_name: str) -> None:
+        self.source, self.file_name = ModelSource.FILE, file_name
+        self.fine_tuned = self.adapted = self.unsaved = False
+        self.changed.emit()
+
+    def stepped(self, model: SpocoModel | None, step: int) -> None:
+        """A training step: from the first one on, the model holds unsaved training."""
+        if self.current is None and model is not None:
+            self.current, self.source, self.file_name = model, ModelSource.NEW, ""
+        self.unsaved = True
+        self.run_step = step
+        self.changed.emit()
+
+    def run_ended(self, model: SpocoModel | None, self_supervised: bool) -> None:
+        """A training run returned ``model`` (None: it ended before its first step)."""
+        self.run_step = None
+        if model is not None:
+            if self.current is not model:
+                self.source, self.file_name = ModelSource.NEW, ""
+                self.fine_tuned = self.adapted = False
+            elif self.source in (ModelSource.DEFAULT, ModelSource.FILE):
+                if self_supervised:
+                    self.adapted = True
+                else:
+                    self.fine_tuned = True
+            self.current = model
+        self.changed.emit()
+
+    def describe(self) -> str:
+        """Where the model came from, in words: 'shipped default, fine-tuned', 'm.spoco.pt'."""
+        text = self.file_name if self.source is ModelSource.FILE else self.source.value
+        if self.source in (ModelSource.DEFAULT, ModelSource.FILE):
+            text += ", adapted" * self.adapted + ", fine-tuned" * self.fine_tuned
+        return text
+
+
+class Job(Enum):
+    """The long jobs; one runs at a time (Train and Adapt change the model Segment uses)."""
+
+    TRAIN = "Training"
+    ADAPT = "Adapting"
+    SEGMENT = "Segmentation"
+
+
+class JobState:
+    """The job that runs, if any; ``changed`` is emitted when one starts or ends."""
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self.running: Job | None = None
+
+    @property
+    def training(self) -> bool:
+        return self.running in (Job.TRAIN, Job.ADAPT)
+
+    @property
+    def segmenting(self) -> bool:
+        return self.running is Job.SEGMENT
+
+    @property
+    def idle(self) -> bool:
+        return self.running is None
+
+    def start(self, job: Job) -> None:
+        self.running = job
+        self.changed.emit()
+
+    def finish(self) -> None:
+        self.running = None
+        self.changed.emit()
+
+    def refuse(self, action: str, segmenting: bool = True) -> bool:
+        """True, with a warning, while a job runs that ``action`` must not overlap. The buttons
+        are disabled then, but the panels' methods are also called directly (and by tests);
+        ``segmenting=False``: the action may overlap a segmentation (which holds its own
+        reference to the model)."""
+        if self.training:
+            show_warning(f"Training is running: press Stop, or wait for it to end, before {action}.")
+            return True
+        if segmenting and self.segmenting:
+            show_warning(f"Segmentation is running: wait for it to end before {action}.")
+            return True
+        return False
+
+
+class Closing:
+    """Called when the panel goes away (its Qt object destroyed, or the panel taken out of the
+    viewer): a running training job is told to stop after its current step, and results that
+    arrive later are dropped. Apart from the widgets, so that it still works while their Qt
+    objects are being destroyed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.stop: threading.Event | None = None  # the running training job's
+
+    def __call__(self, *args) -> None:
+        self.closed = True
+        if self.stop is not None:
+            self.stop.set()
+
+
+@dataclass
+class SpocoState:
+    """Everything the panels share. ``confirm`` and ``ask_path`` are the yes/no question and
+    the file dialog (replaced in tests); ``sync`` runs jobs inline (tests)."""
+
+    viewer: Any
+    model: ModelState
+    confirm: Callable[[str], bool]
+    ask_path: Callable[[str, bool, str, str], str | None]
+    job: JobState = field(default_factory=JobState)
+    closing: Closing = field(default_factory=Closing)
+    sync: bool = False

@@ -1,0 +1,263 @@
+"""3 · Train: what happens when Train (or Adapt, or Stop) is pressed, from the settings copied
+out of the panels to the model the run leaves behind.
+
+Train copies the painted pairs into a ``TrainJob`` (the worker never reads a widget), starts
+``workers.training_job`` in a napari thread worker, and shows every step it yields in the
+panel; every few seconds the job also yields a preview of the
+part of the image in view. The model being trained is the current model from its first step on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+)
+
+from ..model import ModelConfig
+from ..pretrained import has_default_model, load_default_model
+from ..scaling import scale_note, training_scale
+from ..training import TrainConfig, TrainProgress, pretrain_config
+from . import workers
+from .data_panel import DataPanel
+from .dialogs import error_message
+from .layers import image_data, spatial_shape, training_set
+from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
+from .state import Job, ModelSource, SpocoState
+from .widgets import LossPlot
+
+
+class TrainPanel(QGroupBox):
+    def __init__(self, state: SpocoState, data: DataPanel, parent=None) -> None:
+        super().__init__("3 · Train", parent)
+        self.state, self.data, self.viewer = state, data, state.viewer
+        self.last_progress: TrainProgress | None = None
+        self.last_preview: workers.PreviewResult | None = None
+        self.job: workers.TrainJob | None = None
+        self.worker = None  # the napari thread worker (None when run inline)
+        self._preview_request: workers.PreviewTarget | None = None
+        form = QFormLayout(self)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(300)
+        self.steps_spin.setToolTip("Training steps (about 3 per second on a 2-core CPU in 2D).")
+        form.addRow("Steps", self.steps_spin)
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0, 24 * 60)
+        self.minutes_spin.setDecimals(1)
+        self.minutes_spin.setSpecialValueText("no limit")
+        self.minutes_spin.setToolTip("Stop after this many minutes even if steps remain (0 = no limit).")
+        form.addRow("Time limit (min)", self.minutes_spin)
+        self.preview_spin = QSpinBox()
+        self.preview_spin.setRange(0, 3600)
+        self.preview_spin.setValue(10)
+        self.preview_spin.setSpecialValueText("off")
+        self.preview_spin.setToolTip(
+            "Every this many seconds, segment the part of the image you are looking at into the "
+            f"'{PREVIEW_LAYER}' layer."
+        )
+        form.addRow("Preview every (s)", self.preview_spin)
+        row = QHBoxLayout()
+        self.train_btn = QPushButton("Train")
+        self.train_btn.clicked.connect(self.start_training)
+        self.adapt_btn = QPushButton("Adapt")
+        self.adapt_btn.setToolTip(
+            "Adapt the model to this image without labels (self-supervised consistency between "
+            "two augmented views): useful while you are still painting. Train afterwards."
+        )
+        self.adapt_btn.clicked.connect(self.start_adaptation)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setToolTip("Stop after the current step; the model keeps what it learned.")
+        self.stop_btn.clicked.connect(self.stop_training)
+        for b in (self.train_btn, self.adapt_btn, self.stop_btn):
+            row.addWidget(b)
+        form.addRow(row)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        form.addRow(self.progress_bar)
+        self.train_label = QLabel("Not trained yet.")
+        self.train_label.setWordWrap(True)
+        form.addRow(self.train_label)
+        self.loss_plot = LossPlot()
+        form.addRow(self.loss_plot)
+        data.image_box.changed.connect(self.update_buttons)
+        data.labels_box.changed.connect(self.update_buttons)
+        state.job.changed.connect(self.update_buttons)
+        state.model.changed.connect(self._on_model_changed)
+        self.update_buttons()
+
+    def update_buttons(self, *args) -> None:
+        if self.state.closing.closed:
+            return
+        idle, has_image = self.state.job.idle, self.data.image is not None
+        self.train_btn.setEnabled(idle and has_image and self.data.labels is not None)
+        self.adapt_btn.setEnabled(idle and has_image)
+        self.stop_btn.setEnabled(self.state.job.training)
+
+    def _on_model_changed(self) -> None:
+        # The loss curve belongs to the current model: New (no model) starts a fresh one.
+        if self.state.model.current is None and self.state.job.idle and not self.state.closing.closed:
+            self.loss_plot.clear()
+            self.train_label.setText("Not trained yet.")
+
+    def train_config(self) -> TrainConfig:
+        minutes = self.minutes_spin.value()
+        return TrainConfig(
+            steps=int(self.steps_spin.value()),
+            minutes=float(minutes) if minutes > 0 else None,
+            background_label=self.data.background_label,
+        )
+
+    # ------------------------------------------------------------------ Train, Adapt, Stop
+    def start_training(self) -> None:
+        """Train (or fine-tune) on the painted objects of the chosen image(s)."""
+        if self.state.job.refuse("starting another run"):
+            return
+        if self.data.image is None or self.data.labels is None:
+            show_warning("Choose an image and its sparse-labels layer first.")
+            return
+        try:
+            config = self.train_config()
+            data = training_set(self.data.pairs(), self.data.series, config.background_label)
+        except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Preparing the training data"))
+            return
+        message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
+        # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
+        model = self.state.model.current
+        model_scale = model.pixel_scale if model else 1.0
+        scale = training_scale(data.labels, config.background_label, model_scale)
+        note = scale_note(scale, data.labels, config.background_label, model_scale)
+        if note:
+            message += " " + note
+        config = replace(config, scale=scale)
+        self._launch(Job.TRAIN, data.images, data.labels, data.names, config, data.ndim, message)
+
+    def start_adaptation(self) -> None:
+        """Self-supervised pretraining on the chosen image, before (or while) painting: only the
+        consistency term of the loss (docs/method.md), labels ignored."""
+        image = self.data.image
+        if self.state.job.refuse("starting another run") or image is None:
+            return
+        data, series = image_data(image), self.data.series
+        if series:  # at most 16 frames, spread over the stack
+            frames = np.unique(np.linspace(0, data.shape[0] - 1, min(16, data.shape[0])).astype(int))
+            images = [np.asarray(data[t]) for t in frames]
+        else:
+            images = [np.asarray(data)]
+        ndim = len(spatial_shape(image)) - (1 if series else 0)
+        model = self.state.model
+        if model.current is None and not (model.start_from_default and has_default_model(ndim)):
+            show_warning(
+                "Adapting works best from a trained model: press Default (2D) or Load… first. "
+                "Adapting a new network anyway."
+            )
+        limits = self.train_config()
+        config = pretrain_config(steps=limits.steps, minutes=limits.minutes)
+        self._launch(Job.ADAPT, images, [None] * len(images), [image.name] * len(images), config, ndim,
+                     f"Adapting to '{image.name}' without labels…")
+
+    def _launch(self, kind: Job, images, labels, names, config, ndim: int, message: str) -> None:
+        model = self.state.model
+        if model.current is None and model.start_from_default and ndim == 2 and has_default_model(2):
+            model.use(load_default_model(2), ModelSource.DEFAULT)
+        self.job = workers.TrainJob(
+            images=images,
+            labels=labels,
+            names=names,
+            config=config,
+            model=model.current,
+            model_config=ModelConfig(),
+            preview_every=float(self.preview_spin.value()),
+            preview_target=lambda: self._preview_request,  # read by the worker: no widget access
+            self_supervised=kind is Job.ADAPT,
+        )
+        self._preview_request = self._preview_target()
+        if self._preview_request is not None:
+            self._show_preview(empty_preview(self._preview_request))
+        self.state.closing.stop = self.job.stop
+        self.last_progress = None
+        self.progress_bar.setValue(0)
+        self.train_label.setText(message)
+        self.state.job.start(kind)
+        self.worker = workers.launch(
+            workers.training_job,
+            self.job,
+            on_yield=self._on_train_yield,
+            on_return=self._on_train_done,
+            on_error=self._on_train_error,
+            on_finish=self._on_train_finished,
+            sync=self.state.sync,
+        )
+
+    def stop_training(self) -> None:
+        if self.job is not None and self.state.job.training:
+            self.job.stop.set()
+            self.train_label.setText(self.train_label.text() + " — stopping after this step…")
+
+    # ------------------------------------------------------------------ what the run reports
+    def _on_train_yield(self, item) -> None:
+        if self.state.closing.closed:  # the panel is gone
+            return
+        if isinstance(item, workers.PreviewResult):
+            self._show_preview(item)
+            return
+        p: TrainProgress = item
+        self.last_progress = p
+        self.state.model.stepped(p.model, p.step)
+        self.progress_bar.setValue(int(1000 * p.fraction))
+        total = f"/{p.total_steps}" if p.total_steps else ""
+        self.train_label.setText(
+            f"step {p.step}{total} · {p.steps_per_second:.1f} steps/s · loss {p.losses['total']:.3f} · "
+            f"{int(p.elapsed) // 60}:{int(p.elapsed) % 60:02d}"
+        )
+        self.loss_plot.add(p.losses["total"])
+        self._preview_request = self._preview_target()
+
+    def _on_train_done(self, model) -> None:
+        if self.state.closing.closed:  # the panel is gone
+            return
+        self.state.model.run_ended(model, self_supervised=self.state.job.running is Job.ADAPT)
+        p = self.last_progress
+        msg = f"Trained {p.step} steps in {p.elapsed:.0f} s." if p else "Training ended before the first step."
+        self.train_label.setText(msg + " Segment to see all instances, or paint more and Train again.")
+        self.progress_bar.setValue(1000 if p else 0)
+
+    def _on_train_error(self, exc: BaseException) -> None:
+        if self.state.closing.closed:  # the panel is gone
+            return
+        self.state.model.run_ended(None, self_supervised=self.state.job.running is Job.ADAPT)
+        show_error(error_message(exc, "Training"))
+        self.train_label.setText(f"Training stopped: {exc}")
+
+    def _on_train_finished(self) -> None:
+        if self.state.closing.closed:
+            return
+        self.worker = None
+        self.state.closing.stop = None
+        self.state.job.finish()
+
+    # ------------------------------------------------------------------ live preview
+    def _preview_target(self) -> workers.PreviewTarget | None:
+        image = self.data.image
+        if image is None or self.preview_spin.value() == 0:
+            return None
+        return preview_target(self.viewer, image, self.data.series, self.state.model.current)
+
+    def _show_preview(self, result: workers.PreviewResult) -> None:
+        if not show_preview(self.viewer, result, keep_active=self.data.labels):
+            return  # the image was removed while the preview was made
+        self.last_preview = result
+        n = int(result.labels.max())  # segment() numbers objects 1…n
+        self.train_label.setToolTip(f"Last preview: step {result.step}, {n} objects, {result.seconds:.1f} s")

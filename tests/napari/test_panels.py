@@ -1,0 +1,144 @@
+"""The dock widget's parts on their own: the shared state and its signals, each panel's
+buttons following it, and the magicgui layer pickers following the layer list."""
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_spoco._napari.state import Job, JobState, ModelSource, ModelState
+from napari_spoco._napari.widget import SpocoWidget
+from napari_spoco.model import ModelConfig, SpocoModel
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return SpocoModel.new(ModelConfig(ndim=2))
+
+
+def test_model_state_says_where_the_model_came_from_and_emits_every_change(tiny_model):
+    state = ModelState(start_from_default=True)
+    emitted = []
+    state.changed.connect(lambda: emitted.append(state.describe()))
+    assert state.current is None and state.source is ModelSource.NONE and state.describe() == "none"
+
+    state.use(tiny_model, ModelSource.DEFAULT)
+    state.stepped(tiny_model, 1)
+    assert state.unsaved and state.run_step == 1
+    state.run_ended(tiny_model, self_supervised=True)
+    assert state.adapted and not state.fine_tuned and state.run_step is None
+    state.run_ended(tiny_model, self_supervised=False)
+    assert emitted == ["shipped default"] * 2 + ["shipped default, adapted", "shipped default, adapted, fine-tuned"]
+
+    state.saved("m.spoco.pt")
+    assert state.source is ModelSource.FILE and not state.unsaved and state.describe() == "m.spoco.pt"
+    state.run_ended(tiny_model, self_supervised=False)
+    assert state.describe() == "m.spoco.pt, fine-tuned"
+
+    state.use(None, ModelSource.NONE)  # New: the next Train starts from scratch
+    assert not state.start_from_default and state.current is None
+    state.stepped(tiny_model, 1)  # a new network is the model from its first step on
+    assert state.current is tiny_model and state.source is ModelSource.NEW
+    other = SpocoModel.new(ModelConfig(ndim=2))
+    state.run_ended(other, self_supervised=False)  # a run that returned another model
+    assert state.current is other and state.describe() == "new" and len(emitted) == 9
+
+
+def test_job_state_allows_one_job_and_says_why(monkeypatch):
+    import napari_spoco._napari.state as state_module
+
+    warnings = []
+    monkeypatch.setattr(state_module, "show_warning", warnings.append)
+    job = JobState()
+    seen = []
+    job.changed.connect(lambda: seen.append(job.running))
+    assert job.idle and not job.refuse("anything")
+    job.start(Job.ADAPT)
+    assert job.training and not job.segmenting and job.refuse("segmenting")
+    assert job.refuse("replacing the model", segmenting=False)
+    job.finish()
+    job.start(Job.SEGMENT)
+    assert job.refuse("training") and not job.refuse("replacing the model", segmenting=False)
+    job.finish()
+    assert seen == [Job.ADAPT, None, Job.SEGMENT, None]
+    assert len(warnings) == 3 and "Training is running" in warnings[0] and "Segmentation is running" in warnings[2]
+
+
+def _enabled(widget) -> dict[str, bool]:
+    buttons = {
+        "train": widget.train_panel.train_btn, "adapt": widget.train_panel.adapt_btn,
+        "stop": widget.train_panel.stop_btn, "segment": widget.segment_panel.segment_btn,
+        "default": widget.model_panel.default_model_btn, "new": widget.model_panel.new_model_btn,
+        "load": widget.model_panel.load_model_btn, "save": widget.model_panel.save_model_btn,
+    }
+    return {name: b.isEnabled() for name, b in buttons.items()}
+
+
+def test_each_panel_enables_its_buttons_from_the_shared_state(spoco, tiny_model):
+    viewer, widget = spoco
+    state = widget.state
+    assert _enabled(widget) == dict(train=True, adapt=True, stop=False, segment=False,
+                                    default=True, new=True, load=True, save=False)
+    state.model.use(tiny_model, ModelSource.NEW)
+    assert _enabled(widget)["segment"] and _enabled(widget)["save"]
+    assert "2D model (new)" in widget.model_panel.model_label.text()
+
+    state.job.start(Job.TRAIN)
+    assert _enabled(widget) == dict(train=False, adapt=False, stop=True, segment=False,
+                                    default=False, new=False, load=False, save=False)
+    state.job.finish()
+    state.job.start(Job.SEGMENT)  # the model may be replaced or saved while it segments
+    assert _enabled(widget) == dict(train=False, adapt=False, stop=False, segment=False,
+                                    default=True, new=True, load=True, save=True)
+    state.job.finish()
+    assert _enabled(widget) == dict(train=True, adapt=True, stop=False, segment=True,
+                                    default=True, new=True, load=True, save=True)
+
+    widget.train_panel.loss_plot.add(1.0)
+    state.model.use(None, ModelSource.NONE)  # New: no model, no loss curve
+    assert not _enabled(widget)["segment"] and not widget.train_panel.loss_plot.values
+    assert "Train starts a new network" in widget.model_panel.model_label.text()
+
+
+def _names(picker):
+    return [layer.name if layer is not None else None for layer in picker.choices]
+
+
+@pytest.mark.parametrize("docked", [True, False])
+def test_layer_pickers_follow_layers_added_removed_and_renamed(make_napari_viewer, docked):
+    viewer = make_napari_viewer()
+    if docked:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
+    else:
+        widget = SpocoWidget(viewer)
+    data, correct = widget.data_panel, widget.correct_panel
+    assert data.image is None and not widget.train_panel.adapt_btn.isEnabled()
+
+    viewer.add_image(np.zeros((32, 32), np.float32), name="a")
+    viewer.add_image(np.zeros((32, 32), np.float32), name="b")
+    viewer.add_labels(np.zeros((32, 32), np.uint32), name="seg")
+    assert _names(data.image_box) == ["a", "b"] and data.image.name == "a"
+    assert isinstance(data.image, Image) and isinstance(data.labels, Labels)
+    assert _names(correct.gt_box) == [None, "seg"] and correct.gt_box.value is None  # optional
+    assert widget.export_panel.export_box.value.name == "seg"
+    assert widget.train_panel.adapt_btn.isEnabled() and widget.train_panel.train_btn.isEnabled()
+
+    data.image_box.native.setCurrentText("b")
+    viewer.layers["b"].name = "b renamed"  # the renamed layer stays chosen
+    assert _names(data.image_box) == ["a", "b renamed"] and data.image.name == "b renamed"
+    assert data.image_box.current_choice == "b renamed"
+    viewer.layers["seg"].name = "seg 2"
+    assert data.labels.name == "seg 2" and widget.export_panel.export_box.value.name == "seg 2"
+
+    viewer.layers.move(1, 0)  # reordered: same layers (magicgui keeps its item order), same choice
+    assert sorted(_names(data.image_box)) == ["a", "b renamed"] and data.image.name == "b renamed"
+
+    viewer.layers.remove("b renamed")
+    assert _names(data.image_box) == ["a"] and data.image.name == "a"
+    viewer.layers.remove("seg 2")
+    assert data.labels is None and correct.result_box.value is None and _names(correct.gt_box) == [None]
+    assert not widget.train_panel.train_btn.isEnabled() and not widget.export_panel.export_btn.isEnabled()
+    assert widget.train_panel.adapt_btn.isEnabled()
+    viewer.layers.remove("a")
+    assert data.image is None and not widget.train_panel.adapt_btn.isEnabled()
+    assert not widget.data_panel.new_labels_btn.isEnabled()
+
