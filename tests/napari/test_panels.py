@@ -1,9 +1,11 @@
 """The dock widget's parts on their own: the shared state and its signals, each panel's
-buttons following it, and the magicgui layer pickers following the layer list."""
+buttons following it, the magicgui layer pickers following the layer list, and the jobs
+showing in napari's activity dock."""
 
 import numpy as np
 import pytest
 from napari.layers import Image, Labels
+from napari.utils import progress
 
 from napari_spoco._napari.state import Job, JobState, ModelSource, ModelState
 from napari_spoco._napari.widget import SpocoWidget
@@ -142,3 +144,59 @@ def test_layer_pickers_follow_layers_added_removed_and_renamed(make_napari_viewe
     assert data.image is None and not widget.train_panel.adapt_btn.isEnabled()
     assert not widget.data_panel.new_labels_btn.isEnabled()
 
+
+def _activity_bars(viewer):
+    from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
+
+    dialog = viewer.window._qt_window._activity_dialog
+    # (a closed bar lingers until Qt deletes it: only the bars of open progress objects count)
+    return {bar.progress.desc: bar for bar in dialog.findChildren(QtLabeledProgressBar)
+            if bar.progress in progress._all_instances}
+
+
+def _open_spoco_progress():
+    return [p for p in progress._all_instances if str(p.desc).startswith("SPOCO")]
+
+
+def test_training_and_segmentation_show_in_napari_activity_dock(spoco):
+    viewer, widget = spoco
+    train = widget.train_panel
+    seen = []  # what napari's activity dock showed at each step of the run
+    original = train._on_train_yield
+
+    def on_yield(item):
+        original(item)
+        bar = _activity_bars(viewer).get("SPOCO: training")
+        seen.append((item.step, bar.qt_progress_bar.value(), bar.qt_progress_bar.maximum()) if bar else None)
+
+    train._on_train_yield = on_yield
+    train.steps_spin.setValue(3)
+    train.train_btn.click()
+    # The bar moves with the steps (the first and the last, at most twice a second between).
+    assert seen[0] == (1, 1, 3) and seen[-1] == (3, 3, 3) and len(seen) == 3
+    assert all(value <= step for step, value, _ in seen) and sorted(seen) == seen
+    assert train.activity.closed and not _open_spoco_progress()  # closed when the run ends
+
+    segment = widget.segment_panel
+    during = []
+    original_segmented = segment._on_segmented
+    segment._on_segmented = lambda result: (
+        during.append(sorted(_activity_bars(viewer))), original_segmented(result)
+    )
+    segment.segment_btn.click()
+    assert during == [["SPOCO: segmenting 'nuclei'"]] and not _open_spoco_progress()
+
+
+def test_cancel_in_napari_activity_dock_stops_training(spoco, qtbot):
+    viewer, widget = spoco
+    widget.sync = False
+    train = widget.train_panel
+    train.steps_spin.setValue(100_000)
+    train.train_btn.click()
+    qtbot.waitUntil(lambda: train.last_progress is not None and train.last_progress.step >= 2, timeout=60_000)
+    _activity_bars(viewer)["SPOCO: training"].cancel_button.click()
+    qtbot.waitUntil(lambda: widget.state.job.idle, timeout=20_000)
+    assert train.job.stop.is_set() and train.last_progress.step < 100_000
+    assert "stopping" not in train.train_label.text() and "Trained" in train.train_label.text()
+    assert not _open_spoco_progress()
+    assert widget.state.model.current is not None and widget.state.model.fine_tuned

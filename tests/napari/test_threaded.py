@@ -17,6 +17,12 @@ from napari_spoco.errors import SpocoError
 from napari_spoco.model import ModelConfig, SpocoModel
 
 
+def open_spoco_progress():
+    from napari.utils import progress
+
+    return [p for p in progress._all_instances if str(p.desc).startswith("SPOCO")]
+
+
 def wait_idle(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: widget.state.job.idle, timeout=timeout)
     # the worker's thread ends just after its last signal
@@ -65,6 +71,7 @@ def test_a_failing_job_is_reported_once(threaded, qtbot, notes, napari_notes, mo
     assert widget.state.model.current is kept and np.array_equal(sparse.data, painted)
     assert "nuclei instances" not in viewer.layers
     assert widget.train_panel.train_btn.isEnabled() and widget.segment_panel.segment_btn.isEnabled()
+    assert not open_spoco_progress()  # its bar left napari's activity dock
 
 
 def _train_until_running(qtbot, widget):
@@ -91,6 +98,7 @@ def test_closing_the_viewer_or_the_panel_stops_training(threaded, qtbot, notes, 
         qtbot.wait(200)  # late signals reach a widget that is gone without an error
     assert not raised, raised
     assert not notes["error"], notes["error"]
+    assert not open_spoco_progress()  # no bar left behind in napari's activity dock
 
 
 def _gate(monkeypatch, name):

@@ -39,6 +39,7 @@ class SegmentPanel(QGroupBox):
     def __init__(self, state: SpocoState, data: DataPanel, parent=None) -> None:
         super().__init__("4 · Segment", parent)
         self.state, self.data, self.viewer = state, data, state.viewer
+        self.activity: workers.Activity | None = None  # the bar in napari's activity dock
         self._target = None  # (image id, image name, result layer id, result layer created)
         form = QFormLayout(self)
         self.method_box = QComboBox()
@@ -114,6 +115,7 @@ class SegmentPanel(QGroupBox):
         self.segment_label.setText(f"Segmenting '{image.name}' ({config.method})…")
         self.busy_bar.setVisible(True)
         self.state.job.start(Job.SEGMENT)
+        self.activity = workers.Activity(f"SPOCO: segmenting '{image.name}'")
         workers.launch(
             workers.segment_job,
             job,
@@ -190,6 +192,7 @@ class SegmentPanel(QGroupBox):
         self.segment_label.setText("Segmentation failed; see the notification.")
 
     def _on_segment_finished(self) -> None:
+        self.activity.close()  # also when the panel is gone: napari's dock would keep the bar
         if self.state.closing.closed:
             return
         self.busy_bar.setVisible(False)

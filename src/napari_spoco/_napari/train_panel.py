@@ -3,7 +3,7 @@ out of the panels to the model the run leaves behind.
 
 Train copies the painted pairs into a ``TrainJob`` (the worker never reads a widget), starts
 ``workers.training_job`` in a napari thread worker, and shows every step it yields in the
-panel; every few seconds the job also yields a preview of the
+panel and in napari's activity dock; every few seconds the job also yields a preview of the
 part of the image in view. The model being trained is the current model from its first step on.
 """
 
@@ -45,6 +45,7 @@ class TrainPanel(QGroupBox):
         self.last_preview: workers.PreviewResult | None = None
         self.job: workers.TrainJob | None = None
         self.worker = None  # the napari thread worker (None when run inline)
+        self.activity: workers.Activity | None = None  # the bar in napari's activity dock
         self._preview_request: workers.PreviewTarget | None = None
         form = QFormLayout(self)
         self.steps_spin = QSpinBox()
@@ -191,6 +192,7 @@ class TrainPanel(QGroupBox):
         self.progress_bar.setValue(0)
         self.train_label.setText(message)
         self.state.job.start(kind)
+        self.activity = workers.Activity(f"SPOCO: {kind.value.lower()}", config.steps, on_cancel=self.stop_training)
         self.worker = workers.launch(
             workers.training_job,
             self.job,
@@ -224,6 +226,7 @@ class TrainPanel(QGroupBox):
         )
         self.loss_plot.add(p.losses["total"])
         self._preview_request = self._preview_target()
+        self.activity.to(p.step)  # last: napari's dock turns the event loop as it redraws
 
     def _on_train_done(self, model) -> None:
         if self.state.closing.closed:  # the panel is gone
@@ -242,6 +245,7 @@ class TrainPanel(QGroupBox):
         self.train_label.setText(f"Training stopped: {exc}")
 
     def _on_train_finished(self) -> None:
+        self.activity.close()  # also when the panel is gone: napari's dock would keep the bar
         if self.state.closing.closed:
             return
         self.worker = None
