@@ -1,5 +1,8 @@
-"""The shipped starting model and self-supervised pretraining (library and CLI)."""
+"""The shipped starting model, fine-tuning it, and self-supervised pretraining (library and CLI)."""
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import tifffile
 import torch
@@ -94,3 +97,100 @@ def test_pretrain_from_a_model_keeps_the_teacher_near_it(tiny_pair):
 def test_pretrain_config_is_gentler_than_training():
     assert pretrain_config().learning_rate < TrainConfig().learning_rate
     assert pretrain_config(steps=7).steps == 7
+
+
+def _fine_tune_snapshots(checkpoints, seed=0, **config):
+    """Fine-tune the shipped model on the sample; CPU snapshots at the given step counts."""
+    from napari_spoco.training import iter_train
+
+    s = load_sample()
+    snaps = {}
+    # A 300-step plan, as a one-minute run: only its first steps are taken.
+    for p in iter_train([s.train_image], [s.train_sparse], TrainConfig(steps=300, seed=seed, device="cpu", **config),
+                        load_default_model(2)):
+        if p.step in checkpoints:
+            snaps[p.step] = p.model.snapshot()
+        if p.step == max(checkpoints):
+            break
+    return snaps
+
+
+@pytest.fixture(scope="module")
+def zero_shot():
+    """AP50 of the shipped model on the sample's training and held-out crops, before training."""
+    s = load_sample()
+    model = load_default_model(2)
+    return {name: evaluate(truth, segment(model, image, device="cpu"))["AP50"]
+            for name, image, truth in (("train", s.train_image, s.train_truth), ("held-out", s.test_image, s.test_truth))}
+
+
+def test_fine_tuning_the_shipped_model_does_not_start_by_unlearning(zero_shot):
+    # Issue 5: the first steps used to wreck the shipped model (AP50 0.38 / 0.59 zero-shot on
+    # the training / held-out crop; 0.13 / 0.22 after one step, 0.35 / 0.37 after five). A
+    # fine-tuned model predicts with its EMA teacher, which keeps the spec's fixed momentum
+    # 0.999 from a trained start, with BatchNorm statistics frozen and a learning-rate warm-up
+    # (docs/method.md, "Fine-tuning a trained model"). 0.02 is less than one object on either
+    # crop (one nucleus more or less moves AP50 by 0.025-0.05); over seeds 0-2 the rule held at
+    # 1, 5, 20 and 100 steps (benchmarks/early_steps.py, docs/benchmarks.md). The held-out crop
+    # after one step is checked through the preview test below.
+    s = load_sample()
+    snaps = _fine_tune_snapshots([1, 5])
+    checks = [(1, "train", s.train_image, s.train_truth), (5, "train", s.train_image, s.train_truth),
+              (5, "held-out", s.test_image, s.test_truth)]
+    for step, name, image, truth in checks:
+        ap = evaluate(truth, segment(snaps[step], image, device="cpu"))["AP50"]
+        assert ap >= zero_shot[name] - 0.02, (step, name, zero_shot[name], ap)
+    assert all(snap.predictor is snap.teacher for snap in snaps.values())
+
+
+def test_preview_during_fine_tuning_is_made_by_the_stable_teacher(zero_shot):
+    # The napari preview segments a snapshot of the model being trained: after one step it
+    # must look like the model before Train, not like the student's first step.
+    from napari_spoco._napari import workers
+
+    s = load_sample()
+    box = (slice(0, 256), slice(0, 256))
+    start = load_default_model(2)
+    original = [p.clone() for p in start.teacher.parameters()]
+    with torch.no_grad():
+        gap = sum(float((t - u).abs().sum()) for t, u in zip(start.teacher.parameters(), start.student.parameters()))
+    buffers = [b.clone() for b in start.student.buffers()]
+    job = workers.TrainJob([s.train_image], [s.train_sparse], TrainConfig(steps=300, device="cpu"), model=start,
+                           preview_every=1e-9,
+                           preview_target=lambda: workers.PreviewTarget("test", s.test_image, box, (0, 0)))
+    gen = workers.training_job(job)
+    preview = next(item for item in gen if isinstance(item, workers.PreviewResult))
+    gen.close()
+    assert preview.step == 1
+    assert evaluate(s.test_truth, preview.labels)["AP50"] >= zero_shot["held-out"] - 0.02
+    # The teacher has moved 0.1 % of the way to the student (momentum 0.999; the warm-up
+    # schedule of a random start moved it 90 %), the normalisation statistics not at all.
+    with torch.no_grad():
+        teacher_move = sum(float((a - b).abs().sum()) for a, b in zip(original, start.teacher.parameters()))
+    assert 0 < teacher_move < 0.002 * gap
+    assert all(torch.equal(a, b) for a, b in zip(buffers, start.student.buffers()))
+
+
+def test_fine_tuned_model_predicts_with_its_teacher_and_says_so_in_its_file(tmp_path, tiny_pair):
+    from napari_spoco.inference import embed
+    from napari_spoco.io import load_model, save_model
+
+    image, sparse, _ = tiny_pair
+    quick = TrainConfig(steps=2, patch_shape=(32, 32), batch_size=2, device="cpu")
+    model = load_default_model(2)
+    assert model.predictor is model.student  # zero-shot: as the model was shipped
+    from napari_spoco.training import train
+
+    train([image], [sparse], quick, model=model)
+    assert model.predictor is model.teacher and model.partner is model.student
+    again = load_model(save_model(model, tmp_path / "m.spoco.pt"))
+    assert again.predictor is again.teacher
+    x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = again.teacher(torch.from_numpy(x)[None, None])[0, :16].numpy()
+        other = again.student(torch.from_numpy(x)[None, None])[0, :16].numpy()
+    emb = embed(again, x, margin=0, value_range=(0.0, 1.0))
+    assert np.allclose(emb.embeddings, expected, atol=1e-4) and not np.allclose(emb.embeddings, other, atol=1e-2)
+    # The behaviour before, kept for comparison, predicts with the student.
+    train([image], [sparse], replace(quick, stable_start=False), model=again)
+    assert again.predictor is again.student

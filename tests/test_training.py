@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_spoco.errors import SpocoError
 from napari_spoco.metrics import evaluate
@@ -134,3 +135,21 @@ def test_iter_train_closed_early_still_leaves_a_usable_model(tiny_pair):
     gen.close()
     assert model.history["steps"] == 1 and not model.student.training
     assert model.device.type == "cpu"
+
+
+def test_training_from_scratch_is_untouched_by_the_stable_fine_tuning_start(tiny_pair):
+    # The fine-tuning start (fixed teacher momentum, frozen BatchNorm statistics, warm-up,
+    # teacher predictions; docs/method.md) applies to trained models only: from scratch, and
+    # from a new network handed in, the run is the one it was before, bit for bit.
+    from dataclasses import replace
+
+    image, sparse, _ = tiny_pair
+    a = train([image], [sparse], _quick(3), model_config=SMALL)
+    b = train([image], [sparse], replace(_quick(3), stable_start=False), model_config=SMALL)
+    c = train([image], [sparse], _quick(3), model=SpocoModel.new(SMALL))
+    for m in (a, b, c):
+        assert m.predictor is m.student
+    for net in ("student", "teacher"):
+        for x, y, z in zip(getattr(a, net).state_dict().values(), getattr(b, net).state_dict().values(),
+                           getattr(c, net).state_dict().values()):
+            assert torch.equal(x, y) and torch.equal(x, z)

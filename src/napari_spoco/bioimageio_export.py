@@ -1,6 +1,7 @@
 """Export a napari-spoco model to the bioimage.io model format (a zip other tools can run).
 
-The package holds the student network as TorchScript (no napari-spoco code needed to run it),
+The package holds the model's predicting network (``SpocoModel.predictor``: the student, or the
+EMA teacher of a fine-tuned model) as TorchScript (no napari-spoco code needed to run it),
 the percentile normalisation as bioimage.io preprocessing, a test input with the output it must
 reproduce, and a README that says what the output is: per-pixel embeddings (plus the foreground
 logit), which still have to be clustered into instances (``napari_spoco.cluster_embeddings`` or
@@ -41,10 +42,11 @@ def _require_spec():
 
 
 def _scripted(model: SpocoModel) -> torch.jit.ScriptModule:
-    """The student network as TorchScript, in evaluation mode, on the CPU."""
+    """The predicting network (student or, after fine-tuning, the EMA teacher) as TorchScript,
+    in evaluation mode, on the CPU."""
     import copy
 
-    net = copy.deepcopy(model.student).to("cpu", memory_format=torch.contiguous_format).eval()
+    net = copy.deepcopy(model.predictor).to("cpu", memory_format=torch.contiguous_format).eval()
     return torch.jit.script(net)
 
 

@@ -26,9 +26,11 @@ from .training import select_device
 class Embedding:
     """Per-pixel outputs of a model for one image."""
 
-    embeddings: np.ndarray  # (E, *spatial) float32, student
+    embeddings: np.ndarray  # (E, *spatial) float32, of model.predictor
     foreground: np.ndarray | None  # (*spatial) float32 probability; None without a head
-    teacher_embeddings: np.ndarray | None = None  # (E, *spatial), for consistency clustering
+    # (E, *spatial), of model.partner (the teacher, or the student when the teacher predicts),
+    # for consistency clustering
+    teacher_embeddings: np.ndarray | None = None
 
 
 def default_tile_voxels(ndim: int) -> int:
@@ -158,7 +160,9 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     margin: int | None = None,
     max_tile_voxels: int | None = None,
 ) -> Embedding:
-    """Embed a 2D/3D image with the student (and optionally the teacher), tile by tile.
+    """Embed a 2D/3D image with the model's predicting network (``model.predictor``: the
+    student, or the EMA teacher of a fine-tuned model) and optionally the other one
+    (``with_teacher``, for consistency clustering), tile by tile.
 
     ``tile_shape`` is the largest tile along each axis; by default tiles of at most
     ``max_tile_voxels`` (default :func:`default_tile_voxels`) are shaped by :func:`plan_tiles`
@@ -201,7 +205,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     if any(p[1] for p in pad):
         x = np.pad(x, pad, mode="reflect")
 
-    nets = [model.student] + ([model.teacher] if with_teacher else [])
+    nets = [model.predictor] + ([model.partner] if with_teacher else [])
     # Accumulators cover the image only, not its margin (context, never output); plus the
     # weight sum and the padded input, about one image each.
     _check_memory(int(np.prod(image.shape)), model.config.out_channels * len(nets) + 2, image.shape)

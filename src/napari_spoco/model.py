@@ -173,6 +173,23 @@ class SpocoModel:
         return float(self.history.get("pixel_scale", 1.0))
 
     @property
+    def predicts_with_teacher(self) -> bool:
+        """Whether :attr:`predictor` is the EMA teacher: set by fine-tuning from a trained model
+        (docs/method.md, "Fine-tuning a trained model"); older files and models trained from
+        scratch predict with the student."""
+        return self.history.get("predict_with") == "teacher"
+
+    @property
+    def predictor(self) -> UNet:
+        """The network that segments (``segment``, the napari previews, bioimage.io export)."""
+        return self.teacher if self.predicts_with_teacher else self.student
+
+    @property
+    def partner(self) -> UNet:
+        """The other network: what consistency clustering checks the predictor's clusters against."""
+        return self.student if self.predicts_with_teacher else self.teacher
+
+    @property
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
 

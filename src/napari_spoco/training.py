@@ -51,6 +51,13 @@ class TrainConfig:
     scale: float | None = None
     seed: int = 0
     device: str = "auto"
+    # Starting from a trained model (docs/method.md, "Fine-tuning a trained model"): the teacher
+    # keeps a fixed momentum of ``ema_momentum`` from the first step and the consistency term its
+    # full weight, BatchNorm keeps the starting model's statistics, the learning rate warms up
+    # over ``warmup_steps``, and the model predicts with its teacher. False: the behaviour before
+    # (the schedule of a random start; predictions by the student), kept for comparison.
+    stable_start: bool = True
+    warmup_steps: int = 20
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -76,6 +83,9 @@ class TrainConfig:
         check_field(self, "ema_momentum", "a number in [0, 1)", low=0, high=1, high_open=True)
         check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
+        check_field(self, "warmup_steps", "a whole number >= 0 (0 = no warm-up)", whole=True, low=0)
+        if not isinstance(self.stable_start, bool):
+            raise SpocoError(f"TrainConfig.stable_start = {self.stable_start!r}: expected True or False.")
         check_field(self, "ring_width", "a whole number >= 0", whole=True, low=0)
         check_field(self, "background_label", "a positive whole number (0 means unlabelled, so it cannot "
                     "mark background; e.g. 65535), or None", whole=True, low=1, optional=True)
@@ -284,6 +294,9 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     )
     ndim = data[0].image.ndim
     started_from_model = model is not None
+    # Fine-tuning a trained model (not a new or untrained one handed in): docs/method.md.
+    stable = (config.stable_start and not self_supervised and model is not None
+              and model.history.get("steps", 0) > 0)
     if model is None:
         model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim), seed=config.seed)
     elif model.config.ndim != ndim:
@@ -322,9 +335,11 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.steps if config.steps > 0 else 10**9
     seconds = config.minutes * 60.0 if config.minutes else None
-    if self_supervised and started_from_model:
-        # The teacher starts as a trained model: keep it close to that (the spec's fixed 0.999)
-        # so that the student cannot drift with it towards the trivial all-alike embedding.
+    if (self_supervised and started_from_model) or stable:
+        # The teacher starts as a trained model: keep it close to that (the paper's fixed momentum,
+        # 0.999).
+        # Self-supervised, so that the student cannot drift with it towards the trivial
+        # all-alike embedding; fine-tuning, so that it does not follow the student's first steps.
         def momentum(step: int) -> float:
             return config.ema_momentum
     else:
@@ -336,11 +351,22 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if sizes:  # self-supervised runs keep what the model knew about object sizes
         model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
     model.history["pixel_scale"] = scale
+    if not self_supervised:  # set before the first step: previews segment with the predictor
+        model.history["predict_with"] = "teacher" if stable else "student"
+    warmup = config.consistency_warmup_steps if not stable else 0  # a trained teacher from step 1
     start = time.perf_counter()
     step = 0
     try:
         student.train()
         teacher.train()
+        if stable:
+            # Keep the starting model's normalisation: batch statistics of a few patches around
+            # painted objects are not those of whole fields, and the teacher (an average of the
+            # student's weights) would otherwise get the student's shifted statistics.
+            for net in (student, teacher):
+                for mod in net.modules():
+                    if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
         while step < total_steps:
             elapsed = time.perf_counter() - start
             if seconds is not None and elapsed >= seconds:
@@ -349,6 +375,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
                 break
             frac = max(step / total_steps, elapsed / seconds if seconds else 0.0)
             lr = config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            if stable and config.warmup_steps > 0:  # Adam's first steps are full-size
+                lr *= min(1.0, (step + 1) / config.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
 
@@ -361,7 +389,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
 
             emb, fg = split_output(student(view1), model.config)
             teacher_emb = teacher_fg = None
-            ramp = min(1.0, (step + 1) / max(1, config.consistency_warmup_steps))
+            ramp = min(1.0, (step + 1) / max(1, warmup))
             loss_cfg = replace(config.loss, consistency_weight=config.loss.consistency_weight * ramp)
             if loss_cfg.consistency_weight > 0:
                 with torch.inference_mode():
@@ -427,7 +455,7 @@ def pretrain(
     names: Sequence[str] | None = None,
 ) -> SpocoModel:
     """Self-supervised adaptation to unlabelled images: the two-view consistency term alone
-    (student vs. EMA teacher, spec term 6) on random patches, before anything is painted.
+    (student vs. EMA teacher; docs/method.md, "Loss") on random patches, before anything is painted.
 
     Best started from a trained model (the shipped default): from a random network the
     consistency term alone is satisfied by embeddings that are all alike, which teaches
