@@ -145,6 +145,25 @@ def test_layer_pickers_follow_layers_added_removed_and_renamed(make_napari_viewe
     assert not widget.data_panel.new_labels_btn.isEnabled()
 
 
+def test_layer_pickers_let_go_of_the_layer_list_when_the_panel_closes(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    events = viewer.layers.events
+
+    def connected():
+        return {name: len(getattr(events, name).callbacks) for name in ("inserted", "removed", "renamed")}
+
+    before = connected()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
+    assert all(connected()[name] > n for name, n in before.items())
+    viewer.window.remove_dock_widget(widget)  # the panel's close button; the viewer lives on
+    with qtbot.capture_exceptions() as raised:
+        layer = viewer.add_image(np.zeros((8, 8), np.float32), name="later")  # the pickers let go here
+        layer.name = "renamed"
+        viewer.layers.remove(layer)
+    assert not raised, raised
+    assert connected() == before
+
+
 def _activity_bars(viewer):
     from napari._qt.widgets.qt_progress_bar import QtLabeledProgressBar
 
@@ -166,7 +185,7 @@ def test_training_and_segmentation_show_in_napari_activity_dock(spoco):
 
     def on_yield(item):
         original(item)
-        bar = _activity_bars(viewer).get("SPOCO: training")
+        bar = _activity_bars(viewer).get("SPOCO training")
         seen.append((item.step, bar.qt_progress_bar.value(), bar.qt_progress_bar.maximum()) if bar else None)
 
     train._on_train_yield = on_yield
@@ -184,7 +203,7 @@ def test_training_and_segmentation_show_in_napari_activity_dock(spoco):
         during.append(sorted(_activity_bars(viewer))), original_segmented(result)
     )
     segment.segment_btn.click()
-    assert during == [["SPOCO: segmenting 'nuclei'"]] and not _open_spoco_progress()
+    assert during == [["SPOCO segmenting 'nuclei'"]] and not _open_spoco_progress()
 
 
 def test_cancel_in_napari_activity_dock_stops_training(spoco, qtbot):
@@ -194,7 +213,7 @@ def test_cancel_in_napari_activity_dock_stops_training(spoco, qtbot):
     train.steps_spin.setValue(100_000)
     train.train_btn.click()
     qtbot.waitUntil(lambda: train.last_progress is not None and train.last_progress.step >= 2, timeout=60_000)
-    _activity_bars(viewer)["SPOCO: training"].cancel_button.click()
+    _activity_bars(viewer)["SPOCO training"].cancel_button.click()
     qtbot.waitUntil(lambda: widget.state.job.idle, timeout=20_000)
     assert train.job.stop.is_set() and train.last_progress.step < 100_000
     assert "stopping" not in train.train_label.text() and "Trained" in train.train_label.text()

@@ -21,7 +21,8 @@ class CorrectPanel(QGroupBox):
         super().__init__("5 · Correct and evaluate", parent)
         self.state, self.data, self.viewer = state, data, state.viewer
         form = QFormLayout(self)
-        self.result_box = layer_picker(self.viewer, Labels, "The segmentation to promote or evaluate.")
+        self.result_box = layer_picker(self.viewer, Labels, "The segmentation to promote or evaluate.",
+                                       closed=state.closing.is_closed)
         form.addRow("Segmentation", self.result_box.native)
         row = QHBoxLayout()
         self.promote_sel_btn = QPushButton("Use selected as labels")
@@ -36,7 +37,7 @@ class CorrectPanel(QGroupBox):
         row.addWidget(self.promote_all_btn)
         form.addRow(row)
         self.gt_box = layer_picker(self.viewer, Labels, "A dense ground-truth labels layer, if you have one.",
-                                   nullable=True)
+                                   nullable=True, closed=state.closing.is_closed)
         form.addRow("Ground truth", self.gt_box.native)
         self.evaluate_btn = QPushButton("Evaluate")
         self.evaluate_btn.clicked.connect(self.evaluate)

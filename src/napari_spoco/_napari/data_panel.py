@@ -27,13 +27,15 @@ class DataPanel(QGroupBox):
         self.state = state
         self.viewer = state.viewer
         form = QFormLayout(self)
-        self.image_box = layer_picker(self.viewer, Image, "The image to train on and segment (2D, 3D, 2D+t or RGB).")
+        self.image_box = layer_picker(self.viewer, Image, "The image to train on and segment (2D, 3D, 2D+t or RGB).",
+                                      closed=state.closing.is_closed)
         form.addRow("Image", self.image_box.native)
         self.labels_box = layer_picker(
             self.viewer,
             Labels,
             "Sparse labels: paint a few whole objects, each with its own id. Unpainted pixels are 'unknown', "
             "not background.",
+            closed=state.closing.is_closed,
         )
         form.addRow("Sparse labels", self.labels_box.native)
         row = QHBoxLayout()

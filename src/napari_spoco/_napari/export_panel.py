@@ -21,7 +21,7 @@ class ExportPanel(QGroupBox):
         super().__init__("6 · Export", parent)
         self.state, self.viewer = state, state.viewer
         form = QFormLayout(self)
-        self.export_box = layer_picker(self.viewer, Labels, "The labels layer to save.")
+        self.export_box = layer_picker(self.viewer, Labels, "The labels layer to save.", closed=state.closing.is_closed)
         form.addRow("Labels", self.export_box.native)
         self.export_btn = QPushButton("Export TIFF…")
         self.export_btn.setToolTip("uint16 or uint32 TIFF (by the largest id), the layer's shape, 2D or 3D.")

@@ -18,6 +18,7 @@ class ModelPanel(QGroupBox):
     def __init__(self, state: SpocoState, parent=None) -> None:
         super().__init__("2 · Model", parent)
         self.state = state
+        self._has_default = has_default_model(2)  # (a file check; the buttons update at every step)
         lay = QVBoxLayout(self)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
@@ -49,7 +50,7 @@ class ModelPanel(QGroupBox):
         training = self.state.job.training
         model = self.state.model.current
         self.new_model_btn.setEnabled(not training)
-        self.default_model_btn.setEnabled(not training and has_default_model(2))
+        self.default_model_btn.setEnabled(not training and self._has_default)
         self.load_model_btn.setEnabled(not training)
         self.save_model_btn.setEnabled(model is not None and not training)
         self.model_label.setText(self.describe())

@@ -115,7 +115,7 @@ class SegmentPanel(QGroupBox):
         self.segment_label.setText(f"Segmenting '{image.name}' ({config.method})…")
         self.busy_bar.setVisible(True)
         self.state.job.start(Job.SEGMENT)
-        self.activity = workers.Activity(f"SPOCO: segmenting '{image.name}'")
+        self.activity = workers.Activity(f"SPOCO segmenting '{image.name}'")
         workers.launch(
             workers.segment_job,
             job,

@@ -160,6 +160,9 @@ class Closing:
         if self.stop is not None:
             self.stop.set()
 
+    def is_closed(self) -> bool:
+        return self.closed
+
 
 @dataclass
 class SpocoState:

@@ -192,7 +192,7 @@ class TrainPanel(QGroupBox):
         self.progress_bar.setValue(0)
         self.train_label.setText(message)
         self.state.job.start(kind)
-        self.activity = workers.Activity(f"SPOCO: {kind.value.lower()}", config.steps, on_cancel=self.stop_training)
+        self.activity = workers.Activity(f"SPOCO {kind.value.lower()}", config.steps, on_cancel=self.stop_training)
         self.worker = workers.launch(
             workers.training_job,
             self.job,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 
 from magicgui.widgets import ComboBox
 from qtpy.QtCore import QPointF, Qt
@@ -11,14 +12,16 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
 
 
-def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False) -> ComboBox:
+def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False,
+                 closed: Callable[[], bool] = lambda: False) -> ComboBox:
     """A magicgui combo box of ``viewer``'s layers of ``layer_type`` (its value: the layer, or
     None), kept current as layers are added, removed, reordered and renamed.
 
     napari refreshes the pickers of a magicgui dock widget itself (``reset_choices`` on the
     layer list's events), but only for a widget that has ``reset_choices`` and only once it
     is docked; ours is a panel of several pickers that also works undocked, so each picker
-    follows the layer list on its own. A renamed layer stays selected.
+    follows the layer list on its own. A renamed layer stays selected. Once ``closed()`` says
+    the panel is gone (or its Qt widget is deleted), the picker lets go of the layer list.
     """
 
     def choices(_widget) -> list[tuple[str, object]]:
@@ -29,17 +32,26 @@ def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False) 
     picker.native.setMinimumContentsLength(12)
     ref = weakref.ref(picker)
 
+    events = viewer.layers.events
+    emitters = (events.inserted, events.removed, events.reordered, events.renamed)
+
     def refresh(event=None) -> None:
         picker = ref()
-        if picker is not None:
-            try:
-                _refresh(picker)
-            except RuntimeError:  # its Qt widget is gone with the panel
-                pass
+        if picker is None or closed():
+            disconnect()
+            return
+        try:
+            _refresh(picker)
+        except RuntimeError:  # its Qt widget is gone with the panel
+            disconnect()
 
-    events = viewer.layers.events
-    for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+    def disconnect(*args) -> None:  # the panel is gone; the viewer may live on
+        for emitter in emitters:
+            emitter.disconnect(refresh)
+
+    for emitter in emitters:
         emitter.connect(refresh)
+    picker.native.destroyed.connect(disconnect)
     return picker
 
 

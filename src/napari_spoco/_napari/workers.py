@@ -230,8 +230,13 @@ class Activity:
     def __init__(self, description: str, total: int = 0, on_cancel: Callable[[], None] | None = None) -> None:
         from napari.utils import cancelable_progress, progress
 
+        # napari's dock shows what follows the last '|' next to the bar: a short "150/300,
+        # 02:09 left" rather than tqdm's "150/300 [03:25<02:09, 1.16it/s]", which its narrow
+        # dock cuts off.
+        kwargs = dict(total=total, desc=description, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                      "{n_fmt}/{total_fmt}, {remaining} left")
         if on_cancel is None:
-            self.progress = progress(total=total, desc=description)
+            self.progress = progress(**kwargs)
         else:
             class _Stoppable(cancelable_progress):
                 # napari's Cancel only flags the progress object (its callback runs when the
@@ -240,7 +245,7 @@ class Activity:
                     super().cancel()
                     on_cancel()
 
-            self.progress = _Stoppable(total=total, desc=description)
+            self.progress = _Stoppable(**kwargs)
         self.closed = False
         self._moved = 0.0  # when the bar last moved
 
