@@ -42,3 +42,13 @@ def test_export_refuses_a_test_image_of_the_wrong_kind(tmp_path):
         export_bioimageio(model, tmp_path / "m.pt")
     with pytest.raises(SpocoError, match="at least"):
         export_bioimageio(model, tmp_path / "m.zip", test_image=np.ones((16, 16), np.float32))
+
+
+def test_exported_colour_package_scales_each_channel_and_passes(tmp_path):
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=2, in_channels=3))
+    out = export_bioimageio(model, tmp_path / "rgb.zip")
+    passed, summary = validate_bioimageio(out)
+    assert passed, summary
+    with zipfile.ZipFile(out) as z:
+        assert np.load(z.open("test_input.npy")).shape[:2] == (1, 3)
+        assert "3 channels, each scaled on its own" in z.read("README.md").decode()

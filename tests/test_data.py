@@ -85,7 +85,7 @@ def test_patches_have_the_requested_shape_even_from_small_images(tiny_pair):
     data = prepare_training_data([image], [sparse])
     sampler = PatchSampler(data, (96, 80), seed=0)
     img, obj, bg, neg = sampler.batch(5)
-    assert img.shape == (5, 96, 80) and obj.shape == (5, 96, 80)
+    assert img.shape == (5, 1, 96, 80) and obj.shape == (5, 96, 80)
     assert (obj > 0).any()
 
 

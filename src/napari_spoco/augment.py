@@ -16,11 +16,13 @@ def random_geometry(
 ) -> tuple[np.ndarray, ...]:
     """Random flips on every axis and a random multiple of 90° in the last two axes.
 
-    The same transform is applied to all ``arrays`` (one sample's image, objects, background).
+    The same transform is applied to all ``arrays`` (one sample's image, objects, background);
+    axes are counted from the end, so an image may carry a leading channel axis that the last
+    array (a label patch) does not.
     """
-    ndim = arrays[0].ndim
+    ndim = arrays[-1].ndim
     out = list(arrays)
-    for axis in range(ndim):
+    for axis in range(-ndim, 0):
         if rng.random() < 0.5:
             out = [np.flip(a, axis) for a in out]
     if out[0].shape[-1] == out[0].shape[-2]:

@@ -51,16 +51,20 @@ def _scripted(model: SpocoModel) -> torch.jit.ScriptModule:
 
 
 def _default_test_image(model: SpocoModel) -> np.ndarray:
-    """A real crop of the shipped sample for 2D models; smooth synthetic blobs for 3D."""
+    """A real crop of the shipped sample for 2D models; smooth synthetic blobs for 3D; as
+    ``(C, *spatial)`` copies for models of several channels."""
     if model.config.ndim == 2:
         from .sample import load_sample
 
-        return load_sample().test_image[:128, :128]
-    rng = np.random.default_rng(0)
-    from scipy import ndimage as ndi
+        image = load_sample().test_image[:128, :128]
+    else:
+        rng = np.random.default_rng(0)
+        from scipy import ndimage as ndi
 
-    vol = ndi.gaussian_filter(rng.random((48, 64, 64)).astype(np.float32), 3)
-    return (vol > np.percentile(vol, 80)).astype(np.float32) * 1000 + rng.normal(100, 10, vol.shape).astype(np.float32)
+        vol = ndi.gaussian_filter(rng.random((48, 64, 64)).astype(np.float32), 3)
+        image = (vol > np.percentile(vol, 80)).astype(np.float32) * 1000 + rng.normal(100, 10, vol.shape).astype(np.float32)
+    c = model.config.in_channels
+    return image if c == 1 else np.stack([image] * c)
 
 
 def _readme(model: SpocoModel, name: str) -> str:
@@ -68,6 +72,8 @@ def _readme(model: SpocoModel, name: str) -> str:
     div = model.config.size_divisor
     fg = f"\nChannel {e} is a foreground logit (sigmoid > 0.5: object)." if model.config.foreground_head else ""
     axes = "z, y, x" if model.config.ndim == 3 else "y, x"
+    c = model.config.in_channels
+    channels = "one grey channel" if c == 1 else f"{c} channels, each scaled on its own"
     scale = model.pixel_scale
     resize = (
         f"\n\n**Resize first:** this model was trained on images resized by {scale:g} per axis (its\n"
@@ -81,7 +87,7 @@ A SPOCO embedding network exported by napari-spoco ({model.config.ndim}D UNet,
 
 ## What it computes
 
-Input `raw`: one grey channel, axes batch, channel, {axes}; each side a multiple of
+Input `raw`: {channels}, axes batch, channel, {axes}; each side a multiple of
 {model.config.size_divisor}, at least {div * -(-(2 * HALO + 1) // div)}. Preprocessing (in this package): per-image percentile scaling, 1st
 percentile to 0 and 99.8th to 1.{resize}
 
@@ -117,6 +123,7 @@ def export_bioimageio(
     authors: Sequence[str] = ("napari-spoco user",),
     license: str = "CC-BY-4.0",
     test_image: np.ndarray | None = None,
+    channel_axis: int | None = None,
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (a ``.zip``) at ``path``.
 
@@ -158,24 +165,28 @@ def export_bioimageio(
         raise SpocoError(f"A bioimage.io package is a .zip file; got {path.name}.")
     cfg = model.config
     div = cfg.size_divisor
-    image = check_image(test_image if test_image is not None else _default_test_image(model))
-    if image.ndim != cfg.ndim:
-        raise SpocoError(f"The test image is {image.ndim}D but the model is {cfg.ndim}D.")
-    crop = tuple(slice(0, (n // div) * div) for n in image.shape)
+    c = cfg.in_channels
+    if test_image is None:
+        test_image, channel_axis = _default_test_image(model), (0 if c > 1 else None)
+    image = check_image(test_image, "test image", c, channel_axis)
+    image = image if c > 1 else image[None]  # (C, *spatial)
+    if image.ndim - 1 != cfg.ndim:
+        raise SpocoError(f"The test image is {image.ndim - 1}D but the model is {cfg.ndim}D.")
+    crop = (slice(None),) + tuple(slice(0, (n // div) * div) for n in image.shape[1:])
     image = np.ascontiguousarray(image[crop], dtype=np.float32)
     min_side = div * -(-(2 * HALO + 1) // div)  # tiles must be larger than their two halos
-    if min(image.shape) < min_side:
+    if min(image.shape[1:]) < min_side:
         raise SpocoError(f"The test image must be at least {min_side} pixels on each side.")
 
     scripted = _scripted(model)
-    x = torch.from_numpy(normalize(image))[None, None]
+    x = torch.from_numpy(normalize(image, channels=c) if c > 1 else normalize(image))[None]
     with torch.no_grad():
         y = scripted(x).numpy()
 
     spatial = ["z", "y", "x"][-cfg.ndim:]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        np.save(tmp / "test_input.npy", image[None, None])
+        np.save(tmp / "test_input.npy", image[None])
         np.save(tmp / "test_output.npy", y)
         scripted.save(str(tmp / "weights.torchscript.pt"))
         (tmp / "README.md").write_text(_readme(model, name), encoding="utf-8")
@@ -184,8 +195,9 @@ def export_bioimageio(
         inputs = [
             InputTensorDescr(
                 id=raw,
-                description="grey-value image",
-                axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier("grey")])]
+                description="grey-value image" if c == 1 else f"image of {c} channels, each normalised on its own",
+                axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier("grey")] if c == 1
+                                               else [Identifier(f"channel{i}") for i in range(c)])]
                 + [SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=min_side, step=div)) for a in spatial],
                 test_tensor=FileDescr(source=tmp / "test_input.npy"),
                 data=IntervalOrRatioDataDescr(type="float32"),

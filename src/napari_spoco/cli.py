@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
                    "'auto' (default) brings 2D objects wider than 45 px to ~30 px. The model file keeps it.")
+    t.add_argument("--channel-axis", type=int, metavar="AXIS",
+                   help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
+                   "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
 
@@ -104,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--channel-axis", type=int, metavar="AXIS",
+                    help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
+                    "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
     pt.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(pt)
 
@@ -118,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="foreground probability above which a pixel can belong to an object (default 0.5)")
     pr.add_argument("--expand", type=NONNEG_INT, default=0, help="grow objects by this many pixels")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.add_argument("--channel-axis", type=int, metavar="AXIS",
+                    help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
+                    "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
     existing = pr.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing label files")
     existing.add_argument("--skip-existing", action="store_true",
@@ -238,7 +247,7 @@ class _Interrupts:
         return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
 
 
-def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False):
+def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False, channel_axis=None):
     """Train with a progress bar; returns ``(model, steps trained in this run, exit code)``,
     the exit code saying whether a signal stopped it early."""
     from .training import pretrain, train
@@ -256,9 +265,11 @@ def _train_with_progress(images, labels, config, model=None, names=None, self_su
     with _Interrupts(stop) as interrupts:
         try:
             if self_supervised:
-                model = pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names)
+                model = pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names,
+                                 channel_axis=channel_axis)
             else:
-                model = train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names)
+                model = train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names,
+                              channel_axis=channel_axis)
         finally:
             bar.close()
     return model, done["steps"], interrupts.exit_code
@@ -290,23 +301,37 @@ def _save_trained(model, out: Path, steps: int, exit_code: int) -> int:
     return exit_code
 
 
-def _initial_model(init: str | None, images):
+def _initial_model(init: str | None, images, channel_axis: int | None = None):
     """``--init``: 'default' → the shipped model for 2D images (3D: none shipped, start new),
     'none' → a new network, anything else → a model file."""
-    from .data import is_rgb
+    from .data import channel_count
     from .io import load_model
     from .pretrained import has_default_model, load_default_model
 
     if init in (None, "", "none"):
         return None
     if init == "default":
-        ndim = (2 if is_rgb(images[0]) else images[0].ndim) if images else 2
+        has_channels = bool(images) and (channel_axis is not None or channel_count(images[0]) > 1)
+        ndim = images[0].ndim - int(has_channels) if images else 2
         if has_default_model(ndim):
             print(f"Starting from the shipped {ndim}D model (--init none to start from scratch).", file=sys.stderr)
             return load_default_model(ndim)
         print(f"No shipped {ndim}D starting model: training a new network.", file=sys.stderr)
         return None
     return load_model(init)
+
+
+def _say_channels(images, channel_axis: int | None, init) -> None:
+    """Say how many channels the network will read, and that a grey model is widened to them."""
+    from .training import input_channels
+
+    channels = input_channels(images, channel_axis, init) if images else 1
+    if channels == 1:
+        return
+    what = "colour" if channel_axis is None else f"channels on axis {channel_axis}"
+    widened = init is not None and init.config.in_channels == 1
+    print(f"The network reads {channels} {what}" + (" (the one-channel starting model is widened to them)."
+                                                    if widened else "."), file=sys.stderr)
 
 
 def _init_path(init: str | None) -> Path | None:
@@ -361,7 +386,7 @@ def cmd_train(args) -> int:
         if stems:
             print(f"Note: {len(stems)} {what}(s) have no {other} of the same name and are not used: "
                   f"{_names(sorted(stems))}", file=sys.stderr)
-    images = [read_image(i) for _, i, _ in pairs]
+    images = [read_image(i, keep_channels=args.channel_axis is not None) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
     names = [s for s, _, _ in pairs]
     from .data import check_labels
@@ -369,7 +394,8 @@ def cmd_train(args) -> int:
     for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
         check_labels(lab, np.shape(lab), f"{name} labels")
     _check_background_label(args.background_label, labels, names)
-    init = _initial_model(args.init, images)
+    init = _initial_model(args.init, images, args.channel_axis)
+    _say_channels(images, args.channel_axis, init)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     scale = _scale(args.scale, labels, args.background_label, init)
     config = TrainConfig(
@@ -383,7 +409,8 @@ def cmd_train(args) -> int:
         patch_shape=tuple(args.patch_size) if args.patch_size else None,
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
-    model, trained, code = _train_with_progress(images, labels, config, model=init, names=names)
+    model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
+                                                channel_axis=args.channel_axis)
     return _save_trained(model, out, trained, code)
 
 
@@ -395,15 +422,17 @@ def cmd_pretrain(args) -> int:
     init_path = _init_path(args.init)
     out = _out_file(args.out, args.overwrite, list(files.values()) + ([init_path] if init_path else []))
     names = sorted(files)
-    images = [read_image(files[n]) for n in names]
-    init = _initial_model(args.init, images)
+    images = [read_image(files[n], keep_channels=args.channel_axis is not None) for n in names]
+    init = _initial_model(args.init, images, args.channel_axis)
+    _say_channels(images, args.channel_axis, init)
     if init is None:
         print("Note: pretraining a new network with the consistency term alone learns little; "
               "start from a trained model (--init default or a model file) where you can.", file=sys.stderr)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 300)
     config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed)
     print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
-    model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True)
+    model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True,
+                                                channel_axis=args.channel_axis)
     code = _save_trained(model, out, trained, code)
     if trained:
         print(f"Fine-tune it with `napari-spoco train --init {out} ...`.")
@@ -460,8 +489,9 @@ def cmd_predict(args) -> int:
     failed: dict[str, str] = {}
     for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr):
         try:
-            image = read_image(path)
-            labels = segment(model, image, method=args.method, config=config, device=args.device)
+            image = read_image(path, keep_channels=args.channel_axis is not None)
+            labels = segment(model, image, method=args.method, config=config, device=args.device,
+                             channel_axis=args.channel_axis)
             write_labels(targets[stem], labels)
         except (SpocoError, OSError, MemoryError) as exc:
             failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"

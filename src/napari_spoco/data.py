@@ -33,21 +33,41 @@ def to_grayscale_if_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate a 2D/3D single-channel (or RGB) image and return it as float32."""
+def channel_count(image: np.ndarray, channel_axis: int | None = None) -> int:
+    """How many channels an image holds: ``shape[channel_axis]`` when the axis is given, 3 for
+    ``(Y, X, 3|4)`` colour (alpha is no image content), else 1."""
+    image = image if hasattr(image, "shape") else np.asarray(image)
+    if channel_axis is not None:
+        return int(image.shape[_axis(channel_axis, image.ndim)])
+    return 3 if is_rgb(image) else 1
+
+
+def _axis(channel_axis: int, ndim: int) -> int:
+    if not -ndim <= channel_axis < ndim:
+        raise SpocoError(f"channel_axis {channel_axis} does not exist in an image with {ndim} axes.")
+    return channel_axis % ndim
+
+
+def channels_first(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """The image as ``(C, *spatial)``: the given channel axis moved first, ``(Y, X, 3|4)`` colour
+    as ``(3, Y, X)`` (alpha dropped), a single-channel image with a new axis of length 1."""
     image = np.asarray(image)
+    if channel_axis is not None:
+        return np.moveaxis(image, _axis(channel_axis, image.ndim), 0)
+    if is_rgb(image):
+        return np.moveaxis(image[..., :3], -1, 0)
+    return image[None]
+
+
+def _check_values(image: np.ndarray, name: str) -> np.ndarray:
     if image.dtype == bool or not (
         np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
     ):
         raise SpocoError(f"{name}: expected a numeric image, got dtype {image.dtype}.")
-    image = to_grayscale_if_rgb(image)
-    if image.ndim not in (2, 3):
-        raise SpocoError(
-            f"{name}: expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {image.shape}. "
-            "Split channels or time points into separate images first."
-        )
-    if min(image.shape) < 2:
-        raise SpocoError(f"{name}: image of shape {image.shape} is too small to segment.")
+    return image
+
+
+def _check_finite(image: np.ndarray, name: str) -> np.ndarray:
     image = image.astype(np.float32, copy=False)
     if not np.isfinite(image).all():
         raise SpocoError(
@@ -57,12 +77,66 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def intensity_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
-    """The percentile range that :func:`normalize` maps to [0, 1] (reference: 1 and 99.8).
+def check_image(
+    image: np.ndarray, name: str = "image", channels: int = 1, channel_axis: int | None = None
+) -> np.ndarray:
+    """Validate an image for a model that reads ``channels`` channels; return it as float32.
+
+    One channel (grey models): ``(Y, X)`` or ``(Z, Y, X)``; colour ``(Y, X, 3|4)`` becomes
+    luminance, as grey models have always read it. Several channels: the result is
+    ``(C, *spatial)``, channels taken from ``channel_axis`` or from ``(Y, X, 3|4)`` colour
+    (docs/method.md, "Colour and channels").
+    """
+    image = _check_values(np.asarray(image), name)
+    have = channel_count(image, channel_axis)
+    if channels == 1:
+        if channel_axis is not None and have > 1:
+            raise SpocoError(
+                f"{name}: the image has {have} channels but this model reads one; train a model on "
+                f"{have}-channel images (it keeps the channels), or give one channel."
+            )
+        image = to_grayscale_if_rgb(image) if channel_axis is None else np.take(image, 0, axis=channel_axis)
+    else:
+        if have != channels:
+            raise SpocoError(
+                f"{name}: this model reads {channels} channels but the image has {have} "
+                f"(shape {image.shape}). Give the image with its {channels} channels "
+                "(--channel-axis / channel_axis says which axis holds them), or train a model on "
+                "images like this one."
+            )
+        image = channels_first(image, channel_axis)
+    spatial = image.shape[1:] if channels > 1 else image.shape
+    if len(spatial) not in (2, 3):
+        raise SpocoError(
+            f"{name}: expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {image.shape}. "
+            "Give channels with --channel-axis (channel_axis=…), and split time points into "
+            "separate images."
+        )
+    if min(spatial) < 2:
+        raise SpocoError(f"{name}: image of shape {image.shape} is too small to segment.")
+    return _check_finite(image, name)
+
+
+def spatial_shape(image: np.ndarray, channels: int = 1) -> tuple[int, ...]:
+    """The spatial part of a checked image's shape (without its leading channel axis)."""
+    return tuple(image.shape[1:] if channels > 1 else image.shape)
+
+
+def intensity_range(
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, channels: int = 1
+) -> tuple[float, float] | tuple[tuple[float, float], ...]:
+    """The percentile range that :func:`normalize` maps to [0, 1] (reference: 1 and 99.8); for
+    a checked ``(C, *spatial)`` image of several channels, one range per channel.
 
     Percentiles of large images are taken on a strided subsample: same result, a fraction of
     the time.
     """
+    if channels > 1:
+        return tuple(_range(c, low, high) for c in np.asarray(image))
+    return _range(image, low, high)
+
+
+def _range(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
     flat = np.asarray(image).ravel()
     if flat.size > 2_000_000:
         flat = flat[:: flat.size // 1_000_000]
@@ -76,15 +150,24 @@ def intensity_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
 
 
 def normalize(
-    image: np.ndarray, low: float = 1.0, high: float = 99.8, value_range: tuple[float, float] | None = None
+    image: np.ndarray, low: float = 1.0, high: float = 99.8, value_range=None, channels: int = 1
 ) -> np.ndarray:
-    """Percentile normalisation to roughly [0, 1].
+    """Percentile normalisation to roughly [0, 1], per channel for ``(C, *spatial)`` images of
+    several channels (their stains differ in brightness by orders of magnitude).
 
     ``value_range`` (from :func:`intensity_range` of the whole image) normalises a crop exactly
     as the whole image would be, so previews on a crop match the full segmentation.
     """
     image = np.asarray(image, dtype=np.float32)
-    lo, hi = value_range if value_range is not None else intensity_range(image, low, high)
+    ranges = value_range if value_range is not None else intensity_range(image, low, high, channels)
+    if channels > 1:
+        ranges = np.asarray(ranges, dtype=np.float32).reshape(-1, 2)
+        if len(ranges) != len(image):
+            raise SpocoError(f"value_range holds {len(ranges)} ranges for an image of {len(image)} channels.")
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        lo, hi = ranges[:, 0].reshape(shape), ranges[:, 1].reshape(shape)
+        return ((image - lo) / (hi - lo)).astype(np.float32, copy=False)
+    lo, hi = np.asarray(ranges, dtype=np.float64).reshape(-1)[:2]
     return ((image - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
 
 
@@ -169,7 +252,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 class TrainingImage:
     """One normalised image with its object labels and background mask, ready to sample."""
 
-    image: np.ndarray  # float32, normalised
+    image: np.ndarray  # float32 (C, *spatial), normalised per channel
     objects: np.ndarray  # int64, 0 = not an object
     background: np.ndarray  # bool, painted background
     negatives: np.ndarray  # bool, known not inside any object: background + rings
@@ -201,11 +284,15 @@ def prepare_training_data(
     ring_width: int = 3,
     require_objects: bool = True,
     scale: float = 1.0,
+    channels: int = 1,
+    channel_axis: int | None = None,
 ) -> list[TrainingImage]:
     """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO.
 
     ``require_objects=False`` (self-supervised pretraining) accepts images with nothing painted.
     ``scale`` resizes each pair first (:mod:`napari_spoco.scaling`; labels by nearest neighbour).
+    ``channels``/``channel_axis``: as in :func:`check_image`; the prepared images are always
+    ``(C, *spatial)``.
     """
     if len(images) == 0:
         raise SpocoError("No training images were given.")
@@ -218,23 +305,25 @@ def prepare_training_data(
     ndims = set()
     total_objects = 0
     for img, lab, name in zip(images, labels, names):
-        img = check_image(img, name)
+        img = check_image(img, name, channels, channel_axis)
+        spatial = spatial_shape(img, channels)
         if img.size > MAX_TRAIN_PIXELS:
             raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
-        lab = check_labels(lab, img.shape, f"{name} labels")
+        lab = check_labels(lab, spatial, f"{name} labels")
+        img = img if channels > 1 else img[None]
         if scale != 1.0:
             from .scaling import resize_image, resize_labels, scaled_shape
 
-            small = scaled_shape(img.shape, scale)
+            small = scaled_shape(spatial, scale)
             img, lab = resize_image(img, small), resize_labels(lab, small)
         objects, bg = split_background(lab, background_label)
         # Each id is one object; find_objects is indexed by id, so relabel first.
         objects = relabel_sequential(objects).astype(np.int64)
         boxes = [b for b in ndi.find_objects(objects) if b is not None]
         total_objects += len(boxes)
-        ndims.add(img.ndim)
+        ndims.add(objects.ndim)
         negatives = bg | object_rings(objects, ring_width)
-        out.append(TrainingImage(normalize(img), objects, bg, negatives, boxes))
+        out.append(TrainingImage(normalize(img, channels=len(img)), objects, bg, negatives, boxes))
     if len(ndims) > 1:
         raise SpocoError("Mix of 2D and 3D images: train 2D and 3D models separately.")
     if not require_objects:
@@ -286,7 +375,7 @@ class PatchSampler:
         self.object_fraction = object_fraction
         self.rng = np.random.default_rng(seed)
         self._objects = [(i, b) for i, d in enumerate(data) for b in d.boxes]
-        sizes = np.array([d.image.size for d in data], dtype=float)
+        sizes = np.array([d.objects.size for d in data], dtype=float)
         self._image_p = sizes / sizes.sum()
 
     def _center_on_object(self) -> tuple[int, tuple[int, ...]]:
@@ -299,21 +388,21 @@ class PatchSampler:
         return idx, center
 
     def sample(self) -> tuple[np.ndarray, ...]:
-        """One (image, objects, background, negatives) patch tuple of ``patch_shape``."""
+        """One (image ``(C, *patch_shape)``, objects, background, negatives) patch tuple."""
         if self._objects and self.rng.random() < self.object_fraction:
             idx, center = self._center_on_object()
         else:
             idx = int(self.rng.choice(len(self.data), p=self._image_p))
-            center = tuple(int(self.rng.integers(0, n)) for n in self.data[idx].image.shape)
+            center = tuple(int(self.rng.integers(0, n)) for n in self.data[idx].objects.shape)
         d = self.data[idx]
         start = []
-        for c, p, n in zip(center, self.patch_shape, d.image.shape):
+        for c, p, n in zip(center, self.patch_shape, d.objects.shape):
             s = c - p // 2
             # Stay inside the image where it is large enough, so padding is rare.
             s = min(max(s, 0), n - p) if n >= p else -((p - n) // 2)
             start.append(s)
         start = tuple(start)
-        img = _crop_with_padding(d.image, start, self.patch_shape, "reflect")
+        img = np.stack([_crop_with_padding(c, start, self.patch_shape, "reflect") for c in d.image])
         obj = _crop_with_padding(d.objects, start, self.patch_shape, "constant")
         bg = _crop_with_padding(d.background, start, self.patch_shape, "constant")
         neg = _crop_with_padding(d.negatives, start, self.patch_shape, "constant")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import check_image, normalize
+from .data import check_image, normalize, spatial_shape
 from .errors import SpocoError
 from .model import SpocoModel, split_output
 from .training import select_device
@@ -156,9 +156,10 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     device: str = "auto",
     with_teacher: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    value_range: tuple[float, float] | None = None,
+    value_range=None,
     margin: int | None = None,
     max_tile_voxels: int | None = None,
+    channel_axis: int | None = None,
 ) -> Embedding:
     """Embed a 2D/3D image with the model's predicting network (``model.predictor``: the
     student, or the EMA teacher of a fine-tuned model) and optionally the other one
@@ -170,15 +171,21 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     network's receptive radius, beyond which tiles agree exactly. ``margin`` is the reflected
     context added around the image (default :func:`default_margin`). ``progress(done, total)``
     is called after each tile. ``value_range`` overrides the image's own percentile range (for
-    crops of a larger image).
+    crops of a larger image; one range per channel for models of several channels).
+    ``channel_axis``: the image's channel axis, for models that read several channels
+    (colour ``(Y, X, 3|4)`` needs none).
     """
-    image = check_image(image)
-    if image.ndim != model.config.ndim:
+    channels = model.config.in_channels
+    image = check_image(image, "image", channels, channel_axis)
+    x = normalize(image, value_range=value_range, channels=channels)
+    x = x if channels > 1 else x[None]  # (C, *spatial)
+    image_shape = spatial_shape(image, channels)
+    if len(image_shape) != model.config.ndim:
         raise SpocoError(
-            f"This is a {model.config.ndim}D model but the image is {image.ndim}D "
-            f"(shape {image.shape}); use a model trained on {image.ndim}D images."
+            f"This is a {model.config.ndim}D model but the image is {len(image_shape)}D "
+            f"(shape {image.shape}); use a model trained on {len(image_shape)}D images."
         )
-    x = normalize(image, value_range=value_range)
+    del image
     div = model.config.size_divisor
     # A reflected margin around the image: the network learned on crops from inside images, and
     # zero padding at a real image edge otherwise shows as spurious objects along the border.
@@ -186,13 +193,13 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
         margin = default_margin(model)
     if margin < 0 or (overlap is not None and overlap < 0):
         raise SpocoError(f"margin and overlap must be 0 or more pixels (got {margin} and {overlap}).")
-    margins = tuple(min(margin, n - 1) for n in image.shape)
-    x = np.pad(x, [(m, m) for m in margins], mode="reflect")
-    padded = tuple(_round_up(n, div) for n in x.shape)
+    margins = tuple(min(margin, n - 1) for n in image_shape)
+    x = np.pad(x, [(0, 0)] + [(m, m) for m in margins], mode="reflect")
+    padded = tuple(_round_up(n, div) for n in x.shape[1:])
     ov = overlap if overlap is not None else 2 * model.config.receptive_radius
     ov_r = _round_up(ov, div) if ov else 0
     if tile_shape is None:
-        layouts = plan_tiles(padded, max_tile_voxels or default_tile_voxels(image.ndim), ov_r, div)
+        layouts = plan_tiles(padded, max_tile_voxels or default_tile_voxels(len(image_shape)), ov_r, div)
     else:
         layouts = [
             _axis_layout(p, max(div, _round_up(t, div)), min(ov_r, _round_up(t, div) // 2), div)
@@ -201,27 +208,27 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     tiles = tuple(t for t, _ in layouts)
     # each tile hands over in the middle of its overlaps (planned tiles are longer than ov_r)
     overlaps = tuple(min(ov_r, t // 2) for t in tiles) if tile_shape is not None else (ov_r,) * len(tiles)
-    pad = [(0, p - n) for p, n in zip(padded, x.shape)]
+    pad = [(0, p - n) for p, n in zip(padded, x.shape[1:])]
     if any(p[1] for p in pad):
-        x = np.pad(x, pad, mode="reflect")
+        x = np.pad(x, [(0, 0)] + pad, mode="reflect")
 
     nets = [model.predictor] + ([model.partner] if with_teacher else [])
     # Accumulators cover the image only, not its margin (context, never output); plus the
     # weight sum and the padded input, about one image each.
-    _check_memory(int(np.prod(image.shape)), model.config.out_channels * len(nets) + 2, image.shape)
+    _check_memory(int(np.prod(image_shape)), model.config.out_channels * len(nets) + 1 + channels, image_shape)
     dev = select_device(device)
     for n in nets:
         n.eval().to(dev)
     c_out = model.config.out_channels
-    acc = [np.zeros((c_out,) + image.shape, dtype=np.float32) for _ in nets]
-    wsum = np.zeros(image.shape, dtype=np.float32)
+    acc = [np.zeros((c_out,) + image_shape, dtype=np.float32) for _ in nets]
+    wsum = np.zeros(image_shape, dtype=np.float32)
     starts = [st for _, st in layouts]
     combos = list(itertools.product(*starts))
     try:
         for i, start in enumerate(combos):
             # the part of this tile that lies inside the image, in tile and in image coordinates
             in_tile, in_image = [], []
-            for s0, t, m, n in zip(start, tiles, margins, image.shape):
+            for s0, t, m, n in zip(start, tiles, margins, image_shape):
                 lo, hi = max(s0, m), min(s0 + t, m + n)
                 in_tile.append(slice(lo - s0, hi - s0))
                 in_image.append(slice(lo - m, hi - m))
@@ -232,7 +239,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
                     w = w[..., None] * r if w.ndim else r
                 w = w[tuple(in_tile)]
                 sl = tuple(slice(s0, s0 + t) for s0, t in zip(start, tiles))
-                xt = torch.from_numpy(np.ascontiguousarray(x[sl]))[None, None].to(dev)
+                xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev)
                 for a, net in zip(acc, nets):
                     out = net(xt)[0].float().cpu().numpy()
                     a[(slice(None),) + tuple(in_image)] += out[(slice(None),) + tuple(in_tile)] * w

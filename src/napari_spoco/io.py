@@ -182,18 +182,19 @@ def _check_history(history: dict, damaged: str) -> None:
         raise SpocoError(f"{damaged}: its object_size_median {median!r} is not a positive number.")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, keep_channels: bool = False) -> np.ndarray:
     """Read a TIFF or PNG into an array; unreadable files get a clear error.
 
     Colour comes back channels-last ``(Y, X, 3|4)`` whichever way the file stores it (planar
     RGB TIFFs hold ``(3, Y, X)``, which would otherwise pass for a 3-slice volume); grey+alpha
-    PNGs come back grey. Files whose axes metadata names a channel axis are refused with advice,
-    since a 2- or 3-channel stack cannot be told from a short volume by its shape.
+    PNGs come back grey. Files whose axes metadata names a channel axis are refused with advice
+    unless ``keep_channels`` (the caller says which axis holds them: ``--channel-axis``), since
+    a 2- or 3-channel stack cannot be told from a short volume by its shape.
     """
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path)
+            return _read_tiff(path, keep_channels)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -210,7 +211,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise SpocoError(f"Could not read {path} as an image ({_short(exc)}).") from exc
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -221,11 +222,11 @@ def _read_tiff(path: Path) -> np.ndarray:
         if "S" in axes and data.shape[axes.index("S")] in (3, 4) and axes.index("S") != data.ndim - 1:
             data = np.moveaxis(data, axes.index("S"), -1)  # planar colour → (…, Y, X, 3|4)
             axes = axes.replace("S", "") + "S"
-        if "C" in axes and data.shape[axes.index("C")] > 1:
+        if "C" in axes and data.shape[axes.index("C")] > 1 and not keep_channels:
             raise SpocoError(
                 f"{path} holds {data.shape[axes.index('C')]} channels (axes {axes}, shape {data.shape}); "
-                "napari-spoco segments one channel: save the channel to segment as its own image "
-                "(e.g. in Fiji: Image > Color > Split Channels)."
+                f"give --channel-axis {axes.index('C')} to train on (or segment with) all of them, or save "
+                "the channel to segment as its own image (e.g. in Fiji: Image > Color > Split Channels)."
             )
     return data
 

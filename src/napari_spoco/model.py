@@ -8,10 +8,12 @@ network is translation-equivariant and tiled inference reproduces whole-image in
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
+
+from .errors import SpocoError
 
 
 @dataclass
@@ -192,6 +194,28 @@ class SpocoModel:
     @property
     def device(self) -> torch.device:
         return next(self.student.parameters()).device
+
+    @torch.no_grad()
+    def widen_input(self, channels: int) -> None:
+        """Let a model that reads one channel read ``channels`` (docs/method.md, "Colour and
+        channels"): each channel gets the grey weights of the first convolution divided by the
+        channel count, so the widened network starts out seeing the mean of its normalised
+        channels — the grey image it was trained on, near enough — and fine-tuning learns
+        what the channels add. Student and teacher alike; the record says it happened."""
+        if self.config.in_channels == channels:
+            return
+        if self.config.in_channels != 1:
+            raise SpocoError(f"This model reads {self.config.in_channels} channels; only a one-channel model "
+                             f"can be widened (to {channels}).")
+        for net in (self.student, self.teacher):
+            old = net.encoders[0][0]
+            new = type(old)(channels, old.out_channels, old.kernel_size, padding=old.padding, bias=False)
+            new.weight.copy_(old.weight.repeat(1, channels, *([1] * (old.weight.ndim - 2))) / channels)
+            new.weight.requires_grad_(old.weight.requires_grad)
+            net.encoders[0][0] = new.to(old.weight.device)
+        self.config = replace(self.config, in_channels=channels)
+        self.student.config = self.teacher.config = self.config
+        self.history["widened_from_channels"] = 1
 
     def snapshot(self) -> SpocoModel:
         """A CPU copy in evaluation mode, for previews while the original keeps training

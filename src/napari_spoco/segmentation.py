@@ -55,11 +55,17 @@ def segment(
     tile_shape: tuple[int, ...] | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
-    value_range: tuple[float, float] | None = None,
+    value_range=None,
     return_embedding: bool = False,
     _timing: dict | None = None,
+    channel_axis: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
-    """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's shape).
+    """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
+    shape).
+
+    A model trained on colour or channels reads the image's channels: ``(Y, X, 3|4)`` colour
+    as it is, other stacks with ``channel_axis``; ``value_range`` then holds one range per
+    channel. A one-channel model reads colour as grey (docs/method.md, "Colour and channels").
 
     ``method`` is ``meanshift`` (default), ``hdbscan`` or ``consistency``; ``config`` holds the
     clustering parameters (its ``method`` is overridden by ``method``). Without an explicit
@@ -78,7 +84,7 @@ def segment(
     """
     from dataclasses import replace
 
-    from .data import check_image, intensity_range
+    from .data import check_image, intensity_range, spatial_shape
     from .io import label_dtype
     from .scaling import resize_image, resize_labels, scaled_shape
     from .training import as_model
@@ -88,12 +94,14 @@ def segment(
         raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
     if image is None or isinstance(image, (str, bytes)):
         raise SpocoError("image must be an array; read a file first, e.g. with napari_spoco.io.read_image.")
-    image = check_image(image)
+    channels = model.config.in_channels
+    image = check_image(image, "image", channels, channel_axis)
+    shape = spatial_shape(image, channels)
     ndim = model.config.ndim
-    if image.ndim != ndim:
+    if len(shape) != ndim:
         raise SpocoError(
-            f"This is a {ndim}D model but the image is {image.ndim}D (shape {image.shape}); "
-            f"use a model trained on {image.ndim}D images."
+            f"This is a {ndim}D model but the image is {len(shape)}D (shape {image.shape}); "
+            f"use a model trained on {len(shape)}D images."
         )
     scale = model.pixel_scale
     if scale == 1.0:
@@ -101,7 +109,7 @@ def segment(
             model, image, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
         )
     if value_range is None:
-        value_range = intensity_range(image)  # of the original: crops normalise like the whole
+        value_range = intensity_range(image, channels=channels)  # of the original: crops normalise like the whole
     config = config or ClusterConfig()
     volume = scale**ndim
     config = replace(
@@ -110,12 +118,12 @@ def segment(
         max_size=None if config.max_size is None else max(1, int(round(config.max_size * volume))),
         expand=int(round(config.expand * scale)),
     )
-    small = resize_image(image, scaled_shape(image.shape, scale))
+    small = resize_image(image, scaled_shape(shape, scale))
     result = _segment_at_network_scale(
         model, small, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
     )
     labels, emb = result if return_embedding else (result, None)
-    labels = resize_labels(labels, image.shape)
+    labels = resize_labels(labels, shape)
     if scale > 1.0:  # shrinking the labels back may lose an object of a pixel or two
         labels = relabel_sequential(labels)
     labels = labels.astype(label_dtype(labels))
@@ -123,7 +131,7 @@ def segment(
         return labels
     from .inference import Embedding
 
-    up = lambda a: None if a is None else resize_image(a, image.shape)  # noqa: E731
+    up = lambda a: None if a is None else resize_image(a, shape)  # noqa: E731
     return labels, Embedding(up(emb.embeddings), up(emb.foreground), up(emb.teacher_embeddings))
 
 
@@ -135,11 +143,12 @@ def _segment_at_network_scale(
     tile_shape: tuple[int, ...] | None,
     device: str,
     progress: Callable[[int, int], None] | None,
-    value_range: tuple[float, float] | None,
+    value_range,
     return_embedding: bool,
     _timing: dict | None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
-    """:func:`segment` on an image already at the model's scale (checked, float32)."""
+    """:func:`segment` on an image already at the model's scale (checked, float32; ``(C, *spatial)``
+    for models of several channels)."""
     from dataclasses import replace
 
     from .data import intensity_range
@@ -147,23 +156,26 @@ def _segment_at_network_scale(
     from .tiling import paste_claimed, tiles
 
     ndim = model.config.ndim
-    spatial = image.shape
+    channels = model.config.in_channels
+    spatial = image.shape[-ndim:]
+    lead = (slice(None),) * (image.ndim - ndim)  # the channel axis, if any
     config = replace(config or ClusterConfig(), method=method)
     if config.min_size is None:
         config = replace(config, min_size=auto_min_size(model, ndim))
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
     if value_range is None:
-        value_range = intensity_range(image)  # one normalisation for every tile
+        value_range = intensity_range(image, channels=channels)  # one normalisation for every tile
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
     out = np.zeros(spatial, dtype=np.int64)
     whole = None
     next_id = 1
     for k, (core, region) in enumerate(blocks):
-        block = image[region]
-        cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape[:ndim]))
+        block = image[lead + tuple(region)]
+        cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape[-ndim:]))
         t0 = time.perf_counter()
-        emb = embed(model, block, device=device, with_teacher=method == "consistency", value_range=value_range)
+        emb = embed(model, block, device=device, with_teacher=method == "consistency", value_range=value_range,
+                    channel_axis=0 if channels > 1 else None)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
@@ -230,9 +242,17 @@ def segment_preview(
     """Segment ``image[box]`` with a CPU snapshot of ``model``, normalised like the whole image.
 
     Safe to call between training steps: the live networks are neither moved nor switched to
-    evaluation mode. Returns the labels of the box only.
+    evaluation mode. Returns the labels of the box only. For models of several channels the
+    image is colour ``(Y, X, 3|4)`` and ``value_range`` one range per channel (computed here
+    when missing or given for grey).
     """
     snap = model.snapshot()
+    channels = model.config.in_channels
+    if channels > 1 and (value_range is None or np.size(value_range) != 2 * channels):
+        # a range per channel, of the whole image (a grey range does not fit a colour model)
+        from .data import check_image, intensity_range
+
+        value_range = intensity_range(check_image(image, "image", channels), channels=channels)
     crop = np.asarray(image[box])
     return segment(snap, crop, method=method, config=config, device="cpu", value_range=value_range)
 

@@ -19,7 +19,7 @@ import torch
 
 from .augment import random_geometry, random_intensity
 from .checks import check_field, is_whole
-from .data import PatchSampler, is_rgb, prepare_training_data
+from .data import PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
@@ -176,15 +176,16 @@ def train(
     callback: Callable[[TrainProgress], None] | None = None,
     stop: threading.Event | Callable[[], bool] | None = None,
     names: Sequence[str] | None = None,
+    channel_axis: int | None = None,
 ) -> SpocoModel:
     """Train (or fine-tune ``model``) SPOCO on images with sparse labels.
 
     Parameters
     ----------
     images, labels : lists of arrays
-        2D ``(Y, X)`` or 3D ``(Z, Y, X)`` images (RGB is converted to grey) and label images of
-        the same shape: 0 = unlabelled, positive ids = painted objects,
-        ``config.background_label`` = painted background.
+        2D ``(Y, X)`` or 3D ``(Z, Y, X)`` images, colour ``(Y, X, 3|4)``, or channel stacks
+        with ``channel_axis``; label images of the spatial shape: 0 = unlabelled, positive ids
+        = painted objects, ``config.background_label`` = painted background.
     config : TrainConfig
         Steps and/or minutes, patch size, optimiser, seed, device, loss weights.
     model : SpocoModel, optional
@@ -194,12 +195,19 @@ def train(
     stop : threading.Event or callable, optional
         Checked between steps; when set, training ends early and the model is returned.
 
+    channel_axis : int, optional
+        The images' channel axis. Colour and channels are the network's input: a new model
+        reads as many channels as the images hold; a one-channel ``model`` is widened to them
+        (:meth:`SpocoModel.widen_input`); a colour image given to a one-channel model that is
+        not widened is read as grey (docs/method.md, "Colour and channels").
+
     Returns
     -------
     SpocoModel
         Student and EMA teacher, moved back to the CPU.
     """
-    return _drive(iter_train(images, labels, config, model, model_config, stop, names), callback)
+    return _drive(iter_train(images, labels, config, model, model_config, stop, names,
+                             channel_axis=channel_axis), callback)
 
 
 def as_image_list(arrays, what: str) -> list:
@@ -234,6 +242,26 @@ def as_model(model) -> SpocoModel | None:
     raise SpocoError(f"model must be a SpocoModel or a model file's path, not {type(model).__name__}.")
 
 
+def input_channels(images: Sequence[np.ndarray], channel_axis: int | None, model: SpocoModel | None) -> int:
+    """How many channels training reads (docs/method.md, "Colour and channels").
+
+    The images' own count, the same for all. A one-channel model (the shipped ones) given
+    colour or channels is widened to them by the caller; a model of several channels must get
+    exactly that many.
+    """
+    counts = {channel_count(im, channel_axis) for im in images}
+    if len(counts) > 1:
+        raise SpocoError(f"The images hold different numbers of channels ({sorted(counts)}); train on images "
+                         "with the same channels.")
+    have = counts.pop()
+    if model is None or have == model.config.in_channels:
+        return have
+    if model.config.in_channels == 1:
+        return have
+    raise SpocoError(f"This model reads {model.config.in_channels} channels but the images hold {have}; "
+                     "start a new model, or give the images with the channels the model was trained on.")
+
+
 def _drive(steps: Generator[TrainProgress, None, SpocoModel], callback) -> SpocoModel:
     """Run a training generator to its end, feeding ``callback``; return the model."""
     while True:
@@ -258,6 +286,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     stop: threading.Event | Callable[[], bool] | None = None,
     names: Sequence[str] | None = None,
     self_supervised: bool = False,
+    channel_axis: int | None = None,
 ) -> Generator[TrainProgress, None, SpocoModel]:
     """:func:`train` as a generator: yields a :class:`TrainProgress` after every step and
     returns the model (``StopIteration.value``). napari's ``thread_worker`` drives it directly;
@@ -271,8 +300,10 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if not self_supervised:
         labels = as_image_list(labels, "labels")
     model = as_model(model)
+    channels = input_channels(images, channel_axis, model)
     if self_supervised:
-        labels = [np.zeros(np.shape(im)[:2] if is_rgb(np.asarray(im)) else np.shape(im), np.int64) for im in images]
+        labels = [np.zeros(spatial_shape(check_image(im, "image", channels, channel_axis), channels), np.int64)
+                  for im in images]
         config = replace(
             config,
             object_fraction=0.0,
@@ -290,20 +321,26 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         scale = training_scale(labels, config.background_label, model.pixel_scale if model is not None else 1.0)
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
-        require_objects=not self_supervised, scale=scale,
+        require_objects=not self_supervised, scale=scale, channels=channels, channel_axis=channel_axis,
     )
-    ndim = data[0].image.ndim
+    ndim = data[0].objects.ndim
     started_from_model = model is not None
     # Fine-tuning a trained model (not a new or untrained one handed in): docs/method.md.
+    # A model widened to new channels below is not protected: its input is new, so the
+    # normalisation statistics and a slow teacher would keep what no longer fits (measured on
+    # iso-luminant colour: AP50 0.00 after 200 steps with, 0.48 without; docs/benchmarks.md).
     stable = (config.stable_start and not self_supervised and model is not None
-              and model.history.get("steps", 0) > 0)
+              and model.history.get("steps", 0) > 0 and model.config.in_channels == channels)
     if model is None:
-        model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim), seed=config.seed)
+        model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim, in_channels=channels),
+                               seed=config.seed)
     elif model.config.ndim != ndim:
         raise SpocoError(
             f"The model is {model.config.ndim}D but the images are {ndim}D; start a new model "
             "or load one made for this kind of image."
         )
+    if model.config.in_channels != channels:
+        model.widen_input(channels)  # input_channels() allowed only a one-channel model here
     if config.steps <= 0 and not config.minutes:
         raise SpocoError("Give a positive number of steps or minutes to train for.")
     device = select_device(config.device)
@@ -315,7 +352,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
 
     div = model.config.size_divisor
     patch = tuple(config.patch_shape) if config.patch_shape else default_patch_shape(
-        ndim, [d.image.shape for d in data], div
+        ndim, [d.objects.shape for d in data], div
     )
     if len(patch) != ndim:
         raise SpocoError(
@@ -383,7 +420,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
             parts = sampler.batch(batch)
             geo = [random_geometry(rng, *sample) for sample in zip(*parts)]
             img, obj, bg, neg = (torch.from_numpy(np.stack(x)).to(device) for x in zip(*geo))
-            x = img[:, None].contiguous(memory_format=fmt)
+            x = img.contiguous(memory_format=fmt)
             view1 = random_intensity(x, gen)
             view2 = random_intensity(x, gen)
 
@@ -453,6 +490,7 @@ def pretrain(
     callback: Callable[[TrainProgress], None] | None = None,
     stop: threading.Event | Callable[[], bool] | None = None,
     names: Sequence[str] | None = None,
+    channel_axis: int | None = None,
 ) -> SpocoModel:
     """Self-supervised adaptation to unlabelled images: the two-view consistency term alone
     (student vs. EMA teacher; docs/method.md, "Loss") on random patches, before anything is painted.
@@ -465,5 +503,6 @@ def pretrain(
     defaults to :func:`pretrain_config`.
     """
     images = as_image_list(images, "images")
-    steps = iter_train(images, [None] * len(images), config, model, model_config, stop, names, self_supervised=True)
+    steps = iter_train(images, [None] * len(images), config, model, model_config, stop, names, self_supervised=True,
+                       channel_axis=channel_axis)
     return _drive(steps, callback)

@@ -258,6 +258,9 @@ def test_rgb_image_is_accepted(spoco, notes, choose):
     widget.segment_panel.segment_btn.click()
     assert not notes["error"], notes["error"]
     assert viewer.layers["rgb instances"].data.shape == grey.shape
+    # colour is the network's input (the shipped grey model widened); the grey pair is left out
+    assert widget.state.model.current.config.in_channels == 3
+    assert any("Not training on 'nuclei'" in w for w in notes["warning"]), notes["warning"]
 
 
 def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes, choose):

@@ -9,6 +9,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
+from ..data import channel_count
 from .layers import LINK_KEY, looks_like_time_series, spatial_shape
 from .state import SpocoState
 from .widgets import layer_picker, select_layer
@@ -101,8 +102,13 @@ class DataPanel(QGroupBox):
                 if layer.name == labels.name or link is None or link not in self.viewer.layers:
                     continue
                 other = self.viewer.layers[link]
-                if isinstance(other, Image) and np.asarray(layer.data).any():
-                    pairs.append((other, layer))
+                if not (isinstance(other, Image) and np.asarray(layer.data).any()):
+                    continue
+                if channel_count(other.data) != channel_count(image.data):  # one network, one input
+                    show_warning(f"Not training on '{other.name}': it is {_kind(other)} and '{image.name}' "
+                                 f"is {_kind(image)}; a model reads one kind.")
+                    continue
+                pairs.append((other, layer))
         return pairs
 
     # ------------------------------------------------------------------ state
@@ -154,3 +160,7 @@ class DataPanel(QGroupBox):
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
         show_info(f"Background brush: painting value {self.background_label}. Press M for an object id again.")
+
+
+def _kind(layer: Image) -> str:
+    return "colour" if channel_count(layer.data) > 1 else "grey"
