@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -104,3 +105,33 @@ def test_demo_runs_the_whole_loop_on_the_shipped_sample(tmp_path, capsys):
         assert (out / name).is_file(), name
     pred = tifffile.imread(out / "nuclei_heldout_pred.tif")
     assert pred.shape == (256, 256) and pred.dtype == np.uint16 and pred.max() >= 10
+
+
+def test_training_progress_in_a_log_file_is_a_line_every_few_seconds_counting_steps():
+    import io
+
+    from napari_spoco.cli import _Progress
+
+    log = io.StringIO()  # not a terminal
+    bar = _Progress(100, None, "train", every=10.0, stream=log)
+    for step, elapsed in ((1, 0.5), (2, 5.0), (3, 10.6), (4, 12.0), (5, 15.0)):
+        bar.update(step, elapsed, loss=0.5, rate=2.0)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert [ln.split(",")[0] for ln in lines] == ["train: step 1/100", "train: step 3/100", "train: step 5/100"]
+    assert "2.0 steps/s" in lines[0] and "loss 0.500" in lines[0]
+    timed = _Progress(0, 5, "train", stream=io.StringIO())  # --minutes only: steps counted, the limit shown
+    timed.update(7, 30.0, loss=1.0, rate=3.0)
+    assert "step 7," in timed.text and "0.5 min of 5 min" in timed.text
+
+
+def test_cli_training_log_counts_steps(folders, tmp_path, capsys):
+    from napari_spoco.cli import main
+
+    code = main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(tmp_path / "m.spoco.pt"), "--steps", "2", "--init", "none", "--device", "cpu",
+                 "--patch-size", "32", "32", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "train: step 1/2" in err and "train: step 2/2" in err
+    assert "\r" not in err and not re.search(r"\ds/s", err), err

@@ -192,23 +192,46 @@ def _warn(message: str) -> None:
     print(f"napari-spoco: warning: {message}", file=sys.stderr)
 
 
-class _Bar:
-    """A tqdm bar on stderr fed by training callbacks."""
+class _Progress:
+    """Training progress on stderr, counted in steps. On a terminal, a tqdm bar (of the planned
+    steps, or open-ended with the time limit shown when only ``--minutes`` is given); in a log
+    file, one plain line every ``every`` seconds and one at the end, instead of a carriage
+    return per update."""
 
-    def __init__(self, total: float, unit: str, desc: str):
-        from tqdm import tqdm
+    def __init__(self, steps: int, minutes: float | None, desc: str, every: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.steps, self.minutes, self.desc, self.every = steps, minutes, desc, every
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True)
-        self.last = 0.0
+            self.bar = tqdm(total=steps or None, unit="step", desc=desc, file=self.stream, dynamic_ncols=True,
+                            leave=True)
+        self.step, self.last_line, self.text, self.printed = 0, None, "", ""
 
-    def to(self, value: float, **postfix) -> None:
-        self.bar.update(value - self.last)
-        self.last = value
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
+    def update(self, step: int, elapsed: float, loss: float, rate: float) -> None:
+        limit = f" of {self.minutes:g} min" if self.minutes else ""
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+            self.bar.set_postfix({"loss": f"{loss:.3f}", "time": f"{elapsed / 60:.1f}{limit}"}, refresh=False)
+        self.step = step
+        of = f"/{self.steps}" if self.steps else ""
+        self.text = (f"{self.desc}: step {step}{of}, {rate:.1f} steps/s, loss {loss:.3f}, "
+                     f"{elapsed / 60:.1f} min{limit}")
+        if self.bar is None and (self.last_line is None or elapsed - self.last_line >= self.every):
+            self.last_line = elapsed
+            self._print()
+
+    def _print(self) -> None:
+        print(self.text, file=self.stream, flush=True)
+        self.printed = self.text
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        elif self.text != self.printed:  # the last step, if its line was not printed yet
+            self._print()
 
 
 class _Interrupts:
@@ -253,14 +276,12 @@ def _train_with_progress(images, labels, config, model=None, names=None, self_su
     from .training import pretrain, train
 
     stop = threading.Event()
-    by_time = not config.steps
-    total = config.minutes * 60 if by_time else config.steps
-    bar = _Bar(round(total), "s" if by_time else "step", "train")
+    bar = _Progress(config.steps, config.minutes, "pretrain" if self_supervised else "train")
     done = {"steps": 0}
 
     def on_progress(p):
         done["steps"] = p.step
-        bar.to(round(p.elapsed) if by_time else p.step, loss=f"{p.losses['total']:.3f}", it_s=f"{p.steps_per_second:.1f}")
+        bar.update(p.step, p.elapsed, p.losses["total"], p.steps_per_second)
 
     with _Interrupts(stop) as interrupts:
         try:
@@ -487,7 +508,10 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     failed: dict[str, str] = {}
-    for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr):
+    # In a log file the per-image lines below are the progress; a bar would add a carriage
+    # return per image.
+    for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr,
+                           disable=not sys.stderr.isatty()):
         try:
             image = read_image(path, keep_channels=args.channel_axis is not None)
             labels = segment(model, image, method=args.method, config=config, device=args.device,
