@@ -1,7 +1,7 @@
 """Early fine-tuning steps: does fine-tuning the shipped 2D model start by unlearning?
 
     python benchmarks/early_steps.py [--steps 1 5 20 100 300] [--seeds 0 1 2] [--compare]
-                                     [--data sample|bbbc039] [--init default|none]
+                                     [--problem sample|bbbc039] [--data DIR] [--init default|none]
                                      [--threads N] [--json FILE]
 
 Fine-tunes the shipped 2D model (``napari_spoco.pretrained.load_default_model(2)``) on sparse
@@ -10,10 +10,10 @@ each seed (``TrainConfig(seed=s)``). One training run per seed, ``max(--steps)``
 learning-rate schedule is that run's), with a snapshot of the model at each step count; the
 snapshots are segmented after the run. Step 0 is the shipped model itself (zero-shot).
 
-* ``--data sample`` (default): the shipped demo sample — trained on ``train_sparse`` (8 of 36
+* ``--problem sample`` (default): the shipped demo sample — trained on ``train_sparse`` (8 of 36
   nuclei painted), scored on the training crop and on the held-out crop.
-* ``--data bbbc039``: a sanity check on whole BBBC039 fields from the shared data folder
-  (``../shared/data``, not shipped): for seed s, train on the s-th training field of
+* ``--problem bbbc039``: a check on whole BBBC039 fields from the data folder (``--data DIR``,
+  default ``../shared/data`` beside the repository; not shipped): for seed s, train on the s-th training field of
   ``sparse_accuracy.py``'s split with 10 % of its nuclei painted, score that field and the
   s-th held-out field (both unseen by the shipped model).
 
@@ -59,10 +59,8 @@ def sample_problem(seed: int):
 
 
 def bbbc039_problem(seed: int):
-    from sparse_accuracy import SHARED, read, sparsify, splits
+    from sparse_accuracy import read, sparsify, splits
 
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} not found: --data bbbc039 needs the shared data beside the repository.")
     split = next(sp for sp in splits() if sp.name == "bbbc039-nuclei")
     train_stem, test_stem = split.train[seed % len(split.train)], split.test[seed % len(split.test)]
     image, mask = read("bbbc039-nuclei", train_stem, "images"), read("bbbc039-nuclei", train_stem, "masks")
@@ -91,7 +89,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 5, 20, 100, 300])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data", choices=sorted(PROBLEMS), default="sample")
+    ap.add_argument("--problem", choices=sorted(PROBLEMS), default="sample")
+    from bench_data import add_data_argument, use_data_dir
+
+    add_data_argument(ap)
     ap.add_argument("--init", choices=["default", "none"], default="default")
     ap.add_argument("--compare", action="store_true", help="also run the behaviour before the fix")
     ap.add_argument("--margin", type=float, default=0.02)
@@ -105,6 +106,8 @@ def main() -> int:
     if args.threads:
         os.cpu_count = lambda: args.threads  # training sets torch's threads from the core count
         torch.set_num_threads(args.threads)
+    if args.problem != "sample":
+        use_data_dir(args.data, needs=("bbbc039-nuclei",))
     modes = ["after", "before"] if args.compare else ["after"]
     checkpoints = sorted(set(args.steps))
     # scores[mode][seed][step] = [AP50 per scored image]; step 0 = the starting model
@@ -112,7 +115,7 @@ def main() -> int:
     names = None
     t0 = time.perf_counter()
     for seed in args.seeds:
-        images, labels, targets = PROBLEMS[args.data](seed)
+        images, labels, targets = PROBLEMS[args.problem](seed)
         names = [n for n, _, _ in targets]
         zero = ap50(load_default_model(2), targets) if args.init == "default" else None
         for mode in modes:
@@ -126,7 +129,7 @@ def main() -> int:
                 f"{k}: " + "/".join(f"{v:.3f}" for v in vals) for k, vals in scores[mode][seed].items()),
                 file=sys.stderr, flush=True)
     meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "data": args.data,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "data": args.problem,
             "init": args.init, "seeds": args.seeds, "margin": args.margin,
             "minutes": round((time.perf_counter() - t0) / 60, 1)}
     if args.json:
