@@ -135,3 +135,25 @@ def test_normalize_with_a_given_range_matches_the_whole_image():
     whole = normalize(image)
     crop = normalize(image[10:30, 20:40], value_range=intensity_range(image))
     assert np.allclose(crop, whole[10:30, 20:40])
+
+
+def test_count_objects_leaves_out_unlabelled_and_painted_background():
+    from napari_spoco.data import count_objects
+
+    labels = np.array([[0, 1, 1, 65535], [7, 7, 0, 65535]], np.uint16)
+    assert count_objects(labels) == 3  # 65535 is an id when no background value is given
+    assert count_objects(labels, background_label=65535) == 2
+    assert count_objects(np.zeros((4, 4), np.uint8)) == 0
+
+
+def test_cli_and_gui_read_their_choices_and_defaults_from_the_library():
+    from napari_spoco.cli import _parser as build_parser
+    from napari_spoco.clustering import METHODS, ClusterConfig
+    from napari_spoco.model import DEVICES
+
+    args = build_parser().parse_args(["predict", "--model", "m", "--images", "i", "--out", "o"])
+    defaults = ClusterConfig()
+    assert (args.method, args.bandwidth, args.foreground_threshold, args.expand) == (
+        defaults.method, defaults.bandwidth, defaults.foreground_threshold, defaults.expand)
+    actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["predict"]._actions}
+    assert tuple(actions["method"].choices) == METHODS and tuple(actions["device"].choices) == DEVICES

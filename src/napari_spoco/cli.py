@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .clustering import METHODS, ClusterConfig
 from .errors import SpocoError
+from .model import DEVICES
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -62,6 +64,8 @@ NONNEG_INT = _number(int, 0, what="a whole number >= 0")
 MINUTES = _number(float, 0, low_open=True, what="a positive, finite number of minutes")
 POSITIVE_FLOAT = _number(float, 0, low_open=True, what="a positive, finite number")
 PROBABILITY = _number(float, 0, True, 1, True, what="a number between 0 and 1 (exclusive)")
+#: The CLI's clustering defaults are the library's (one source of truth).
+CLUSTER = ClusterConfig()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                    "'none' (a new network), or a model file (fine-tuning). Default: default")
     t.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 1000, or unlimited with --minutes)")
     t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--background-label", type=POSITIVE_INT,
                    help="label value that marks painted background (not 0: 0 means unlabelled)")
@@ -105,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="'default' (the shipped 2D model), 'none' (a new network; not recommended) or a model file")
     pt.add_argument("--steps", type=POSITIVE_INT, help="steps (default 300, or unlimited with --minutes)")
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
-    pt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pt.add_argument("--device", default="auto", choices=DEVICES)
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
@@ -117,13 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="model file from `napari-spoco train`")
     pr.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images")
     pr.add_argument("--out", required=True, help="folder for the label TIFFs (one per image, same stem)")
-    pr.add_argument("--method", default="meanshift", choices=["meanshift", "hdbscan", "consistency"], help="consistency = mean-shift that drops clusters the EMA teacher disagrees on (same result as meanshift on our benchmarks, ~2x slower)")
-    pr.add_argument("--bandwidth", type=POSITIVE_FLOAT, default=0.5, help="mean-shift bandwidth (δ_v)")
+    pr.add_argument("--method", default=CLUSTER.method, choices=METHODS, help="consistency = mean-shift that drops clusters the EMA teacher disagrees on (same result as meanshift on our benchmarks, ~2x slower)")
+    pr.add_argument("--bandwidth", type=POSITIVE_FLOAT, default=CLUSTER.bandwidth,
+                    help=f"mean-shift bandwidth (δ_v, default {CLUSTER.bandwidth})")
     pr.add_argument("--min-size", type=NONNEG_INT, help="drop objects smaller than this (pixels/voxels)")
-    pr.add_argument("--foreground-threshold", type=PROBABILITY, default=0.5,
-                    help="foreground probability above which a pixel can belong to an object (default 0.5)")
-    pr.add_argument("--expand", type=NONNEG_INT, default=0, help="grow objects by this many pixels")
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    pr.add_argument("--foreground-threshold", type=PROBABILITY, default=CLUSTER.foreground_threshold,
+                    help="foreground probability above which a pixel can belong to an object "
+                    f"(default {CLUSTER.foreground_threshold})")
+    pr.add_argument("--expand", type=NONNEG_INT, default=CLUSTER.expand, help="grow objects by this many pixels")
+    pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -156,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=MINUTES, default=1.0, help="training time budget (default 1)")
     d.add_argument("--init", default="default",
                    help="'default' (fine-tune the shipped starting model), 'none' (from scratch) or a model file")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--device", default="auto", choices=DEVICES)
     d.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files already")
     _add_common(d)
     return parser

@@ -216,6 +216,13 @@ def same_id_fraction(labels: np.ndarray, min_pairs: int = 1000) -> float | None:
     return same / total if total >= min_pairs else None
 
 
+def count_objects(labels: np.ndarray, background_label: int | None = None) -> int:
+    """How many objects a label image holds: its distinct ids other than 0 (unlabelled) and the
+    painted-background value. The one count the library, the CLI and the panel report."""
+    ids = np.unique(np.asarray(labels))
+    return int(np.count_nonzero((ids != 0) & (ids != background_label if background_label is not None else True)))
+
+
 def split_background(
     labels: np.ndarray, background_label: int | None
 ) -> tuple[np.ndarray, np.ndarray]:

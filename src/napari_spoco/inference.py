@@ -18,8 +18,7 @@ import torch
 
 from .data import check_image, normalize, spatial_shape
 from .errors import SpocoError
-from .model import SpocoModel, split_output
-from .training import select_device
+from .model import SpocoModel, select_device, split_output
 
 
 @dataclass

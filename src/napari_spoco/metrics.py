@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .data import count_objects
 from .errors import SpocoError
 
 THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
@@ -71,9 +72,7 @@ def symmetric_best_dice(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def count_difference(gt: np.ndarray, pred: np.ndarray) -> int:
     """|DiC|: absolute difference between the numbers of objects."""
-    n_gt = len(np.unique(gt[gt != 0]))
-    n_pred = len(np.unique(pred[pred != 0]))
-    return abs(n_gt - n_pred)
+    return abs(count_objects(gt) - count_objects(pred))
 
 
 def evaluate(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -85,6 +84,6 @@ def evaluate(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "mAP": float(np.mean(list(ap.values()))),
         "SBD": symmetric_best_dice(gt, pred),
         "DiC": float(count_difference(gt, pred)),
-        "n_true": float(len(np.unique(gt[gt != 0]))),
-        "n_pred": float(len(np.unique(pred[pred != 0]))),
+        "n_true": float(count_objects(gt)),
+        "n_pred": float(count_objects(pred)),
     }

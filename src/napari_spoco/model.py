@@ -15,6 +15,28 @@ from torch import nn
 
 from .errors import SpocoError
 
+#: Where a model can run; ``auto`` picks the best available (:func:`select_device`).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is refused."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpocoError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise SpocoError("--device mps was asked for, but Apple MPS is not available; use --device cpu.")
+    if device not in DEVICES:
+        raise SpocoError(f"Unknown device {device!r}; choose auto, cpu, cuda or mps.")
+    return torch.device(device)
+
 
 @dataclass
 class ModelConfig:

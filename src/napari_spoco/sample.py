@@ -9,6 +9,8 @@ from importlib.resources import files
 
 import numpy as np
 
+from .data import count_objects
+
 
 @dataclass
 class SampleData:
@@ -20,11 +22,11 @@ class SampleData:
 
     @property
     def n_painted(self) -> int:
-        return len(np.unique(self.train_sparse)) - 1
+        return count_objects(self.train_sparse)
 
     @property
     def n_train_objects(self) -> int:
-        return len(np.unique(self.train_truth)) - 1
+        return count_objects(self.train_truth)
 
 
 def _read(name: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from .checks import check_field, is_whole
 from .data import PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
-from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, split_output
+from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .scaling import check_scale, training_scale
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
@@ -131,25 +131,6 @@ class TrainProgress:
     # The model being trained (on the training device, in training mode): for previews, which
     # must work on a ``SpocoModel.snapshot()`` rather than on the live networks.
     model: SpocoModel | None = field(default=None, repr=False, compare=False)
-
-
-def select_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an unavailable explicit choice is refused."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpocoError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
-    if device == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
-        raise SpocoError("--device mps was asked for, but Apple MPS is not available; use --device cpu.")
-    if device not in ("cpu", "cuda", "mps"):
-        raise SpocoError(f"Unknown device {device!r}; choose auto, cpu, cuda or mps.")
-    return torch.device(device)
 
 
 def default_patch_shape(ndim: int, image_shapes: Sequence[tuple[int, ...]], divisor: int) -> tuple[int, ...]:

@@ -219,3 +219,11 @@ def test_cancel_in_napari_activity_dock_stops_training(spoco, qtbot):
     assert "stopping" not in train.train_label.text() and "Trained" in train.train_label.text()
     assert not _open_spoco_progress()
     assert widget.state.model.current is not None and widget.state.model.fine_tuned
+
+
+def test_the_train_message_does_not_count_painted_background_as_an_object():
+    from napari_spoco._napari.layers import TrainingSet
+
+    lab = np.zeros((8, 8), np.uint16)
+    lab[:2, :2], lab[4:, 4:], lab[0, 7] = 1, 2, 65535
+    assert TrainingSet([np.zeros((8, 8))], [lab], ["a"], background_label=65535).n_objects == 2

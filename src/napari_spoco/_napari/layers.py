@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data import count_objects
 from ..errors import SpocoError
 
 LINK_KEY = "spoco_image"  # Labels.metadata[LINK_KEY] = name of the image the labels belong to
@@ -43,6 +44,7 @@ class TrainingSet:
     images: list[np.ndarray]
     labels: list[np.ndarray]
     names: list[str]
+    background_label: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -53,7 +55,8 @@ class TrainingSet:
 
     @property
     def n_objects(self) -> int:
-        return sum(len(np.unique(lab[lab > 0])) for lab in self.labels)
+        # the painted-background value is not an object (it used to be counted as one)
+        return sum(count_objects(lab, self.background_label) for lab in self.labels)
 
 
 def training_set(pairs, series: bool, background_label: int | None) -> TrainingSet:
@@ -86,16 +89,13 @@ def training_set(pairs, series: bool, background_label: int | None) -> TrainingS
             names.append(image_layer.name)
     if not images:
         raise SpocoError("Nothing is painted yet: paint a few objects in the sparse-labels layer.")
-    objects = sum(
-        len(np.setdiff1d(np.unique(lab[lab > 0]), [background_label] if background_label else []))
-        for lab in labels
-    )
+    objects = sum(count_objects(lab, background_label) for lab in labels)
     if objects < 2:
         raise SpocoError(
             f"{objects} object painted: paint at least two objects (each with its own label "
             "id, each painted completely) so that SPOCO can learn to tell objects apart."
         )
-    return TrainingSet(images, labels, names)
+    return TrainingSet(images, labels, names, background_label)
 
 
 def find_layer(viewer, layer_id, name: str = ""):

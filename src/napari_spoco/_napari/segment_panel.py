@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..clustering import ClusterConfig
+from ..clustering import METHODS, ClusterConfig
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
@@ -43,7 +43,7 @@ class SegmentPanel(QGroupBox):
         self._target = None  # (image id, image name, result layer id, result layer created)
         form = QFormLayout(self)
         self.method_box = QComboBox()
-        self.method_box.addItems(["meanshift", "hdbscan", "consistency"])
+        self.method_box.addItems(list(METHODS))
         self.method_box.setToolTip(
             "meanshift: fast default. hdbscan: density-based, for very uneven object sizes. "
             "consistency: keeps only instances the student and teacher agree on."

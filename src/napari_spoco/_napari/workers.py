@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..clustering import ClusterConfig
-from ..data import check_image, intensity_range
+from ..data import check_image, count_objects, intensity_range
 from ..model import ModelConfig, SpocoModel
 from ..segmentation import segment, segment_preview, segment_series
 from ..training import TrainConfig, TrainProgress, iter_train
@@ -125,7 +125,7 @@ def segment_job(job: SegmentJob) -> SegmentResult:
         rgb = embedding_rgb(emb.embeddings)
     else:
         labels = segment(job.model, job.image, job.method, job.config)
-    objects = len(np.unique(labels[labels > 0]))
+    objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects)
 
 
