@@ -156,3 +156,37 @@ def test_previews_of_a_colour_model_normalise_each_channel_like_the_whole_image(
     emb_crop = segment(model, rgb[box], device="cpu", value_range=ranges, return_embedding=True)[1].embeddings
     assert whole.shape == image.shape
     assert np.abs(emb_crop[:, 8:-8, 8:-8] - emb_whole[(slice(None),) + box][:, 8:-8, 8:-8]).max() < 1e-3
+
+
+def test_a_spatial_axis_given_as_channel_axis_is_refused_before_anything_is_saved(tmp_path, tiny_pair):
+    image, sparse, _ = tiny_pair
+    stack = _two_channel(image)
+    for bad, what in ((1, "spatial axis"), ("0", "whole number"), (True, "whole number"), (0.0, "whole number")):
+        with pytest.raises(SpocoError, match=what):
+            channel_count(stack, channel_axis=bad)
+    with pytest.raises(SpocoError, match="spatial axis"):
+        channel_count(image, channel_axis=0)  # a grey 2D image has no channel axis
+    model = SpocoModel.new(ModelConfig(base_features=8, depth=2, in_channels=2))
+    with pytest.raises(SpocoError, match="spatial axis"):
+        segment(model, stack, device="cpu", channel_axis=1)
+    with pytest.raises(SpocoError, match="1 to 64 channels"):
+        SpocoModel.new(SMALL).widen_input(0)
+
+
+def test_a_refused_training_leaves_the_grey_model_grey(tiny_pair):
+    image, sparse, _ = tiny_pair
+    rgb = np.stack([image] * 3, axis=-1)
+    model = SpocoModel.new(SMALL)
+    with pytest.raises(SpocoError, match="Patch shape"):
+        train([rgb], [sparse], TrainConfig(steps=1, patch_shape=(33, 33), device="cpu"), model=model)
+    assert model.config.in_channels == 1 and model.student.encoders[0][0].in_channels == 1
+
+
+def test_planar_colour_tiffs_keep_their_axis_order_with_channel_axis(tmp_path, tiny_pair):
+    from napari_spoco.io import read_image
+
+    image, _, _ = tiny_pair
+    planar = np.stack([image, image, image]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "p.tif", planar, photometric="rgb", planarconfig="separate")
+    assert read_image(tmp_path / "p.tif").shape == (64, 64, 3)  # as always: colour, channels last
+    assert read_image(tmp_path / "p.tif", keep_channels=True).shape == (3, 64, 64)  # the file's axis 0

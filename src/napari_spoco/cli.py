@@ -338,7 +338,7 @@ def _initial_model(init: str | None, images, channel_axis: int | None = None):
     if init in (None, "", "none"):
         return None
     if init == "default":
-        has_channels = bool(images) and (channel_axis is not None or channel_count(images[0]) > 1)
+        has_channels = bool(images) and (channel_count(images[0], channel_axis) > 1 or channel_axis is not None)
         ndim = images[0].ndim - int(has_channels) if images else 2
         if has_default_model(ndim):
             print(f"Starting from the shipped {ndim}D model (--init none to start from scratch).", file=sys.stderr)

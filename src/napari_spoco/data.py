@@ -38,14 +38,29 @@ def channel_count(image: np.ndarray, channel_axis: int | None = None) -> int:
     ``(Y, X, 3|4)`` colour (alpha is no image content), else 1."""
     image = image if hasattr(image, "shape") else np.asarray(image)
     if channel_axis is not None:
-        return int(image.shape[_axis(channel_axis, image.ndim)])
+        return int(image.shape[_axis(channel_axis, image.shape)])
     return 3 if is_rgb(image) else 1
 
 
-def _axis(channel_axis: int, ndim: int) -> int:
+#: More entries than this on a "channel" axis means it is a spatial axis given by mistake.
+MAX_CHANNELS = 16
+
+
+def _axis(channel_axis: int, shape: tuple[int, ...]) -> int:
+    """``channel_axis`` as a non-negative index, refused when it cannot be a channel axis."""
+    ndim = len(shape)
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+        raise SpocoError(f"channel_axis must be a whole number (an axis of the image), got {channel_axis!r}.")
     if not -ndim <= channel_axis < ndim:
         raise SpocoError(f"channel_axis {channel_axis} does not exist in an image with {ndim} axes.")
-    return channel_axis % ndim
+    axis = int(channel_axis) % ndim
+    if shape[axis] > MAX_CHANNELS or ndim < 3:
+        raise SpocoError(
+            f"channel_axis {channel_axis}: axis {axis} of the image (shape {tuple(shape)}) holds {shape[axis]} "
+            f"entries and would leave a {ndim - 1}D image; that is a spatial axis, not channels. Give the axis "
+            f"that holds the 2-{MAX_CHANNELS} channels, or leave channel_axis out for a one-channel image."
+        )
+    return axis
 
 
 def channels_first(image: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
@@ -53,7 +68,7 @@ def channels_first(image: np.ndarray, channel_axis: int | None = None) -> np.nda
     as ``(3, Y, X)`` (alpha dropped), a single-channel image with a new axis of length 1."""
     image = np.asarray(image)
     if channel_axis is not None:
-        return np.moveaxis(image, _axis(channel_axis, image.ndim), 0)
+        return np.moveaxis(image, _axis(channel_axis, image.shape), 0)
     if is_rgb(image):
         return np.moveaxis(image[..., :3], -1, 0)
     return image[None]

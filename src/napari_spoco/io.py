@@ -219,7 +219,8 @@ def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:
         data = np.asarray(series.asarray())
         axes = series.axes
     if data.ndim == len(axes):
-        if "S" in axes and data.shape[axes.index("S")] in (3, 4) and axes.index("S") != data.ndim - 1:
+        if ("S" in axes and data.shape[axes.index("S")] in (3, 4) and axes.index("S") != data.ndim - 1
+                and not keep_channels):  # with --channel-axis the file's own axis order is kept
             data = np.moveaxis(data, axes.index("S"), -1)  # planar colour → (…, Y, X, 3|4)
             axes = axes.replace("S", "") + "S"
         if "C" in axes and data.shape[axes.index("C")] > 1 and not keep_channels:

@@ -224,6 +224,8 @@ class SpocoModel:
         channel count, so the widened network starts out seeing the mean of its normalised
         channels — the grey image it was trained on, near enough — and fine-tuning learns
         what the channels add. Student and teacher alike; the record says it happened."""
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 64:
+            raise SpocoError(f"A model reads 1 to 64 channels; cannot widen it to {channels!r}.")
         if self.config.in_channels == channels:
             return
         if self.config.in_channels != 1:

@@ -187,7 +187,7 @@ def train(
     SpocoModel
         Student and EMA teacher, moved back to the CPU.
     """
-    return _drive(iter_train(images, labels, config, model, model_config, stop, names,
+    return drain(iter_train(images, labels, config, model, model_config, stop, names,
                              channel_axis=channel_axis), callback)
 
 
@@ -243,18 +243,23 @@ def input_channels(images: Sequence[np.ndarray], channel_axis: int | None, model
                      "start a new model, or give the images with the channels the model was trained on.")
 
 
-def _drive(steps: Generator[TrainProgress, None, SpocoModel], callback) -> SpocoModel:
-    """Run a training generator to its end, feeding ``callback``; return the model."""
+def drain(steps: Generator, callback: Callable | None = None):
+    """Run a generator to its end, feeding each item to ``callback``; return its return value.
+
+    The one loop behind :func:`train`, :func:`pretrain` and the napari panel's synchronous
+    path. When ``callback`` raises, the generator is closed first, so that its clean-up runs
+    (a training loop then leaves a usable model).
+    """
     while True:
         try:
-            progress = next(steps)
+            item = next(steps)
         except StopIteration as done:
             return done.value
         if callback is not None:
             try:
-                callback(progress)
+                callback(item)
             except BaseException:
-                steps.close()  # runs the loop's clean-up: the model is left usable
+                steps.close()
                 raise
 
 
@@ -320,8 +325,6 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
             f"The model is {model.config.ndim}D but the images are {ndim}D; start a new model "
             "or load one made for this kind of image."
         )
-    if model.config.in_channels != channels:
-        model.widen_input(channels)  # input_channels() allowed only a one-channel model here
     if config.steps <= 0 and not config.minutes:
         raise SpocoError("Give a positive number of steps or minutes to train for.")
     device = select_device(config.device)
@@ -344,6 +347,10 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     batch = config.batch_size or (8 if ndim == 2 else 2)
     sampler = PatchSampler(data, patch, config.object_fraction, seed=config.seed)
 
+    if model.config.in_channels != channels:
+        # last of the set-up, so that a refused setting leaves the caller's model as it was;
+        # input_channels() allowed only a one-channel model here
+        model.widen_input(channels)
     model.to(device)
     student, teacher = model.student, model.teacher
     # Channels-last: forward+backward ~30 % faster on CPU, whole steps ~15 % (docs/benchmarks.md).
@@ -486,4 +493,4 @@ def pretrain(
     images = as_image_list(images, "images")
     steps = iter_train(images, [None] * len(images), config, model, model_config, stop, names, self_supervised=True,
                        channel_axis=channel_axis)
-    return _drive(steps, callback)
+    return drain(steps, callback)

@@ -22,7 +22,7 @@ from ..clustering import ClusterConfig
 from ..data import check_image, count_objects, intensity_range
 from ..model import ModelConfig, SpocoModel
 from ..segmentation import segment, segment_preview, segment_series
-from ..training import TrainConfig, TrainProgress, iter_train
+from ..training import TrainConfig, TrainProgress, drain, iter_train
 
 
 @dataclass
@@ -179,14 +179,7 @@ def launch(
         try:
             result = func(*args)
             if isinstance(result, _GeneratorType):
-                while True:
-                    try:
-                        item = next(result)
-                    except StopIteration as done:
-                        result = done.value
-                        break
-                    if on_yield is not None:
-                        on_yield(item)
+                result = drain(result, on_yield)
             if on_return is not None:
                 on_return(result)
         except Exception as exc:  # noqa: BLE001 - reported to the user by on_error
