@@ -175,12 +175,11 @@ def train(
         Called with a :class:`TrainProgress` after every step.
     stop : threading.Event or callable, optional
         Checked between steps; when set, training ends early and the model is returned.
-
     channel_axis : int, optional
-        The images' channel axis. Colour and channels are the network's input: a new model
-        reads as many channels as the images hold; a one-channel ``model`` is widened to them
-        (:meth:`SpocoModel.widen_input`); a colour image given to a one-channel model that is
-        not widened is read as grey (docs/method.md, "Colour and channels").
+        The images' channel axis (colour ``(Y, X, 3|4)`` needs none). Colour and channels are
+        the network's input: a new model reads as many channels as the images hold, and a
+        one-channel ``model`` is widened to them (:meth:`SpocoModel.widen_input`;
+        docs/method.md, "Colour and channels").
 
     Returns
     -------
@@ -235,9 +234,7 @@ def input_channels(images: Sequence[np.ndarray], channel_axis: int | None, model
         raise SpocoError(f"The images hold different numbers of channels ({sorted(counts)}); train on images "
                          "with the same channels.")
     have = counts.pop()
-    if model is None or have == model.config.in_channels:
-        return have
-    if model.config.in_channels == 1:
+    if model is None or model.config.in_channels in (1, have):
         return have
     raise SpocoError(f"This model reads {model.config.in_channels} channels but the images hold {have}; "
                      "start a new model, or give the images with the channels the model was trained on.")
