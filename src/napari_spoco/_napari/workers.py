@@ -72,7 +72,7 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None
     segmentation of the current preview target made with a snapshot of the model."""
     steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names,
                        self_supervised=job.self_supervised)
-    ranges: dict[str, tuple[float, float]] = {}
+    ranges: dict[str, tuple] = {}
     last = time.perf_counter()
     while True:
         try:
@@ -86,8 +86,9 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None
         if target is None:
             continue
         t0 = time.perf_counter()
-        if target.key not in ranges:
-            ranges[target.key] = intensity_range(check_image(target.image))
+        if target.key not in ranges:  # once per image: a range per channel for colour models
+            c = progress.model.config.in_channels
+            ranges[target.key] = intensity_range(check_image(target.image, "image", c), channels=c)
         labels = segment_preview(progress.model, target.image, target.box, ranges[target.key])
         yield PreviewResult(labels, target, progress.step, time.perf_counter() - t0)
         last = time.perf_counter()
