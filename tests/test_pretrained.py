@@ -125,9 +125,9 @@ def zero_shot():
 
 
 def test_fine_tuning_the_shipped_model_does_not_start_by_unlearning(zero_shot):
-    # Issue 5: the first steps used to wreck the shipped model (AP50 0.38 / 0.59 zero-shot on
+    # The first steps used to wreck the shipped model (AP50 0.38 / 0.59 zero-shot on
     # the training / held-out crop; 0.13 / 0.22 after one step, 0.35 / 0.37 after five). A
-    # fine-tuned model predicts with its EMA teacher, which keeps the spec's fixed momentum
+    # fine-tuned model predicts with its EMA teacher, which keeps the paper's fixed momentum
     # 0.999 from a trained start, with BatchNorm statistics frozen and a learning-rate warm-up
     # (docs/method.md, "Fine-tuning a trained model"). 0.02 is less than one object on either
     # crop (one nucleus more or less moves AP50 by 0.025-0.05); over seeds 0-2 the rule held at
