@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
+from napari_spoco.distances import kernel_two_sigma_sq
 from napari_spoco.losses import (
     LossConfig,
     consistency_term,
     dice_loss,
     foreground_term,
     instance_term,
-    kernel_two_sigma_sq,
     object_masks,
     object_means,
     pick_consistency_anchors,

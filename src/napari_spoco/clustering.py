@@ -18,8 +18,8 @@ import torch
 
 from .checks import check_field
 from .data import relabel_sequential
+from .distances import kernel_two_sigma_sq, sq_dist
 from .errors import SpocoError
-from .losses import sq_dist
 
 Method = Literal["meanshift", "hdbscan", "consistency"]
 METHODS = ("meanshift", "hdbscan", "consistency")
@@ -258,8 +258,6 @@ def consistency_filter(
     percentile 0.16–0.59): that rule keeps 2–11 % of the foreground even when the teacher *is*
     the student, and loses nearly every object (docs/method.md).
     """
-    from .losses import kernel_two_sigma_sq
-
     if against not in ("student", "cluster"):
         raise SpocoError(f"against must be 'student' or 'cluster', not {against!r}.")
     rng = np.random.default_rng(seed)

@@ -5,17 +5,18 @@ Each term works on one sample: embeddings ``e`` of shape ``(E, P)`` (P pixels, f
 object labels ``(P,)`` (0 = not a painted object) and a background mask ``(P,)``. Terms are
 vectorised over objects, pixels and anchors; only the batch is looped (a handful of samples).
 
-Distances are computed from squared distances with a small epsilon so that gradients stay finite
-where an embedding coincides with an anchor.
+Distances are computed from squared distances (distances.py, shared with the clustering) with a
+small epsilon so that gradients stay finite where an embedding coincides with an anchor.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .distances import kernel_two_sigma_sq, sq_dist
 
 _EPS = 1e-8
 
@@ -44,17 +45,6 @@ class LossConfig:
     @classmethod
     def from_dict(cls, d: dict) -> LossConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def kernel_two_sigma_sq(delta_var: float) -> float:
-    """2σ² of the Gaussian kernel whose value is 0.5 at distance δ_v: δ_v² / ln 2."""
-    return delta_var**2 / math.log(2.0)
-
-
-def sq_dist(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances between rows of ``a`` (K, E) and columns of ``e`` (E, P)."""
-    d2 = (a * a).sum(1, keepdim=True) - 2.0 * a @ e + (e * e).sum(0, keepdim=True)
-    return d2.clamp_min(0.0)
 
 
 def object_masks(labels: torch.Tensor) -> torch.Tensor:
