@@ -84,6 +84,26 @@ def test_train_scale_is_kept_in_the_model_and_predictions_come_back_full_size(fo
     assert "Scale 0.0 is outside" in err and "Traceback" not in err
 
 
+def test_predict_puts_the_method_in_the_cluster_config(folders, monkeypatch):
+    """--method and the other clustering flags reach segment() as one ClusterConfig."""
+    import napari_spoco.segmentation as seg
+    from napari_spoco.io import save_model
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    seen = []
+
+    def fake(model, image, method=None, config=None, **kwargs):
+        seen.append((method, config))
+        return np.zeros(image.shape, np.uint16)
+
+    monkeypatch.setattr(seg, "segment", fake)
+    model = save_model(SpocoModel.new(ModelConfig(ndim=2)), folders / "m.spoco.pt")
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred"), "--method", "hdbscan", "--bandwidth", "0.7"]) == 0
+    (method, config), = seen
+    assert method is None and (config.method, config.bandwidth) == ("hdbscan", 0.7)
+
+
 def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "napari-spoco")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True)

@@ -125,7 +125,7 @@ def test_sizes_given_in_image_pixels_are_converted_to_the_networks(monkeypatch):
 
     seen = {}
 
-    def fake(model, image, method, config, *rest):
+    def fake(model, image, config, *rest):
         seen["config"], seen["shape"] = config, image.shape
         return np.zeros(image.shape, np.uint16)
 

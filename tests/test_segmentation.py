@@ -72,3 +72,51 @@ def test_training_job_yields_progress_previews_and_returns_the_model(tiny_pair, 
     assert (len(previews) > 0) == with_preview
     if with_preview:
         assert previews[0].labels.shape == (32, 32)
+
+
+def _record_clustering(monkeypatch):
+    """Replace the clustering in segment() by one that records the config and the embedding
+    it was given."""
+    import napari_spoco.segmentation as seg
+
+    seen = []
+
+    def fake(embeddings, foreground, config, teacher_embeddings=None):
+        seen.append((config, teacher_embeddings is not None))
+        return np.zeros(embeddings.shape[1:], np.uint16)
+
+    monkeypatch.setattr(seg, "cluster_embeddings", fake)
+    return seen
+
+
+def test_segment_takes_the_clustering_method_from_its_config(monkeypatch):
+    """One place for the method: a ClusterConfig's method is not overridden by a default."""
+    from napari_spoco.clustering import ClusterConfig
+    from napari_spoco.segmentation import segment
+
+    seen = _record_clustering(monkeypatch)
+    model = SpocoModel.new(ModelConfig(ndim=2))
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    segment(model, image, config=ClusterConfig(method="consistency", bandwidth=0.7), device="cpu")
+    (config, with_teacher), = seen
+    assert (config.method, config.bandwidth, with_teacher) == ("consistency", 0.7, True)
+    segment(model, image, device="cpu")
+    assert seen[-1][0].method == "meanshift" and not seen[-1][1]
+
+
+def test_segment_method_keyword_fills_the_config(monkeypatch):
+    from napari_spoco.clustering import ClusterConfig
+    from napari_spoco.errors import SpocoError
+    from napari_spoco.segmentation import segment
+
+    seen = _record_clustering(monkeypatch)
+    model = SpocoModel.new(ModelConfig(ndim=2))
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    given = ClusterConfig(bandwidth=0.7)
+    segment(model, image, method="hdbscan", config=given, device="cpu")
+    assert (seen[-1][0].method, seen[-1][0].bandwidth) == ("hdbscan", 0.7)
+    assert given.method == "meanshift"  # the caller's config is not changed
+    segment_series(model, np.stack([image, image]), method="hdbscan", device="cpu")
+    assert [c.method for c, _ in seen[-2:]] == ["hdbscan", "hdbscan"]
+    with pytest.raises(SpocoError, match="Unknown clustering method"):
+        segment(model, image, method="kmeans", device="cpu")

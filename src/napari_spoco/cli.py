@@ -508,7 +508,7 @@ def cmd_predict(args) -> int:
         files = {s: p for s, p in files.items() if s not in set(existing)}
     check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
     config = ClusterConfig(
-        bandwidth=args.bandwidth, min_size=args.min_size,
+        method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand,
     )
     from tqdm import tqdm
@@ -520,7 +520,7 @@ def cmd_predict(args) -> int:
                            disable=not sys.stderr.isatty()):
         try:
             image = read_image(path, keep_channels=args.channel_axis is not None)
-            labels = segment(model, image, method=args.method, config=config, device=args.device,
+            labels = segment(model, image, config=config, device=args.device,
                              channel_axis=args.channel_axis)
             write_labels(targets[stem], labels)
         except (SpocoError, OSError, MemoryError) as exc:

@@ -50,7 +50,7 @@ def object_halo(model: SpocoModel, ndim: int) -> int:
 def segment(
     model: SpocoModel,
     image: np.ndarray,
-    method: str = "meanshift",
+    method: str | None = None,
     config: ClusterConfig | None = None,
     tile_shape: tuple[int, ...] | None = None,
     device: str = "auto",
@@ -67,8 +67,9 @@ def segment(
     as it is, other stacks with ``channel_axis``; ``value_range`` then holds one range per
     channel. A one-channel model reads colour as grey (docs/method.md, "Colour and channels").
 
-    ``method`` is ``meanshift`` (default), ``hdbscan`` or ``consistency``; ``config`` holds the
-    clustering parameters (its ``method`` is overridden by ``method``). Without an explicit
+    ``config`` holds the clustering method (``meanshift`` by default, ``hdbscan`` or
+    ``consistency``) and its parameters; ``method``, when given, is a shortcut that sets
+    ``config.method`` (``segment(model, image, method="hdbscan")``). Without an explicit
     ``min_size``, pieces under 15 % of the median painted object's size are merged into their
     neighbour or dropped; connected pieces above :func:`auto_max_size` count as background.
 
@@ -89,6 +90,8 @@ def segment(
     from .scaling import resize_image, resize_labels, scaled_shape
     from .training import as_model
 
+    if method is not None:
+        config = replace(config or ClusterConfig(), method=method)
     model = as_model(model)
     if model is None:
         raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
@@ -106,7 +109,7 @@ def segment(
     scale = model.pixel_scale
     if scale == 1.0:
         return _segment_at_network_scale(
-            model, image, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
+            model, image, config, tile_shape, device, progress, value_range, return_embedding, _timing
         )
     if value_range is None:
         value_range = intensity_range(image, channels=channels)  # of the original: crops normalise like the whole
@@ -120,7 +123,7 @@ def segment(
     )
     small = resize_image(image, scaled_shape(shape, scale))
     result = _segment_at_network_scale(
-        model, small, method, config, tile_shape, device, progress, value_range, return_embedding, _timing
+        model, small, config, tile_shape, device, progress, value_range, return_embedding, _timing
     )
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
@@ -138,7 +141,6 @@ def segment(
 def _segment_at_network_scale(
     model: SpocoModel,
     image: np.ndarray,
-    method: str,
     config: ClusterConfig | None,
     tile_shape: tuple[int, ...] | None,
     device: str,
@@ -159,7 +161,7 @@ def _segment_at_network_scale(
     channels = model.config.in_channels
     spatial = image.shape[-ndim:]
     lead = (slice(None),) * (image.ndim - ndim)  # the channel axis, if any
-    config = replace(config or ClusterConfig(), method=method)
+    config = config or ClusterConfig()
     if config.min_size is None:
         config = replace(config, min_size=auto_min_size(model, ndim))
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
@@ -174,7 +176,7 @@ def _segment_at_network_scale(
         block = image[lead + tuple(region)]
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape[-ndim:]))
         t0 = time.perf_counter()
-        emb = embed(model, block, device=device, with_teacher=method == "consistency", value_range=value_range,
+        emb = embed(model, block, device=device, with_teacher=config.method == "consistency", value_range=value_range,
                     channel_axis=0 if channels > 1 else None)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
@@ -236,12 +238,12 @@ def segment_preview(
     image: np.ndarray,
     box: tuple[slice, ...],
     value_range: tuple[float, float] | None = None,
-    method: str = "meanshift",
+    method: str | None = None,
     config: ClusterConfig | None = None,
 ) -> np.ndarray:
     """Segment ``image[box]`` with a CPU snapshot of ``model``, normalised like the whole image.
 
-    Safe to call between training steps: the live networks are neither moved nor switched to
+    ``method`` and ``config`` are :func:`segment`'s. Safe to call between training steps: the live networks are neither moved nor switched to
     evaluation mode. Returns the labels of the box only. For models of several channels the
     image is colour ``(Y, X, 3|4)`` and ``value_range`` one range per channel (computed here
     when missing or given for grey).
@@ -260,7 +262,7 @@ def segment_preview(
 def segment_series(
     model: SpocoModel,
     stack: np.ndarray,
-    method: str = "meanshift",
+    method: str | None = None,
     config: ClusterConfig | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
@@ -268,8 +270,8 @@ def segment_series(
     """Segment a 2D+t stack ``(T, Y, X)`` frame by frame with a 2D model.
 
     Ids are made unique across frames (frame t's ids follow frame t-1's), so that any instance
-    can be picked, promoted or exported without ambiguity. ``progress(done, total)`` counts
-    frames.
+    can be picked, promoted or exported without ambiguity. ``method`` and ``config`` are
+    :func:`segment`'s; ``progress(done, total)`` counts frames.
     """
     stack = np.asarray(stack)
     out = np.zeros(stack.shape[:3], dtype=np.uint32)

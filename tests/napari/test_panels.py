@@ -101,6 +101,27 @@ def test_each_panel_enables_its_buttons_from_the_shared_state(spoco, tiny_model)
     assert "Train starts a new network" in widget.model_panel.model_label.text()
 
 
+def test_the_segment_panel_sends_its_settings_as_one_cluster_config(spoco, tiny_model, monkeypatch):
+    """The clustering method chosen in the panel travels in the ClusterConfig, nowhere else."""
+    import napari_spoco._napari.workers as workers
+
+    viewer, widget = spoco
+    seen = []
+
+    def fake(model, image, method=None, config=None, **kwargs):
+        seen.append((method, config))
+        return np.zeros(image.shape[:2], np.uint16)
+
+    monkeypatch.setattr(workers, "segment", fake)
+    widget.state.model.use(tiny_model, ModelSource.NEW)
+    panel = widget.segment_panel
+    panel.method_box.setCurrentText("hdbscan")
+    panel.bandwidth_spin.setValue(0.7)
+    panel.segment_btn.click()
+    (method, config), = seen
+    assert method is None and (config.method, config.bandwidth) == ("hdbscan", 0.7)
+
+
 def _names(picker):
     return [layer.name if layer is not None else None for layer in picker.choices]
 

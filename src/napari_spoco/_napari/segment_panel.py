@@ -104,7 +104,6 @@ class SegmentPanel(QGroupBox):
         job = workers.SegmentJob(
             model=model,
             image=np.asarray(image_data(image)),
-            method=config.method,
             config=config,
             series=series,
             with_embedding=self.embedding_check.isChecked() and not series,

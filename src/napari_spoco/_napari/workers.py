@@ -98,8 +98,7 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None
 class SegmentJob:
     model: SpocoModel
     image: np.ndarray
-    method: str = "meanshift"
-    config: ClusterConfig | None = None
+    config: ClusterConfig | None = None  # the clustering method and its parameters
     series: bool = False  # a (T, Y, X) stack of 2D images
     with_embedding: bool = False
 
@@ -120,12 +119,12 @@ def segment_job(job: SegmentJob) -> SegmentResult:
     t0 = time.perf_counter()
     rgb = None
     if job.series:
-        labels = segment_series(job.model, job.image, job.method, job.config)
+        labels = segment_series(job.model, job.image, config=job.config)
     elif job.with_embedding:
-        labels, emb = segment(job.model, job.image, job.method, job.config, return_embedding=True)
+        labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True)
         rgb = embedding_rgb(emb.embeddings)
     else:
-        labels = segment(job.model, job.image, job.method, job.config)
+        labels = segment(job.model, job.image, config=job.config)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects)
 
