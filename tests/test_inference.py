@@ -95,6 +95,27 @@ def test_wrong_dimensionality_is_refused():
         embed(_model(2), np.zeros((8, 16, 16), np.float32))
 
 
+def test_embed_takes_a_prepared_image_as_it_is():
+    from napari_spoco.data import intensity_range
+    from napari_spoco.inference import prepare_image
+
+    model = _model()
+    image = np.random.default_rng(3).normal(size=(48, 64)).astype(np.float32)
+    prepared = prepare_image(model, image)
+    assert prepared.shape == (48, 64) and prepared.value_range == intensity_range(image)
+    np.testing.assert_array_equal(embed(model, prepared, device="cpu").embeddings,
+                                  embed(model, image, device="cpu").embeddings)
+    # a crop keeps the whole image's range: it embeds like the image cropped with that range
+    box = (slice(8, 40), slice(16, 48))
+    np.testing.assert_array_equal(
+        embed(model, prepared.crop(box), device="cpu").embeddings,
+        embed(model, image[box], device="cpu", value_range=prepared.value_range).embeddings)
+    with pytest.raises(SpocoError, match="carries its range"):
+        embed(model, prepared, value_range=(0.0, 1.0))
+    with pytest.raises(SpocoError, match="prepared for another model"):
+        embed(_model(3), prepared)
+
+
 def test_images_too_large_for_memory_are_refused_with_advice(monkeypatch):
     import napari_spoco.inference as inf
 

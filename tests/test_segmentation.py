@@ -120,3 +120,50 @@ def test_segment_method_keyword_fills_the_config(monkeypatch):
     assert [c.method for c, _ in seen[-2:]] == ["hdbscan", "hdbscan"]
     with pytest.raises(SpocoError, match="Unknown clustering method"):
         segment(model, image, method="kmeans", device="cpu")
+
+
+def _count_calls(monkeypatch, name):
+    """Count the calls of ``napari_spoco.data.<name>``, wherever the package imported it."""
+    import sys
+
+    import napari_spoco.data as data
+
+    real, calls = getattr(data, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for mod_name, module in list(sys.modules.items()):
+        if mod_name.startswith("napari_spoco") and getattr(module, name, None) is real:
+            monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", ["tiled", "scaled", "channels", "consistency", "preview"])
+def test_one_segment_call_checks_the_image_and_takes_its_range_once(monkeypatch, case):
+    """segment() prepares the image once and hands it down: not again per tile, per scale or
+    in embed()."""
+    from napari_spoco.clustering import ClusterConfig
+    from napari_spoco.segmentation import segment
+
+    checks, ranges = _count_calls(monkeypatch, "check_image"), _count_calls(monkeypatch, "intensity_range")
+    rng = np.random.default_rng(0)
+    model = SpocoModel.new(ModelConfig(ndim=2, in_channels=3 if case in ("channels", "preview") else 1))
+    image = rng.random((96, 80, 3) if case in ("channels", "preview") else (96, 80)).astype(np.float32)
+    if case == "scaled":
+        model.history["pixel_scale"] = 0.5
+    blocks = []
+    if case == "preview":
+        out = segment_preview(model, image, (slice(0, 64), slice(0, 64)))
+        assert out.shape == (64, 64)
+    else:
+        config = ClusterConfig(method="consistency" if case == "consistency" else "meanshift")
+        out = segment(model, image, config=config, device="cpu", tile_shape=(64, 64),
+                      progress=lambda done, total: blocks.append(total))
+        assert out.shape == (96, 80) and blocks[-1] == len(blocks)
+        assert len(blocks) > 1 or case == "scaled"  # (at half scale, the image is one tile)
+    assert (len(checks), len(ranges)) == (1, 1)
+    given = ((0.0, 1.0),) * 3 if model.config.in_channels > 1 else (0.0, 1.0)
+    segment(model, image, device="cpu", tile_shape=(64, 64), value_range=given)
+    assert (len(checks), len(ranges)) == (2, 1)  # a given range is used as it is

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import check_image, normalize, spatial_shape
+from .data import check_image, intensity_range, normalize, spatial_shape
 from .errors import SpocoError
 from .model import SpocoModel, select_device, split_output
 
@@ -30,6 +30,46 @@ class Embedding:
     # (E, *spatial), of model.partner (the teacher, or the student when the teacher predicts),
     # for consistency clustering
     teacher_embeddings: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image made ready for a model once (:func:`prepare_image`): checked, float32,
+    ``(C, *spatial)`` for models of several channels, with the intensity range that normalises
+    it. Tiles and crops of it (:meth:`crop`) are not checked again and keep its range."""
+
+    data: np.ndarray
+    value_range: tuple  # (low, high), or one such pair per channel
+    channels: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The spatial shape (without the channel axis)."""
+        return spatial_shape(self.data, self.channels)
+
+    def crop(self, region: tuple[slice, ...]) -> PreparedImage:
+        """The part of the image inside ``region`` (spatial slices), normalised like the whole."""
+        lead = (slice(None),) if self.channels > 1 else ()
+        return PreparedImage(self.data[lead + tuple(region)], self.value_range, self.channels)
+
+
+def prepare_image(
+    model: SpocoModel, image: np.ndarray, value_range=None, channel_axis: int | None = None
+) -> PreparedImage:
+    """Check ``image`` for ``model`` (channels, 2D/3D as the model, finite values) and take its
+    intensity range (``value_range`` when given: crops of a larger image normalise like it);
+    the one preparation step of :func:`embed` and :func:`napari_spoco.segment`."""
+    channels = model.config.in_channels
+    data = check_image(image, "image", channels, channel_axis)
+    shape = spatial_shape(data, channels)
+    if len(shape) != model.config.ndim:
+        raise SpocoError(
+            f"This is a {model.config.ndim}D model but the image is {len(shape)}D "
+            f"(shape {data.shape}); use a model trained on {len(shape)}D images."
+        )
+    if value_range is None:
+        value_range = intensity_range(data, channels=channels)
+    return PreparedImage(data, value_range, channels)
 
 
 def default_tile_voxels(ndim: int) -> int:
@@ -149,7 +189,7 @@ def _check_memory(n_pixels: int, floats_per_pixel: int, shape: tuple[int, ...]) 
 @torch.inference_mode()
 def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each part is short and tested (tests/test_inference.py)
     model: SpocoModel,
-    image: np.ndarray,
+    image: np.ndarray | PreparedImage,
     tile_shape: tuple[int, ...] | None = None,
     overlap: int | None = None,
     device: str = "auto",
@@ -172,18 +212,20 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     is called after each tile. ``value_range`` overrides the image's own percentile range (for
     crops of a larger image; one range per channel for models of several channels).
     ``channel_axis``: the image's channel axis, for models that read several channels
-    (colour ``(Y, X, 3|4)`` needs none).
+    (colour ``(Y, X, 3|4)`` needs none). A :class:`PreparedImage` (of :func:`prepare_image`)
+    is used as it is: it carries its checked data and range already.
     """
     channels = model.config.in_channels
-    image = check_image(image, "image", channels, channel_axis)
-    x = normalize(image, value_range=value_range, channels=channels)
+    if isinstance(image, PreparedImage):
+        if value_range is not None or channel_axis is not None:
+            raise SpocoError("A prepared image carries its range and channels; give neither value_range nor channel_axis.")
+        if image.channels != channels or len(image.shape) != model.config.ndim:
+            raise SpocoError("This image was prepared for another model; prepare it for this one (prepare_image).")
+    else:
+        image = prepare_image(model, image, value_range, channel_axis)
+    x = normalize(image.data, value_range=image.value_range, channels=channels)
     x = x if channels > 1 else x[None]  # (C, *spatial)
-    image_shape = spatial_shape(image, channels)
-    if len(image_shape) != model.config.ndim:
-        raise SpocoError(
-            f"This is a {model.config.ndim}D model but the image is {len(image_shape)}D "
-            f"(shape {image.shape}); use a model trained on {len(image_shape)}D images."
-        )
+    image_shape = image.shape
     del image
     div = model.config.size_divisor
     # A reflected margin around the image: the network learned on crops from inside images, and

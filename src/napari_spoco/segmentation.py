@@ -10,7 +10,7 @@ import numpy as np
 from .clustering import ClusterConfig, cluster_embeddings
 from .data import relabel_sequential
 from .errors import SpocoError
-from .inference import Embedding, embed
+from .inference import Embedding, PreparedImage, embed, prepare_image
 from .model import SpocoModel
 
 
@@ -45,6 +45,16 @@ def object_halo(model: SpocoModel, ndim: int) -> int:
     median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
     diameter = 2.0 * (median / np.pi) ** 0.5 if ndim == 2 else 2.0 * (3.0 * median / (4.0 * np.pi)) ** (1 / 3)
     return int(min(256, max(4 * diameter, diameter + 2 * model.config.receptive_radius)))
+
+
+def _with_method(config: ClusterConfig | None, method: str | None) -> ClusterConfig | None:
+    """``config`` with ``method`` as its clustering method (a copy; ``config`` itself when
+    ``method`` is None): the ``method=`` shortcut of :func:`segment` and its kin."""
+    if method is None:
+        return config
+    from dataclasses import replace
+
+    return replace(config or ClusterConfig(), method=method)
 
 
 def segment(
@@ -83,48 +93,51 @@ def segment(
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
     take memory in proportion to the image).
     """
-    from dataclasses import replace
-
-    from .data import check_image, intensity_range, spatial_shape
-    from .io import label_dtype
-    from .scaling import resize_image, resize_labels, scaled_shape
     from .training import as_model
 
-    if method is not None:
-        config = replace(config or ClusterConfig(), method=method)
+    config = _with_method(config, method)
     model = as_model(model)
     if model is None:
         raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
     if image is None or isinstance(image, (str, bytes)):
         raise SpocoError("image must be an array; read a file first, e.g. with napari_spoco.io.read_image.")
-    channels = model.config.in_channels
-    image = check_image(image, "image", channels, channel_axis)
-    shape = spatial_shape(image, channels)
-    ndim = model.config.ndim
-    if len(shape) != ndim:
-        raise SpocoError(
-            f"This is a {ndim}D model but the image is {len(shape)}D (shape {image.shape}); "
-            f"use a model trained on {len(shape)}D images."
-        )
+    # Checked and its range taken once, of the whole image: every tile normalises alike.
+    prepared = prepare_image(model, image, value_range, channel_axis)
+    return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing)
+
+
+def _segment_prepared(
+    model: SpocoModel,
+    image: PreparedImage,
+    config: ClusterConfig | None,
+    tile_shape: tuple[int, ...] | None = None,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    return_embedding: bool = False,
+    _timing: dict | None = None,
+) -> np.ndarray | tuple[np.ndarray, Embedding]:
+    """:func:`segment` of an image prepared for ``model``: at the model's pixel scale, in
+    the image's pixels."""
+    from dataclasses import replace
+
+    from .io import label_dtype
+    from .scaling import resize_image, resize_labels, scaled_shape
+
     scale = model.pixel_scale
     if scale == 1.0:
-        return _segment_at_network_scale(
-            model, image, config, tile_shape, device, progress, value_range, return_embedding, _timing
-        )
-    if value_range is None:
-        value_range = intensity_range(image, channels=channels)  # of the original: crops normalise like the whole
+        return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing)
+    shape = image.shape
     config = config or ClusterConfig()
-    volume = scale**ndim
+    volume = scale**model.config.ndim
     config = replace(
         config,
         min_size=None if config.min_size is None else max(1, int(round(config.min_size * volume))),
         max_size=None if config.max_size is None else max(1, int(round(config.max_size * volume))),
         expand=int(round(config.expand * scale)),
     )
-    small = resize_image(image, scaled_shape(shape, scale))
-    result = _segment_at_network_scale(
-        model, small, config, tile_shape, device, progress, value_range, return_embedding, _timing
-    )
+    # resized, the image keeps the original's range: crops normalise like the whole
+    small = PreparedImage(resize_image(image.data, scaled_shape(shape, scale)), image.value_range, image.channels)
+    result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
     if scale > 1.0:  # shrinking the labels back may lose an object of a pixel or two
@@ -132,52 +145,42 @@ def segment(
     labels = labels.astype(label_dtype(labels))
     if emb is None:
         return labels
-    from .inference import Embedding
-
     up = lambda a: None if a is None else resize_image(a, shape)  # noqa: E731
     return labels, Embedding(up(emb.embeddings), up(emb.foreground), up(emb.teacher_embeddings))
 
 
 def _segment_at_network_scale(
     model: SpocoModel,
-    image: np.ndarray,
+    image: PreparedImage,
     config: ClusterConfig | None,
     tile_shape: tuple[int, ...] | None,
     device: str,
     progress: Callable[[int, int], None] | None,
-    value_range,
     return_embedding: bool,
     _timing: dict | None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
-    """:func:`segment` on an image already at the model's scale (checked, float32; ``(C, *spatial)``
-    for models of several channels)."""
+    """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
 
-    from .data import intensity_range
     from .io import label_dtype
     from .tiling import paste_claimed, tiles
 
     ndim = model.config.ndim
-    channels = model.config.in_channels
-    spatial = image.shape[-ndim:]
-    lead = (slice(None),) * (image.ndim - ndim)  # the channel axis, if any
+    spatial = image.shape
     config = config or ClusterConfig()
     if config.min_size is None:
         config = replace(config, min_size=auto_min_size(model, ndim))
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
-    if value_range is None:
-        value_range = intensity_range(image, channels=channels)  # one normalisation for every tile
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
     out = np.zeros(spatial, dtype=np.int64)
     whole = None
     next_id = 1
     for k, (core, region) in enumerate(blocks):
-        block = image[lead + tuple(region)]
-        cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape[-ndim:]))
+        block = image.crop(region)
+        cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
-        emb = embed(model, block, device=device, with_teacher=config.method == "consistency", value_range=value_range,
-                    channel_axis=0 if channels > 1 else None)
+        emb = embed(model, block, device=device, with_teacher=config.method == "consistency")
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
@@ -243,18 +246,18 @@ def segment_preview(
 ) -> np.ndarray:
     """Segment ``image[box]`` with a CPU snapshot of ``model``, normalised like the whole image.
 
-    ``method`` and ``config`` are :func:`segment`'s. Safe to call between training steps: the live networks are neither moved nor switched to
-    evaluation mode. Returns the labels of the box only. For models of several channels the
-    image is colour ``(Y, X, 3|4)`` and ``value_range`` one range per channel (computed here
-    when missing or given for grey).
+    Safe to call between training steps: the live networks are neither moved nor switched to
+    evaluation mode. Returns the labels of the box only. ``method`` and ``config`` are
+    :func:`segment`'s. For models of several channels the image is colour ``(Y, X, 3|4)`` and
+    ``value_range`` one range per channel (computed here when missing or given for grey).
     """
     snap = model.snapshot()
     channels = model.config.in_channels
     if channels > 1 and (value_range is None or np.size(value_range) != 2 * channels):
-        # a range per channel, of the whole image (a grey range does not fit a colour model)
-        from .data import check_image, intensity_range
-
-        value_range = intensity_range(check_image(image, "image", channels), channels=channels)
+        # a range per channel, of the whole image (a grey range does not fit a colour model):
+        # the whole image is prepared once, and the box cut from it
+        prepared = prepare_image(snap, image).crop(box)
+        return _segment_prepared(snap, prepared, _with_method(config, method), device="cpu")
     crop = np.asarray(image[box])
     return segment(snap, crop, method=method, config=config, device="cpu", value_range=value_range)
 
