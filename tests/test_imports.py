@@ -9,7 +9,7 @@ CORE = [
     "napari_spoco.inference", "napari_spoco.clustering", "napari_spoco.metrics", "napari_spoco.io",
     "napari_spoco.data", "napari_spoco.augment", "napari_spoco.segmentation", "napari_spoco.cli",
     "napari_spoco.sample", "napari_spoco.overlay", "napari_spoco.pretrained", "napari_spoco.bioimageio_export",
-    "napari_spoco.scaling", "napari_spoco.distances",
+    "napari_spoco.scaling", "napari_spoco.distances", "napari_spoco.label_dtypes",
 ]
 
 

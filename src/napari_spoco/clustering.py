@@ -20,6 +20,7 @@ from .checks import check_field
 from .data import relabel_sequential
 from .distances import kernel_two_sigma_sq, sq_dist
 from .errors import SpocoError
+from .label_dtypes import label_dtype
 
 Method = Literal["meanshift", "hdbscan", "consistency"]
 METHODS = ("meanshift", "hdbscan", "consistency")
@@ -327,7 +328,7 @@ def cluster_embeddings(
     flat_idx = np.flatnonzero(mask)
     result = np.zeros(int(np.prod(spatial)), dtype=np.int64)
     if flat_idx.size == 0:
-        return result.reshape(spatial).astype(np.uint16)
+        return np.zeros(spatial, dtype=label_dtype(0))
     pts = embeddings.reshape(embeddings.shape[0], -1)[:, flat_idx].T
     if config.method == "hdbscan":
         lab = hdbscan_cluster(pts, config.hdbscan_min_cluster_size, config.hdbscan_max_points, config.bandwidth,

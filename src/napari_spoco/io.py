@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import SpocoError
+from .label_dtypes import as_label_image
 from .model import ModelConfig, SpocoModel, UNet, make_teacher
 
 FORMAT = "napari-spoco-model"
@@ -232,14 +233,9 @@ def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:
     return data
 
 
-def label_dtype(labels: np.ndarray) -> np.dtype:
-    """uint16 while ids fit, uint32 beyond 65535, uint64 beyond 2**32 - 1 (never truncated)."""
-    top = int(np.max(labels, initial=0))
-    return np.dtype(np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.uint64)
-
-
 def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = True) -> Path:
-    """Write a label image as a compressed TIFF (uint16/uint32 by id range), atomically."""
+    """Write a label image as a compressed TIFF (uint16/uint32 by id range: label_dtypes.py),
+    atomically."""
     import tifffile
 
     path = Path(path)
@@ -248,7 +244,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
     labels = np.asarray(labels)
     if labels.size and labels.min() < 0:
         raise SpocoError("Label images cannot hold negative ids.")
-    data = labels.astype(label_dtype(labels))
+    data = as_label_image(labels)
     _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack"))
     return path
 

@@ -11,6 +11,7 @@ from .clustering import ClusterConfig, cluster_embeddings
 from .data import relabel_sequential
 from .errors import SpocoError
 from .inference import Embedding, PreparedImage, embed, prepare_image
+from .label_dtypes import as_label_image
 from .model import SpocoModel
 
 
@@ -120,7 +121,6 @@ def _segment_prepared(
     the image's pixels."""
     from dataclasses import replace
 
-    from .io import label_dtype
     from .scaling import resize_image, resize_labels, scaled_shape
 
     scale = model.pixel_scale
@@ -142,7 +142,7 @@ def _segment_prepared(
     labels = resize_labels(labels, shape)
     if scale > 1.0:  # shrinking the labels back may lose an object of a pixel or two
         labels = relabel_sequential(labels)
-    labels = labels.astype(label_dtype(labels))
+    labels = as_label_image(labels)
     if emb is None:
         return labels
     up = lambda a: None if a is None else resize_image(a, shape)  # noqa: E731
@@ -162,7 +162,6 @@ def _segment_at_network_scale(
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
 
-    from .io import label_dtype
     from .tiling import paste_claimed, tiles
 
     ndim = model.config.ndim
@@ -195,7 +194,7 @@ def _segment_at_network_scale(
             progress(k + 1, len(blocks))
     if len(blocks) > 1:
         out = relabel_sequential(out)
-    out = out.astype(label_dtype(out))
+    out = as_label_image(out)
     return (out, whole) if return_embedding else out
 
 
@@ -277,14 +276,12 @@ def segment_series(
     :func:`segment`'s; ``progress(done, total)`` counts frames.
     """
     stack = np.asarray(stack)
-    out = np.zeros(stack.shape[:3], dtype=np.uint32)
+    out = np.zeros(stack.shape[:3], dtype=np.int64)
     offset = 0
     for t in range(stack.shape[0]):
-        lab = segment(model, stack[t], method=method, config=config, device=device).astype(np.uint32)
+        lab = segment(model, stack[t], method=method, config=config, device=device).astype(np.int64)
         out[t] = np.where(lab > 0, lab + offset, 0)
         offset = int(out[t].max(initial=offset))
         if progress is not None:
             progress(t + 1, stack.shape[0])
-    from .io import label_dtype
-
-    return out.astype(label_dtype(out))
+    return as_label_image(out)

@@ -10,6 +10,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
 from ..data import channel_count
+from ..label_dtypes import EDITABLE_LABELS_DTYPE
 from .layers import LINK_KEY, looks_like_time_series, spatial_shape
 from .state import SpocoState
 from .widgets import layer_picker, select_layer
@@ -137,7 +138,7 @@ class DataPanel(QGroupBox):
             return None
         shape = spatial_shape(image)
         layer = self.viewer.add_labels(
-            np.zeros(shape, dtype=np.uint32),
+            np.zeros(shape, dtype=EDITABLE_LABELS_DTYPE),
             name=f"{image.name} sparse labels",
             scale=image.scale[-len(shape):],
             translate=image.translate[-len(shape):],

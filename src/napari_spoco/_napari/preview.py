@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Labels
 
+from ..label_dtypes import EDITABLE_LABELS_DTYPE
 from ..model import ModelConfig, SpocoModel
 from ..segmentation import preview_box
 from .layers import find_layer, image_data, spatial_shape
@@ -45,7 +46,8 @@ def preview_target(viewer, image, series: bool, model: SpocoModel | None) -> Pre
 def empty_preview(target: PreviewTarget) -> PreviewResult:
     """Zeros of the target's size: the preview layer is made when Train is pressed, since
     creating a layer costs a few hundred ms of GUI time, which mid-training would be a stall."""
-    return PreviewResult(np.zeros(tuple(s.stop - s.start for s in target.box), np.uint32), target, 0, 0.0)
+    shape = tuple(s.stop - s.start for s in target.box)  # later previews go into it in place
+    return PreviewResult(np.zeros(shape, EDITABLE_LABELS_DTYPE), target, 0, 0.0)
 
 
 def show_preview(viewer, result: PreviewResult, keep_active=None) -> bool:

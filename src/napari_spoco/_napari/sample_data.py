@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..label_dtypes import EDITABLE_LABELS_DTYPE
 from ..sample import load_sample
 from .layers import LINK_KEY
 
@@ -11,7 +12,7 @@ def sparse_nuclei() -> list[tuple]:
     s = load_sample()
     return [
         (s.train_image, {"name": "nuclei"}, "image"),
-        (s.train_sparse.astype("uint32"), {"name": "nuclei sparse labels", "metadata": {LINK_KEY: "nuclei"}}, "labels"),
+        (s.train_sparse.astype(EDITABLE_LABELS_DTYPE), {"name": "nuclei sparse labels", "metadata": {LINK_KEY: "nuclei"}}, "labels"),
     ]
 
 

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..clustering import METHODS, ClusterConfig
+from ..label_dtypes import label_dtype
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
@@ -138,8 +139,8 @@ class SegmentPanel(QGroupBox):
             return existing, False
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
-        # uint16, as most results are: the result replaces the zeros without a change of type
-        layer = self.viewer.add_labels(np.zeros(shape, np.uint16), name=name, scale=image.scale[-len(shape):],
+        # the type of an empty result, as most results are: the result replaces the zeros
+        layer = self.viewer.add_labels(np.zeros(shape, label_dtype(0)), name=name, scale=image.scale[-len(shape):],
                                        translate=image.translate[-len(shape):])
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
