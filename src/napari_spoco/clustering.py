@@ -22,7 +22,6 @@ from .distances import kernel_two_sigma_sq, sq_dist
 from .errors import SpocoError
 from .label_dtypes import label_dtype
 
-Method = Literal["meanshift", "hdbscan", "consistency"]
 METHODS = ("meanshift", "hdbscan", "consistency")
 
 
