@@ -96,6 +96,32 @@ class ModelConfig:
 CPU_DEFAULT = ModelConfig()
 REFERENCE = ModelConfig(base_features=16, depth=6)
 
+#: Network presets (``--network`` and the GUI's choice): ``small`` is the CPU default, ``large``
+#: the paper's six-level network (receptive radius 252 px instead of 28; 7.9 M parameters in 2D
+#: instead of 0.12 M, for a GPU). ``auto`` picks by device. docs/method.md, "Network".
+NETWORKS: dict[str, ModelConfig] = {"small": CPU_DEFAULT, "large": REFERENCE}
+NETWORK_CHOICES = ("auto", *NETWORKS)
+
+
+def network_name(config: ModelConfig) -> str:
+    """The preset a configuration was built from (``small``, ``large``), else ``custom``."""
+    for name, preset in NETWORKS.items():
+        if (config.base_features, config.depth, config.embedding_dim) == (
+                preset.base_features, preset.depth, preset.embedding_dim):
+            return name
+    return "custom"
+
+
+def network_config(network: str = "auto", device: str | torch.device = "auto") -> ModelConfig:
+    """The configuration of a new network: a preset by name, or for ``auto`` the large network
+    on a GPU and the small one on a CPU."""
+    if network not in NETWORK_CHOICES:
+        raise SpocoError(f"Network {network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
+    if network == "auto":
+        dev = device if isinstance(device, torch.device) else select_device(device)
+        network = "large" if dev.type in ("cuda", "mps") else "small"
+    return NETWORKS[network]
+
 
 def _layers(ndim: int):
     if ndim == 2:

@@ -1,0 +1,32 @@
+"""Network presets: ``small`` (CPU default), ``large`` (the paper's six levels), ``auto`` by device."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_spoco.errors import SpocoError
+from napari_spoco.io import load_model, save_model
+from napari_spoco.model import NETWORK_CHOICES, NETWORKS, ModelConfig, network_config, network_name
+from napari_spoco.training import TrainConfig, train
+
+
+def test_presets_and_auto_by_device():
+    assert NETWORK_CHOICES == ("auto", "small", "large")
+    assert network_config("auto", "cpu") == NETWORKS["small"] == ModelConfig()
+    assert network_config("auto", torch.device("cuda")) == NETWORKS["large"]  # no GPU needed to decide
+    large = network_config("large", "cpu")
+    assert large.depth == 6 and large.receptive_radius > 8 * ModelConfig().receptive_radius
+    with pytest.raises(SpocoError, match="not one of auto, small, large"):
+        network_config("huge")
+
+
+def test_the_preset_is_known_again_from_a_saved_model(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64)).astype(np.float32)
+    labels = np.zeros((64, 64), np.int32)
+    labels[8:20, 8:20], labels[30:44, 30:44] = 1, 2
+    config = TrainConfig(steps=1, patch_shape=(64, 64), batch_size=1, device="cpu")
+    model = train([image], [labels], config, model_config=network_config("large", "cpu"))
+    again = load_model(save_model(model, tmp_path / "large.spoco.pt"))
+    assert network_name(again.config) == "large" and again.config.depth == 6
+    assert network_name(ModelConfig(base_features=8)) == "custom"
