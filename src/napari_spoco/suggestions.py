@@ -1,0 +1,141 @@
+"""Which object to paint next: a per-instance doubt score from what segmentation already produced.
+
+Each predicted instance gets signals in [0, 1] from the network's own outputs (docs/method.md,
+"Suggestions"):
+
+* ``spread``: how far its pixels stray from their mean embedding, in units of δ_d. The loss
+  pulls an object's pixels towards its mean and pushes the means of two objects 2·δ_d apart, so
+  the pixels of two objects merged under one id lie about δ_d or more from their common mean,
+  while one object's stay well inside (measured: 0.2-0.6 δ_d for the shipped model's nuclei).
+* ``crowding``: how close the nearest other instance's mean embedding is, against the push
+  margin 2·δ_d that separates trained objects. Close means the clustering may have cut or merged.
+* ``foreground``: how undecided the foreground head is over the instance (probability near 0.5).
+* ``size``: how far its size is from the painted (or else the typical predicted) object size, on
+  a log scale: a 4x larger or smaller object scores 1.
+* ``disagreement`` (only when the embedding holds the partner network's output, e.g. from
+  ``segment(..., return_embedding=True)`` with consistency clustering): how far student and
+  teacher embeddings differ over the instance, in units of δ_v.
+
+The score is the mean of the available signals. Nothing here needs Qt; the napari panel and
+``predict --suggest K`` show the top instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inference import Embedding
+
+SIGNALS = ("spread", "crowding", "foreground", "size", "disagreement")
+
+
+@dataclass
+class Suggestion:
+    """One predicted instance worth checking: its id in the label image, centroid (pixel
+    coordinates, spatial axes in order), score in [0, 1] and the signals behind it."""
+
+    label: int
+    centroid: tuple[float, ...]
+    score: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+
+def _per_label_means(values: np.ndarray, flat: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
+    """(C, n) means over each label of (C, P) values; labels are 0..n-1 in ``flat``."""
+    return np.stack([np.bincount(flat, weights=v, minlength=n) for v in values]) / np.maximum(counts, 1)
+
+
+def instance_signals(
+    labels: np.ndarray,
+    embedding: Embedding,
+    painted_sizes: Sequence[int] | None = None,
+    delta_v: float = 0.5,
+    delta_d: float = 2.0,
+) -> dict[int, dict[str, float]]:
+    """The signals (module docstring) of every instance of ``labels`` (0 = background), keyed
+    by label id. ``embedding`` must cover the same pixels (``segment(..., return_embedding=True)``)."""
+    labels = np.asarray(labels)
+    emb = np.asarray(embedding.embeddings, dtype=np.float32)
+    if emb.shape[1:] != labels.shape:
+        raise ValueError(f"embeddings of shape {emb.shape[1:]} do not cover labels of shape {labels.shape}")
+    mask = labels > 0
+    ids, flat = np.unique(labels[mask], return_inverse=True)
+    n = len(ids)
+    if n == 0:
+        return {}
+    counts = np.bincount(flat, minlength=n).astype(np.float64)
+    e = emb[:, mask].astype(np.float64)  # (E, P)
+    means = _per_label_means(e, flat, counts, n)  # (E, n)
+    dist = np.linalg.norm(e - means[:, flat], axis=0)
+    spread = np.bincount(flat, weights=dist, minlength=n) / counts / delta_d
+
+    if n > 1:
+        gaps = np.linalg.norm(means[:, :, None] - means[:, None, :], axis=0)
+        np.fill_diagonal(gaps, np.inf)
+        crowding = 1.0 - gaps.min(axis=1) / (2 * delta_d)
+    else:
+        crowding = np.zeros(n)
+
+    out: dict[str, np.ndarray] = {"spread": spread, "crowding": crowding}
+    if embedding.foreground is not None:
+        p = np.asarray(embedding.foreground, dtype=np.float64)[mask]
+        out["foreground"] = np.bincount(flat, weights=1.0 - np.abs(2 * p - 1), minlength=n) / counts
+    reference = float(np.median(painted_sizes)) if painted_sizes is not None and len(painted_sizes) else float(np.median(counts))
+    out["size"] = np.abs(np.log(counts / max(reference, 1.0))) / np.log(4.0)
+    if embedding.teacher_embeddings is not None:
+        t = np.asarray(embedding.teacher_embeddings, dtype=np.float64)[:, mask]
+        gap = np.linalg.norm(e - t, axis=0)
+        out["disagreement"] = np.bincount(flat, weights=gap, minlength=n) / counts / delta_v
+    return {int(i): {k: float(np.clip(v[j], 0.0, 1.0)) for k, v in out.items()} for j, i in enumerate(ids)}
+
+
+def suggest(
+    labels: np.ndarray,
+    embedding: Embedding,
+    k: int = 5,
+    painted_sizes: Sequence[int] | None = None,
+    exclude: Sequence[int] = (),
+) -> list[Suggestion]:
+    """The ``k`` most doubtful instances of ``labels``, most doubtful first (ties:
+    lower id first). ``exclude``: ids to leave out, e.g. those already painted."""
+    if k < 1:
+        return []
+    signals = instance_signals(labels, embedding, painted_sizes)
+    skip = {int(i) for i in exclude}
+    labels = np.asarray(labels)
+    ranked = []
+    for label, sig in signals.items():
+        if label in skip:
+            continue
+        ranked.append((float(np.mean(list(sig.values()))), label, sig))
+    ranked.sort(key=lambda r: (-r[0], r[1]))
+    chosen = ranked[:k]
+    if not chosen:
+        return []
+    centroids = _centroids(labels, [label for _, label, _ in chosen])
+    return [Suggestion(label, centroids[label], round(score, 4), {s: round(v, 4) for s, v in sig.items()})
+            for score, label, sig in chosen]
+
+
+def _centroids(labels: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float, ...]]:
+    out = {}
+    for label in ids:
+        coords = np.nonzero(labels == label)
+        out[label] = tuple(round(float(c.mean()), 2) for c in coords)
+    return out
+
+
+def write_csv(path, suggestions: Sequence[Suggestion], image: str = "") -> None:
+    """Append-friendly CSV rows: image, rank, id, centroid per axis, score, and each signal."""
+    import csv
+
+    ndim = max((len(s.centroid) for s in suggestions), default=2)
+    axes = ("z", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"axis{i}" for i in range(ndim))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "rank", "id", *axes, "score", *SIGNALS])
+        for rank, s in enumerate(suggestions, 1):
+            w.writerow([image, rank, s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS)])
