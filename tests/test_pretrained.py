@@ -15,19 +15,23 @@ from napari_spoco.sample import load_sample
 from napari_spoco.training import TrainConfig, pretrain, pretrain_config
 
 
-def test_shipped_default_model_is_small_2d_and_a_fresh_copy_each_time():
+def test_shipped_default_models_are_small_2d_and_3d_and_a_fresh_copy_each_time():
     from importlib.resources import files
 
-    assert has_default_model(2) and not has_default_model(3)
-    size = files("napari_spoco._models").joinpath(DEFAULT_MODELS[2]).stat().st_size
-    assert size < 5_000_000
+    assert has_default_model(2) and has_default_model(3) and not has_default_model(4)
+    for ndim in (2, 3):
+        assert files("napari_spoco._models").joinpath(DEFAULT_MODELS[ndim]).stat().st_size < 5_000_000
+        model = load_default_model(ndim)
+        assert model.config.ndim == ndim and model.history["steps"] > 1000
+        # One set of weights: what the user sees zero-shot is where fine-tuning starts.
+        assert all(torch.equal(a, b) for a, b in zip(model.student.state_dict().values(),
+                                                     model.teacher.state_dict().values()))
     a, b = load_default_model(2), load_default_model(2)
-    assert a.config.ndim == 2 and a.history["steps"] > 1000
     with torch.no_grad():
         next(a.student.parameters()).add_(1.0)
     assert not torch.equal(next(a.student.parameters()), next(b.student.parameters()))
-    with pytest.raises(SpocoError, match="no 3D starting model"):
-        load_default_model(3)
+    with pytest.raises(SpocoError, match="no 4D starting model"):
+        load_default_model(4)
 
 
 def test_default_model_segments_unseen_nuclei_without_any_training():
@@ -152,8 +156,7 @@ def test_preview_during_fine_tuning_is_made_by_the_stable_teacher(zero_shot):
     box = (slice(0, 256), slice(0, 256))
     start = load_default_model(2)
     original = [p.clone() for p in start.teacher.parameters()]
-    with torch.no_grad():
-        gap = sum(float((t - u).abs().sum()) for t, u in zip(start.teacher.parameters(), start.student.parameters()))
+    original_student = [p.clone() for p in start.student.parameters()]
     buffers = [b.clone() for b in start.student.buffers()]
     job = workers.TrainJob([s.train_image], [s.train_sparse], TrainConfig(steps=300, device="cpu"), model=start,
                            preview_every=1e-9,
@@ -163,11 +166,13 @@ def test_preview_during_fine_tuning_is_made_by_the_stable_teacher(zero_shot):
     gen.close()
     assert preview.step == 1
     assert evaluate(s.test_truth, preview.labels)["AP50"] >= zero_shot["held-out"] - 0.02
-    # The teacher has moved 0.1 % of the way to the student (momentum 0.999; the warm-up
-    # schedule of a random start moved it 90 %), the normalisation statistics not at all.
+    # The shipped weights are one network (teacher = student). After one step the teacher has
+    # moved 0.1 % of the way the student moved (momentum 0.999; the warm-up schedule of a random
+    # start would move it 90 %), the normalisation statistics not at all.
     with torch.no_grad():
         teacher_move = sum(float((a - b).abs().sum()) for a, b in zip(original, start.teacher.parameters()))
-    assert 0 < teacher_move < 0.002 * gap
+        student_move = sum(float((a - b).abs().sum()) for a, b in zip(original_student, start.student.parameters()))
+    assert 0 < teacher_move < 0.002 * student_move
     assert all(torch.equal(a, b) for a, b in zip(buffers, start.student.buffers()))
 
 

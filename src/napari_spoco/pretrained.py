@@ -9,7 +9,7 @@ from .errors import SpocoError
 from .io import load_model
 from .model import SpocoModel
 
-DEFAULT_MODELS = {2: "default_2d.spoco.pt"}
+DEFAULT_MODELS = {2: "default_2d.spoco.pt", 3: "default_3d.spoco.pt"}
 
 
 def has_default_model(ndim: int = 2) -> bool:
