@@ -155,3 +155,41 @@ def test_cli_training_log_counts_steps(folders, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0 and "train: step 1/2" in err and "train: step 2/2" in err
     assert "\r" not in err and not re.search(r"\ds/s", err), err
+
+
+def test_network_choice_builds_the_asked_network_and_refuses_a_mismatched_file(folders, capsys):
+    from napari_spoco.io import load_model
+    from napari_spoco.model import network_name
+
+    base = ["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"), "--steps", "1",
+            "--device", "cpu", "--patch-size", "64", "64", "--batch-size", "1"]
+    large = folders / "large.spoco.pt"
+    assert main(base + ["--out", str(large), "--network", "large"]) == 0
+    assert "training a new large network" in capsys.readouterr().err
+    assert network_name(load_model(large).config) == "large"
+    auto = folders / "auto.spoco.pt"  # auto on a CPU: the shipped (small) model is fine-tuned
+    assert main(base + ["--out", str(auto)]) == 0
+    assert network_name(load_model(auto).config) == "small"
+    assert main(base + ["--out", str(folders / "x.spoco.pt"), "--init", str(large), "--network", "small"]) == 2
+    assert "holds a large network, not a small one" in capsys.readouterr().err
+    fresh = folders / "fresh.spoco.pt"
+    assert main(base + ["--out", str(fresh), "--init", "none"]) == 0
+    assert "New small network" in capsys.readouterr().err and load_model(fresh).history["steps"] == 1
+
+
+def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, capsys):
+    import csv
+
+    model = folders / "m.spoco.pt"
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(model), "--steps", "2", "--device", "cpu"]) == 0
+    out = folders / "pred"
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"), "--out", str(out),
+                 "--device", "cpu", "--suggest", "2"]) == 0
+    rows = list(csv.DictReader((out / "suggestions.csv").open()))
+    labels = tifffile.imread(out / "cells.tif")
+    assert 1 <= len(rows) <= 2 and all(r["image"] == "cells.tif" for r in rows)
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    for r in rows:  # each row names a real object, its centroid inside the image
+        assert (labels == int(r["id"])).any() and 0 <= float(r["y"]) < 64 and 0 <= float(r["x"]) < 64
+    assert "suggestions.csv" in capsys.readouterr().err

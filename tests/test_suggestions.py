@@ -42,9 +42,10 @@ def test_student_teacher_disagreement_is_used_when_present(tmp_path):
     signals = instance_signals(labels, Embedding(emb.embeddings, emb.foreground, teacher))
     assert signals[2]["disagreement"] == 1.0 and signals[1]["disagreement"] < 0.1
     out = tmp_path / "s.csv"
-    write_csv(out, suggest(labels, emb, k=2), image="a.tif")
+    write_csv(out, [("a.tif", x) for x in suggest(labels, emb, k=2)] + [("b.tif", x) for x in suggest(labels, emb, k=1)])
     rows = out.read_text().splitlines()
     assert rows[0].startswith("image,rank,id,y,x,score,spread") and rows[1].startswith("a.tif,1,4,")
+    assert rows[2].startswith("a.tif,2,") and rows[3].startswith("b.tif,1,4,") and len(rows) == 4
 
 
 def _clean(labels, truth, i, iou=0.7):

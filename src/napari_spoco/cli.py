@@ -25,7 +25,7 @@ import numpy as np
 
 from .clustering import METHODS, ClusterConfig
 from .errors import SpocoError
-from .model import DEVICES
+from .model import DEVICES, NETWORK_CHOICES
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -82,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", required=True, help="folder (or file) of label images, same file name stems; 0 = unlabelled")
     t.add_argument("--out", required=True, help="model file to write")
     t.add_argument("--init", default="default",
-                   help="start from: 'default' (the shipped 2D starting model; 3D images start new), "
+                   help="start from: 'default' (the shipped 2D or 3D starting model), "
                    "'none' (a new network), or a model file (fine-tuning). Default: default")
+    _add_network(t)
     t.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 1000, or unlimited with --minutes)")
     t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=DEVICES)
@@ -106,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images; no labels needed")
     pt.add_argument("--out", required=True, help="model file to write")
     pt.add_argument("--init", default="default",
-                    help="'default' (the shipped 2D model), 'none' (a new network; not recommended) or a model file")
+                    help="'default' (the shipped 2D or 3D model), 'none' (a new network; not recommended) or a model file")
+    _add_network(pt)
     pt.add_argument("--steps", type=POSITIVE_INT, help="steps (default 300, or unlimited with --minutes)")
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=DEVICES)
@@ -133,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
+    pr.add_argument("--suggest", type=NONNEG_INT, default=0, metavar="K",
+                    help="also write suggestions.csv in --out: per image the K predicted objects the model is "
+                    "least sure of (id, centroid, score), the ones worth checking and painting next")
     existing = pr.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing label files")
     existing.add_argument("--skip-existing", action="store_true",
@@ -166,6 +171,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files already")
     _add_common(d)
     return parser
+
+
+def _add_network(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", default="auto", choices=NETWORK_CHOICES,
+                   help="network of a new model: 'small' (the CPU default), 'large' (the paper's six levels, for a "
+                   "GPU) or 'auto' (large on a GPU, small on a CPU). A starting model keeps its own network; the "
+                   "shipped ones are small, so 'large' starts a new network. Default: auto")
 
 
 def _out_file(path: str, overwrite: bool, inputs=()) -> Path:
@@ -276,7 +288,20 @@ class _Interrupts:
         return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
 
 
-def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False, channel_axis=None):
+def _say_network(init, network: str, device: str):
+    """The configuration of a new network (``--network``), said aloud; None when fine-tuning."""
+    from .model import network_config, network_name
+
+    if init is not None:
+        return None
+    config = network_config(network, device)
+    print(f"New {network_name(config)} network ({config.depth} levels, {config.base_features} base features"
+          + (", chosen for this device" if network == "auto" else "") + ").", file=sys.stderr)
+    return config
+
+
+def _train_with_progress(images, labels, config, model=None, names=None, self_supervised=False, channel_axis=None,
+                         model_config=None):
     """Train with a progress bar; returns ``(model, steps trained in this run, exit code)``,
     the exit code saying whether a signal stopped it early."""
     from .training import pretrain, train
@@ -292,11 +317,11 @@ def _train_with_progress(images, labels, config, model=None, names=None, self_su
     with _Interrupts(stop) as interrupts:
         try:
             if self_supervised:
-                model = pretrain(images, config, model=model, callback=on_progress, stop=stop, names=names,
-                                 channel_axis=channel_axis)
+                model = pretrain(images, config, model=model, model_config=model_config, callback=on_progress,
+                                 stop=stop, names=names, channel_axis=channel_axis)
             else:
-                model = train(images, labels, config, model=model, callback=on_progress, stop=stop, names=names,
-                              channel_axis=channel_axis)
+                model = train(images, labels, config, model=model, model_config=model_config, callback=on_progress,
+                              stop=stop, names=names, channel_axis=channel_axis)
         finally:
             bar.close()
     return model, done["steps"], interrupts.exit_code
@@ -328,14 +353,21 @@ def _save_trained(model, out: Path, steps: int, exit_code: int) -> int:
     return exit_code
 
 
-def _initial_model(init: str | None, images, channel_axis: int | None = None):
-    """``--init``: 'default' → the shipped model for 2D images (3D: none shipped, start new),
-    'none' → a new network, anything else → a model file."""
+def _initial_model(init: str | None, images, channel_axis: int | None = None, network: str = "auto"):
+    """``--init``: 'default' → the shipped model for the images' dimensionality, 'none' → a new
+    network, anything else → a model file. ``--network`` other than 'auto' asks for a preset:
+    the shipped models are small, so 'large' with 'default' starts a new network, and a model
+    file of another preset is refused."""
     from .data import channel_count
     from .io import load_model
+    from .model import network_name
     from .pretrained import has_default_model, load_default_model
 
     if init in (None, "", "none"):
+        return None
+    if init == "default" and network == "large":
+        print("The shipped starting models are small networks: training a new large network "
+              "(--network small or auto to fine-tune the shipped one).", file=sys.stderr)
         return None
     if init == "default":
         has_channels = bool(images) and (channel_count(images[0], channel_axis) > 1 or channel_axis is not None)
@@ -345,7 +377,11 @@ def _initial_model(init: str | None, images, channel_axis: int | None = None):
             return load_default_model(ndim)
         print(f"No shipped {ndim}D starting model: training a new network.", file=sys.stderr)
         return None
-    return load_model(init)
+    model = load_model(init)
+    if network != "auto" and network_name(model.config) != network:
+        raise SpocoError(f"{init} holds a {network_name(model.config)} network, not a {network} one: leave "
+                         "--network out to fine-tune it, or pass --init none to train a new network.")
+    return model
 
 
 def _say_channels(images, channel_axis: int | None, init) -> None:
@@ -421,8 +457,9 @@ def cmd_train(args) -> int:
     for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
         check_labels(lab, np.shape(lab), f"{name} labels")
     _check_background_label(args.background_label, labels, names)
-    init = _initial_model(args.init, images, args.channel_axis)
+    init = _initial_model(args.init, images, args.channel_axis, args.network)
     _say_channels(images, args.channel_axis, init)
+    model_config = _say_network(init, args.network, args.device)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     scale = _scale(args.scale, labels, args.background_label, init)
     config = TrainConfig(
@@ -437,7 +474,7 @@ def cmd_train(args) -> int:
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
     model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
-                                                channel_axis=args.channel_axis)
+                                                channel_axis=args.channel_axis, model_config=model_config)
     return _save_trained(model, out, trained, code)
 
 
@@ -450,8 +487,9 @@ def cmd_pretrain(args) -> int:
     out = _out_file(args.out, args.overwrite, list(files.values()) + ([init_path] if init_path else []))
     names = sorted(files)
     images = [read_image(files[n], keep_channels=args.channel_axis is not None) for n in names]
-    init = _initial_model(args.init, images, args.channel_axis)
+    init = _initial_model(args.init, images, args.channel_axis, args.network)
     _say_channels(images, args.channel_axis, init)
+    model_config = _say_network(init, args.network, args.device)
     if init is None:
         print("Note: pretraining a new network with the consistency term alone learns little; "
               "start from a trained model (--init default or a model file) where you can.", file=sys.stderr)
@@ -459,7 +497,7 @@ def cmd_pretrain(args) -> int:
     config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed)
     print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
     model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True,
-                                                channel_axis=args.channel_axis)
+                                                channel_axis=args.channel_axis, model_config=model_config)
     code = _save_trained(model, out, trained, code)
     if trained:
         print(f"Fine-tune it with `napari-spoco train --init {out} ...`.")
@@ -514,20 +552,32 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     failed: dict[str, str] = {}
+    suggestions: list = []
     # In a log file the per-image lines below are the progress; a bar would add a carriage
     # return per image.
     for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr,
                            disable=not sys.stderr.isatty()):
         try:
             image = read_image(path, keep_channels=args.channel_axis is not None)
-            labels = segment(model, image, config=config, device=args.device,
-                             channel_axis=args.channel_axis)
+            result = segment(model, image, config=config, device=args.device, channel_axis=args.channel_axis,
+                             return_embedding=bool(args.suggest))
+            labels = result[0] if args.suggest else result
             write_labels(targets[stem], labels)
+            if args.suggest:
+                from .suggestions import suggest
+
+                suggestions += [(path.name, s) for s in suggest(labels, result[1], k=args.suggest)]
         except (SpocoError, OSError, MemoryError) as exc:
             failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
             tqdm.write(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
             continue
         tqdm.write(f"{stem}: {int(labels.max())} objects -> {targets[stem]}", file=sys.stderr)
+    if args.suggest:
+        from .suggestions import write_csv
+
+        write_csv(out / "suggestions.csv", suggestions)
+        print(f"Suggestions ({args.suggest} per image, most doubtful first): {out / 'suggestions.csv'}",
+              file=sys.stderr)
     return _report_failures(failed, len(files), "images")
 
 

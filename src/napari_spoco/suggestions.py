@@ -128,14 +128,17 @@ def _centroids(labels: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float,
     return out
 
 
-def write_csv(path, suggestions: Sequence[Suggestion], image: str = "") -> None:
-    """Append-friendly CSV rows: image, rank, id, centroid per axis, score, and each signal."""
+def write_csv(path, rows: Sequence[tuple[str, Suggestion]]) -> None:
+    """One CSV for a batch: image, rank within the image, id, centroid per axis, score and each
+    signal, from ``(image name, suggestion)`` pairs in ranked order per image."""
     import csv
 
-    ndim = max((len(s.centroid) for s in suggestions), default=2)
+    ndim = max((len(s.centroid) for _, s in rows), default=2)
     axes = ("z", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"axis{i}" for i in range(ndim))
+    rank: dict[str, int] = {}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "rank", "id", *axes, "score", *SIGNALS])
-        for rank, s in enumerate(suggestions, 1):
-            w.writerow([image, rank, s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS)])
+        for image, s in rows:
+            rank[image] = rank.get(image, 0) + 1
+            w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS)])
