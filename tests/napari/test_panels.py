@@ -82,7 +82,7 @@ def test_each_panel_enables_its_buttons_from_the_shared_state(spoco, tiny_model)
                                     default=True, new=True, load=True, save=False)
     state.model.use(tiny_model, ModelSource.NEW)
     assert _enabled(widget)["segment"] and _enabled(widget)["save"]
-    assert "2D model (new)" in widget.model_panel.model_label.text()
+    assert "2D small model (new)" in widget.model_panel.model_label.text()
 
     state.job.start(Job.TRAIN)
     assert _enabled(widget) == dict(train=False, adapt=False, stop=True, segment=False,

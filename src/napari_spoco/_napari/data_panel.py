@@ -88,6 +88,13 @@ class DataPanel(QGroupBox):
         return bool(image is not None and len(spatial_shape(image)) == 3 and self.series_check.isChecked())
 
     @property
+    def model_ndim(self) -> int:
+        """The dimensionality of a model for the chosen image: 2 with no image or a 2D, 2D+t or
+        RGB image, 3 for a Z volume; otherwise the image's own number of axes."""
+        image = self.image
+        return 2 if image is None else len(spatial_shape(image)) - int(self.series)
+
+    @property
     def background_label(self) -> int:
         return int(self.bg_spin.value())
 

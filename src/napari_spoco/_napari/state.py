@@ -17,13 +17,14 @@ from napari.utils.notifications import show_warning
 from psygnal import Signal
 
 from ..model import SpocoModel
+from ..pretrained import has_default_model
 
 
 class ModelSource(Enum):
     """Where the current model came from."""
 
     NONE = "none"  # no model yet
-    DEFAULT = "shipped default"  # the shipped 2D starting model (docs/models.md)
+    DEFAULT = "shipped default"  # a shipped starting model, 2D or 3D (docs/models.md)
     NEW = "new"  # a network trained from scratch in this session
     FILE = "file"  # loaded from, or last saved to, a .spoco.pt file (``ModelState.file_name``)
 
@@ -46,8 +47,20 @@ class ModelState:
         self.adapted = False  # adapted without labels (Adapt) since it was loaded
         self.unsaved = False  # holds training that was never saved: ask before replacing it
         self.run_step: int | None = None  # the running training's last step, None when idle
-        # With no model, a first Train on 2D images fine-tunes the shipped model (unless New).
+        # With no model, a first Train fine-tunes the shipped model for the images' dimensionality
+        # (unless New, or a large network is asked for: the shipped models are small).
         self.start_from_default = start_from_default
+        self.network = "auto"  # the network a new model gets: model.NETWORK_CHOICES (Train panel)
+
+    def starts_from_default(self, ndim: int) -> bool:
+        """Whether the next Train or Adapt on ``ndim``-D images starts from a shipped model."""
+        return (self.current is None and self.start_from_default and self.network != "large"
+                and has_default_model(ndim))
+
+    def choose_network(self, name: str) -> None:
+        """The preset of the next new network ("auto", "small", "large")."""
+        self.network = name
+        self.changed.emit()
 
     def use(self, model: SpocoModel | None, source: ModelSource, file_name: str = "") -> None:
         """Replace the model (Default, New, Load…, or the shipped model a first Train loads)."""

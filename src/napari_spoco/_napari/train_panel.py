@@ -24,8 +24,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..model import ModelConfig
-from ..pretrained import has_default_model, load_default_model
+from ..model import network_config, network_name
+from ..pretrained import load_default_model
 from ..scaling import scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
@@ -34,7 +34,7 @@ from .dialogs import error_message
 from .layers import image_data, spatial_shape, training_set
 from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
 from .state import Job, ModelSource, SpocoState
-from .widgets import LossPlot
+from .widgets import LossPlot, NetworkBox
 
 
 class TrainPanel(QGroupBox):
@@ -68,6 +68,8 @@ class TrainPanel(QGroupBox):
             f"'{PREVIEW_LAYER}' layer."
         )
         form.addRow("Preview every (s)", self.preview_spin)
+        self.network_box = NetworkBox(state)
+        form.addRow("Network", self.network_box)
         row = QHBoxLayout()
         self.train_btn = QPushButton("Train")
         self.train_btn.clicked.connect(self.start_training)
@@ -158,10 +160,9 @@ class TrainPanel(QGroupBox):
         else:
             images = [np.asarray(data)]
         ndim = len(spatial_shape(image)) - (1 if series else 0)
-        model = self.state.model
-        if model.current is None and not (model.start_from_default and has_default_model(ndim)):
+        if self.state.model.current is None and not self.state.model.starts_from_default(ndim):
             show_warning(
-                "Adapting works best from a trained model: press Default (2D) or Load… first. "
+                "Adapting works best from a trained model: press Default or Load… first. "
                 "Adapting a new network anyway."
             )
         limits = self.train_config()
@@ -171,15 +172,21 @@ class TrainPanel(QGroupBox):
 
     def _launch(self, kind: Job, images, labels, names, config, ndim: int, message: str) -> None:
         model = self.state.model
-        if model.current is None and model.start_from_default and ndim == 2 and has_default_model(2):
-            model.use(load_default_model(2), ModelSource.DEFAULT)
+        if model.starts_from_default(ndim):  # the shipped model for 2D or 3D images
+            model.use(load_default_model(ndim), ModelSource.DEFAULT)
+            message += f" From the shipped {ndim}D starting model."
+        # A network's preset applies to a new one; a model keeps its own (the Network box says so).
+        new_config = network_config(model.network, config.device)
+        if model.current is None:
+            message += f" New {network_name(new_config)} network" + (
+                " (the shipped starting models are small)." if model.start_from_default else ".")
         self.job = workers.TrainJob(
             images=images,
             labels=labels,
             names=names,
             config=config,
             model=model.current,
-            model_config=ModelConfig(),
+            model_config=new_config,
             preview_every=float(self.preview_spin.value()),
             preview_target=lambda: self._preview_request,  # read by the worker: no widget access
             self_supervised=kind is Job.ADAPT,

@@ -5,9 +5,9 @@ another; the panels share ``state.SpocoState`` (the model and where it came from
 runs) and enable their own buttons from it:
 
 * ``data_panel``: image, sparse labels, the layers made for painting;
-* ``model_panel``: Default / New / Load… / Save…;
-* ``train_panel``: Train, Adapt, Stop, progress, loss curve and live preview (``preview``);
-* ``segment_panel``: Segment into '<image> instances';
+* ``model_panel``: Default (the shipped 2D or 3D model) / New / Load… / Save…;
+* ``train_panel``: Network, Train, Adapt, Stop, progress, loss curve and live preview (``preview``);
+* ``segment_panel``: Segment into '<image> instances', and Suggest next (``suggest_row``);
 * ``correct_panel``: instances → sparse labels, Evaluate against a ground truth;
 * ``export_panel``: Export TIFF….
 
@@ -44,8 +44,9 @@ class SpocoWidget(QWidget):
         self.viewer = napari_viewer
         self.state = SpocoState(
             viewer=napari_viewer,
-            # A first Train on 2D images fine-tunes the shipped model unless the user chose New.
-            model=ModelState(start_from_default=has_default_model(2)),
+            # A first Train fine-tunes the shipped model for the images' dimensionality (2D or
+            # 3D) unless the user chose New.
+            model=ModelState(start_from_default=has_default_model(2) or has_default_model(3)),
             confirm=lambda question: dialogs.confirm(self, question),
             ask_path=lambda *args: dialogs.ask_path(self, *args),
             sync=workers.sync_requested(),  # tests: run jobs inline
@@ -54,7 +55,7 @@ class SpocoWidget(QWidget):
         self._docked = False
 
         self.data_panel = DataPanel(self.state)
-        self.model_panel = ModelPanel(self.state)
+        self.model_panel = ModelPanel(self.state, self.data_panel)
         self.train_panel = TrainPanel(self.state, self.data_panel)
         self.segment_panel = SegmentPanel(self.state, self.data_panel)
         self.correct_panel = CorrectPanel(self.state, self.data_panel)

@@ -1,4 +1,5 @@
-"""Small building blocks for the panels: layer pickers (magicgui) and a live loss curve (Qt)."""
+"""Small building blocks for the panels: layer pickers (magicgui), the network choice and a live
+loss curve (Qt)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import weakref
 from collections.abc import Callable
 
 from magicgui.widgets import ComboBox
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, QSignalBlocker, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
+
+from ..model import NETWORK_CHOICES, network_name
 
 
 def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False,
@@ -78,6 +81,46 @@ def select_layer(picker: ComboBox, name: str) -> None:
     _refresh(picker)
     if name in [layer.name for layer in picker.choices if layer is not None]:
         picker.value = picker.get_choice(name)
+
+
+class NetworkBox(QComboBox):
+    """The network a new model gets (``model.NETWORK_CHOICES``), kept in the shared
+    ``ModelState.network``. While there is a model it shows that model's network and is
+    disabled: training goes on with the network it has (New lets one choose again)."""
+
+    def __init__(self, state, parent=None) -> None:
+        super().__init__(parent)
+        self.state = state  # SpocoState
+        self.addItems(list(NETWORK_CHOICES))
+        self.setCurrentText(state.model.network)
+        self.currentTextChanged.connect(self._chosen)
+        state.model.changed.connect(self.follow)
+        state.job.changed.connect(self.follow)
+        self.follow()
+
+    def _chosen(self, name: str) -> None:
+        if self.state.model.current is None:
+            self.state.model.choose_network(name)
+
+    def follow(self) -> None:
+        if self.state.closing.closed:
+            return
+        model = self.state.model.current
+        shown = self.state.model.network if model is None else network_name(model.config)
+        with QSignalBlocker(self):
+            if self.findText(shown) >= 0:
+                self.setCurrentText(shown)
+        self.setEnabled(model is None and self.state.job.idle)
+        if model is None:
+            self.setToolTip(
+                "The size of a new network. small: 3 levels, fast on a CPU. large: the paper's 6-level "
+                "network, which sees more context around each pixel; for a GPU. auto: large on a GPU, "
+                "small on a CPU. The shipped starting models are small: with large, Train starts a new "
+                "network instead of fine-tuning them."
+            )
+        else:
+            self.setToolTip(f"The current model is a {shown} network; training goes on with it. New "
+                            "(2 · Model) forgets it, and the next Train starts the network chosen here.")
 
 
 class LossPlot(QWidget):
