@@ -1,5 +1,5 @@
 """4 · Segment: the whole image with the current model, in a napari thread worker, into the
-image's '<image> instances' labels layer."""
+image's '<image> instances' labels layer; then Suggest next (``suggest_row``) on its result."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .dialogs import error_message
 from .layers import find_layer, image_data, spatial_shape
 from .preview import PREVIEW_LAYER
 from .state import Job, SpocoState
+from .suggest_row import MAX_KEPT_PIXELS, SuggestRow
 
 EMBEDDING_SUFFIX = " embeddings (PCA)"
 RESULT_SUFFIX = " instances"
@@ -74,6 +75,8 @@ class SegmentPanel(QGroupBox):
         self.segment_label = QLabel("")
         self.segment_label.setWordWrap(True)
         form.addRow(self.segment_label)
+        self.suggest_row = SuggestRow(state, data)
+        form.addRow(self.suggest_row)
         data.image_box.changed.connect(self.update_buttons)
         state.job.changed.connect(self.update_buttons)
         state.model.changed.connect(self.update_buttons)
@@ -102,13 +105,19 @@ class SegmentPanel(QGroupBox):
             return
         config = self.cluster_config()
         series = self.data.series
+        pixels = int(np.prod(spatial_shape(image)))
         job = workers.SegmentJob(
             model=model,
             image=np.asarray(image_data(image)),
             config=config,
             series=series,
             with_embedding=self.embedding_check.isChecked() and not series,
+            keep_embedding=not series and pixels <= MAX_KEPT_PIXELS,  # for Suggest next
         )
+        self._why_no_suggestions = (
+            "Suggest next works on single 2D images and 3D volumes, not yet on 2D+t stacks." if series else
+            f"'{image.name}' is too large ({pixels:,} pixels) to keep its embeddings for Suggest next; "
+            "'napari-spoco predict --suggest K' lists suggestions for it." if not job.keep_embedding else "")
         layer, created = self._result_layer(image)
         # Layers are found again by id: they may be renamed or removed while the job runs.
         self._target = (image.unique_id, image.name, layer.unique_id, created)
@@ -182,6 +191,7 @@ class SegmentPanel(QGroupBox):
                 self.viewer.layers.remove(ename)
             self.viewer.add_image(result.embedding_rgb, name=ename, rgb=True, visible=False, **kwargs)
         self.segment_label.setText(f"{result.objects} instances in {result.seconds:.1f} s → layer '{name}'.")
+        self.suggest_row.set_result(layer, result.embedding, self._why_no_suggestions)
         self.segmented.emit(name)
 
     def _on_segment_error(self, exc: BaseException) -> None:

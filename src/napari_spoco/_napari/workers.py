@@ -20,8 +20,10 @@ import numpy as np
 
 from ..clustering import ClusterConfig
 from ..data import check_image, count_objects, intensity_range
+from ..inference import Embedding
 from ..model import ModelConfig, SpocoModel
 from ..segmentation import segment, segment_preview, segment_series
+from ..suggestions import Suggestion, suggest
 from ..training import TrainConfig, TrainProgress, drain, iter_train
 
 
@@ -100,7 +102,8 @@ class SegmentJob:
     image: np.ndarray
     config: ClusterConfig | None = None  # the clustering method and its parameters
     series: bool = False  # a (T, Y, X) stack of 2D images
-    with_embedding: bool = False
+    with_embedding: bool = False  # the embeddings as a PCA colour image
+    keep_embedding: bool = False  # the whole Embedding, for suggestions (not for series)
 
 
 @dataclass
@@ -109,24 +112,32 @@ class SegmentResult:
     embedding_rgb: np.ndarray | None
     seconds: float
     objects: int = 0  # counted here, off the GUI thread
+    embedding: Embedding | None = None  # with ``keep_embedding``: what Suggest next ranks
 
 
 def segment_job(job: SegmentJob) -> SegmentResult:
     """Full-resolution segmentation (tiled embedding + clustering), optionally with the
-    embeddings as a PCA colour image."""
+    embeddings as a PCA colour image and the embedding itself (one network pass for both)."""
     from ..overlay import embedding_rgb
 
     t0 = time.perf_counter()
-    rgb = None
+    rgb = emb = None
     if job.series:
         labels = segment_series(job.model, job.image, config=job.config)
-    elif job.with_embedding:
+    elif job.with_embedding or job.keep_embedding:
         labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True)
-        rgb = embedding_rgb(emb.embeddings)
+        rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
         labels = segment(job.model, job.image, config=job.config)
     objects = count_objects(labels)
-    return SegmentResult(labels, rgb, time.perf_counter() - t0, objects)
+    return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
+
+
+def suggest_job(labels: np.ndarray, embedding: Embedding, k: int,
+                painted_sizes: Sequence[int] | None) -> tuple[list[Suggestion], list[int]]:
+    """The ``k`` most doubtful instances (``suggestions.suggest``) and each one's size in pixels."""
+    found = suggest(labels, embedding, k=k, painted_sizes=painted_sizes)
+    return found, [int(np.count_nonzero(labels == s.label)) for s in found]
 
 
 def sync_requested() -> bool:

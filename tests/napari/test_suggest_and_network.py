@@ -1,0 +1,143 @@
+"""The shipped 3D starting model, the Network choice and Suggest next, in the real widget (jobs
+run inline: the ``spoco`` fixture)."""
+
+import numpy as np
+import pytest
+from napari.layers import Points
+
+from napari_spoco._napari.state import ModelSource
+from napari_spoco._napari.suggest_row import SUGGESTIONS_LAYER
+from napari_spoco.model import network_name
+from napari_spoco.pretrained import has_default_model, load_default_model
+
+pytestmark = pytest.mark.skipif(not has_default_model(3), reason="no shipped 3D model")
+
+
+def _add_volume(viewer, widget, choose, paint=True):
+    """A (Z, Y, X) volume of three balls, two of them painted."""
+    zz, yy, xx = np.mgrid[:16, :40, :40]
+    truth = np.zeros((16, 40, 40), np.uint32)
+    for i, (z, y, x) in enumerate([(8, 10, 10), (8, 28, 12), (8, 20, 30)], start=1):
+        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 25] = i
+    volume = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 3, truth.shape)
+    viewer.add_image(volume.astype(np.float32), name="vol")
+    choose(widget.data_panel.image_box, "vol")
+    if paint:
+        layer = widget.data_panel.new_sparse_labels()
+        layer.data = np.where(truth <= 2, truth, 0).astype(np.uint32)
+        widget.data_panel.all_pairs_check.setChecked(False)
+    return truth
+
+
+def test_first_train_on_a_volume_fine_tunes_the_shipped_3d_model(spoco, notes, choose):
+    viewer, widget = spoco
+    _add_volume(viewer, widget, choose)
+    assert "shipped 3D starting model" in widget.model_panel.model_label.text()
+    widget.train_panel.steps_spin.setValue(1)
+    widget.train_panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    state = widget.state.model
+    assert state.current.config.ndim == 3 and state.source is ModelSource.DEFAULT and state.fine_tuned
+    assert state.current.history["steps"] == load_default_model(3).history["steps"] + 1
+    assert "3D small model (shipped default, fine-tuned)" in widget.model_panel.model_label.text()
+
+
+def test_default_loads_the_model_that_fits_the_chosen_image(spoco, notes, choose):
+    viewer, widget = spoco
+    panel, state = widget.model_panel, widget.state.model
+    widget.state.confirm = lambda question: True
+    assert panel.use_default_model() and state.current.config.ndim == 2  # the 2D sample
+    _add_volume(viewer, widget, choose, paint=False)
+    assert "3D starting model" in panel.default_model_btn.toolTip()
+    panel.default_model_btn.click()
+    assert state.current.config.ndim == 3 and state.source is ModelSource.DEFAULT
+    widget.data_panel.series_check.setChecked(True)  # the stack is 2D+t: the 2D model
+    panel.default_model_btn.click()
+    assert state.current.config.ndim == 2
+    viewer.add_image(np.zeros((2, 3, 16, 16), np.float32), name="4d")
+    choose(widget.data_panel.image_box, "4d")
+    assert not panel.use_default_model() and state.current.config.ndim == 2  # kept
+    assert "no shipped 4D starting model" in notes["warning"][-1]
+
+
+def test_network_choice_gives_a_new_network_its_preset(spoco, notes, monkeypatch):
+    import napari_spoco._napari.workers as workers
+
+    viewer, widget = spoco
+    train, state = widget.train_panel, widget.state.model
+    jobs = []
+    monkeypatch.setattr(workers, "training_job", lambda job: jobs.append(job))  # no training
+    assert train.network_box.isEnabled() and train.network_box.currentText() == "auto"
+    train.network_box.setCurrentText("large")
+    assert state.network == "large" and "new large network" in widget.model_panel.model_label.text()
+    train.train_btn.click()  # large: the shipped (small) model is skipped
+    assert jobs[-1].model is None and network_name(jobs[-1].model_config) == "large"
+    train.network_box.setCurrentText("small")
+    train.train_btn.click()  # small (or auto on a CPU): fine-tunes the shipped model
+    assert jobs[-1].model is state.current and state.source is ModelSource.DEFAULT
+    # With a model, the box shows its network and is disabled: training keeps the network.
+    assert not train.network_box.isEnabled() and "small network" in train.network_box.toolTip()
+
+
+def test_a_large_network_trains_and_is_named_in_the_model_line(spoco, notes):
+    viewer, widget = spoco
+    widget.train_panel.network_box.setCurrentText("large")
+    widget.train_panel.steps_spin.setValue(1)
+    widget.train_panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    model = widget.state.model.current
+    assert network_name(model.config) == "large" and widget.state.model.source is ModelSource.NEW
+    assert "2D large model (new)" in widget.model_panel.model_label.text()
+    assert widget.train_panel.network_box.currentText() == "large" and not widget.train_panel.network_box.isEnabled()
+
+
+def _camera(viewer):
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
+    viewer, widget = spoco
+    widget.model_panel.default_model_btn.click()
+    row = widget.segment_panel.suggest_row
+    assert not row.suggest_btn.isEnabled() and not row.next_btn.isEnabled()
+    widget.segment_panel.segment_btn.click()
+    result = viewer.layers["nuclei instances"]
+    assert row.embedding is not None and row.suggest_btn.isEnabled()
+    row.k_spin.setValue(4)
+    row.suggest_btn.click()
+    assert not notes["error"], notes["error"]
+    points = viewer.layers[SUGGESTIONS_LAYER]
+    assert isinstance(points, Points) and len(points.data) == 4
+    assert np.all(points.data >= 0) and np.all(points.data < np.array(result.data.shape))
+    ids = set(np.unique(result.data)) - {0}
+    assert set(points.features["id"]) <= ids and list(points.features["rank"]) == [1, 2, 3, 4]
+    assert list(points.features["score"]) == sorted(points.features["score"], reverse=True)
+    # the painted nuclei give the size objects should have
+    assert row.painted_sizes(result.data.shape) is not None
+    for i in range(2):
+        assert row.go_to_next() == i
+        assert np.allclose(_camera(viewer).center[-2:], points.data[i], atol=0.5)
+        assert result.selected_label == points.features["id"][i]
+    row.k_spin.setValue(2)
+    row.suggest_btn.click()  # the same layer, updated
+    assert len(viewer.layers[SUGGESTIONS_LAYER].data) == 2 and len(viewer.layers[SUGGESTIONS_LAYER].features) == 2
+    assert row.go_to_next() == 0
+
+
+def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose):
+    viewer, widget = spoco
+    _add_volume(viewer, widget, choose, paint=False)
+    widget.model_panel.default_model_btn.click()
+    widget.segment_panel.segment_btn.click()
+    result = viewer.layers["vol instances"]
+    row = widget.segment_panel.suggest_row
+    row.suggest_btn.click()
+    assert not notes["error"], notes["error"]
+    points = viewer.layers[SUGGESTIONS_LAYER]
+    n = len(points.data)
+    assert n >= 1 and points.data.shape[1] == 3 and set(points.features["id"]) <= set(np.unique(result.data)) - {0}
+    viewer.dims.set_point(0, 0)
+    assert row.go_to_next() == 0
+    z, y, x = points.data[0]
+    assert abs(viewer.dims.point[0] - z) <= 0.5 and np.allclose(_camera(viewer).center[-2:], (y, x), atol=0.5)
