@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
                    "'auto' (default) brings 2D objects wider than 45 px to ~30 px. The model file keeps it.")
+    t.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
+                   help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
+                   "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else cubic")
     t.add_argument("--channel-axis", type=int, metavar="AXIS",
                    help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                    "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -135,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
+    pr.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
+                   help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
+                   "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else the model's training voxel size")
     pr.add_argument("--suggest", type=NONNEG_INT, default=0, metavar="K",
                     help="also write suggestions.csv in --out: per image the K predicted objects the model is "
                     "least sure of (id, centroid, score), the ones worth checking and painting next")
@@ -286,6 +292,37 @@ class _Interrupts:
         if self.received is None:
             return 0
         return EXIT_SIGTERM if self.received == signal.SIGTERM else EXIT_SIGINT
+
+
+def _spacing(v) -> str:
+    return " x ".join(f"{x:g}" for x in v)
+
+
+def _training_voxel_size(given, paths, ndim: int):
+    """``--voxel-size``, else the one spacing the image files record (said aloud), else None
+    (cubic). Files that record different spacings are refused: one model learns one grid."""
+    from .io import read_voxel_size
+    from .scaling import anisotropy, check_voxel_size
+
+    if given:
+        return check_voxel_size(given, ndim)
+    found = {p.name: read_voxel_size(p, ndim) for p in paths}
+    known = {v for v in found.values() if v is not None}
+    if len(known) > 1:
+        listing = "; ".join(f"{n}: {_spacing(v)}" for n, v in found.items() if v is not None)
+        raise SpocoError(f"The images record different voxel sizes ({listing}); give one with --voxel-size Z Y X, "
+                         "or train on images of one spacing.")
+    if not known:
+        if ndim == 3:
+            print("Voxels are taken as cubic (the files record no spacing); pass --voxel-size Z Y X if they are not.",
+                  file=sys.stderr)
+        return None
+    v = known.pop()
+    factors = anisotropy(v, ndim)
+    note = ("" if all(f == 1 for f in factors)
+            else f"; axes interpolated by {_spacing(factors)} to cubic voxels")
+    print(f"Voxel size {_spacing(v)} (from the TIFF metadata){note}.", file=sys.stderr)
+    return v
 
 
 def _say_network(init, network: str, device: str):
@@ -457,6 +494,7 @@ def cmd_train(args) -> int:
     for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
         check_labels(lab, np.shape(lab), f"{name} labels")
     _check_background_label(args.background_label, labels, names)
+    voxel_size = _training_voxel_size(args.voxel_size, [i for _, i, _ in pairs], labels[0].ndim)
     init = _initial_model(args.init, images, args.channel_axis, args.network)
     _say_channels(images, args.channel_axis, init)
     model_config = _say_network(init, args.network, args.device)
@@ -471,6 +509,7 @@ def cmd_train(args) -> int:
         background_label=args.background_label,
         batch_size=args.batch_size,
         patch_shape=tuple(args.patch_size) if args.patch_size else None,
+        voxel_size=voxel_size,
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
     model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
@@ -514,6 +553,16 @@ def _report_failures(failed: dict[str, str], total: int, what: str) -> int:
     return EXIT_FAILED
 
 
+def _predict_voxel_size(given, path: Path, model):
+    """``--voxel-size``, else the file's recorded spacing, else None (the model's own)."""
+    from .io import read_voxel_size
+    from .scaling import check_voxel_size
+
+    if given:
+        return check_voxel_size(given, model.config.ndim)
+    return read_voxel_size(path, model.config.ndim)
+
+
 def cmd_predict(args) -> int:
     from .clustering import ClusterConfig
     from .io import check_output_folder, load_model, read_image, write_labels
@@ -545,6 +594,10 @@ def cmd_predict(args) -> int:
         print(f"Skipping {len(existing)} image(s) whose labels exist in {out}.", file=sys.stderr)
         files = {s: p for s, p in files.items() if s not in set(existing)}
     check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
+    if args.voxel_size:  # a wrong count is the user's error, not one image's: say it before the batch
+        from .scaling import check_voxel_size
+
+        check_voxel_size(args.voxel_size, model.config.ndim)
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand,
@@ -559,8 +612,9 @@ def cmd_predict(args) -> int:
                            disable=not sys.stderr.isatty()):
         try:
             image = read_image(path, keep_channels=args.channel_axis is not None)
+            voxel_size = _predict_voxel_size(args.voxel_size, path, model)
             result = segment(model, image, config=config, device=args.device, channel_axis=args.channel_axis,
-                             return_embedding=bool(args.suggest))
+                             return_embedding=bool(args.suggest), voxel_size=voxel_size)
             labels = result[0] if args.suggest else result
             write_labels(targets[stem], labels)
             if args.suggest:
@@ -571,7 +625,9 @@ def cmd_predict(args) -> int:
             failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
             tqdm.write(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
             continue
-        tqdm.write(f"{stem}: {int(labels.max())} objects -> {targets[stem]}", file=sys.stderr)
+        grid = model.network_factors(voxel_size)
+        how = "" if all(f == 1 for f in grid) else f" (segmented at {_spacing(grid)} x its pixels per axis)"
+        tqdm.write(f"{stem}: {int(labels.max())} objects -> {targets[stem]}{how}", file=sys.stderr)
     if args.suggest:
         from .suggestions import write_csv
 

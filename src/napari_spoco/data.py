@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import SpocoError
+from .label_dtypes import label_dtype
 
 #: Images with more pixels than this are refused for training (inference is tiled).
 MAX_TRAIN_PIXELS = 2**31
@@ -267,7 +268,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
         lut[ids] = np.arange(1, len(ids) + 1)
         out = lut[labels]
         n = len(ids)
-    return out.astype(np.uint32 if n >= 2**16 else np.uint16)
+    return out.astype(label_dtype(n))
 
 
 @dataclass
@@ -308,11 +309,13 @@ def prepare_training_data(
     scale: float = 1.0,
     channels: int = 1,
     channel_axis: int | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> list[TrainingImage]:
     """Validate and normalise image/label pairs; refuse sets that cannot train SPOCO.
 
     ``require_objects=False`` (self-supervised pretraining) accepts images with nothing painted.
-    ``scale`` resizes each pair first (:mod:`napari_spoco.scaling`; labels by nearest neighbour).
+    ``scale`` resizes each pair first (:mod:`napari_spoco.scaling`; labels by nearest neighbour),
+    and ``voxel_size`` (one spacing per spatial axis) interpolates coarse axes up to cubic voxels.
     ``channels``/``channel_axis``: as in :func:`check_image`; the prepared images are always
     ``(C, *spatial)``.
     """
@@ -333,10 +336,11 @@ def prepare_training_data(
             raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
         lab = check_labels(lab, spatial, f"{name} labels")
         img = img if channels > 1 else img[None]
-        if scale != 1.0:
-            from .scaling import resize_image, resize_labels, scaled_shape
+        from .scaling import axis_factors, resize_image, resize_labels, scaled_shape
 
-            small = scaled_shape(spatial, scale)
+        factors = axis_factors(scale, voxel_size, len(spatial))
+        if any(f != 1.0 for f in factors):
+            small = scaled_shape(spatial, factors)
             img, lab = resize_image(img, small), resize_labels(lab, small)
         objects, bg = split_background(lab, background_label)
         # Each id is one object; find_objects is indexed by id, so relabel first.

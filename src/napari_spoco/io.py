@@ -170,12 +170,16 @@ def load_model(path: str | os.PathLike) -> SpocoModel:
 
 def _check_history(history: dict, damaged: str) -> None:
     """The training record fields that change how images are segmented must be usable."""
-    from .scaling import check_scale
+    from .scaling import check_scale, check_voxel_size
 
     try:
         check_scale(history.get("pixel_scale", 1.0))
     except SpocoError as exc:
         raise SpocoError(f"{damaged}: its pixel_scale is unusable ({exc})") from None
+    try:
+        check_voxel_size(history.get("voxel_size"))
+    except SpocoError as exc:
+        raise SpocoError(f"{damaged}: its voxel_size is unusable ({exc})") from None
     median = history.get("object_size_median")
     if median is not None and (
         isinstance(median, bool) or not isinstance(median, (int, float)) or not (0 < median < float("inf"))
@@ -210,6 +214,63 @@ def read_image(path: str | os.PathLike, keep_channels: bool = False) -> np.ndarr
         raise SpocoError(f"{path} does not exist.") from None
     except Exception as exc:
         raise SpocoError(f"Could not read {path} as an image ({_short(exc)}).") from exc
+
+
+def read_voxel_size(path: str | os.PathLike, ndim: int) -> tuple[float, ...] | None:
+    """The pixel spacing a TIFF records, one value per spatial axis (``(Z, Y, X)`` for
+    ``ndim=3``, ``(Y, X)`` for 2), in the file's unit: OME ``PhysicalSizeZ/Y/X``, else ImageJ's
+    ``spacing`` (Z) with the X/YResolution tags. None when the file records none, or records
+    the default 1 pixel per unit everywhere (which says nothing)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            sizes = _ome_spacing(tif.ome_metadata) if tif.is_ome else {}
+            if not sizes:
+                sizes = _imagej_spacing(tif)
+    except Exception:
+        return None
+    axes = ("Z", "Y", "X")[-ndim:]
+    if not all(a in sizes for a in axes[-2:]):
+        return None
+    values = tuple(float(sizes.get(a, 1.0)) for a in axes)  # a 3D file without a z spacing: 1
+    if not all(np.isfinite(v) and v > 0 for v in values) or all(v == 1.0 for v in values):
+        return None
+    return values
+
+
+def _ome_spacing(xml: str | None) -> dict[str, float]:
+    import re
+
+    if not xml:
+        return {}
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)
+    if not pixels:
+        return {}
+    out = {}
+    for axis in "ZYX":
+        found = re.search(rf'PhysicalSize{axis}="([^"]+)"', pixels.group(0))
+        if found:
+            out[axis] = float(found.group(1))
+    return out
+
+
+def _imagej_spacing(tif) -> dict[str, float]:
+    page = tif.pages[0]
+    out = {}
+    for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        value = page.tags.get(tag)
+        if value is not None:
+            num, den = value.value
+            if num > 0:
+                out[axis] = den / num  # the tag holds pixels per unit
+    meta = tif.imagej_metadata or {}
+    if "spacing" in meta:
+        out["Z"] = float(meta["spacing"])
+    return out
 
 
 def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:

@@ -223,6 +223,21 @@ class SpocoModel:
         return float(self.history.get("pixel_scale", 1.0))
 
     @property
+    def voxel_size(self) -> tuple[float, ...] | None:
+        """The voxel size of the images it was trained on (None: taken as isotropic); images
+        segmented without a voxel size of their own are taken to share it."""
+        v = self.history.get("voxel_size")
+        return tuple(float(x) for x in v) if v else None
+
+    def network_factors(self, voxel_size=None) -> tuple[float, ...]:
+        """Per-axis resize factors from an image to the network's grid: the pixel scale times
+        the anisotropy correction of ``voxel_size`` (default: the training voxel size)."""
+        from .scaling import axis_factors
+
+        return axis_factors(self.pixel_scale, voxel_size if voxel_size is not None else self.voxel_size,
+                            self.config.ndim)
+
+    @property
     def predicts_with_teacher(self) -> bool:
         """Whether :attr:`predictor` is the EMA teacher: set by fine-tuning from a trained model
         (docs/method.md, "Fine-tuning a trained model"); older files and models trained from

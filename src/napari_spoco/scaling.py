@@ -103,9 +103,53 @@ def scale_note(
     return f"Painted objects are about {d:.0f} px across: training at scale {scale:g}, where they are ~{d * scale:.0f} px."
 
 
-def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
-    """Spatial shape at ``scale`` (each axis at least 1)."""
-    return tuple(max(1, int(round(n * scale))) for n in shape)
+def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, ...]:
+    """Spatial shape at ``scale``: one factor for every axis, or one per axis (each axis at
+    least 1 pixel)."""
+    factors = [float(scale)] * len(shape) if np.isscalar(scale) else [float(f) for f in scale]
+    return tuple(max(1, int(round(n * f))) for n, f in zip(shape, factors))
+
+
+# ---------------------------------------------------------------- anisotropic voxels
+
+#: The coarse axes of anisotropic data are interpolated up to the finest spacing, by at most
+#: this factor (a z-step 6x the pixel size is brought to 4x the finest axis's sampling).
+MAX_ANISOTROPY = 4.0
+
+
+def check_voxel_size(voxel_size, ndim: int | None = None) -> tuple[float, ...] | None:
+    """A usable voxel size (one positive spacing per spatial axis, any unit), or a clear error;
+    None stays None (isotropic)."""
+    if voxel_size is None:
+        return None
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        raise SpocoError(f"Voxel size {voxel_size!r}: give one number per spatial axis, e.g. 2 0.5 0.5 (Z Y X).") from None
+    if len(values) not in (2, 3) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise SpocoError(f"Voxel size {voxel_size!r}: give 2 (Y X) or 3 (Z Y X) positive spacings, e.g. 2 0.5 0.5.")
+    if ndim is not None and len(values) != ndim:
+        raise SpocoError(f"Voxel size {' x '.join(f'{v:g}' for v in values)} has {len(values)} values but the "
+                         f"image has {ndim} spatial axes; give one spacing per axis.")
+    return values
+
+
+def anisotropy(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """Per-axis factors that bring coarsely sampled axes to the finest spacing (1 on that axis,
+    up to :data:`MAX_ANISOTROPY`): voxels become cubes, so that the network's isotropic
+    kernels and the learned object shapes mean the same in every direction (docs/method.md,
+    "Anisotropic volumes")."""
+    if voxel_size is None:
+        return (1.0,) * ndim
+    v = check_voxel_size(voxel_size, ndim)
+    finest = min(v)
+    return tuple(round(min(MAX_ANISOTROPY, x / finest), 3) for x in v)
+
+
+def axis_factors(scale: float, voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """Resize factor per spatial axis before the network: the object scale times the
+    anisotropy correction."""
+    return tuple(round(scale * a, 4) for a in anisotropy(voxel_size, ndim))
 
 
 def resize_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:

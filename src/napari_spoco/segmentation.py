@@ -70,6 +70,7 @@ def segment(
     return_embedding: bool = False,
     _timing: dict | None = None,
     channel_axis: int | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
     shape).
@@ -87,6 +88,9 @@ def segment(
     A model trained at a ``pixel_scale`` other than 1 (large objects, :mod:`napari_spoco.scaling`)
     sees the image resized by that factor; labels (and the embedding) come back at the image's
     shape, and ``min_size``, ``max_size`` and ``expand`` stay in the image's pixels.
+    ``voxel_size`` (one spacing per spatial axis; default: the model's training voxel size, or
+    isotropic) interpolates coarsely sampled axes up to cubic voxels first (docs/method.md,
+    "Anisotropic volumes").
 
     Images larger than ``tile_shape`` (default :func:`segment_tile_shape`, in the network's
     pixels) are segmented tile by tile with a halo of context (:mod:`napari_spoco.tiling`), so
@@ -104,7 +108,8 @@ def segment(
         raise SpocoError("image must be an array; read a file first, e.g. with napari_spoco.io.read_image.")
     # Checked and its range taken once, of the whole image: every tile normalises alike.
     prepared = prepare_image(model, image, value_range, channel_axis)
-    return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing)
+    return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing,
+                             voxel_size)
 
 
 def _segment_prepared(
@@ -116,19 +121,21 @@ def _segment_prepared(
     progress: Callable[[int, int], None] | None = None,
     return_embedding: bool = False,
     _timing: dict | None = None,
+    voxel_size: tuple[float, ...] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
-    """:func:`segment` of an image prepared for ``model``: at the model's pixel scale, in
-    the image's pixels."""
+    """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
+    cubic voxels), in the image's pixels."""
     from dataclasses import replace
 
-    from .scaling import resize_image, resize_labels, scaled_shape
+    from .scaling import check_voxel_size, resize_image, resize_labels, scaled_shape
 
-    scale = model.pixel_scale
-    if scale == 1.0:
+    factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
+    if all(f == 1.0 for f in factors):
         return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing)
     shape = image.shape
     config = config or ClusterConfig()
-    volume = scale**model.config.ndim
+    volume = float(np.prod(factors))
+    scale = volume ** (1.0 / len(factors))  # the mean linear factor, for distances
     config = replace(
         config,
         min_size=None if config.min_size is None else max(1, int(round(config.min_size * volume))),
@@ -136,11 +143,11 @@ def _segment_prepared(
         expand=int(round(config.expand * scale)),
     )
     # resized, the image keeps the original's range: crops normalise like the whole
-    small = PreparedImage(resize_image(image.data, scaled_shape(shape, scale)), image.value_range, image.channels)
+    small = PreparedImage(resize_image(image.data, scaled_shape(shape, factors)), image.value_range, image.channels)
     result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
-    if scale > 1.0:  # shrinking the labels back may lose an object of a pixel or two
+    if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
         labels = relabel_sequential(labels)
     labels = as_label_image(labels)
     if emb is None:

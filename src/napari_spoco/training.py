@@ -23,7 +23,7 @@ from .data import PatchSampler, channel_count, check_image, prepare_training_dat
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
-from .scaling import check_scale, training_scale
+from .scaling import check_scale, check_voxel_size, training_scale
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
 #: switches it off to measure by how much).
@@ -49,6 +49,10 @@ class TrainConfig:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
     # brought to about 30 px; a self-supervised run keeps the starting model's scale.
     scale: float | None = None
+    # Spacing of the images' pixels per spatial axis (Z, Y, X or Y, X; any unit): coarse axes
+    # are interpolated up to cubic voxels (docs/method.md, "Anisotropic volumes"). None: the
+    # starting model's training voxel size, else isotropic.
+    voxel_size: tuple[float, ...] | None = None
     seed: int = 0
     device: str = "auto"
     # Starting from a trained model (docs/method.md, "Fine-tuning a trained model"): the teacher
@@ -91,6 +95,7 @@ class TrainConfig:
                     "mark background; e.g. 65535), or None", whole=True, low=1, optional=True)
         if self.scale is not None:
             self.scale = check_scale(self.scale)
+        self.voxel_size = check_voxel_size(self.voxel_size)
         check_field(self, "seed", "a whole number", whole=True)
         if not isinstance(self.device, str):
             raise SpocoError(f"TrainConfig.device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'mps'.")
@@ -115,6 +120,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["patch_shape"] = list(self.patch_shape) if self.patch_shape else None
+        d["voxel_size"] = list(self.voxel_size) if self.voxel_size else None
         return d
 
 
@@ -296,6 +302,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
                          unlabelled_push_weight=0.0, foreground_weight=0.0,
                          consistency_weight=config.loss.consistency_weight or 1.0),
         )
+    voxel_size = config.voxel_size if config.voxel_size is not None else (model.voxel_size if model else None)
     if config.scale is not None:
         scale = check_scale(config.scale)
     elif self_supervised:
@@ -305,6 +312,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
         require_objects=not self_supervised, scale=scale, channels=channels, channel_axis=channel_axis,
+        voxel_size=voxel_size,
     )
     ndim = data[0].objects.ndim
     started_from_model = model is not None
@@ -373,6 +381,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if sizes:  # self-supervised runs keep what the model knew about object sizes
         model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
     model.history["pixel_scale"] = scale
+    model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     if not self_supervised:  # set before the first step: previews segment with the predictor
         model.history["predict_with"] = "teacher" if stable else "student"
     warmup = config.consistency_warmup_steps if not stable else 0  # a trained teacher from step 1

@@ -1,0 +1,90 @@
+"""Anisotropic voxels: spacing from the user or the TIFF metadata, cubic voxels for the network."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_spoco import segment
+from napari_spoco import segmentation as seg_module
+from napari_spoco.cli import main
+from napari_spoco.errors import SpocoError
+from napari_spoco.io import load_model, read_voxel_size, save_model
+from napari_spoco.scaling import anisotropy, axis_factors, check_voxel_size
+from napari_spoco.training import TrainConfig, train
+
+
+def test_coarse_axes_are_brought_to_the_finest_spacing_within_a_limit():
+    assert anisotropy((2.0, 0.5, 0.5), 3) == (4.0, 1.0, 1.0)
+    assert anisotropy((6.0, 1.0, 1.0), 3) == (4.0, 1.0, 1.0)  # capped
+    assert anisotropy(None, 3) == (1.0, 1.0, 1.0) and anisotropy((0.3, 0.3), 2) == (1.0, 1.0)
+    assert axis_factors(0.5, (1.0, 0.5, 0.5), 3) == (1.0, 0.5, 0.5)
+    assert check_voxel_size([1, 2, 3]) == (1.0, 2.0, 3.0) and check_voxel_size(None) is None
+    for bad in ([0, 1, 1], [1], "abc", [1, float("nan"), 1]):
+        with pytest.raises(SpocoError, match="[Vv]oxel size"):
+            check_voxel_size(bad)
+    with pytest.raises(SpocoError, match="has 2 values but the image has 3 spatial axes"):
+        check_voxel_size([1, 1], 3)
+
+
+def test_voxel_size_is_read_from_imagej_and_ome_tiffs(tmp_path):
+    vol = np.zeros((4, 16, 16), np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", vol, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ome.tif", vol, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 1.5, "PhysicalSizeY": 0.3, "PhysicalSizeX": 0.3})
+    tifffile.imwrite(tmp_path / "plain.tif", vol)
+    assert read_voxel_size(tmp_path / "ij.tif", 3) == (2.0, 0.25, 0.25)
+    assert read_voxel_size(tmp_path / "ome.tif", 3) == (1.5, 0.3, 0.3)
+    assert read_voxel_size(tmp_path / "plain.tif", 3) is None
+    assert read_voxel_size(tmp_path / "missing.tif", 3) is None
+
+
+def _blobs(z_step: int):
+    """Balls of radius 6 in an isotropic grid, sampled every ``z_step``-th slice."""
+    zz, yy, xx = np.mgrid[:24, :32, :32]
+    truth = np.zeros((24, 32, 32), np.uint16)
+    for i, (z, y, x) in enumerate([(8, 8, 8), (8, 22, 22), (16, 8, 22), (16, 22, 8)], start=1):
+        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 36] = i
+    image = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 2, truth.shape)
+    return image[::z_step].astype(np.float32), truth[::z_step]
+
+
+def test_training_and_segmenting_run_on_cubic_voxels_and_labels_come_back_at_the_image_shape(monkeypatch, tmp_path):
+    image, truth = _blobs(z_step=3)  # 8 x 32 x 32, voxel 3 x 1 x 1
+    config = TrainConfig(steps=1, patch_shape=(16, 32, 32), batch_size=1, device="cpu", voxel_size=(3.0, 1.0, 1.0))
+    model = train([image], [truth], config)
+    assert model.voxel_size == (3.0, 1.0, 1.0) and model.network_factors() == (3.0, 1.0, 1.0)
+    model = load_model(save_model(model, tmp_path / "m.spoco.pt"))  # the voxel size travels in the file
+    seen = []
+    real = seg_module._segment_at_network_scale
+    monkeypatch.setattr(seg_module, "_segment_at_network_scale",
+                        lambda m, img, *a, **k: seen.append(img.shape) or real(m, img, *a, **k))
+    labels = segment(model, image, device="cpu")  # the model's voxel size by default
+    assert seen[-1] == (24, 32, 32) and labels.shape == image.shape
+    segment(model, image, device="cpu", voxel_size=(1.0, 1.0, 1.0))  # this image's own spacing
+    assert seen[-1] == (8, 32, 32)
+    with pytest.raises(SpocoError, match="has 2 values"):
+        segment(model, image, device="cpu", voxel_size=(1.0, 1.0))
+
+
+def test_cli_reads_the_spacing_from_the_files_and_says_so(tmp_path, capsys):
+    image, truth = _blobs(z_step=2)
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", truth)
+    out = tmp_path / "m.spoco.pt"
+    base = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"), "--steps", "1",
+            "--device", "cpu", "--patch-size", "16", "32", "32", "--batch-size", "1", "--init", "none"]
+    assert main(base + ["--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Voxel size 1 x 0.5 x 0.5 (from the TIFF metadata); axes interpolated by 2 x 1 x 1" in err
+    assert load_model(out).history["voxel_size"] == [1.0, 0.5, 0.5]
+    assert main(base + ["--out", str(tmp_path / "n.spoco.pt"), "--voxel-size", "1", "1"]) == 2
+    assert "has 2 values but the image has 3 spatial axes" in capsys.readouterr().err
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(out), "--images", str(tmp_path / "images"), "--out", str(pred),
+                 "--device", "cpu"]) == 0
+    assert "segmented at 2 x 1 x 1" in capsys.readouterr().err
+    assert tifffile.imread(pred / "a.tif").shape == image.shape
