@@ -199,3 +199,19 @@ def test_fine_tuned_model_predicts_with_its_teacher_and_says_so_in_its_file(tmp_
     # The behaviour before, kept for comparison, predicts with the student.
     train([image], [sparse], replace(quick, stable_start=False), model=again)
     assert again.predictor is again.student
+
+
+def test_stable_start_protects_only_a_start_that_fits_the_painted_objects(tiny_pair, monkeypatch):
+    # The shipped model fits the sample's nuclei (instance term ~0.4): protected, predicts with
+    # its teacher. A start that does not fit (measured on EM and phase contrast: 0.51-0.70) trains
+    # as before the stable start: the threshold decides, and the file says what was found.
+    from napari_spoco import training
+
+    s = load_sample()
+    quick = TrainConfig(steps=1, device="cpu")
+    model = training.train([s.train_image], [s.train_sparse], quick, model=load_default_model(2))
+    assert model.history["stable_start"] and model.history["start_fit"] < training.FITS_OBJECTS
+    assert model.predictor is model.teacher
+    monkeypatch.setattr(training, "FITS_OBJECTS", 0.0)  # as if the start fitted nothing
+    model = training.train([s.train_image], [s.train_sparse], quick, model=load_default_model(2))
+    assert not model.history["stable_start"] and model.predictor is model.student
