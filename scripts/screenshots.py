@@ -5,7 +5,8 @@
 
 It goes through the loop as a user would, with the shipped sample: open the sample, train in
 the background (screenshot during training, with the live preview and napari's activity dock),
-segment, and evaluate on the held-out crop. It prints what it measured.
+segment, suggest what to paint next, and evaluate on the held-out crop. It prints what it
+measured.
 """
 
 from __future__ import annotations
@@ -76,8 +77,15 @@ def main() -> None:
     segment.segment_btn.click()
     wait(lambda: widget.state.job.idle, 300)
     print(segment.segment_label.text())
+    # Suggest next: the five most doubtful objects, as rings numbered by rank
+    suggest = segment.suggest_row
+    suggest.suggest_btn.click()
+    wait(lambda: suggest.next_btn.isEnabled(), 60)
+    print(suggest.label.text())
+    widget.findChild(QScrollArea).ensureWidgetVisible(suggest.label)  # the suggestions, in the panel
     pump(0.5)
     viewer.screenshot(str(out / "03-segmented.png"), canvas_only=False)
+    viewer.layers["SPOCO suggestions"].visible = False
 
     viewer.open_sample("napari-spoco", "heldout_nuclei")
     select_layer(widget.data_panel.image_box, "nuclei (held out)")

@@ -95,9 +95,11 @@ class SuggestRow(QWidget):
         self._running = True
         self.update_buttons()
         self.label.setText("Ranking the objects…")
+        ranked = self.embedding  # a Segment that ends meanwhile makes these suggestions stale
         workers.launch(
             workers.suggest_job, labels, self.embedding, int(self.k_spin.value()), self.painted_sizes(labels.shape),
-            on_return=self._show, on_error=self._on_error, on_finish=self._on_finish, sync=self.state.sync,
+            on_return=lambda found: self._show(found, ranked), on_error=self._on_error, on_finish=self._on_finish,
+            sync=self.state.sync,
         )
 
     def painted_sizes(self, shape) -> list[int] | None:
@@ -111,8 +113,8 @@ class SuggestRow(QWidget):
         sizes = [int(c) for i, c in zip(ids, counts) if i != self.data.background_label]
         return sizes or None
 
-    def _show(self, found) -> None:
-        if self.state.closing.closed:
+    def _show(self, found, ranked) -> None:
+        if self.state.closing.closed or ranked is not self.embedding:
             return
         suggestions, sizes = found
         result = find_layer(self.viewer, self._result_id)
