@@ -69,3 +69,11 @@ def test_on_the_shipped_model_merged_touching_nuclei_rank_above_every_clean_one(
         merged = np.where(labels == b, a, labels)
         ranked = [x.label for x in suggest(merged, emb, k=int(merged.max()))]
         assert all(ranked.index(a) < ranked.index(c) for c in clean if c not in (a, b)), (a, b, ranked)
+
+
+def test_crowded_images_need_no_table_of_all_pairs():
+    # 3 600 objects: a table of all pairs of 16-D means would take 3 600² x 16 x 8 bytes (1.6 GB).
+    labels = (np.arange(300)[:, None] // 5) * 60 + np.arange(300)[None, :] // 5 + 1
+    emb = np.random.default_rng(1).normal(0, 1, (16, 300, 300)).astype(np.float32)
+    top = suggest(labels, Embedding(emb, None), k=4)
+    assert len(top) == 4 and all(1 <= s.label <= 3600 for s in top)
