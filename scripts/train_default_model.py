@@ -18,6 +18,10 @@ shown at 0.6x (2D) or at several sizes and an anisotropic z (3D), so that the st
 seen objects smaller than its training sets'. Sets are weighted by object count so that a set
 with few large images is not drowned by one with many small ones.
 
+The shipped 2D model is older than this recipe: it was made by this script as of commit f8f3c81
+(BBBC039 and Usiigaci only, 20 CPU-min); a 2D model of this recipe was tried and not shipped
+(docs/models.md says why). The shipped 3D model is this recipe's.
+
 ``--without SET`` leaves a data set out (the benchmarks' leave-one-dataset-out starting models).
 ``--evaluate MODEL`` prints the zero-shot scores of a model file on the held-out images.
 """
