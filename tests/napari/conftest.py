@@ -75,3 +75,16 @@ def napari_notes(monkeypatch):
     notification_manager.notification_ready.connect(notified)
     yield seen
     notification_manager.notification_ready.disconnect(notified)
+
+
+@pytest.fixture
+def balls():
+    """A (16, 40, 40) volume of three bright balls and its truth (ids 1-3), for 3D GUI tests."""
+    import numpy as np
+
+    zz, yy, xx = np.mgrid[:16, :40, :40]
+    truth = np.zeros((16, 40, 40), np.uint32)
+    for i, (z, y, x) in enumerate([(8, 10, 10), (8, 28, 12), (8, 20, 30)], start=1):
+        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 25] = i
+    volume = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 3, truth.shape)
+    return volume.astype(np.float32), truth

@@ -13,14 +13,10 @@ from napari_spoco.pretrained import has_default_model, load_default_model
 pytestmark = pytest.mark.skipif(not has_default_model(3), reason="no shipped 3D model")
 
 
-def _add_volume(viewer, widget, choose, paint=True):
-    """A (Z, Y, X) volume of three balls, two of them painted."""
-    zz, yy, xx = np.mgrid[:16, :40, :40]
-    truth = np.zeros((16, 40, 40), np.uint32)
-    for i, (z, y, x) in enumerate([(8, 10, 10), (8, 28, 12), (8, 20, 30)], start=1):
-        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 25] = i
-    volume = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 3, truth.shape)
-    viewer.add_image(volume.astype(np.float32), name="vol")
+def _add_volume(viewer, widget, choose, balls, paint=True):
+    """The ``balls`` volume as an image layer, two of its three balls painted."""
+    volume, truth = balls
+    viewer.add_image(volume, name="vol")
     choose(widget.data_panel.image_box, "vol")
     if paint:
         layer = widget.data_panel.new_sparse_labels()
@@ -29,9 +25,9 @@ def _add_volume(viewer, widget, choose, paint=True):
     return truth
 
 
-def test_first_train_on_a_volume_fine_tunes_the_shipped_3d_model(spoco, notes, choose):
+def test_first_train_on_a_volume_fine_tunes_the_shipped_3d_model(spoco, notes, choose, balls):
     viewer, widget = spoco
-    _add_volume(viewer, widget, choose)
+    _add_volume(viewer, widget, choose, balls)
     assert "shipped 3D starting model" in widget.model_panel.model_label.text()
     widget.train_panel.steps_spin.setValue(1)
     widget.train_panel.train_btn.click()
@@ -42,12 +38,12 @@ def test_first_train_on_a_volume_fine_tunes_the_shipped_3d_model(spoco, notes, c
     assert "3D small model (shipped default, fine-tuned)" in widget.model_panel.model_label.text()
 
 
-def test_default_loads_the_model_that_fits_the_chosen_image(spoco, notes, choose):
+def test_default_loads_the_model_that_fits_the_chosen_image(spoco, notes, choose, balls):
     viewer, widget = spoco
     panel, state = widget.model_panel, widget.state.model
     widget.state.confirm = lambda question: True
     assert panel.use_default_model() and state.current.config.ndim == 2  # the 2D sample
-    _add_volume(viewer, widget, choose, paint=False)
+    _add_volume(viewer, widget, choose, balls, paint=False)
     assert "3D starting model" in panel.default_model_btn.toolTip()
     panel.default_model_btn.click()
     assert state.current.config.ndim == 3 and state.source is ModelSource.DEFAULT
@@ -125,9 +121,9 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     assert row.go_to_next() == 0
 
 
-def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose):
+def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose, balls):
     viewer, widget = spoco
-    _add_volume(viewer, widget, choose, paint=False)
+    _add_volume(viewer, widget, choose, balls, paint=False)
     widget.model_panel.default_model_btn.click()
     widget.segment_panel.segment_btn.click()
     result = viewer.layers["vol instances"]

@@ -198,14 +198,10 @@ def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_pa
     assert "3D model" in notes["error"][-1] and not widget.state.job.segmenting
 
 
-def test_3d_volume_trains_and_segments_in_3d(spoco, notes, choose):
+def test_3d_volume_trains_and_segments_in_3d(spoco, notes, choose, balls):
     viewer, widget = spoco
-    zz, yy, xx = np.mgrid[:16, :40, :40]
-    truth = np.zeros((16, 40, 40), np.uint32)
-    for i, (z, y, x) in enumerate([(8, 10, 10), (8, 28, 12), (8, 20, 30)], start=1):
-        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 25] = i
-    volume = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 3, truth.shape)
-    viewer.add_image(volume.astype(np.float32), name="vol")
+    volume, truth = balls
+    viewer.add_image(volume, name="vol")
     choose(widget.data_panel.image_box, "vol")
     assert widget.data_panel.series_check.isEnabled() and not widget.data_panel.series_check.isChecked()
     layer = widget.data_panel.new_sparse_labels()
