@@ -193,3 +193,8 @@ def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, cap
     for r in rows:  # each row names a real object, its centroid inside the image
         assert (labels == int(r["id"])).any() and 0 <= float(r["y"]) < 64 and 0 <= float(r["x"]) < 64
     assert "suggestions.csv" in capsys.readouterr().err
+    before = (out / "suggestions.csv").read_text()  # a second run does not replace it unasked
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"), "--out", str(out),
+                 "--device", "cpu", "--suggest", "2", "--skip-existing"]) == 2
+    assert "exists already; pass --overwrite" in capsys.readouterr().err
+    assert (out / "suggestions.csv").read_text() == before

@@ -594,6 +594,9 @@ def cmd_predict(args) -> int:
         print(f"Skipping {len(existing)} image(s) whose labels exist in {out}.", file=sys.stderr)
         files = {s: p for s, p in files.items() if s not in set(existing)}
     check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
+    if args.suggest and (out / "suggestions.csv").exists() and not args.overwrite:
+        raise SpocoError(f"{out / 'suggestions.csv'} exists already; pass --overwrite to replace it, or move it "
+                         "away to keep it.")
     if args.voxel_size:  # a wrong count is the user's error, not one image's: say it before the batch
         from .scaling import check_voxel_size
 
