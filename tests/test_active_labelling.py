@@ -1,0 +1,110 @@
+"""The simulated user of benchmarks/active_labelling.py, on tiny synthetic label images.
+
+The benchmark's verdict rests on what the simulated user paints for a suggestion and on how the
+two curves are compared: the user must paint the unpainted true object under a suggested
+instance (never a painted one, never background), skip a suggestion over nothing new, and stop
+at K objects; the comparison must read "half as many objects" off the curves correctly.
+Numpy only, well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "active_labelling.py"
+if not _PATH.is_file():
+    pytest.skip("benchmarks/ is not part of this checkout", allow_module_level=True)
+_spec = importlib.util.spec_from_file_location("benchmark_active_labelling", _PATH)
+al = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = al
+_spec.loader.exec_module(al)
+
+
+def _scene():
+    """Truth: objects 1, 2 side by side, 3 apart, 4 elsewhere. Prediction: id 7 merges 1 and 2
+    (more of 2 than of 1), id 8 is object 3, id 9 lies on background only, id 5 is object 4."""
+    truth = np.zeros((20, 40), np.uint16)
+    truth[2:8, 2:8] = 1
+    truth[2:8, 8:18] = 2
+    truth[12:18, 2:8] = 3
+    truth[12:18, 30:36] = 4
+    pred = np.zeros_like(truth)
+    pred[2:8, 3:18] = 7
+    pred[12:18, 2:8] = 8
+    pred[1:5, 22:26] = 9
+    pred[12:18, 30:36] = 5
+    return truth, pred
+
+
+def test_the_user_paints_the_largest_unpainted_object_under_a_suggestion():
+    truth, pred = _scene()
+    assert al.true_object_under(pred, 7, truth, set()) == 2
+    assert al.true_object_under(pred, 7, truth, {2}) == 1  # the larger one is painted: the next one
+    assert al.true_object_under(pred, 7, truth, {1, 2}) is None
+    assert al.true_object_under(pred, 9, truth, set()) is None  # background only: skipped
+    assert al.true_object_under(pred, 8, truth, {1}) == 3
+
+
+def test_instances_mostly_on_painted_objects_are_excluded():
+    truth, pred = _scene()
+    assert al.painted_instances(pred, np.isin(truth, [3])) == [8]
+    # id 7 covers 5 px columns of object 1 and 10 of object 2: painting 1 alone is a third of it
+    assert al.painted_instances(pred, np.isin(truth, [1])) == []
+    assert al.painted_instances(pred, np.isin(truth, [2])) == [7]
+    assert al.painted_instances(np.zeros_like(pred), truth > 0) == []
+
+
+def test_suggestions_are_walked_by_score_over_images_until_k_new_objects():
+    truth, pred = _scene()
+    preds, truths = [pred, pred], [truth, truth]
+    ranked = [(0.9, 0, 9), (0.8, 1, 7), (0.8, 0, 7), (0.7, 0, 8), (0.6, 1, 5), (0.1, 0, 5)]
+    chosen, looked = al.pick_suggested(ranked, preds, truths, [set(), {2}], k=3)
+    # 9 is skipped (background); ties go to the lower image index; image 1 has 2 painted: object 1
+    assert chosen == [(0, 2), (1, 1), (0, 3)]
+    assert looked == 4
+    # the same true object is not painted twice in one round: the second suggestion over it finds the next
+    chosen, _ = al.pick_suggested([(0.9, 0, 7), (0.8, 0, 7), (0.7, 0, 7)], preds, truths, [set(), set()], k=5)
+    assert chosen == [(0, 2), (0, 1)]
+
+
+def test_random_picks_are_unpainted_seeded_and_at_most_what_is_left():
+    objects = [[1, 2, 3, 4], [1, 2]]
+    painted = [{1, 2}, set()]
+    a = al.pick_random(objects, painted, 3, np.random.default_rng(0))
+    assert a == al.pick_random(objects, painted, 3, np.random.default_rng(0))
+    assert len(set(a)) == 3 and all(o not in painted[i] for i, o in a)
+    assert sorted(al.pick_random(objects, painted, 10, np.random.default_rng(1))) == [(0, 3), (0, 4), (1, 1), (1, 2)]
+
+
+def test_a_share_of_objects_per_round_is_rounded_up_so_the_default_rounds_reach_20_percent():
+    for n in (1053, 411, 1251):  # the three 2D sets' training objects
+        k = al.objects_per_round("2.5%", n)
+        assert round(0.05 * n) + 6 * k >= 0.2 * n
+    assert al.objects_per_round("7", 1000) == 7
+    assert al.objects_per_round("2.5%", 400) == 10
+
+
+def _result(random, suggested, n_objects=100):
+    def curve(points):
+        return [{"painted": x, "AP50": y} for x, y in points]
+
+    return {"dataset": "toy", "seeds": [{"n_objects": n_objects, "curves": {"random": curve(random),
+                                                                             "suggested": curve(suggested)}}]}
+
+
+def test_the_comparison_reads_half_as_many_objects_off_the_curves():
+    random = [(5, 0.5), (10, 0.55), (15, 0.6), (25, 0.7)]  # at 20 objects: 0.65 (interpolated)
+    good = al.comparison(_result(random, [(5, 0.5), (10, 0.66), (15, 0.7)]), 0.2)
+    assert good["ref_AP50"] == pytest.approx(0.65)
+    assert good["need"] == 10 and good["verdict"].startswith("✓")
+    late = al.comparison(_result(random, [(5, 0.5), (10, 0.6), (15, 0.66)]), 0.2)
+    assert late["need"] == 15 and late["verdict"].startswith("✗")
+    never = al.comparison(_result(random, [(5, 0.5), (10, 0.6)]), 0.2)
+    assert "need" not in never and never["verdict"].startswith("✗")
+    short = al.comparison(_result(random[:3], random[:3]), 0.2)  # random never reaches 20 objects
+    assert short["verdict"].startswith("n/a")
