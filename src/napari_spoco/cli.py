@@ -124,8 +124,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="segment images into instance label TIFFs")
     pr.add_argument("--model", required=True, help="model file from `napari-spoco train`")
-    pr.add_argument("--images", required=True, help="folder (or file) of TIFF/PNG images")
-    pr.add_argument("--out", required=True, help="folder for the label TIFFs (one per image, same stem)")
+    pr.add_argument("--images", required=True,
+                    help="folder (or file) of TIFF/PNG images and .zarr stores (OME-Zarr or zarr arrays)")
+    pr.add_argument("--out", required=True, help="folder for the label files (one per image, same stem)")
     pr.add_argument("--method", default=CLUSTER.method, choices=METHODS, help="consistency = mean-shift that drops clusters the EMA teacher disagrees on (same result as meanshift on our benchmarks, ~2x slower)")
     pr.add_argument("--bandwidth", type=POSITIVE_FLOAT, default=CLUSTER.bandwidth,
                     help=f"mean-shift bandwidth (δ_v, default {CLUSTER.bandwidth})")
@@ -144,6 +145,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--suggest", type=NONNEG_INT, default=0, metavar="K",
                     help="also write suggestions.csv in --out: per image the K predicted objects the model is "
                     "least sure of (id, centroid, score), the ones worth checking and painting next")
+    pr.add_argument("--workers", type=POSITIVE_INT, default=1,
+                    help="processes to segment with: files of a batch, or blocks of a large image, in parallel "
+                    "(torch threads are shared out among them). Default 1")
+    pr.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on a dask.distributed cluster at this address (e.g. tcp://10.0.0.5:8786) instead of "
+                    "local processes; --out (and the model file) must be on storage every worker can reach")
+    pr.add_argument("--block-shape", type=POSITIVE_INT, nargs="+", metavar="SIZE",
+                    help="segment TIFFs block by block, each block writing this many pixels per axis (Z Y X or "
+                    "Y X; also the zarr chunk shape). Zarr stores and TIFFs over 256 MB always go block by "
+                    "block; default 64 256 256 in 3D, 896 896 in 2D")
+    pr.add_argument("--out-format", choices=("auto", "tif", "zarr"), default="auto",
+                    help="label files as TIFF or zarr; auto (default): zarr for zarr inputs and for block-wise "
+                    "results over 2^27 pixels, TIFF otherwise (OME-Zarr inputs give OME-Zarr label images)")
     existing = pr.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing label files")
     existing.add_argument("--skip-existing", action="store_true",
@@ -194,17 +208,19 @@ def _out_file(path: str, overwrite: bool, inputs=()) -> Path:
     return check_output_file(path, overwrite, tuple(inputs))
 
 
-def _files(path: str) -> dict[str, Path]:
+def _files(path: str, zarr: bool = False) -> dict[str, Path]:
     from .io import IMAGE_SUFFIXES, list_images
 
     p = Path(path)
+    if zarr and p.is_dir() and p.suffix.lower() == ".zarr":
+        return {p.stem: p}
     if p.is_file():
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise SpocoError(f"{p} is not a .tif/.tiff/.png file.")
         return {p.stem: p}
     if not p.exists():
         raise SpocoError(f"{p} does not exist.")
-    return list_images(p)
+    return list_images(p, zarr=zarr)
 
 
 def _names(stems, limit: int = 5) -> str:
@@ -553,33 +569,33 @@ def _report_failures(failed: dict[str, str], total: int, what: str) -> int:
     return EXIT_FAILED
 
 
-def _predict_voxel_size(given, path: Path, model):
-    """``--voxel-size``, else the file's recorded spacing, else None (the model's own)."""
-    from .io import read_voxel_size
-    from .scaling import check_voxel_size
+def _predict_targets(files: dict[str, Path], out: Path, args) -> tuple[dict[str, Path], set[str]]:
+    """Where each image's labels go (``out/<stem>.tif`` or ``.zarr``), and which images are
+    segmented block by block (zarr stores, big TIFFs, any TIFF with --block-shape)."""
+    from .batch import needs_blockwise, output_suffix
 
-    if given:
-        return check_voxel_size(given, model.config.ndim)
-    return read_voxel_size(path, model.config.ndim)
+    large = {stem for stem, p in files.items() if needs_blockwise(p, bool(args.block_shape))}
+    targets = {stem: out / f"{stem}{output_suffix(p, stem in large, args.out_format)}" for stem, p in files.items()}
+    return targets, large
 
 
 def cmd_predict(args) -> int:
-    from .clustering import ClusterConfig
-    from .io import check_output_folder, load_model, read_image, write_labels
-    from .segmentation import segment
+    from .batch import PredictOptions
+    from .io import check_output_folder, load_model
 
     model = load_model(args.model)
-    files = _files(args.images)
+    files = _files(args.images, zarr=True)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SpocoError(f"--out {out} is a file; give a folder.")
-    images_dir = Path(args.images) if Path(args.images).is_dir() else Path(args.images).parent
+    images_dir = Path(args.images) if Path(args.images).is_dir() and not Path(args.images).suffix.lower() == ".zarr" \
+        else Path(args.images).parent
     if out.exists() and out.resolve() == images_dir.resolve():
         raise SpocoError(
             f"--out {out} is the folder of the input images: label files would replace or mix with "
             "them. Choose another folder, e.g. --out labels/."
         )
-    targets = {stem: out / f"{stem}.tif" for stem in files}
+    targets, large = _predict_targets(files, out, args)
     inputs = {p.resolve() for p in files.values()} | {Path(args.model).resolve()}
     clash = [str(t) for t in targets.values() if t.resolve() in inputs]
     if clash:
@@ -601,36 +617,22 @@ def cmd_predict(args) -> int:
         from .scaling import check_voxel_size
 
         check_voxel_size(args.voxel_size, model.config.ndim)
+    if args.block_shape and len(args.block_shape) != model.config.ndim:
+        raise SpocoError(f"--block-shape needs {model.config.ndim} sizes for this {model.config.ndim}D model, "
+                         f"got {len(args.block_shape)}.")
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand,
     )
-    from tqdm import tqdm
-
+    options = PredictOptions(config, args.device, args.channel_axis,
+                             tuple(args.voxel_size) if args.voxel_size else None, args.suggest)
     failed: dict[str, str] = {}
     suggestions: list = []
-    # In a log file the per-image lines below are the progress; a bar would add a carriage
-    # return per image.
-    for stem, path in tqdm(files.items(), desc="predict", unit="image", file=sys.stderr,
-                           disable=not sys.stderr.isatty()):
-        try:
-            image = read_image(path, keep_channels=args.channel_axis is not None)
-            voxel_size = _predict_voxel_size(args.voxel_size, path, model)
-            result = segment(model, image, config=config, device=args.device, channel_axis=args.channel_axis,
-                             return_embedding=bool(args.suggest), voxel_size=voxel_size)
-            labels = result[0] if args.suggest else result
-            write_labels(targets[stem], labels)
-            if args.suggest:
-                from .suggestions import suggest
-
-                suggestions += [(path.name, s) for s in suggest(labels, result[1], k=args.suggest)]
-        except (SpocoError, OSError, MemoryError) as exc:
-            failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
-            tqdm.write(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
-            continue
-        grid = model.network_factors(voxel_size)
-        how = "" if all(f == 1 for f in grid) else f" (segmented at {_spacing(grid)} x its pixels per axis)"
-        tqdm.write(f"{stem}: {int(labels.max())} objects -> {targets[stem]}{how}", file=sys.stderr)
+    small = {s: p for s, p in files.items() if s not in large}
+    if small:
+        _predict_whole(model, small, targets, options, args, failed, suggestions)
+    for stem in [s for s in files if s in large]:
+        _predict_blockwise(model, stem, files[stem], targets[stem], options, args, failed)
     if args.suggest:
         from .suggestions import write_csv
 
@@ -638,6 +640,121 @@ def cmd_predict(args) -> int:
         print(f"Suggestions ({args.suggest} per image, most doubtful first): {out / 'suggestions.csv'}",
               file=sys.stderr)
     return _report_failures(failed, len(files), "images")
+
+
+def _predict_whole(model, files: dict[str, Path], targets, options, args, failed, suggestions) -> None:
+    """The images that fit in memory, one task each: here, or spread over --workers processes
+    or a dask cluster (--scheduler)."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from .batch import predict_file
+    from .blockwise import Engine
+
+    # In a log file the per-image lines below are the progress; a bar would add a carriage
+    # return per image.
+    bar = tqdm(total=len(files), desc="predict", unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def report(stem: str, result) -> None:
+        bar.update(1)
+        if result.error:
+            failed[result.name] = result.error
+            tqdm.write(f"{result.name}: skipped ({result.error})", file=sys.stderr)
+            return
+        suggestions.extend(result.suggestions)
+        how = "" if all(f == 1 for f in result.grid) else f" (segmented at {_spacing(result.grid)} x its pixels per axis)"
+        tqdm.write(f"{stem}: {result.objects} objects -> {targets[stem]}{how}", file=sys.stderr)
+
+    try:
+        if args.workers == 1 and not args.scheduler:
+            for stem, path in files.items():
+                report(stem, predict_file(model, path, targets[stem], options))
+            return
+        with Engine(args.workers, args.scheduler) as engine:
+            opts = replace(options, threads=engine.threads)
+            model_file = str(Path(args.model).resolve())
+            stems = list(files)
+            results = engine.map(predict_file, [(model_file, files[s], targets[s], opts) for s in stems])
+            for stem, result in zip(stems, results):
+                report(stem, result)
+    finally:
+        bar.close()
+
+
+def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args, failed) -> None:
+    """One zarr store or big TIFF, block by block; the result as zarr, or as TIFF when small
+    enough (batch.output_suffix)."""
+    from .batch import voxel_size_for, zarr_to_tiff
+    from .blockwise import segment_blockwise
+    from .lazy_io import describe, open_lazy, remove_store
+
+    try:
+        image = open_lazy(path)
+        voxel_size = voxel_size_for(options.voxel_size, path, model) if not image.voxel_size or options.voxel_size \
+            else image.voxel_size
+    except SpocoError as exc:
+        failed[path.name] = str(exc)
+        print(f"{path.name}: skipped ({exc})", file=sys.stderr)
+        return
+    if options.suggest:
+        _warn(f"{path.name}: no suggestions for images segmented block by block (their embedding is not kept).")
+    store = target if target.suffix == ".zarr" else target.with_name(f".{target.stem}.blocks.zarr")
+    for old in {store, target}:
+        if old.exists() and (args.overwrite or old != target):
+            remove_store(old)
+    print(f"{path.name}: {describe(image)}, block by block", file=sys.stderr)
+    progress = _BlockProgress(path.name)
+    try:
+        result = segment_blockwise(model, image, store, config=options.config,
+                                   block_shape=tuple(args.block_shape) if args.block_shape else None,
+                                   voxel_size=voxel_size, workers=args.workers, scheduler=args.scheduler,
+                                   device=options.device, progress=progress)
+        if store != target:
+            zarr_to_tiff(store, target)
+    except (SpocoError, OSError, MemoryError) as exc:
+        failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
+        print(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
+        return
+    finally:
+        progress.close()
+        if store != target:
+            remove_store(store)
+    rate = result.seconds / max(1e-9, np.prod(result.shape) / 1e6)
+    print(f"{stem}: {result.objects} objects -> {target} ({result.blocks} blocks, {result.seconds:.0f} s, "
+          f"{rate:.2f} s per million pixels)", file=sys.stderr)
+    if result.failed:
+        first = next(iter(result.failed.items()))
+        failed[path.name] = (f"{len(result.failed)} of {result.blocks} blocks failed twice and are empty in "
+                             f"{target} (e.g. block {first[0]}: {first[1]})")
+
+
+class _BlockProgress:
+    """Blocks done of a block-wise image: a bar on a terminal, a line every 10 s in a log."""
+
+    def __init__(self, name: str, every: float = 10.0):
+        self.name, self.every, self.last = name, every, None
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=name, unit="block", file=sys.stderr, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+            return
+        now = time.perf_counter() - self.t0
+        if done == total or self.last is None or now - self.last >= self.every:
+            self.last = now
+            print(f"{self.name}: block {done}/{total}, {now / 60:.1f} min", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 METRIC_KEYS = ("AP50", "AP75", "mAP", "SBD", "DiC")

@@ -310,8 +310,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
     return path
 
 
-def list_images(folder: str | os.PathLike) -> dict[str, Path]:
-    """Image files in ``folder`` by stem (TIFF/PNG), sorted; a missing or empty folder is an error.
+def list_images(folder: str | os.PathLike, zarr: bool = False) -> dict[str, Path]:
+    """Image files in ``folder`` by stem (TIFF/PNG, and ``.zarr`` stores when ``zarr``), sorted;
+    a missing or empty folder is an error.
 
     Hidden files are skipped: macOS ``._name.tif`` resource forks and our own unfinished
     ``.name.tmp`` writes are not images. Two files with one stem (``a.tif`` and ``a.png``) are
@@ -323,7 +324,8 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
     files: dict[str, Path] = {}
     clashes: dict[str, list[str]] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+        store = zarr and p.is_dir() and p.suffix.lower() == ".zarr"
+        if p.name.startswith(".") or not (store or (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())):
             continue
         if p.stem in files:
             clashes.setdefault(p.stem, [files[p.stem].name]).append(p.name)
@@ -337,7 +339,7 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
             f"{f' ({len(clashes)} such names)' if len(clashes) > 1 else ''}."
         )
     if not files:
-        raise SpocoError(f"No .tif/.tiff/.png images in {folder}.")
+        raise SpocoError(f"No .tif/.tiff/.png images{' or .zarr stores' if zarr else ''} in {folder}.")
     return files
 
 

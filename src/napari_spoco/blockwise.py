@@ -1,0 +1,496 @@
+"""Images and volumes larger than memory: segmentation block by block on dask, stitched so that
+an object crossing block borders keeps one id.
+
+The image is cut into *cores* on a regular grid (the zarr output's chunks); each block reads its
+core plus a halo of context, is embedded and clustered on its own (:func:`segment` of the
+region) and writes the labels of its core, numbered 1..n within the block. Then:
+
+1. **Link.** In the strip where block k's region overlaps a neighbour j's core, k's view of
+   the objects that cross out of its core is compared with j's own labels: pieces that agree
+   there (IoU > 0.5) are one object.
+2. **Relabel.** A union-find over all links gives every object one global id, numbered
+   1..N over the volume, and each output chunk is rewritten through that table.
+
+Each step is a set of independent tasks run by dask: in this process (``workers=1``), in
+worker processes (``workers=N``), or on a dask.distributed cluster (``scheduler=ADDRESS``;
+the output and scratch folders must then be on storage all workers see). Memory is that of one
+block per worker, whatever the image's size. A block that fails is tried once more, then left
+empty and reported. docs/method.md, "Images larger than memory", says why the halo is what it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .clustering import ClusterConfig
+from .errors import SpocoError
+from .lazy_io import LazyImage, create_label_store, open_label_store, remove_store
+from .model import SpocoModel
+
+LINK_IOU = 0.5  # pieces of one object agree this well in the strip two blocks share
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: ``core`` (the output pixels it writes, one zarr chunk) inside ``region``
+    (the pixels it reads: the core and its halo, clipped to the image)."""
+
+    index: int
+    core: tuple[slice, ...]
+    region: tuple[slice, ...]
+
+    @property
+    def core_in_region(self) -> tuple[slice, ...]:
+        return tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(self.core, self.region))
+
+    def describe(self) -> str:
+        return "[" + ", ".join(f"{s.start}:{s.stop}" for s in self.core) + "]"
+
+
+def plan_blocks(shape: Sequence[int], core_shape: Sequence[int], halo: Sequence[int]) -> list[Block]:
+    """Blocks whose cores tile ``shape`` on a regular grid of ``core_shape`` (the last ones
+    shorter), each with ``halo`` pixels of context per axis, clipped to the image."""
+    per_axis = [[(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(shape, core_shape)]
+    blocks = []
+    for i, combo in enumerate(itertools.product(*per_axis)):
+        core = tuple(slice(a, b) for a, b in combo)
+        region = tuple(slice(max(0, a - h), min(n, b + h)) for (a, b), h, n in zip(combo, halo, shape))
+        blocks.append(Block(i, core, region))
+    return blocks
+
+
+def _overlap(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return out if all(s.start < s.stop for s in out) else None
+
+
+def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
+    """The blocks whose cores ``block``'s halo reaches (faces, edges and corners)."""
+    return [b for b in blocks if b.index != block.index and _overlap(block.region, b.core) is not None]
+
+
+def default_block_shape(ndim: int) -> tuple[int, ...]:
+    """Core of a block: 896² in 2D, 64×256×256 in 3D. With the halo, a block is about as large
+    as one in-memory segmentation tile (segmentation.segment_tile_shape), so a worker needs
+    about as much memory as :func:`napari_spoco.segment` of a 1024² image."""
+    return (896, 896) if ndim == 2 else (64, 256, 256)
+
+
+def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
+    """Context around each core, per axis in image pixels: the network's receptive radius plus
+    one object diameter (from the median painted object), so that an object crossing a core's
+    border lies whole in both blocks' views, away from their border effects; 16 to 64
+    network pixels, converted to image pixels by the axis' factor (model.network_factors)."""
+    ndim = model.config.ndim
+    median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
+    diameter = 2.0 * (median / np.pi) ** 0.5 if ndim == 2 else 2.0 * (3.0 * median / (4.0 * np.pi)) ** (1 / 3)
+    net = int(min(64, max(16, model.config.receptive_radius + diameter)))
+    return tuple(int(math.ceil(net / f)) for f in factors)
+
+
+@dataclass
+class BlockwiseResult:
+    """What :func:`segment_blockwise` wrote: the label store, its object count, and the blocks
+    that failed twice (left empty), by core and reason."""
+
+    path: Path
+    shape: tuple[int, ...]
+    objects: int
+    blocks: int
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def labels(self):
+        """The label array (zarr), read lazily."""
+        return open_label_store(self.path)
+
+
+# --- work done in the workers ------------------------------------------------------------------
+
+_MODELS: dict[str, SpocoModel] = {}
+
+
+def _worker_model(path: str) -> SpocoModel:
+    """The model of ``path``, loaded once per process."""
+    if path not in _MODELS:
+        from .io import load_model
+
+        _MODELS.clear()
+        _MODELS[path] = load_model(path)
+    return _MODELS[path]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a block task needs, picklable: where to read, what to run, where to write."""
+
+    model_path: str
+    image: LazyImage
+    out: str
+    scratch: str
+    config: ClusterConfig
+    value_range: tuple
+    voxel_size: tuple[float, ...] | None
+    device: str
+    threads: int
+    segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
+
+
+def _region_labels(job: _Job, data: np.ndarray) -> np.ndarray:
+    """Instance labels of one block's region (the region's shape)."""
+    if job.segmenter is not None:
+        return np.asarray(job.segmenter(data))
+    from .inference import prepare_image
+    from .segmentation import _segment_prepared
+
+    model = _worker_model(job.model_path)
+    prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
+    whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
+    return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
+                                        voxel_size=job.voxel_size))
+
+
+def _constant(data: np.ndarray) -> bool:
+    return data.size > 0 and bool(np.all(data == data.flat[0]))
+
+
+def run_block(job: _Job, block: Block) -> dict:
+    """Segment one block, write its core's labels (1..n) and keep its view of the halo for
+    linking. A failure is tried once more; then the core stays empty and the reason is returned."""
+    import torch
+
+    if job.segmenter is None:
+        torch.set_num_threads(max(1, job.threads))
+    t0 = time.perf_counter()
+    reason = None
+    for _attempt in range(2):
+        try:
+            data = job.image.read(block.region)
+            if _constant(data):  # padding or empty space: nothing to find, no network to run
+                return {"index": block.index, "n": 0, "failed": None, "seconds": time.perf_counter() - t0}
+            labels = _region_labels(job, data)
+            reason = None
+            break
+        except MemoryError as exc:
+            reason = f"out of memory ({exc}); give a smaller --block-shape"
+        except Exception as exc:  # noqa: BLE001 - reported per block, the others carry on
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    if reason is not None:
+        return {"index": block.index, "n": 0, "failed": reason, "seconds": time.perf_counter() - t0}
+    inner = block.core_in_region
+    ids = np.unique(labels[inner])
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.uint32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    local = lut[labels]
+    open_label_store(job.out, writable=True)[block.core] = local[inner]
+    view = local.copy()
+    view[inner] = 0
+    if view.any():
+        np.savez_compressed(Path(job.scratch) / f"view_{block.index}.npz", view=view)
+    return {"index": block.index, "n": len(ids), "failed": None, "seconds": time.perf_counter() - t0}
+
+
+def link_block(out: str, scratch: str, block: Block, others: Sequence[Block], offsets: dict[int, int]) -> np.ndarray:
+    """(P, 2) pairs of global ids that are one object: ``block``'s view of its halo against each
+    neighbour's own labels where the halo covers that neighbour's core (IoU > LINK_IOU)."""
+    path = Path(scratch) / f"view_{block.index}.npz"
+    if not path.exists():
+        return np.zeros((0, 2), np.int64)
+    with np.load(path) as f:
+        view = f["view"]
+    store = open_label_store(out)
+    pairs = []
+    for other in others:
+        strip = _overlap(block.region, other.core)
+        mine = view[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(strip, block.region))]
+        if not mine.any():
+            continue
+        theirs = np.asarray(store[strip])
+        both = (mine > 0) & (theirs > 0)
+        if not both.any():
+            continue
+        a, b = mine[both].astype(np.int64), theirs[both].astype(np.int64)
+        key = a * (int(b.max()) + 1) + b
+        uniq, counts = np.unique(key, return_counts=True)
+        ua, ub = uniq // (int(b.max()) + 1), uniq % (int(b.max()) + 1)
+        size_a = np.bincount(mine[mine > 0].astype(np.int64))
+        size_b = np.bincount(theirs[theirs > 0].astype(np.int64))
+        iou = counts / (size_a[ua] + size_b[ub] - counts)
+        keep = iou > LINK_IOU
+        if keep.any():
+            pairs.append(np.stack([ua[keep] + offsets[block.index], ub[keep] + offsets[other.index]], 1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def relabel_block(out: str, block: Block, lut: np.ndarray) -> None:
+    """Rewrite one core's labels (1..n) through its slice of the global table."""
+    store = open_label_store(out, writable=True)
+    store[block.core] = lut[np.asarray(store[block.core])]
+
+
+def global_ids(total: int, pairs: np.ndarray) -> np.ndarray:
+    """Table from global piece ids (0..total) to object ids 1..N (0 stays 0): linked pieces get
+    one id, numbered in order of their first piece."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = total + 1
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # number components by their smallest piece id, piece 0 (background) first
+    first = np.full(comp.max() + 1, n, np.int64)
+    np.minimum.at(first, comp, np.arange(n))
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[comp].astype(np.uint32)  # piece 0 is alone and first: background stays 0
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+
+class Engine:
+    """Runs lists of independent tasks with dask: in this process, in ``workers`` processes, or
+    on the dask.distributed scheduler at ``scheduler`` (an address or a ``Client``).
+
+    ``threads``: torch threads per task, so that workers × threads fills the CPU cores once.
+    """
+
+    def __init__(self, workers: int = 1, scheduler=None, prefer_threads: bool = False):
+        if workers < 1:
+            raise SpocoError(f"workers must be 1 or more, not {workers}.")
+        self.workers, self.scheduler, self.prefer_threads = int(workers), scheduler, prefer_threads
+        self.client = None
+        self._own_client = False
+        self.pool = None
+
+    def __enter__(self) -> Engine:
+        if self.scheduler is not None:
+            try:
+                from distributed import Client
+            except ImportError:
+                raise SpocoError("A dask cluster needs the distributed package: pip install distributed.") from None
+            if isinstance(self.scheduler, Client):
+                self.client = self.scheduler
+            else:
+                try:
+                    self.client = Client(self.scheduler, timeout="20s")
+                except Exception as exc:  # noqa: BLE001 - the address is the user's
+                    raise SpocoError(f"Could not reach the dask scheduler at {self.scheduler} ({exc}); start one "
+                                     "(dask scheduler; dask worker ADDRESS) or leave --scheduler out.") from None
+                self._own_client = True
+        elif self.workers > 1 and not self.prefer_threads:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: forking a process that already runs torch's thread pools can hang
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.pool is not None:
+            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+        if self._own_client and self.client is not None:
+            self.client.close()
+        return False
+
+    @property
+    def threads(self) -> int:
+        """Torch threads per task: this machine's cores shared by the local workers (a
+        cluster's workers: one each per core they run on, as dask starts them)."""
+        if self.client is not None:
+            return 1
+        if self.workers == 1:
+            import torch
+
+            return torch.get_num_threads()  # in this process: as the caller has it
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def map(self, fn: Callable, items: Sequence, progress: Callable[[int, int], None] | None = None) -> list:
+        """``[fn(*item) for item in items]``, run by the engine; ``progress(done, total)`` after
+        each task."""
+        import dask
+
+        total = len(items)
+        if total == 0:
+            return []
+        tasks = [dask.delayed(fn, pure=False)(*item) for item in items]
+        if self.client is not None:
+            from distributed import as_completed
+
+            futures = self.client.compute(tasks, retries=1)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list = [None] * total
+            for done, fut in enumerate(as_completed(futures), start=1):
+                results[index[fut.key]] = fut.result()
+                if progress is not None:
+                    progress(done, total)
+            return results
+        from dask.callbacks import Callback
+
+        keys = {t.key for t in tasks}
+        count = [0]
+
+        def posttask(key, result, dsk, state, worker_id):
+            if key in keys:
+                count[0] += 1
+                if progress is not None:
+                    progress(count[0], total)
+
+        if self.pool is not None:
+            kwargs = {"scheduler": "processes", "pool": self.pool, "chunksize": 1}
+        elif self.workers > 1:
+            kwargs = {"scheduler": "threads", "num_workers": self.workers}
+        else:
+            kwargs = {"scheduler": "synchronous"}
+        with Callback(posttask=posttask):
+            return list(dask.compute(*tasks, optimize_graph=False, **kwargs))
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+
+def sample_value_range(model: SpocoModel, image: LazyImage, boxes: int = 16, side: int | None = None):
+    """The intensity range that normalises the image, from up to ``boxes`` boxes spread over it
+    (percentiles 1 and 99.8 of their pixels, as :func:`napari_spoco.data.intensity_range` takes
+    them of an image in memory), without reading the whole image."""
+    from .data import intensity_range
+    from .inference import prepare_image
+
+    shape = image.spatial_shape
+    side = side or (256 if len(shape) == 2 else 64)
+    box = [min(n, side) for n in shape]
+    per_axis = max(1, round(boxes ** (1 / len(shape))))
+    starts = [sorted({int(round(s)) for s in np.linspace(0, n - b, min(per_axis, n - b + 1))})
+              for n, b in zip(shape, box)]
+    parts = []
+    for combo in itertools.product(*starts):
+        region = tuple(slice(a, a + b) for a, b in zip(combo, box))
+        data = prepare_image(model, image.read(region), (0.0, 1.0), image.channel_axis).data
+        parts.append(data.reshape(data.shape[0], -1) if model.config.in_channels > 1 else data.ravel())
+    sample = np.concatenate(parts, axis=-1)
+    return intensity_range(sample, channels=model.config.in_channels)
+
+
+def as_lazy(image, model_ndim: int, channel_axis: int | None = None) -> LazyImage:
+    """``image`` as a :class:`LazyImage`: itself, or an array (numpy, dask, zarr) with its axes
+    read from the model's dimensionality and ``channel_axis``."""
+    if isinstance(image, LazyImage):
+        return image
+    shape = tuple(image.shape)
+    spatial = "yx" if model_ndim == 2 else "zyx"
+    if channel_axis is not None:
+        ax = channel_axis % len(shape)
+        axes = spatial[:ax] + "c" + spatial[ax:]
+    elif model_ndim == 2 and len(shape) == 3 and shape[-1] in (3, 4):
+        axes = "yxs"
+    else:
+        axes = spatial
+    if len(axes) != len(shape):
+        have = len(shape) - (channel_axis is not None)
+        raise SpocoError(f"This is a {model_ndim}D model but the image is {have}D (shape {shape}); use a model "
+                         f"trained on {have}D images, or give channel_axis if one axis holds channels.")
+    return LazyImage(image, axes)
+
+
+def segment_blockwise(
+    model: SpocoModel,
+    image,
+    out: str | os.PathLike,
+    config: ClusterConfig | None = None,
+    block_shape: Sequence[int] | None = None,
+    halo: Sequence[int] | int | None = None,
+    value_range=None,
+    voxel_size: Sequence[float] | None = None,
+    channel_axis: int | None = None,
+    workers: int = 1,
+    scheduler=None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    _segmenter: Callable | None = None,
+) -> BlockwiseResult:
+    """Segment ``image`` block by block into a new zarr label store at ``out``.
+
+    ``image``: a :class:`~napari_spoco.lazy_io.LazyImage` (``lazy_io.open_lazy(path)``) or an
+    array (numpy, dask or zarr; ``channel_axis`` as in :func:`napari_spoco.segment`).
+    ``block_shape`` (default :func:`default_block_shape`) is the core each block writes and the
+    output's chunk shape; ``halo`` (default :func:`block_halo`) the context read around it.
+    ``value_range`` defaults to percentiles of boxes sampled over the image
+    (:func:`sample_value_range`); ``voxel_size`` to the image's recorded spacing, else the
+    model's. ``workers``/``scheduler``: see :class:`Engine`. ``progress(done, total)`` counts
+    segmented blocks. Returns a :class:`BlockwiseResult`; blocks that failed twice are empty
+    there and listed in ``failed``.
+    """
+    from .scaling import check_voxel_size
+    from .training import as_model
+
+    t_start = time.perf_counter()
+    model = as_model(model)
+    if model is None:
+        raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
+    lazy = as_lazy(image, model.config.ndim, channel_axis)
+    shape = lazy.spatial_shape
+    if len(shape) != model.config.ndim:
+        raise SpocoError(f"This is a {model.config.ndim}D model but {lazy.name} is {len(shape)}D "
+                         f"(shape {shape}); use a model trained on {len(shape)}D images.")
+    config = config or ClusterConfig()
+    voxel_size = check_voxel_size(voxel_size if voxel_size is not None else lazy.voxel_size, model.config.ndim)
+    factors = model.network_factors(voxel_size)
+    core = tuple(int(c) for c in (block_shape or default_block_shape(len(shape))))
+    if len(core) != len(shape) or min(core) < 1:
+        raise SpocoError(f"block shape {core} does not fit a {len(shape)}D image; give one size per axis.")
+    core = tuple(min(c, n) for c, n in zip(core, shape))
+    if halo is None:
+        halo_t = block_halo(model, factors)
+    else:
+        halo_t = tuple(halo) if isinstance(halo, Sequence) else (int(halo),) * len(shape)
+    if value_range is None and _segmenter is None:
+        value_range = sample_value_range(model, lazy)
+    blocks = plan_blocks(shape, core, halo_t)
+    out = Path(out)
+    create_label_store(out, shape, core, like=lazy)
+    scratch = Path(tempfile.mkdtemp(prefix=".spoco-blocks-", dir=out.parent))
+    finished = False
+    try:
+        model_path = str(scratch / "model.spoco.pt")
+        if _segmenter is None:
+            from .io import save_model
+
+            save_model(model, model_path)
+        prefer_threads = lazy.kind == "array"  # an array in memory is shared, not pickled per block
+        with Engine(workers, scheduler, prefer_threads=prefer_threads) as engine:
+            job = _Job(model_path, lazy, str(out), str(scratch), config, value_range,
+                       tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter)
+            done = engine.map(run_block, [(job, b) for b in blocks], progress)
+            counts = {d["index"]: d["n"] for d in done}
+            failed = {blocks[d["index"]].describe(): d["failed"] for d in done if d["failed"]}
+            offsets, total = {}, 0
+            for b in blocks:
+                offsets[b.index] = total
+                total += counts[b.index]
+            links = engine.map(link_block, [(str(out), str(scratch), b, neighbours(blocks, b), offsets)
+                                            for b in blocks if counts[b.index] > 0])
+            table = global_ids(total, np.concatenate(links) if links else np.zeros((0, 2), np.int64))
+            jobs = [(str(out), b, np.concatenate([[0], table[offsets[b.index] + 1: offsets[b.index] + counts[b.index] + 1]])
+                     .astype(np.uint32)) for b in blocks if counts[b.index] > 0]
+            engine.map(relabel_block, jobs)
+        finished = True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not finished:  # interrupted or failed: a half-written store would pass for a result
+            remove_store(out)
+    objects = int(table.max(initial=0))
+    return BlockwiseResult(out, shape, objects, len(blocks), failed, time.perf_counter() - t_start)

@@ -1,0 +1,296 @@
+"""Images too large to read whole: OME-Zarr, zarr arrays and big TIFFs opened lazily, and zarr
+label stores written block by block.
+
+Only regions are ever read (:meth:`LazyImage.read`), so a volume of any size costs the memory
+of one block. Readers hold paths, not open files: they pickle to worker processes and to a dask
+cluster, where each process opens the file once. Label output is zarr (format 2, chunked like
+the segmentation blocks, so that each block writes whole chunks of its own); for OME-Zarr input
+it is an OME-Zarr label image (NGFF 0.4 ``multiscales`` + ``image-label``) with the input's
+axes and scale.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpocoError
+
+ZARR_SUFFIX = ".zarr"
+SPATIAL = "zyx"
+
+
+def _zarr():
+    """The zarr package, or advice where it is missing (zarr 3 needs Python 3.11)."""
+    try:
+        import zarr
+    except ImportError:
+        raise SpocoError("Large images and zarr stores need the zarr package (zarr 3, Python >= 3.11): "
+                         "pip install 'zarr>=3'.") from None
+    return zarr
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """A zarr store (``.zarr`` folder, or any folder holding zarr metadata)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return p.suffix.lower() == ZARR_SUFFIX or any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+
+
+class ZarrSource:
+    """Regions of a zarr array on disk, opened on first use in each process."""
+
+    def __init__(self, path: str, array_path: str = ""):
+        self.path, self.array_path = str(path), array_path
+        self._array = None
+        a = self.array
+        self.shape, self.dtype, self.chunks = tuple(a.shape), np.dtype(a.dtype), tuple(a.chunks)
+
+    @property
+    def array(self):
+        if self._array is None:
+            self._array = _zarr().open_array(store=self.path, path=self.array_path or None, mode="r")
+        return self._array
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[key])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_array"} | {"_array": None}
+
+
+class TiffSource:
+    """Regions of a TIFF's first series (full resolution), read through tifffile's zarr store:
+    tiles and strips are decoded only where a region needs them."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._array = None
+        a = self.array
+        self.shape, self.dtype = tuple(a.shape), np.dtype(a.dtype)
+        self.chunks = tuple(getattr(a, "chunks", self.shape))
+
+    @property
+    def array(self):
+        if self._array is None:
+            import tifffile
+
+            store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+            z = _zarr().open(store, mode="r")
+            self._array = z if hasattr(z, "shape") else z["0"]
+        return self._array
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[key])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_array"} | {"_array": None}
+
+
+@dataclass
+class LazyImage:
+    """An image on disk, opened without reading it.
+
+    ``axes`` names the source array's axes (``t``, ``c``, ``z``, ``y``, ``x``, and ``s`` for
+    colour samples); a time axis of length 1 is dropped when reading, longer ones are refused.
+    """
+
+    source: object  # ZarrSource, TiffSource, or any array with shape/dtype/__getitem__
+    axes: str
+    path: Path | None = None
+    kind: str = "array"  # "ome-zarr", "zarr", "tiff" or "array"
+    voxel_size: tuple[float, ...] | None = None
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.axes) != len(self.source.shape):
+            raise SpocoError(f"{self.name}: axes {self.axes!r} do not fit its shape {tuple(self.source.shape)}.")
+        if "t" in self.axes and self.source.shape[self.axes.index("t")] > 1:
+            raise SpocoError(f"{self.name} holds {self.source.shape[self.axes.index('t')]} time points; segment "
+                             "them one by one (save each as its own image), or give the array of one time point.")
+        spatial = [a for a in self.axes if a in SPATIAL]
+        if len(spatial) not in (2, 3):
+            raise SpocoError(f"{self.name}: expected 2 or 3 spatial axes, got axes {self.axes!r} "
+                             f"(shape {tuple(self.source.shape)}).")
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "image"
+
+    @property
+    def _kept(self) -> str:
+        return self.axes.replace("t", "")
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(n for a, n in zip(self.axes, self.source.shape) if a in SPATIAL)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial_shape)
+
+    @property
+    def channel_axis(self) -> int | None:
+        """Axis of :meth:`read`'s arrays that holds channels (``c``; colour ``s`` counts when it
+        is not last, where it reads as colour), None without one."""
+        kept = self._kept
+        if "c" in kept:
+            return kept.index("c")
+        if "s" in kept and kept.index("s") != len(kept) - 1:
+            return kept.index("s")
+        return None
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.spatial_shape))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.source.shape)) * np.dtype(self.source.dtype).itemsize
+
+    def read(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The pixels inside ``region`` (spatial slices; None: all), channels kept where they are."""
+        region = tuple(region) if region is not None else tuple(slice(None) for _ in self.spatial_shape)
+        it = iter(region)
+        key = tuple(0 if a == "t" else next(it) if a in SPATIAL else slice(None) for a in self.axes)
+        return np.asarray(self.source[key])
+
+
+def open_lazy(path: str | os.PathLike) -> LazyImage:
+    """Open an OME-Zarr image, a zarr array or a TIFF without reading its pixels.
+
+    OME-Zarr (NGFF 0.4 or 0.5): the full-resolution level, its axes and scale. A plain zarr
+    array: axes taken as ``(c,) (z,) y x`` by its dimensionality (``zyx`` for 3D). TIFF: the
+    first series at full resolution, axes from tifffile.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SpocoError(f"{p} does not exist.")
+    try:
+        if p.is_dir():
+            return _open_zarr(p)
+        if p.suffix.lower() in (".tif", ".tiff"):
+            return _open_tiff(p)
+    except SpocoError:
+        raise
+    except Exception as exc:
+        raise SpocoError(f"Could not open {p} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from exc
+    raise SpocoError(f"{p} is neither a zarr store nor a TIFF; large images are read from OME-Zarr, zarr or TIFF.")
+
+
+def _open_zarr(p: Path) -> LazyImage:
+    zarr = _zarr()
+    node = zarr.open(store=str(p), mode="r")
+    if hasattr(node, "shape"):  # a bare array
+        axes = {2: "yx", 3: "zyx", 4: "czyx"}.get(len(node.shape))
+        if axes is None:
+            raise SpocoError(f"{p}: a zarr array of shape {node.shape}; expected (Y, X), (Z, Y, X) or (C, Z, Y, X).")
+        return LazyImage(ZarrSource(str(p)), axes, p, "zarr")
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome", attrs)  # NGFF 0.5 nests its metadata under "ome"
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        arrays = sorted(k for k, _ in node.arrays())
+        hint = f" (it holds the arrays {', '.join(arrays[:5])}: give one, e.g. {p / arrays[0]})" if arrays else ""
+        raise SpocoError(f"{p} is a zarr group without OME-Zarr metadata{hint}.")
+    ms = multiscales[0]
+    axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"[-len(node[ms['datasets'][0]['path']].shape):]]
+    names = "".join(str(a["name"] if isinstance(a, dict) else a).lower()[:1] for a in axes_meta)
+    dataset = ms["datasets"][0]
+    scale = None
+    for t in dataset.get("coordinateTransformations", []):
+        if t.get("type") == "scale":
+            scale = [float(v) for v in t["scale"]]
+    voxel = tuple(s for a, s in zip(names, scale) if a in SPATIAL) if scale else None
+    units = {a.get("unit") for a in axes_meta if isinstance(a, dict) and a.get("type") == "space"} - {None}
+    image = LazyImage(ZarrSource(str(p), dataset["path"]), names, p, "ome-zarr",
+                      voxel if voxel and any(v != 1.0 for v in voxel) else None,
+                      units.pop() if len(units) == 1 else None)
+    return image
+
+
+def _open_tiff(p: Path) -> LazyImage:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        axes = tif.series[0].axes.lower()
+    source = TiffSource(str(p))
+    if len(axes) != source.ndim:
+        axes = {2: "yx", 3: "zyx"}.get(source.ndim, axes)
+    axes = axes.replace("q", "z").replace("i", "z")  # tifffile's unnamed stack axes: image planes
+    from .io import read_voxel_size
+
+    kept = [a for a in axes if a in SPATIAL]
+    return LazyImage(source, axes, p, "tiff", read_voxel_size(p, len(kept)) if len(kept) in (2, 3) else None)
+
+
+def create_label_store(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    like: LazyImage | None = None,
+    dtype=np.uint32,
+):
+    """A new zarr label array at ``path`` (which must not exist), chunked as ``chunks``.
+
+    When ``like`` is OME-Zarr, ``path`` becomes an OME-Zarr label image (NGFF 0.4: group with
+    ``multiscales`` of one level ``0`` and ``image-label`` metadata) with ``like``'s spatial
+    axes, units and scale; otherwise a plain zarr array. Returns the writable array.
+    """
+    zarr = _zarr()
+    path = Path(path)
+    if path.exists():
+        raise SpocoError(f"{path} exists already.")
+    common = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0, zarr_format=2,
+                  chunk_key_encoding={"name": "v2", "separator": "/"})
+    if like is None or like.kind != "ome-zarr":
+        return zarr.create_array(store=str(path), **common)
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=2)
+    axes = [a for a in like.axes if a in SPATIAL]
+    scale = list(like.voxel_size) if like.voxel_size else [1.0] * len(axes)
+    group.attrs.update({
+        "multiscales": [{
+            "version": "0.4",
+            "name": path.stem,
+            "axes": [{"name": a, "type": "space", **({"unit": like.unit} if like.unit else {})} for a in axes],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }],
+        "image-label": {"version": "0.4", "source": {"image": str(like.path) if like.path else ""}},
+    })
+    return group.create_array("0", **{k: v for k, v in common.items() if k != "zarr_format"})
+
+
+def open_label_store(path: str | os.PathLike, writable: bool = False):
+    """The label array of a store written by :func:`create_label_store`."""
+    path = Path(path)
+    node = _zarr().open(store=str(path), mode="r+" if writable else "r")
+    return node if hasattr(node, "shape") else node["0"]
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a zarr store (a folder) or a file, if there."""
+    p = Path(path)
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()
+
+
+def describe(image: LazyImage) -> str:
+    """One line for logs: kind, axes, shape and spacing."""
+    spacing = "" if not image.voxel_size else " at " + " x ".join(f"{v:g}" for v in image.voxel_size) + (
+        f" {image.unit}" if image.unit else "")
+    return f"{image.kind} {image.axes} {tuple(image.source.shape)}{spacing}"

@@ -1,0 +1,197 @@
+"""Block-wise segmentation of images larger than memory: the block plan, the stitching (one id
+per object across every block border and corner, touching objects kept apart), failures, the
+dask engines, and agreement with in-memory segmentation."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_spoco import evaluate, segment
+from napari_spoco.blockwise import global_ids, neighbours, plan_blocks, segment_blockwise
+from napari_spoco.data import intensity_range
+from napari_spoco.pretrained import load_default_model
+from napari_spoco.sample import load_sample
+
+
+def identity(region):
+    """A perfect segmenter: the test images hold their true ids as intensities."""
+    return np.rint(region).astype(np.int64)
+
+
+def components(region):
+    return ndimage.label(region > 0.5)[0]
+
+
+def objects_on_every_border(shape, block, radius):
+    """True labels: a disk/ball centred on every block border crossing and corner, plus pairs
+    of touching objects split by a border; ids 1..n."""
+    ndim = len(shape)
+    grid = np.indices(shape)
+    truth = np.zeros(shape, np.int32)
+    k = 0
+    centres = [list(range(b, n - radius, b)) for n, b in zip(shape, block)]
+    # every crossing of borders (corners in 2D, edges and corners in 3D), and face centres
+    points = list(np.stack(np.meshgrid(*centres, indexing="ij"), -1).reshape(-1, ndim))
+    for axis in range(ndim):
+        for c in centres[axis]:
+            p = [n // 2 for n in shape]
+            p[axis] = c
+            points.append(np.array(p))
+    for p in points:
+        d2 = sum((g - c) ** 2 for g, c in zip(grid, p))
+        k += 1
+        truth[(d2 < radius**2) & (truth == 0)] = k
+    # a long bar across all blocks of axis -1, touching a second bar: two objects, not one
+    bar = [slice(None)] * ndim
+    for axis in range(ndim - 1):
+        bar[axis] = slice(2, 5)
+    k += 1
+    truth[tuple(bar)] = k
+    for axis in range(ndim - 1):
+        bar[axis] = slice(5, 8)
+    k += 1
+    truth[tuple(bar)] = k
+    return truth
+
+
+def assert_same_objects(truth, labels):
+    """``labels`` is ``truth`` with other ids: one id per object, one object per id, ids 1..N."""
+    pairs = np.unique(np.stack([truth.ravel(), labels.ravel()]), axis=1)
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all(), "background and objects must coincide"
+    pairs = pairs[:, pairs[0] > 0]
+    assert len(np.unique(pairs[0])) == pairs.shape[1], "an object got several ids"
+    assert len(np.unique(pairs[1])) == pairs.shape[1], "an id covers several objects"
+    assert set(np.unique(labels)) == set(range(pairs.shape[1] + 1))
+
+
+def test_block_plan_partitions_the_image_on_a_regular_grid():
+    shape, core, halo = (100, 250), (32, 64), (8, 16)
+    blocks = plan_blocks(shape, core, halo)
+    cover = np.zeros(shape, int)
+    for b in blocks:
+        cover[b.core] += 1
+        assert all(c.start % n == 0 for c, n in zip(b.core, core))  # zarr chunks, one per block
+        assert all(r.start == max(0, c.start - h) and r.stop == min(s, c.stop + h)
+                   for c, r, h, s in zip(b.core, b.region, halo, shape))
+    assert (cover == 1).all() and len(blocks) == 4 * 4
+    middle = blocks[5]  # row 1, column 1: eight neighbours (faces and corners)
+    assert len(neighbours(blocks, middle)) == 8
+
+
+def test_global_ids_join_linked_pieces_and_number_objects_from_one():
+    table = global_ids(6, np.array([[1, 4], [4, 6], [2, 5]]))
+    assert table[0] == 0
+    assert table[1] == table[4] == table[6] and table[2] == table[5]
+    assert sorted(set(table[1:])) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("shape,block", [((150, 170), (48, 40)), ((40, 70, 66), (16, 24, 20))])
+def test_objects_across_every_border_and_corner_get_one_id(tmp_path, shape, block):
+    truth = objects_on_every_border(shape, block, radius=6 if len(shape) == 2 else 4)
+    model = load_default_model(len(shape))
+    result = segment_blockwise(model, truth.astype(np.float32), tmp_path / "labels.zarr", block_shape=block,
+                               halo=10, _segmenter=identity)
+    labels = np.asarray(result.labels[...])
+    assert result.blocks == int(np.prod([-(-n // b) for n, b in zip(shape, block)])) and not result.failed
+    assert result.objects == truth.max()
+    assert_same_objects(truth, labels)
+    # a segmenter that merges touching objects still gets one id per merged object, not one per block
+    result = segment_blockwise(model, (truth > 0).astype(np.float32), tmp_path / "merged.zarr",
+                               block_shape=block, halo=10, _segmenter=components)
+    assert_same_objects(ndimage.label(truth > 0)[0], np.asarray(result.labels[...]))
+
+
+def test_a_failing_block_is_retried_then_reported_and_left_empty(tmp_path):
+    truth = objects_on_every_border((100, 120), (48, 48), radius=5)
+    calls = []
+
+    def flaky(region):  # the first block fails on its first try only
+        calls.append(region.shape)
+        if len(calls) == 1:
+            raise RuntimeError("disk hiccup")
+        return identity(region)
+
+    model = load_default_model(2)
+    result = segment_blockwise(model, truth.astype(np.float32), tmp_path / "a.zarr", block_shape=(48, 48),
+                               halo=8, _segmenter=flaky)
+    assert not result.failed and calls[0] == calls[1]  # the same region, tried again
+    assert_same_objects(truth, np.asarray(result.labels[...]))
+
+    def broken(region):  # the block at the origin (the only region of 56 x 56) always fails
+        if region.shape == (56, 56):
+            raise RuntimeError("bad block")
+        return identity(region)
+
+    result = segment_blockwise(model, truth.astype(np.float32), tmp_path / "b.zarr", block_shape=(48, 48),
+                               halo=8, _segmenter=broken)
+    assert list(result.failed) == ["[0:48, 0:48]"] and "bad block" in result.failed["[0:48, 0:48]"]
+    labels = np.asarray(result.labels[...])
+    assert not labels[:48, :48].any() and labels[48:, 48:].any()
+
+
+def test_an_interrupted_run_leaves_no_store_behind(tmp_path):
+    def interrupt(region):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_blockwise(load_default_model(2), np.random.rand(64, 64).astype(np.float32), tmp_path / "x.zarr",
+                          block_shape=(32, 32), halo=4, _segmenter=interrupt)
+    assert not (tmp_path / "x.zarr").exists() and list(tmp_path.iterdir()) == []
+
+
+def _sample_blockwise(tmp_path, name, **kwargs):
+    s = load_sample()
+    model = load_default_model(2)
+    value_range = intensity_range(s.test_image)
+    whole = segment(model, s.test_image, device="cpu", value_range=value_range)
+    result = segment_blockwise(model, s.test_image, tmp_path / name, block_shape=(128, 128),
+                               value_range=value_range, **kwargs)
+    return s, whole, result
+
+
+def test_blockwise_segmentation_matches_in_memory_segmentation(tmp_path):
+    done = []
+    s, whole, result = _sample_blockwise(tmp_path, "sample.zarr", progress=lambda i, n: done.append((i, n)))
+    labels = np.asarray(result.labels[...])
+    assert done[-1] == (4, 4) and result.blocks == 4
+    agreement = evaluate(whole, labels)
+    assert agreement["AP50"] >= 0.85, agreement
+    assert abs(result.objects - int(whole.max())) <= max(1, 0.1 * whole.max())
+    assert abs(evaluate(s.test_truth, labels)["AP50"] - evaluate(s.test_truth, whole)["AP50"]) <= 0.07
+
+
+def test_worker_processes_give_the_same_labels_as_one_process(tmp_path):
+    from napari_spoco.lazy_io import open_lazy
+
+    one = _sample_blockwise(tmp_path, "one.zarr")[2]
+    # a zarr input: read by path in the worker processes, not pickled with each task
+    import zarr
+
+    zarr.create_array(store=str(tmp_path / "in.zarr"), data=load_sample().test_image, chunks=(64, 64))
+    from napari_spoco.data import intensity_range as ir
+
+    two = segment_blockwise(load_default_model(2), open_lazy(tmp_path / "in.zarr"), tmp_path / "two.zarr",
+                            block_shape=(128, 128), value_range=ir(load_sample().test_image), workers=2)
+    assert np.array_equal(np.asarray(one.labels[...]), np.asarray(two.labels[...]))
+
+
+def test_a_dask_distributed_cluster_runs_the_same_blocks(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    one = _sample_blockwise(tmp_path, "one.zarr")[2]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        s = load_sample()
+        many = segment_blockwise(load_default_model(2), s.test_image, tmp_path / "cluster.zarr",
+                                 block_shape=(128, 128), value_range=intensity_range(s.test_image),
+                                 scheduler=cl.scheduler_address)
+    assert np.array_equal(np.asarray(one.labels[...]), np.asarray(many.labels[...]))
+
+
+def test_bad_block_shapes_and_models_are_refused(tmp_path):
+    from napari_spoco.errors import SpocoError
+
+    with pytest.raises(SpocoError, match="block shape"):
+        segment_blockwise(load_default_model(2), np.zeros((32, 32), np.float32), tmp_path / "a.zarr",
+                          block_shape=(16, 16, 16))
+    with pytest.raises(SpocoError, match="3D model"):
+        segment_blockwise(load_default_model(3), np.zeros((32, 32), np.float32), tmp_path / "b.zarr")
+    assert list(tmp_path.iterdir()) == []

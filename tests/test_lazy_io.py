@@ -1,0 +1,138 @@
+"""Large images on disk: OME-Zarr, zarr arrays and TIFFs opened without reading them, label
+stores written as (OME-)zarr, and ``predict`` on them (block by block, workers, output formats)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+zarr = pytest.importorskip("zarr")
+
+from napari_spoco.cli import main  # noqa: E402
+from napari_spoco.errors import SpocoError  # noqa: E402
+from napari_spoco.io import save_model  # noqa: E402
+from napari_spoco.lazy_io import create_label_store, is_zarr, open_label_store, open_lazy  # noqa: E402
+from napari_spoco.pretrained import load_default_model  # noqa: E402
+from napari_spoco.sample import load_sample  # noqa: E402
+
+
+def write_ome_zarr(path, data, axes="yx", scale=None, unit="micrometer", version="0.4"):
+    """A minimal OME-Zarr image (one resolution level)."""
+    fmt = 2 if version == "0.4" else 3
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=fmt)
+    ms = {"version": version, "axes": [{"name": a, "type": "channel" if a == "c" else "time" if a == "t" else "space",
+                                         **({"unit": unit} if a in "zyx" else {})} for a in axes],
+          "datasets": [{"path": "0", "coordinateTransformations": [
+              {"type": "scale", "scale": list(scale or [1.0] * len(axes))}]}]}
+    if version == "0.4":
+        group.attrs["multiscales"] = [ms]
+    else:
+        group.attrs["ome"] = {"version": version, "multiscales": [{k: v for k, v in ms.items() if k != "version"}]}
+    group.create_array("0", data=data, chunks=tuple(min(n, 64) for n in data.shape))
+    return path
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_is_opened_lazily_with_its_axes_and_scale(tmp_path, version):
+    data = np.arange(2 * 30 * 40, dtype=np.uint16).reshape(1, 2, 30, 40)
+    path = write_ome_zarr(tmp_path / "img.zarr", data, axes="tcyx", scale=[1, 1, 0.5, 0.25], version=version)
+    image = open_lazy(path)
+    assert is_zarr(path) and image.kind == "ome-zarr"
+    assert image.spatial_shape == (30, 40) and image.channel_axis == 0 and image.voxel_size == (0.5, 0.25)
+    assert image.unit == "micrometer"
+    assert np.array_equal(image.read((slice(3, 7), slice(10, 12))), data[0, :, 3:7, 10:12])
+
+
+def test_a_time_series_and_a_group_without_metadata_are_refused_with_advice(tmp_path):
+    path = write_ome_zarr(tmp_path / "movie.zarr", np.zeros((3, 20, 20), np.uint8), axes="tyx")
+    with pytest.raises(SpocoError, match="3 time points"):
+        open_lazy(path)
+    group = zarr.open_group(store=str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("raw", data=np.zeros((8, 8), np.uint8))
+    with pytest.raises(SpocoError, match="raw"):
+        open_lazy(tmp_path / "plain.zarr")
+    assert open_lazy(tmp_path / "plain.zarr" / "raw").spatial_shape == (8, 8)
+    (tmp_path / "junk.tif").write_bytes(b"not a tiff")
+    with pytest.raises(SpocoError, match="Could not open"):
+        open_lazy(tmp_path / "junk.tif")
+
+
+def test_tiff_regions_are_read_through_tifffiles_zarr_store(tmp_path):
+    data = np.random.default_rng(0).integers(0, 4000, (12, 70, 90), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "v.tif", data, tile=(32, 32), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.5, "axes": "ZYX"})
+    image = open_lazy(tmp_path / "v.tif")
+    assert image.kind == "tiff" and image.spatial_shape == (12, 70, 90)
+    assert image.voxel_size == pytest.approx((1.5, 0.5, 0.5))
+    assert np.array_equal(image.read((slice(2, 5), slice(30, 40), slice(0, 90))), data[2:5, 30:40])
+    import pickle
+
+    again = pickle.loads(pickle.dumps(image))  # as worker processes receive it: by path
+    assert np.array_equal(again.read((slice(0, 1), slice(0, 5), slice(0, 5))), data[:1, :5, :5])
+
+
+def test_label_stores_follow_an_ome_zarr_inputs_axes_and_scale(tmp_path):
+    src = open_lazy(write_ome_zarr(tmp_path / "img.zarr", np.zeros((20, 30, 40), np.uint8), axes="zyx",
+                                   scale=[2.0, 0.5, 0.5]))
+    store = create_label_store(tmp_path / "labels.zarr", (20, 30, 40), (10, 16, 16), like=src)
+    store[0:10, 0:16, 0:16] = 7
+    attrs = json.loads((tmp_path / "labels.zarr" / ".zattrs").read_text())
+    ms = attrs["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"] and ms["axes"][0]["unit"] == "micrometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 0.5, 0.5]
+    assert "image-label" in attrs
+    back = open_lazy(tmp_path / "labels.zarr")
+    assert back.voxel_size == (2.0, 0.5, 0.5) and open_label_store(tmp_path / "labels.zarr")[0, 0, 0] == 7
+    with pytest.raises(SpocoError, match="exists"):
+        create_label_store(tmp_path / "labels.zarr", (20, 30, 40), (10, 16, 16))
+
+
+def _model_file(tmp_path):
+    path = tmp_path / "model.spoco.pt"
+    save_model(load_default_model(2), path)
+    return path
+
+
+def test_predict_segments_a_zarr_store_block_by_block_into_zarr(tmp_path, capsys):
+    s = load_sample()
+    images = tmp_path / "images"
+    images.mkdir()
+    write_ome_zarr(images / "big.zarr", s.test_image, scale=[0.3, 0.3])
+    tifffile.imwrite(images / "small.tif", s.test_image)
+    model = _model_file(tmp_path)
+    args = ["predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "out"),
+            "--block-shape", "128", "128"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "big: " in err and "4 blocks" in err and "block by block" in err
+    labels = open_label_store(tmp_path / "out" / "big.zarr")
+    assert labels.shape == s.test_image.shape and labels.chunks == (128, 128)
+    assert open_lazy(tmp_path / "out" / "big.zarr").voxel_size == (0.3, 0.3)  # OME-Zarr in, OME-Zarr out
+    # --block-shape sends TIFFs block by block too; small results come back as TIFF
+    small = tifffile.imread(tmp_path / "out" / "small.tif")
+    assert small.max() > 5 and not list((tmp_path / "out").glob(".*"))
+    from napari_spoco import evaluate
+
+    assert evaluate(small, np.asarray(labels[...]))["AP50"] == 1.0  # one engine, same image, same labels
+    # existing outputs are not replaced unasked; --overwrite replaces the store
+    assert main(args) == 2 and "exist already" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_predict_spreads_a_batch_over_worker_processes(tmp_path, capsys):
+    s = load_sample()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        tifffile.imwrite(images / f"f{i}.tif", np.rot90(s.test_image, i).copy())
+    tifffile.imwrite(images / "broken.tif", np.full((32, 32), np.nan, np.float32))
+    model = _model_file(tmp_path)
+    base = ["predict", "--model", str(model), "--images", str(images)]
+    assert main(base + ["--out", str(tmp_path / "one")]) == 1
+    assert main(base + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 1  # the broken file, listed
+    err = capsys.readouterr().err
+    assert "broken.tif" in err.split("failed and were skipped")[-1]
+    for i in range(3):
+        assert np.array_equal(tifffile.imread(tmp_path / "one" / f"f{i}.tif"),
+                              tifffile.imread(tmp_path / "two" / f"f{i}.tif"))
