@@ -195,3 +195,19 @@ def test_bad_block_shapes_and_models_are_refused(tmp_path):
     with pytest.raises(SpocoError, match="3D model"):
         segment_blockwise(load_default_model(3), np.zeros((32, 32), np.float32), tmp_path / "b.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_block_without_reflected_margin_on_its_inner_sides_embeds_like_the_whole_image():
+    from napari_spoco.inference import embed
+
+    s = load_sample()
+    model = load_default_model(2)
+    value_range = intensity_range(s.test_image)
+    whole = embed(model, s.test_image, device="cpu", value_range=value_range)
+    # the left 160 columns as a block: image edges top, bottom and left; real pixels beyond its right side
+    block = embed(model, s.test_image[:, :160], device="cpu", value_range=value_range,
+                  edges=((True, True), (True, False)))
+    keep = 160 - 2 * model.config.receptive_radius  # beyond the reach of the block's right side
+    assert np.abs(block.embeddings[:, :, :keep] - whole.embeddings[:, :, :keep]).max() < 1e-3
+    # near its right side the block lacks context the whole image has: that is what the halo is for
+    assert np.abs(block.embeddings[:, :, keep:] - whole.embeddings[:, :, keep:160]).max() > 1e-3

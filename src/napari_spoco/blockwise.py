@@ -147,8 +147,9 @@ class _Job:
     segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
 
 
-def _region_labels(job: _Job, data: np.ndarray) -> np.ndarray:
-    """Instance labels of one block's region (the region's shape)."""
+def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
+    """Instance labels of one block's region (the region's shape); ``edges`` says which of its
+    sides are the image's (reflected context there, the image's own pixels elsewhere)."""
     if job.segmenter is not None:
         return np.asarray(job.segmenter(data))
     from .inference import prepare_image
@@ -158,7 +159,7 @@ def _region_labels(job: _Job, data: np.ndarray) -> np.ndarray:
     prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
-                                        voxel_size=job.voxel_size))
+                                        voxel_size=job.voxel_size, edges=edges))
 
 
 def _constant(data: np.ndarray) -> bool:
@@ -179,7 +180,8 @@ def run_block(job: _Job, block: Block) -> dict:
             data = job.image.read(block.region)
             if _constant(data):  # padding or empty space: nothing to find, no network to run
                 return {"index": block.index, "n": 0, "failed": None, "seconds": time.perf_counter() - t0}
-            labels = _region_labels(job, data)
+            edges = tuple((r.start == 0, r.stop == n) for r, n in zip(block.region, job.image.spatial_shape))
+            labels = _region_labels(job, data, edges)
             reason = None
             break
         except MemoryError as exc:

@@ -199,6 +199,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     margin: int | None = None,
     max_tile_voxels: int | None = None,
     channel_axis: int | None = None,
+    edges: tuple[tuple[bool, bool], ...] | None = None,
 ) -> Embedding:
     """Embed a 2D/3D image with the model's predicting network (``model.predictor``: the
     student, or the EMA teacher of a fine-tuned model) and optionally the other one
@@ -208,7 +209,9 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     ``max_tile_voxels`` (default :func:`default_tile_voxels`) are shaped by :func:`plan_tiles`
     for the least total work. Either way the tile bounds the memory of one forward pass. ``overlap`` defaults to twice the
     network's receptive radius, beyond which tiles agree exactly. ``margin`` is the reflected
-    context added around the image (default :func:`default_margin`). ``progress(done, total)``
+    context added around the image (default :func:`default_margin`); ``edges`` (per axis, before
+    and after) says which sides are the edges of the whole image and get it: a block of a larger
+    image (:mod:`napari_spoco.blockwise`) has real context on its other sides. ``progress(done, total)``
     is called after each tile. ``value_range`` overrides the image's own percentile range (for
     crops of a larger image; one range per channel for models of several channels).
     ``channel_axis``: the image's channel axis, for models that read several channels
@@ -234,8 +237,9 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
         margin = default_margin(model)
     if margin < 0 or (overlap is not None and overlap < 0):
         raise SpocoError(f"margin and overlap must be 0 or more pixels (got {margin} and {overlap}).")
-    margins = tuple(min(margin, n - 1) for n in image_shape)
-    x = np.pad(x, [(0, 0)] + [(m, m) for m in margins], mode="reflect")
+    edges = edges or tuple((True, True) for _ in image_shape)
+    margins = tuple((min(margin, n - 1) * e0, min(margin, n - 1) * e1) for n, (e0, e1) in zip(image_shape, edges))
+    x = np.pad(x, [(0, 0)] + list(margins), mode="reflect")
     padded = tuple(_round_up(n, div) for n in x.shape[1:])
     ov = overlap if overlap is not None else 2 * model.config.receptive_radius
     ov_r = _round_up(ov, div) if ov else 0
@@ -272,7 +276,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
         for i, start in enumerate(combos):
             # the part of this tile that lies inside the image, in tile and in image coordinates
             in_tile, in_image = [], []
-            for s0, t, m, n in zip(start, tiles, margins, image_shape):
+            for s0, t, (m, _), n in zip(start, tiles, margins, image_shape):
                 lo, hi = max(s0, m), min(s0 + t, m + n)
                 in_tile.append(slice(lo - s0, hi - s0))
                 in_image.append(slice(lo - m, hi - m))

@@ -122,16 +122,18 @@ def _segment_prepared(
     return_embedding: bool = False,
     _timing: dict | None = None,
     voxel_size: tuple[float, ...] | None = None,
+    edges: tuple[tuple[bool, bool], ...] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
-    cubic voxels), in the image's pixels."""
+    cubic voxels), in the image's pixels. ``edges``: :func:`napari_spoco.inference.embed`'s."""
     from dataclasses import replace
 
     from .scaling import check_voxel_size, resize_image, resize_labels, scaled_shape
 
     factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
     if all(f == 1.0 for f in factors):
-        return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing)
+        return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing,
+                                         edges)
     shape = image.shape
     config = config or ClusterConfig()
     volume = float(np.prod(factors))
@@ -144,7 +146,8 @@ def _segment_prepared(
     )
     # resized, the image keeps the original's range: crops normalise like the whole
     small = PreparedImage(resize_image(image.data, scaled_shape(shape, factors)), image.value_range, image.channels)
-    result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing)
+    result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing,
+                                       edges)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
     if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
@@ -165,6 +168,7 @@ def _segment_at_network_scale(
     progress: Callable[[int, int], None] | None,
     return_embedding: bool,
     _timing: dict | None,
+    edges: tuple[tuple[bool, bool], ...] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
@@ -186,7 +190,8 @@ def _segment_at_network_scale(
         block = image.crop(region)
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
-        emb = embed(model, block, device=device, with_teacher=config.method == "consistency")
+        emb = embed(model, block, device=device, with_teacher=config.method == "consistency",
+                    edges=_tile_edges(edges, region, spatial))
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
@@ -203,6 +208,12 @@ def _segment_at_network_scale(
         out = relabel_sequential(out)
     out = as_label_image(out)
     return (out, whole) if return_embedding else out
+
+
+def _tile_edges(edges, region: tuple[slice, ...], spatial: tuple[int, ...]) -> tuple[tuple[bool, bool], ...]:
+    """Which sides of a tile are edges of the whole image (of ``edges``, the image's own)."""
+    edges = edges or tuple((True, True) for _ in spatial)
+    return tuple((e0 and r.start == 0, e1 and r.stop == n) for (e0, e1), r, n in zip(edges, region, spatial))
 
 
 def _paste_embedding(whole: Embedding | None, emb: Embedding, core, region, spatial) -> Embedding:
