@@ -12,6 +12,7 @@ from ..data import promote_instances
 from ..metrics import evaluate
 from .data_panel import DataPanel
 from .dialogs import error_message
+from .layers import image_data, refuse_if_too_large
 from .state import SpocoState
 from .widgets import layer_picker
 
@@ -69,7 +70,9 @@ class CorrectPanel(QGroupBox):
             return 0
         ids = [int(result.selected_label)] if selected_only else None
         try:
-            new, promoted, skipped = promote_instances(sparse.data, result.data, ids, self.data.background_label)
+            refuse_if_too_large(result, "copying instances into sparse labels")
+            new, promoted, skipped = promote_instances(sparse.data, np.asarray(image_data(result)), ids,
+                                                       self.data.background_label)
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Promoting instances"))
             return 0
@@ -91,7 +94,13 @@ class CorrectPanel(QGroupBox):
         if pred.data.shape != gt.data.shape:
             show_error(f"'{pred.name}' {pred.data.shape} and '{gt.name}' {gt.data.shape} differ in shape.")
             return None
-        scores = evaluate(np.asarray(gt.data), np.asarray(pred.data))
+        try:
+            for layer in (pred, gt):
+                refuse_if_too_large(layer, "evaluating")
+        except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Evaluating"))
+            return None
+        scores = evaluate(np.asarray(image_data(gt)), np.asarray(image_data(pred)))
         self.eval_label.setText(
             f"AP50 {scores['AP50']:.3f} · mAP {scores['mAP']:.3f} · SBD {scores['SBD']:.3f} · "
             f"|DiC| {scores['DiC']:.0f} ({scores['n_pred']:.0f} predicted / {scores['n_true']:.0f} true)"

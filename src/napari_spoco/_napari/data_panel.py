@@ -10,8 +10,9 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
 from ..data import channel_count
+from ..errors import SpocoError
 from ..label_dtypes import EDITABLE_LABELS_DTYPE
-from .layers import LINK_KEY, looks_like_time_series, spatial_shape
+from .layers import LINK_KEY, looks_like_time_series, refuse_if_too_large, spatial_shape
 from .state import SpocoState
 from .widgets import layer_picker, select_layer
 
@@ -142,6 +143,11 @@ class DataPanel(QGroupBox):
         image = self.image
         if image is None:
             show_warning("Open or select an image first.")
+            return None
+        try:  # a labels layer of the image's shape lives in memory
+            refuse_if_too_large(image, "painting sparse labels")
+        except SpocoError as exc:
+            show_warning(str(exc))
             return None
         shape = spatial_shape(image)
         layer = self.viewer.add_labels(

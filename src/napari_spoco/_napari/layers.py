@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data import count_objects
 from ..errors import SpocoError
+from ..out_of_core import STORE_KEY, is_lazy, too_large_for_memory
 
 LINK_KEY = "spoco_image"  # Labels.metadata[LINK_KEY] = name of the image the labels belong to
 
@@ -28,6 +29,28 @@ def image_data(layer) -> np.ndarray:
     if getattr(layer, "multiscale", False):
         return layer.data[0]
     return layer.data
+
+
+def is_lazy_layer(layer) -> bool:
+    """Its data is read on demand (multiscale, dask, zarr), not held in memory as numpy."""
+    return bool(getattr(layer, "multiscale", False) or is_lazy(layer.data))
+
+
+def refuse_if_too_large(layer, what: str) -> None:
+    """A SpocoError when ``what`` would load a lazy layer larger than memory whole."""
+    shape = spatial_shape(layer)
+    if is_lazy_layer(layer) and too_large_for_memory(shape):
+        raise SpocoError(
+            f"'{layer.name}' ({' × '.join(map(str, shape))} pixels) is read from disk as needed and is too "
+            f"large to load into memory for {what}. Do that on a part of the image that fits in memory "
+            "(add a cropped layer, e.g. viewer.add_image(layer.data[...]), and segment it); Segment and "
+            "Export work on the whole image block by block."
+        )
+
+
+def referenced_stores(viewer) -> set[str]:
+    """The block-wise result stores the viewer's layers read (``metadata[STORE_KEY]``)."""
+    return {str(layer.metadata[STORE_KEY]) for layer in viewer.layers if layer.metadata.get(STORE_KEY)}
 
 
 def looks_like_time_series(layer) -> bool:
@@ -69,6 +92,7 @@ def training_set(pairs, series: bool, background_label: int | None) -> TrainingS
     labels: list[np.ndarray] = []
     names: list[str] = []
     for image_layer, labels_layer in pairs:
+        refuse_if_too_large(image_layer, "training")
         shape = spatial_shape(image_layer)
         lab = np.asarray(labels_layer.data)
         if lab.shape != shape:

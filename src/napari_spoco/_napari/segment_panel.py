@@ -1,5 +1,7 @@
 """4 · Segment: the whole image with the current model, in a napari thread worker, into the
-image's '<image> instances' labels layer; then Suggest next (``suggest_row``) on its result."""
+image's '<image> instances' labels layer; then Suggest next (``suggest_row``) on its result.
+Images larger than memory (multiscale, dask or zarr layers, huge arrays) go block by block
+(``blockwise_run``) into a lazy, zarr-backed layer."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -21,7 +24,9 @@ from qtpy.QtWidgets import (
 
 from ..clustering import METHODS, ClusterConfig
 from ..label_dtypes import label_dtype
+from ..out_of_core import STORE_KEY, needs_blockwise, too_large_for_memory, voxel_note, voxel_size_from_scale
 from . import workers
+from .blockwise_run import RESULT_SUFFIX, BlockwiseRun
 from .data_panel import DataPanel
 from .dialogs import error_message
 from .layers import find_layer, image_data, spatial_shape
@@ -30,7 +35,7 @@ from .state import Job, SpocoState
 from .suggest_row import MAX_KEPT_PIXELS, SuggestRow
 
 EMBEDDING_SUFFIX = " embeddings (PCA)"
-RESULT_SUFFIX = " instances"
+__all__ = ["EMBEDDING_SUFFIX", "RESULT_SUFFIX", "SegmentPanel"]
 
 
 class SegmentPanel(QGroupBox):
@@ -43,6 +48,7 @@ class SegmentPanel(QGroupBox):
         self.state, self.data, self.viewer = state, data, state.viewer
         self.activity: workers.Activity | None = None  # the bar in napari's activity dock
         self._target = None  # (image id, image name, result layer id, result layer created)
+        self._note = ""  # the voxel size the running segmentation uses, for the status line
         form = QFormLayout(self)
         self.method_box = QComboBox()
         self.method_box.addItems(list(METHODS))
@@ -65,9 +71,16 @@ class SegmentPanel(QGroupBox):
         form.addRow("Min size (px)", self.min_size_spin)
         self.embedding_check = QCheckBox("Also show embeddings (PCA → RGB)")
         form.addRow(self.embedding_check)
+        row = QHBoxLayout()
         self.segment_btn = QPushButton("Segment")
         self.segment_btn.clicked.connect(self.start_segmentation)
-        form.addRow(self.segment_btn)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setToolTip("Stop a block-wise segmentation after the current block; nothing is added.")
+        row.addWidget(self.segment_btn)
+        row.addWidget(self.stop_btn)
+        form.addRow(row)
+        self.blockwise = BlockwiseRun(self)  # images larger than memory
+        self.stop_btn.clicked.connect(self.blockwise.stop)
         self.busy_bar = QProgressBar()  # shown, as a busy indicator, while a segmentation runs
         self.busy_bar.setRange(0, 0)
         self.busy_bar.setVisible(False)
@@ -87,6 +100,7 @@ class SegmentPanel(QGroupBox):
             return
         ready = self.state.model.current is not None and self.data.image is not None
         self.segment_btn.setEnabled(ready and self.state.job.idle)
+        self.stop_btn.setEnabled(self.blockwise.running)
 
     def cluster_config(self) -> ClusterConfig:
         min_size = int(self.min_size_spin.value())
@@ -104,16 +118,31 @@ class SegmentPanel(QGroupBox):
         if image is None or self.state.job.refuse("segmenting"):
             return
         config = self.cluster_config()
-        series = self.data.series
-        pixels = int(np.prod(spatial_shape(image)))
+        series, shape = self.data.series, spatial_shape(image)
+        if needs_blockwise(image_data(image), shape, image.multiscale):
+            if not series:  # never loaded whole: block by block into a zarr-backed layer
+                if self.embedding_check.isChecked():
+                    show_warning("A block-wise segmentation does not keep the embeddings: they are not shown.")
+                self.blockwise.start(image, model, config)
+                return
+            if image.multiscale or too_large_for_memory(shape):
+                show_error(f"'{image.name}' is a 2D+t stack too large to load into memory, and 2D+t stacks are "
+                           "not segmented block by block yet: untick '3D stack is 2D+t' to segment it as a volume "
+                           "(with a 3D model), or open its frames as separate images.")
+                return
+        pixels = int(np.prod(shape))
+        voxel = None if series else voxel_size_from_scale(image.scale, len(shape))
+        note = voxel_note(voxel, model) if not series else ""
         job = workers.SegmentJob(
             model=model,
-            image=np.asarray(image_data(image)),
+            image=np.asarray(image_data(image)),  # in memory already, or a small dask/zarr array
             config=config,
             series=series,
             with_embedding=self.embedding_check.isChecked() and not series,
             keep_embedding=not series and pixels <= MAX_KEPT_PIXELS,  # for Suggest next
+            voxel_size=voxel,
         )
+        self._note = f", {note}" if note else ""
         self._why_no_suggestions = (
             "Suggest next works on single 2D images and 3D volumes, not yet on 2D+t stacks." if series else
             f"'{image.name}' is too large ({pixels:,} pixels) to keep its embeddings for Suggest next; "
@@ -121,7 +150,7 @@ class SegmentPanel(QGroupBox):
         layer, created = self._result_layer(image)
         # Layers are found again by id: they may be renamed or removed while the job runs.
         self._target = (image.unique_id, image.name, layer.unique_id, created)
-        self.segment_label.setText(f"Segmenting '{image.name}' ({config.method})…")
+        self.segment_label.setText(f"Segmenting '{image.name}' ({config.method}{self._note})…")
         self.busy_bar.setVisible(True)
         self.state.job.start(Job.SEGMENT)
         self.activity = workers.Activity(f"SPOCO segmenting '{image.name}'")
@@ -144,7 +173,7 @@ class SegmentPanel(QGroupBox):
         shape = spatial_shape(image)  # labels come back at the image's shape (2D+t: T, Y, X)
         name = image.name + RESULT_SUFFIX
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Labels) and existing.data.shape == shape:
+        if isinstance(existing, Labels) and not existing.multiscale and existing.data.shape == shape:
             return existing, False
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
@@ -183,6 +212,7 @@ class SegmentPanel(QGroupBox):
             layer.data = result.labels
         name = layer.name
         layer.metadata["spoco_result_of"] = image.name
+        layer.metadata.pop(STORE_KEY, None)  # it held a block-wise result before: no longer
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].visible = False
         if result.embedding_rgb is not None:
@@ -190,7 +220,7 @@ class SegmentPanel(QGroupBox):
             if ename in self.viewer.layers:
                 self.viewer.layers.remove(ename)
             self.viewer.add_image(result.embedding_rgb, name=ename, rgb=True, visible=False, **kwargs)
-        self.segment_label.setText(f"{result.objects} instances in {result.seconds:.1f} s → layer '{name}'.")
+        self.segment_label.setText(f"{result.objects} instances in {result.seconds:.1f} s{self._note} → layer '{name}'.")
         self.suggest_row.set_result(layer, result.embedding, self._why_no_suggestions)
         self.segmented.emit(name)
 

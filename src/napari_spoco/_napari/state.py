@@ -17,6 +17,7 @@ from napari.utils.notifications import show_warning
 from psygnal import Signal
 
 from ..model import SpocoModel
+from ..out_of_core import ScratchStores
 from ..pretrained import has_default_model
 
 
@@ -180,7 +181,8 @@ class Closing:
 @dataclass
 class SpocoState:
     """Everything the panels share. ``confirm`` and ``ask_path`` are the yes/no question and
-    the file dialog (replaced in tests); ``sync`` runs jobs inline (tests)."""
+    the file dialog (replaced in tests); ``sync`` runs jobs inline (tests); ``stores`` is the
+    session's folder of block-wise results (the lazy layers read them)."""
 
     viewer: Any
     model: ModelState
@@ -189,3 +191,4 @@ class SpocoState:
     job: JobState = field(default_factory=JobState)
     closing: Closing = field(default_factory=Closing)
     sync: bool = False
+    stores: ScratchStores = field(default_factory=ScratchStores)

@@ -25,13 +25,14 @@ from qtpy.QtWidgets import (
 )
 
 from ..model import network_config, network_name
+from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import load_default_model
 from ..scaling import scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import image_data, spatial_shape, training_set
+from .layers import image_data, refuse_if_too_large, spatial_shape, training_set
 from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
 from .state import Job, ModelSource, SpocoState
 from .widgets import LossPlot, NetworkBox
@@ -132,11 +133,15 @@ class TrainPanel(QGroupBox):
             return
         try:
             config = self.train_config()
-            data = training_set(self.data.pairs(), self.data.series, config.background_label)
+            pairs = self.data.pairs()
+            data = training_set(pairs, self.data.series, config.background_label)
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Preparing the training data"))
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
+        # The voxel size of the chosen image's layer scale (None when it is all ones).
+        voxel = voxel_size_from_scale(self.data.image.scale, data.ndim)
+        message += self._voxel_message(voxel, len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1)
         # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
         model = self.state.model.current
         model_scale = model.pixel_scale if model else 1.0
@@ -144,7 +149,7 @@ class TrainPanel(QGroupBox):
         note = scale_note(scale, data.labels, config.background_label, model_scale)
         if note:
             message += " " + note
-        config = replace(config, scale=scale)
+        config = replace(config, scale=scale, voxel_size=voxel)
         self._launch(Job.TRAIN, data.images, data.labels, data.names, config, data.ndim, message)
 
     def start_adaptation(self) -> None:
@@ -152,6 +157,11 @@ class TrainPanel(QGroupBox):
         consistency term of the loss (docs/method.md), labels ignored."""
         image = self.data.image
         if self.state.job.refuse("starting another run") or image is None:
+            return
+        try:
+            refuse_if_too_large(image, "adapting")
+        except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Adapting"))
             return
         data, series = image_data(image), self.data.series
         if series:  # at most 16 frames, spread over the stack
@@ -166,9 +176,17 @@ class TrainPanel(QGroupBox):
                 "Adapting a new network anyway."
             )
         limits = self.train_config()
-        config = pretrain_config(steps=limits.steps, minutes=limits.minutes)
+        voxel = voxel_size_from_scale(image.scale, ndim)
+        config = replace(pretrain_config(steps=limits.steps, minutes=limits.minutes), voxel_size=voxel)
         self._launch(Job.ADAPT, images, [None] * len(images), [image.name] * len(images), config, ndim,
-                     f"Adapting to '{image.name}' without labels…")
+                     f"Adapting to '{image.name}' without labels…" + self._voxel_message(voxel))
+
+    def _voxel_message(self, voxel, mixed: bool = False) -> str:
+        note = voxel_note(voxel, self.state.model.current)
+        text = f" Training at {note}." if note else ""
+        if mixed:
+            text += " The other images' layers have other scales: they are trained at this voxel size too."
+        return text
 
     def _launch(self, kind: Job, images, labels, names, config, ndim: int, message: str) -> None:
         model = self.state.model

@@ -7,9 +7,10 @@ runs) and enable their own buttons from it:
 * ``data_panel``: image, sparse labels, the layers made for painting;
 * ``model_panel``: Default (the shipped 2D or 3D model) / New / Load… / Save…;
 * ``train_panel``: Network, Train, Adapt, Stop, progress, loss curve and live preview (``preview``);
-* ``segment_panel``: Segment into '<image> instances', and Suggest next (``suggest_row``);
+* ``segment_panel``: Segment into '<image> instances' (block by block into a lazy, zarr-backed
+  layer for images larger than memory: ``blockwise_run``), and Suggest next (``suggest_row``);
 * ``correct_panel``: instances → sparse labels, Evaluate against a ground truth;
-* ``export_panel``: Export TIFF….
+* ``export_panel``: Export TIFF… (zarr… for lazy layers).
 
 Each button copies its settings into a core config and calls one core function (through
 ``workers``); the worker thread never reads a widget, the GUI thread only touches layers.
@@ -26,6 +27,7 @@ from . import dialogs, workers
 from .correct_panel import CorrectPanel
 from .data_panel import DataPanel
 from .export_panel import ExportPanel
+from .layers import referenced_stores
 from .model_panel import ModelPanel
 from .preview import PREVIEW_LAYER
 from .segment_panel import RESULT_SUFFIX, SegmentPanel
@@ -51,7 +53,7 @@ class SpocoWidget(QWidget):
             ask_path=lambda *args: dialogs.ask_path(self, *args),
             sync=workers.sync_requested(),  # tests: run jobs inline
         )
-        self.destroyed.connect(self.state.closing)  # viewer closed: napari deletes its window
+        self.destroyed.connect(_closer(self.state))  # viewer closed: napari deletes its window
         self._docked = False
 
         self.data_panel = DataPanel(self.state)
@@ -99,12 +101,27 @@ class SpocoWidget(QWidget):
         # A new segmentation is what one corrects, evaluates and exports next.
         select_layer(self.correct_panel.result_box, name)
         select_layer(self.export_panel.export_box, name)
+        self.export_panel.update_buttons()  # Export TIFF… or zarr…, as the layer now is
 
     def event(self, event) -> bool:  # noqa: N802 - Qt API
         if event.type() == QEvent.Type.ParentChange:
             # The panel's close button takes the widget out of the window for good (napari
             # makes a new one when the panel is opened again): stop what it runs.
             if self.parent() is None and self._docked:
-                self.state.closing()
+                _closer(self.state)()
             self._docked = self.parent() is not None
         return super().event(event)
+
+
+def _closer(state: SpocoState):
+    """What closing the panel (or the viewer) does: stop the running job, and delete the
+    session's block-wise results that no layer reads (the rest go when napari exits)."""
+
+    def close(*args) -> None:
+        state.closing()
+        try:
+            state.stores.sweep(referenced_stores(state.viewer))
+        except Exception:  # noqa: BLE001 - a viewer being torn down: the stores go at exit
+            pass
+
+    return close

@@ -14,14 +14,17 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from collections.abc import Generator as _GeneratorType
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..blockwise import BlockwiseResult, segment_blockwise
 from ..clustering import ClusterConfig
 from ..data import check_image, count_objects, intensity_range
 from ..inference import Embedding
 from ..model import ModelConfig, SpocoModel
+from ..out_of_core import stoppable
 from ..segmentation import segment, segment_preview, segment_series
 from ..suggestions import Suggestion, suggest
 from ..training import TrainConfig, TrainProgress, drain, iter_train
@@ -104,6 +107,7 @@ class SegmentJob:
     series: bool = False  # a (T, Y, X) stack of 2D images
     with_embedding: bool = False  # the embeddings as a PCA colour image
     keep_embedding: bool = False  # the whole Embedding, for suggestions (not for series)
+    voxel_size: tuple[float, ...] | None = None  # from the layer's scale (None: the model's)
 
 
 @dataclass
@@ -125,12 +129,34 @@ def segment_job(job: SegmentJob) -> SegmentResult:
     if job.series:
         labels = segment_series(job.model, job.image, config=job.config)
     elif job.with_embedding or job.keep_embedding:
-        labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True)
+        labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True,
+                              voxel_size=job.voxel_size)
         rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
-        labels = segment(job.model, job.image, config=job.config)
+        labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
+
+
+@dataclass
+class BlockwiseJob:
+    """A segmentation block by block (images larger than memory) into a new zarr store ``out``."""
+
+    model: SpocoModel
+    image: Any  # the full-resolution array: dask, zarr or numpy; only regions are read
+    out: Path
+    config: ClusterConfig | None = None
+    block_shape: tuple[int, ...] | None = None  # None: blockwise.default_block_shape
+    voxel_size: tuple[float, ...] | None = None
+    progress: Callable[[int, int], None] | None = None  # (blocks done, total), from the worker
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def blockwise_job(job: BlockwiseJob) -> BlockwiseResult:
+    """``blockwise.segment_blockwise``; once ``job.stop`` is set, the next finished block raises
+    ``Cancelled`` from the progress callback, and the run deletes its partial store."""
+    return segment_blockwise(job.model, job.image, job.out, config=job.config, block_shape=job.block_shape,
+                             voxel_size=job.voxel_size, device="auto", progress=stoppable(job.stop, job.progress))
 
 
 def suggest_job(labels: np.ndarray, embedding: Embedding, k: int,

@@ -1,0 +1,211 @@
+"""What a front end needs around block-wise segmentation (:mod:`napari_spoco.blockwise`) of
+images larger than memory: when to use it, a per-session folder for the label stores it
+writes, stopping it, lazy views of its result, copying a lazy label array to a new zarr store
+chunk by chunk, and the voxel size an image's scale says.
+
+Qt-free: the napari plugin uses it (``_napari/blockwise_run.py``, the export), and scripts can.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpocoError
+
+#: Pixels (spatial, per image) above which an image in memory is segmented block by block and
+#: a label array is not loaded whole: 8000² in 2D, 400³ in 3D. In-memory segmentation of such
+#: an image needs several times its float32 size (the normalised image, the label image and
+#: its stitching); a block needs that of one block whatever the image's size.
+MAX_IN_MEMORY_PIXELS = 64_000_000
+
+#: ``Labels.metadata`` key: the zarr store a lazy result layer reads (the session folder's).
+STORE_KEY = "spoco_store"
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback to stop a block-wise run (which then deletes its store)."""
+
+
+def is_lazy(data) -> bool:
+    """An array not held in memory as numpy (dask, zarr, a reader's array)."""
+    return not isinstance(data, np.ndarray)
+
+
+def pixels(shape: Sequence[int]) -> int:
+    return int(np.prod([int(n) for n in shape], dtype=np.int64))
+
+
+def too_large_for_memory(shape: Sequence[int]) -> bool:
+    """More spatial pixels than :data:`MAX_IN_MEMORY_PIXELS`."""
+    return pixels(shape) > MAX_IN_MEMORY_PIXELS
+
+
+def needs_blockwise(data, spatial_shape: Sequence[int], multiscale: bool = False) -> bool:
+    """Whether an image (``data``: its full-resolution array) is segmented block by block: it
+    is multiscale, lazy (dask, zarr), or too large for in-memory segmentation."""
+    return bool(multiscale or is_lazy(data) or too_large_for_memory(spatial_shape))
+
+
+def block_count(shape: Sequence[int], block_shape: Sequence[int] | None = None) -> int:
+    """How many blocks :func:`napari_spoco.blockwise.segment_blockwise` cuts ``shape`` into."""
+    from .blockwise import default_block_shape
+
+    core = block_shape or default_block_shape(len(shape))
+    return int(np.prod([math.ceil(n / min(int(c), n)) for n, c in zip(shape, core)]))
+
+
+def stoppable(stop: threading.Event, report: Callable[[int, int], None] | None = None) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that raises :class:`Cancelled` once ``stop`` is
+    set (after the block that just finished) and otherwise passes the count on to ``report``."""
+
+    def progress(done: int, total: int) -> None:
+        if stop.is_set():
+            raise Cancelled(f"stopped after {done} of {total} blocks")
+        if report is not None:
+            report(done, total)
+
+    return progress
+
+
+def lazy_levels(labels, level_shapes: Sequence[Sequence[int]] | None = None):
+    """A block-wise result (zarr array) as dask: one array, or, with the ``level_shapes`` of a
+    multiscale image, one strided view per level (every k-th pixel: ids are never blended), so
+    that a viewer reads only what the level it shows needs."""
+    import dask.array as da
+
+    full = da.from_zarr(labels)
+    if not level_shapes or len(level_shapes) < 2:
+        return full
+    base = [int(n) for n in level_shapes[0]][-full.ndim:]
+    levels = [full]
+    for shape in level_shapes[1:]:
+        shape = [int(n) for n in shape][-full.ndim:]
+        step = tuple(max(1, round(b / max(1, s))) for b, s in zip(base, shape))
+        if all(s == 1 for s in step):
+            continue
+        levels.append(full[tuple(slice(None, None, s) for s in step)])
+    return levels if len(levels) > 1 else full
+
+
+def _chunk_shape(data, shape: Sequence[int]) -> tuple[int, ...]:
+    chunks = getattr(data, "chunksize", None) or getattr(data, "chunks", None)
+    if chunks is None or len(chunks) != len(shape) or not all(isinstance(c, (int, np.integer)) for c in chunks):
+        ndim = len(shape)
+        chunks = (512, 512) if ndim == 2 else (64,) * (ndim - 2) + (256, 256)
+    return tuple(max(1, min(int(c), int(n))) for c, n in zip(chunks, shape))
+
+
+def copy_labels(
+    data,
+    path: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a label array (numpy, dask, zarr) to a new zarr store at ``path`` (zarr format 2,
+    chunked like the source; it must not exist), one chunk at a time, so that memory is that of
+    one chunk. ``progress(done, total)`` counts chunks; if anything fails (or ``progress``
+    raises), the store is removed."""
+    from .lazy_io import create_label_store, remove_store
+
+    shape = tuple(int(n) for n in data.shape)
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "iub":
+        raise SpocoError(f"Labels must hold whole numbers, not {dtype}; this layer cannot be saved as labels.")
+    chunks = _chunk_shape(data, shape)
+    path = Path(path)
+    store = create_label_store(path, shape, chunks, dtype=dtype if dtype.kind != "b" else np.uint8)
+    grid = [range(0, n, c) for n, c in zip(shape, chunks)]
+    total = int(np.prod([len(g) for g in grid]))
+    done = 0
+    try:
+        for starts in np.ndindex(*[len(g) for g in grid]):
+            region = tuple(slice(g[i], min(g[i] + c, n)) for g, i, c, n in zip(grid, starts, chunks, shape))
+            block = np.asarray(data[region])
+            if block.any():  # zeros are the fill value: nothing to write
+                store[region] = block
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    except BaseException:
+        remove_store(path)
+        raise
+    return path
+
+
+class ScratchStores:
+    """A folder for one session's block-wise results (``napari-spoco-*`` in the temporary
+    folder, ``TMPDIR``), made on first use and removed when the process ends. Stores no longer
+    read by anything are removed with :meth:`sweep`; :meth:`hold` keeps one during a copy."""
+
+    def __init__(self, parent: str | Path | None = None) -> None:
+        self.parent = parent
+        self.root: Path | None = None
+        self.held: set[str] = set()
+        self._count = 0
+
+    def new_path(self, name: str) -> Path:
+        """A path for a new store, named after ``name``, that does not exist yet."""
+        if self.root is None or not self.root.exists():
+            self.root = Path(tempfile.mkdtemp(prefix="napari-spoco-", dir=self.parent))
+            atexit.register(shutil.rmtree, str(self.root), True)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "labels"
+        while True:
+            self._count += 1
+            path = self.root / f"{stem}-{self._count}.zarr"
+            if not path.exists():
+                return path
+
+    def stores(self) -> list[Path]:
+        return sorted(self.root.glob("*.zarr")) if self.root is not None and self.root.exists() else []
+
+    def sweep(self, keep: Iterable[str | Path | None]) -> list[Path]:
+        """Remove this folder's stores that are neither in ``keep`` nor held; the removed ones."""
+        from .lazy_io import remove_store
+
+        kept = {str(Path(p).resolve()) for p in keep if p} | {str(Path(p).resolve()) for p in self.held}
+        gone = [p for p in self.stores() if str(p.resolve()) not in kept]
+        for p in gone:
+            remove_store(p)
+        return gone
+
+    def hold(self, path: str | Path | None) -> None:
+        if path:
+            self.held.add(str(path))
+
+    def release(self, path: str | Path | None) -> None:
+        self.held.discard(str(path))
+
+
+def voxel_size_from_scale(scale: Sequence[float], ndim: int) -> tuple[float, ...] | None:
+    """The voxel size of an image from its last ``ndim`` scale factors (a viewer's layer scale);
+    None when they are all 1 (no spacing recorded: the model's own voxel size applies)."""
+    from .scaling import check_voxel_size
+
+    values = tuple(abs(float(s)) for s in list(scale)[-ndim:])
+    if len(values) != ndim or all(v == 1.0 for v in values):
+        return None
+    return check_voxel_size(values, ndim)
+
+
+def voxel_note(voxel_size: Sequence[float] | None, model=None) -> str:
+    """One phrase on the voxel size segmentation or training uses ("" when none applies):
+    the image's, else the model's training voxel size, and what it resamples."""
+    from .scaling import anisotropy
+
+    source = "the layer's scale"
+    if voxel_size is None and model is not None and model.voxel_size is not None:
+        voxel_size, source = model.voxel_size, "the model's training voxel size"
+    if voxel_size is None:
+        return ""
+    text = "voxel size " + " × ".join(f"{v:g}" for v in voxel_size) + f" ({source}"
+    factors = anisotropy(voxel_size, len(voxel_size))
+    stretched = [f"{'zyx'[-len(factors):][i]} ×{f:g}" for i, f in enumerate(factors) if f != 1.0]
+    return text + ("; resampled " + ", ".join(stretched) + ")" if stretched else "; isotropic, not resampled)")

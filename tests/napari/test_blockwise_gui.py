@@ -1,0 +1,216 @@
+"""Images larger than memory in the dock widget: a dask-backed (or very large) image layer is
+segmented block by block in the worker into a lazy, zarr-backed Labels layer without ever being
+loaded whole; Stop deletes the partial store; Export writes such a layer as zarr; the layer's
+scale reaches segmentation and training as the voxel size."""
+
+import sys
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from qtpy.QtCore import QThreadPool
+from scipy import ndimage
+
+from napari_spoco import out_of_core
+from napari_spoco._napari import workers
+from napari_spoco._napari.state import ModelSource
+from napari_spoco.out_of_core import STORE_KEY
+from napari_spoco.pretrained import load_default_model
+
+BLOCKS = (128, 192)  # a (256, 384) image: 2 x 2 blocks
+
+
+@pytest.fixture
+def notes(notes, monkeypatch):
+    """conftest's notes, with the block-wise module's notifications too."""
+    from napari_spoco._napari import blockwise_run
+
+    for kind in notes:
+        monkeypatch.setattr(blockwise_run, f"show_{kind}", lambda msg, kind=kind: notes[kind].append(str(msg)))
+    return notes
+
+
+@pytest.fixture
+def big(spoco, choose, tmp_path):
+    """A (256, 384) dask-backed image layer 'big' (the sample's nuclei, widened), chosen in the
+    panel, with the shipped 2D model; block-wise results go to tmp_path."""
+    viewer, widget = spoco
+    nuclei = np.asarray(viewer.layers["nuclei"].data)
+    image = np.hstack([nuclei, nuclei[:, :128]])
+    viewer.add_image(da.from_array(image, chunks=(64, 64)), name="big")
+    choose(widget.data_panel.image_box, "big")
+    widget.state.model.use(load_default_model(2), ModelSource.DEFAULT)
+    widget.state.stores.parent = tmp_path
+    widget.segment_panel.blockwise.block_shape = BLOCKS
+    return viewer, widget, image
+
+
+def cheap_segmenter(monkeypatch, gate=None):
+    """Blocks segmented by thresholding instead of the network (segment_blockwise's test
+    stand-in); with ``gate``, every block after the first waits for it."""
+    calls = []
+    run = workers.segment_blockwise
+
+    def segmenter(data):
+        calls.append(data.shape)
+        if gate is not None and len(calls) > 1:
+            gate.wait(30)
+        return ndimage.label(data > np.percentile(data, 80))[0]
+
+    monkeypatch.setattr(workers, "segment_blockwise", lambda *a, **k: run(*a, _segmenter=segmenter, **k))
+    return calls
+
+
+def wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.state.job.idle, timeout=60_000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)
+
+
+def _from_our_code() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if "napari_spoco" in frame.f_code.co_filename and "tests" not in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_dask_image_is_segmented_block_by_block_into_a_lazy_layer(big, notes, monkeypatch):
+    viewer, widget, image = big
+    panel = widget.segment_panel
+    computed = []  # pixels of every compute of the image's arrays that our code asked for
+    compute = da.Array.compute
+
+    def guarded(self, *args, **kwargs):
+        if self.dtype == image.dtype and _from_our_code():
+            computed.append(int(np.prod(self.shape)))
+            if self.shape == image.shape:
+                raise AssertionError("the whole image was computed")
+        return compute(self, *args, **kwargs)
+
+    monkeypatch.setattr(da.Array, "compute", guarded)
+    seen = []
+    panel.blockwise.progressed.connect(lambda done, total: seen.append((done, total)))
+    panel.segment_btn.click()
+
+    assert not notes["error"], notes
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert computed and max(computed) < image.size  # regions only, never the whole image
+    layer = viewer.layers["big instances"]
+    assert isinstance(layer.data, da.Array) and layer.data.shape == image.shape  # lazy
+    store = layer.metadata[STORE_KEY]
+    assert zarr.open_array(store, mode="r").shape == image.shape
+    labels = np.asarray(layer.data)
+    n = int(labels.max())
+    assert n > 10 and f"{n} instances in 4 blocks" in panel.segment_label.text()
+    assert tuple(layer.scale) == tuple(viewer.layers["big"].scale)
+    assert not panel.busy_bar.isVisible() and not panel.stop_btn.isEnabled() and panel.segment_btn.isEnabled()
+    assert "block-wise" in panel.suggest_row.label.text() and not panel.suggest_row.suggest_btn.isEnabled()
+    assert widget.export_panel.export_btn.text() == "Export zarr…"  # the result is chosen for export
+
+
+def test_stop_deletes_the_partial_store_and_keeps_the_panel_usable(big, qtbot, notes, monkeypatch):
+    import threading
+
+    viewer, widget, _ = big
+    panel = widget.segment_panel
+    gate = threading.Event()
+    cheap_segmenter(monkeypatch, gate)
+    widget.sync = False
+    panel.segment_btn.click()
+    qtbot.waitUntil(lambda: panel.busy_bar.value() >= 1, timeout=30_000)  # one block done, the next waits
+    assert panel.stop_btn.isEnabled() and not panel.segment_btn.isEnabled()
+    assert len(widget.state.stores.stores()) == 1  # being written
+    panel.stop_btn.click()
+    gate.set()
+    wait_idle(qtbot, widget)
+    assert "big instances" not in viewer.layers
+    assert list(widget.state.stores.root.iterdir()) == []  # no store, no scratch folder
+    assert any("stopped" in m for m in notes["info"]) and not notes["error"], notes
+    assert "stopped" in panel.segment_label.text()
+    assert panel.segment_btn.isEnabled() and not panel.stop_btn.isEnabled() and not panel.busy_bar.isVisible()
+    widget.sync = True  # usable: the next segmentation runs to the end
+    panel.segment_btn.click()
+    assert "big instances" in viewer.layers and len(widget.state.stores.stores()) == 1
+
+
+def test_a_multiscale_result_exports_as_zarr_and_in_memory_uses_refuse(big, tmp_path, notes, monkeypatch, choose):
+    from napari_spoco._napari.writers import write_labels_zarr
+
+    viewer, widget, image = big
+    full = viewer.layers["big"].data
+    viewer.add_image([full, full[::2, ::2]], name="pyramid", multiscale=True)
+    choose(widget.data_panel.image_box, "pyramid")
+    cheap_segmenter(monkeypatch)
+    widget.segment_panel.segment_btn.click()
+    layer = viewer.layers["pyramid instances"]
+    assert layer.multiscale and [lvl.shape for lvl in layer.data] == [image.shape, (128, 192)]  # the image's levels
+    export = widget.export_panel
+    assert export.export_box.value.name == "pyramid instances" and export.export_btn.text() == "Export zarr…"
+    assert export.export_labels(str(tmp_path / "out"))
+    written = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert np.array_equal(written[...], np.asarray(layer.data[0])) and written[...].max() > 0
+    # never over the store the layer reads
+    store = layer.metadata[STORE_KEY]
+    assert not export.export_labels(store) and "which a layer reads" in notes["error"][-1]
+    assert np.array_equal(zarr.open_array(store, mode="r")[...], written[...])
+    # File > Save Selected Layers with a .zarr name
+    assert write_labels_zarr(str(tmp_path / "saved.zarr"), layer.data, {"metadata": layer.metadata,
+                                                                        "multiscale": True})
+    assert np.array_equal(zarr.open_array(str(tmp_path / "saved.zarr"), mode="r")[...], written[...])
+    # what needs the labels in memory refuses a lazy layer larger than memory, and says what to do
+    monkeypatch.setattr(out_of_core, "MAX_IN_MEMORY_PIXELS", 1000)
+    choose(widget.correct_panel.result_box, "pyramid instances")
+    assert widget.correct_panel.promote(selected_only=False) == 0
+    assert "too large to load into memory" in notes["error"][-1] and "cropped layer" in notes["error"][-1]
+    assert not export.export_labels(str(tmp_path / "big.tif")) and "export it as .zarr" in notes["error"][-1]
+
+
+def test_layer_scale_is_the_voxel_size_of_segment_and_train(spoco, notes, monkeypatch, choose, balls, tmp_path):
+    viewer, widget = spoco
+    segmented, trained = [], []
+
+    def fake_segment(model, image, config=None, voxel_size=None, return_embedding=False, **kwargs):
+        segmented.append(voxel_size)
+        labels = np.zeros(image.shape, np.uint16)
+        return (labels, None) if return_embedding else labels
+
+    def fake_train(images, labels, config, *args, **kwargs):
+        trained.append((config.voxel_size, widget.train_panel.train_label.text()))
+        return None
+        yield
+
+    monkeypatch.setattr(workers, "segment", fake_segment)
+    monkeypatch.setattr(workers, "iter_train", fake_train)
+    widget.state.model.use(load_default_model(2), ModelSource.DEFAULT)
+    widget.segment_panel.segment_btn.click()  # the sample's scale is all ones: nothing changes
+    assert segmented == [None] and "voxel size" not in widget.segment_panel.segment_label.text()
+
+    volume, truth = balls
+    viewer.add_image(volume, name="vol", scale=(2.0, 0.5, 0.5))
+    choose(widget.data_panel.image_box, "vol")
+    sparse = widget.data_panel.new_sparse_labels()
+    sparse.data = truth.astype(sparse.data.dtype)
+    widget.data_panel.all_pairs_check.setChecked(False)
+    widget.state.model.use(load_default_model(3), ModelSource.DEFAULT)
+    widget.segment_panel.segment_btn.click()
+    assert segmented[-1] == (2.0, 0.5, 0.5)
+    assert "voxel size 2 × 0.5 × 0.5 (the layer's scale; resampled z ×4)" in widget.segment_panel.segment_label.text()
+    widget.train_panel.train_btn.click()
+    (voxel, message), = trained
+    assert voxel == (2.0, 0.5, 0.5) and "Training at voxel size 2 × 0.5 × 0.5" in message
+
+    # a numpy image above the in-memory limit goes block by block, with the same voxel size
+    seen = []
+    cheap_segmenter(monkeypatch)
+    run = workers.segment_blockwise
+    monkeypatch.setattr(workers, "segment_blockwise", lambda *a, **k: seen.append(k["voxel_size"]) or run(*a, **k))
+    monkeypatch.setattr(out_of_core, "MAX_IN_MEMORY_PIXELS", 1000)
+    widget.state.stores.parent = tmp_path
+    widget.segment_panel.blockwise.block_shape = (8, 20, 20)
+    widget.segment_panel.segment_btn.click()
+    assert seen == [(2.0, 0.5, 0.5)] and not notes["error"], notes
+    layer = next(lay for lay in viewer.layers if lay.metadata.get(STORE_KEY))  # the in-memory result is kept
+    assert isinstance(layer.data, da.Array) and tuple(layer.scale) == (2.0, 0.5, 0.5)
+    assert "in 8 blocks" in widget.segment_panel.segment_label.text()
