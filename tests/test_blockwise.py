@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from napari_spoco import evaluate, segment
-from napari_spoco.blockwise import global_ids, neighbours, plan_blocks, segment_blockwise
+from napari_spoco.blockwise import balanced_cores, global_ids, neighbours, plan_blocks, segment_blockwise
 from napari_spoco.data import intensity_range
 from napari_spoco.pretrained import load_default_model
 from napari_spoco.sample import load_sample
@@ -87,7 +87,7 @@ def test_global_ids_join_linked_pieces_and_number_objects_from_one():
 
 @pytest.mark.parametrize("shape,block", [((150, 170), (48, 40)), ((40, 70, 66), (16, 24, 20))])
 def test_objects_across_every_border_and_corner_get_one_id(tmp_path, shape, block):
-    truth = objects_on_every_border(shape, block, radius=6 if len(shape) == 2 else 4)
+    truth = objects_on_every_border(shape, balanced_cores(shape, block), radius=6 if len(shape) == 2 else 4)
     model = load_default_model(len(shape))
     result = segment_blockwise(model, truth.astype(np.float32), tmp_path / "labels.zarr", block_shape=block,
                                halo=10, _segmenter=identity)
@@ -102,7 +102,7 @@ def test_objects_across_every_border_and_corner_get_one_id(tmp_path, shape, bloc
 
 
 def test_a_failing_block_is_retried_then_reported_and_left_empty(tmp_path):
-    truth = objects_on_every_border((100, 120), (48, 48), radius=5)
+    truth = objects_on_every_border((100, 120), balanced_cores((100, 120), (48, 48)), radius=5)
     calls = []
 
     def flaky(region):  # the first block fails on its first try only
@@ -117,16 +117,19 @@ def test_a_failing_block_is_retried_then_reported_and_left_empty(tmp_path):
     assert not result.failed and calls[0] == calls[1]  # the same region, tried again
     assert_same_objects(truth, np.asarray(result.labels[...]))
 
-    def broken(region):  # the block at the origin (the only region of 56 x 56) always fails
-        if region.shape == (56, 56):
-            raise RuntimeError("bad block")
-        return identity(region)
+    assert balanced_cores((100, 120), (48, 48)) == (34, 40)  # three equal cores per axis, not 48 + 48 + 4
 
-    result = segment_blockwise(model, truth.astype(np.float32), tmp_path / "b.zarr", block_shape=(48, 48),
-                               halo=8, _segmenter=broken)
-    assert list(result.failed) == ["[0:48, 0:48]"] and "bad block" in result.failed["[0:48, 0:48]"]
+    def broken(region):  # the block holding the marked pixel (0, 0) always fails
+        if region[0, 0] < 0:
+            raise RuntimeError("bad block")
+        return identity(np.maximum(region, 0))
+
+    marked = truth.astype(np.float32)
+    marked[0, 0] = -1
+    result = segment_blockwise(model, marked, tmp_path / "b.zarr", block_shape=(48, 48), halo=8, _segmenter=broken)
+    assert list(result.failed) == ["[0:34, 0:40]"] and "bad block" in result.failed["[0:34, 0:40]"]
     labels = np.asarray(result.labels[...])
-    assert not labels[:48, :48].any() and labels[48:, 48:].any()
+    assert not labels[:34, :40].any() and labels[34:, 40:].any()
 
 
 def test_an_interrupted_run_leaves_no_store_behind(tmp_path):

@@ -26,7 +26,7 @@ BLOCKWISE_BYTES = 256 * 2**20
 TIFF_OUT_PIXELS = 2**27
 
 
-def needs_blockwise(path: Path, block_shape_given: bool = False) -> bool:
+def file_needs_blockwise(path: Path, block_shape_given: bool = False) -> bool:
     """Zarr stores always; TIFFs above :data:`BLOCKWISE_BYTES`, or any TIFF when the user gave
     a block shape."""
     from .lazy_io import is_zarr

@@ -74,16 +74,24 @@ def _overlap(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | 
     return out if all(s.start < s.stop for s in out) else None
 
 
+def balanced_cores(shape: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ...]:
+    """The core shape actually used: per axis, the fewest cores of at most ``core_shape`` that
+    cover it, made equal (2048 in cores of at most 224: ten of 205, not nine of 224 and one of
+    32, whose halo would cost 4x its core)."""
+    return tuple(int(math.ceil(n / math.ceil(n / min(c, n)))) for n, c in zip(shape, core_shape))
+
+
 def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
     """The blocks whose cores ``block``'s halo reaches (faces, edges and corners)."""
     return [b for b in blocks if b.index != block.index and _overlap(block.region, b.core) is not None]
 
 
 def default_block_shape(ndim: int) -> tuple[int, ...]:
-    """Core of a block: 896² in 2D, 64×256×256 in 3D. With the halo, a block is about as large
-    as one in-memory segmentation tile (segmentation.segment_tile_shape), so a worker needs
-    about as much memory as :func:`napari_spoco.segment` of a 1024² image."""
-    return (896, 896) if ndim == 2 else (64, 256, 256)
+    """Core of a block: 896² in 2D, 64×224×224 in 3D. With the halo a 3D block reads up to
+    about 6 million voxels; a worker needs about 0.9 GB for the network's tile plus about 160
+    bytes per voxel of its block (docs/benchmarks.md), so about 1.9 GB, where 64×256×256
+    cores would pass 2 GB. 2D blocks need far less."""
+    return (896, 896) if ndim == 2 else (64, 224, 224)
 
 
 def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
@@ -454,7 +462,7 @@ def segment_blockwise(
     core = tuple(int(c) for c in (block_shape or default_block_shape(len(shape))))
     if len(core) != len(shape) or min(core) < 1:
         raise SpocoError(f"block shape {core} does not fit a {len(shape)}D image; give one size per axis.")
-    core = tuple(min(c, n) for c, n in zip(core, shape))
+    core = balanced_cores(shape, core)
     if halo is None:
         halo_t = block_halo(model, factors)
     else:

@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--block-shape", type=POSITIVE_INT, nargs="+", metavar="SIZE",
                     help="segment TIFFs block by block, each block writing this many pixels per axis (Z Y X or "
                     "Y X; also the zarr chunk shape). Zarr stores and TIFFs over 256 MB always go block by "
-                    "block; default 64 256 256 in 3D, 896 896 in 2D")
+                    "block; default 64 224 224 in 3D, 896 896 in 2D")
     pr.add_argument("--out-format", choices=("auto", "tif", "zarr"), default="auto",
                     help="label files as TIFF or zarr; auto (default): zarr for zarr inputs and for block-wise "
                     "results over 2^27 pixels, TIFF otherwise (OME-Zarr inputs give OME-Zarr label images)")
@@ -572,9 +572,9 @@ def _report_failures(failed: dict[str, str], total: int, what: str) -> int:
 def _predict_targets(files: dict[str, Path], out: Path, args) -> tuple[dict[str, Path], set[str]]:
     """Where each image's labels go (``out/<stem>.tif`` or ``.zarr``), and which images are
     segmented block by block (zarr stores, big TIFFs, any TIFF with --block-shape)."""
-    from .batch import needs_blockwise, output_suffix
+    from .batch import file_needs_blockwise, output_suffix
 
-    large = {stem for stem, p in files.items() if needs_blockwise(p, bool(args.block_shape))}
+    large = {stem for stem, p in files.items() if file_needs_blockwise(p, bool(args.block_shape))}
     targets = {stem: out / f"{stem}{output_suffix(p, stem in large, args.out_format)}" for stem, p in files.items()}
     return targets, large
 
