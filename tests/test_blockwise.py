@@ -7,7 +7,15 @@ import pytest
 from scipy import ndimage
 
 from napari_spoco import evaluate, segment
-from napari_spoco.blockwise import balanced_cores, global_ids, neighbours, plan_blocks, segment_blockwise
+from napari_spoco.blockwise import (
+    REGION_PIXELS,
+    balanced_cores,
+    global_ids,
+    neighbours,
+    plan_blocks,
+    plan_core_shape,
+    segment_blockwise,
+)
 from napari_spoco.data import intensity_range
 from napari_spoco.pretrained import load_default_model
 from napari_spoco.sample import load_sample
@@ -76,6 +84,26 @@ def test_block_plan_partitions_the_image_on_a_regular_grid():
     assert (cover == 1).all() and len(blocks) == 4 * 4
     middle = blocks[5]  # row 1, column 1: eight neighbours (faces and corners)
     assert len(neighbours(blocks, middle)) == 8
+
+
+def test_planned_cores_read_the_fewest_pixels_within_the_memory_budget():
+    # two cores per axis need a halo on one side only: 60x304x304 per block, not 3x3 cores of 171
+    assert plan_core_shape((60, 512, 512), (48, 48, 48)) == (60, 256, 256)
+    for shape in [(60, 2048, 2048), (1000, 2048, 2048), (300, 700, 900), (4096, 4096), (520, 696)]:
+        halo = (48,) * len(shape)
+        core = plan_core_shape(shape, halo)
+        blocks = plan_blocks(shape, core, halo)
+        largest = max(int(np.prod([s.stop - s.start for s in b.region])) for b in blocks)
+        assert largest <= REGION_PIXELS[len(shape)], (shape, core)
+        # one more core along any axis would read more in all
+        work = sum(int(np.prod([s.stop - s.start for s in b.region])) for b in blocks)
+        for axis in range(len(shape)):
+            finer = list(core)
+            finer[axis] = -(-shape[axis] // (-(-shape[axis] // core[axis]) + 1))
+            more = plan_blocks(shape, finer, halo)
+            assert sum(int(np.prod([s.stop - s.start for s in b.region])) for b in more) >= work
+    assert plan_core_shape((520, 696), (56, 56)) == (520, 696)  # fits: one block
+    assert balanced_cores((2048,), (224,)) == (205,)  # a cap: ten equal cores, not nine and a sliver
 
 
 def test_global_ids_join_linked_pieces_and_number_objects_from_one():

@@ -74,24 +74,57 @@ def _overlap(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | 
     return out if all(s.start < s.stop for s in out) else None
 
 
-def balanced_cores(shape: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ...]:
-    """The core shape actually used: per axis, the fewest cores of at most ``core_shape`` that
-    cover it, made equal (2048 in cores of at most 224: ten of 205, not nine of 224 and one of
-    32, whose halo would cost 4x its core)."""
-    return tuple(int(math.ceil(n / math.ceil(n / min(c, n)))) for n, c in zip(shape, core_shape))
-
-
 def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
     """The blocks whose cores ``block``'s halo reaches (faces, edges and corners)."""
     return [b for b in blocks if b.index != block.index and _overlap(block.region, b.core) is not None]
 
 
-def default_block_shape(ndim: int) -> tuple[int, ...]:
-    """Core of a block: 896² in 2D, 64×224×224 in 3D. With the halo a 3D block reads up to
-    about 6 million voxels; a worker needs about 0.9 GB for the network's tile plus about 160
-    bytes per voxel of its block (docs/benchmarks.md), so about 1.9 GB, where 64×256×256
-    cores would pass 2 GB. 2D blocks need far less."""
-    return (896, 896) if ndim == 2 else (64, 224, 224)
+#: Pixels a block may read (core and halo), which bounds a worker's memory: about 0.9 GB for
+#: the network's tile plus about 160 bytes per voxel of the block in 3D (docs/benchmarks.md:
+#: regions of 60x320x320 peaked at 1.97 GB), so about 6.2 million voxels for 2 GB; in 2D
+#: 2048², which segments in about 0.6 GB.
+REGION_PIXELS = {2: 2048 * 2048, 3: 6_200_000}
+
+
+def _axis_options(n: int, halo: int) -> list[tuple[int, int, int]]:
+    """(core, longest region, summed region length) for each number of cores along an axis."""
+    out = []
+    for parts in range(1, min(n, 512) + 1):
+        core = math.ceil(n / parts)
+        if parts > 1 and core * (parts - 1) >= n:
+            continue  # rounding left the last core empty
+        longest = n if parts == 1 else min(n, core + halo * (1 if parts == 2 else 2))
+        total = n + 2 * halo * (parts - 1)
+        out.append((core, longest, total))
+    return out
+
+
+def plan_core_shape(shape: Sequence[int], halo: Sequence[int], block_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The core shape (the output's chunks): ``block_shape`` as a cap, cores made equal along
+    each axis; by default the cores that read the fewest pixels in all (halos are read twice)
+    while no block reads more than :data:`REGION_PIXELS`. A 60×512×512 volume thus gets 2×2
+    cores of 256 (each block reads 60×304×304), not 3×3 of 171 whose halos cost 2.4× the work."""
+    if block_shape is not None:
+        return tuple(int(math.ceil(n / math.ceil(n / min(int(c), n)))) for n, c in zip(shape, block_shape))
+    budget = REGION_PIXELS[2 if len(shape) == 2 else 3]
+    options = [_axis_options(int(n), int(h)) for n, h in zip(shape, halo)]
+    best, best_cost = None, None
+    for head in itertools.product(*options[:-1]):
+        longest = math.prod(o[1] for o in head)
+        work = math.prod(o[2] for o in head)
+        last = next((o for o in options[-1] if longest * o[1] <= budget), options[-1][-1])
+        combo = head + (last,)
+        over = longest * last[1] > budget
+        cost = (over, longest * last[1] if over else work * last[2])
+        if best_cost is None or cost < best_cost:
+            best, best_cost = combo, cost
+    return tuple(o[0] for o in best)
+
+
+def balanced_cores(shape: Sequence[int], core_shape: Sequence[int]) -> tuple[int, ...]:
+    """Cores of at most ``core_shape``, made equal along each axis (2048 in cores of at most
+    224: ten of 205, not nine of 224 and one of 32, whose halo would cost 4x its core)."""
+    return plan_core_shape(shape, (0,) * len(shape), core_shape)
 
 
 def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
@@ -436,8 +469,8 @@ def segment_blockwise(
 
     ``image``: a :class:`~napari_spoco.lazy_io.LazyImage` (``lazy_io.open_lazy(path)``) or an
     array (numpy, dask or zarr; ``channel_axis`` as in :func:`napari_spoco.segment`).
-    ``block_shape`` (default :func:`default_block_shape`) is the core each block writes and the
-    output's chunk shape; ``halo`` (default :func:`block_halo`) the context read around it.
+    ``block_shape`` caps the core each block writes (the output's chunk shape; default: planned
+    by :func:`plan_core_shape` for the least work within :data:`REGION_PIXELS` a block); ``halo`` (default :func:`block_halo`) the context read around it.
     ``value_range`` defaults to percentiles of boxes sampled over the image
     (:func:`sample_value_range`); ``voxel_size`` to the image's recorded spacing, else the
     model's. ``workers``/``scheduler``: see :class:`Engine`. ``progress(done, total)`` counts
@@ -459,14 +492,13 @@ def segment_blockwise(
     config = config or ClusterConfig()
     voxel_size = check_voxel_size(voxel_size if voxel_size is not None else lazy.voxel_size, model.config.ndim)
     factors = model.network_factors(voxel_size)
-    core = tuple(int(c) for c in (block_shape or default_block_shape(len(shape))))
-    if len(core) != len(shape) or min(core) < 1:
-        raise SpocoError(f"block shape {core} does not fit a {len(shape)}D image; give one size per axis.")
-    core = balanced_cores(shape, core)
+    if block_shape is not None and (len(block_shape) != len(shape) or min(block_shape) < 1):
+        raise SpocoError(f"block shape {tuple(block_shape)} does not fit a {len(shape)}D image; give one size per axis.")
     if halo is None:
         halo_t = block_halo(model, factors)
     else:
         halo_t = tuple(halo) if isinstance(halo, Sequence) else (int(halo),) * len(shape)
+    core = plan_core_shape(shape, halo_t, block_shape)
     if value_range is None and _segmenter is None:
         value_range = sample_value_range(model, lazy)
     blocks = plan_blocks(shape, core, halo_t)

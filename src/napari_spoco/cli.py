@@ -152,9 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="run on a dask.distributed cluster at this address (e.g. tcp://10.0.0.5:8786) instead of "
                     "local processes; --out (and the model file) must be on storage every worker can reach")
     pr.add_argument("--block-shape", type=POSITIVE_INT, nargs="+", metavar="SIZE",
-                    help="segment TIFFs block by block, each block writing this many pixels per axis (Z Y X or "
-                    "Y X; also the zarr chunk shape). Zarr stores and TIFFs over 256 MB always go block by "
-                    "block; default 64 224 224 in 3D, 896 896 in 2D")
+                    help="segment TIFFs block by block, each block writing at most this many pixels per axis "
+                    "(Z Y X or Y X; also the zarr chunk shape). Zarr stores and TIFFs over 256 MB always go block "
+                    "by block; default: blocks planned for the least work within about 2 GB of memory each")
     pr.add_argument("--out-format", choices=("auto", "tif", "zarr"), default="auto",
                     help="label files as TIFF or zarr; auto (default): zarr for zarr inputs and for block-wise "
                     "results over 2^27 pixels, TIFF otherwise (OME-Zarr inputs give OME-Zarr label images)")

@@ -57,10 +57,11 @@ def needs_blockwise(data, spatial_shape: Sequence[int], multiscale: bool = False
 
 def block_count(shape: Sequence[int], block_shape: Sequence[int] | None = None) -> int:
     """How many blocks :func:`napari_spoco.blockwise.segment_blockwise` cuts ``shape`` into."""
-    from .blockwise import default_block_shape
+    from .blockwise import plan_core_shape
 
-    core = block_shape or default_block_shape(len(shape))
-    return int(np.prod([math.ceil(n / min(int(c), n)) for n, c in zip(shape, core)]))
+    # the halo depends on the model (blockwise.block_halo): 56 px for the shipped 2D model, 46 for the 3D one
+    core = plan_core_shape(shape, ((56,) * 2 if len(shape) == 2 else (46,) * 3), block_shape)
+    return int(np.prod([math.ceil(n / c) for n, c in zip(shape, core)]))
 
 
 def stoppable(stop: threading.Event, report: Callable[[int, int], None] | None = None) -> Callable[[int, int], None]:

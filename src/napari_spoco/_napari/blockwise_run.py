@@ -35,7 +35,7 @@ class BlockwiseRun(QObject):
     def __init__(self, panel) -> None:
         super().__init__()  # no Qt parent: it outlives the panel while a worker may still emit
         self.panel, self.state, self.viewer = panel, panel.state, panel.state.viewer
-        self.block_shape: tuple[int, ...] | None = None  # None: blockwise.default_block_shape
+        self.block_shape: tuple[int, ...] | None = None  # None: planned (blockwise.plan_core_shape)
         self.job: workers.BlockwiseJob | None = None
         self.activity: workers.Activity | None = None
         self._target = None  # (image id, image name, level shapes or None, note)

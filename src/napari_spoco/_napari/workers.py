@@ -146,7 +146,7 @@ class BlockwiseJob:
     image: Any  # the full-resolution array: dask, zarr or numpy; only regions are read
     out: Path
     config: ClusterConfig | None = None
-    block_shape: tuple[int, ...] | None = None  # None: blockwise.default_block_shape
+    block_shape: tuple[int, ...] | None = None  # None: planned (blockwise.plan_core_shape)
     voxel_size: tuple[float, ...] | None = None
     progress: Callable[[int, int], None] | None = None  # (blocks done, total), from the worker
     stop: threading.Event = field(default_factory=threading.Event)
@@ -159,10 +159,15 @@ def blockwise_job(job: BlockwiseJob) -> BlockwiseResult:
                              voxel_size=job.voxel_size, device="auto", progress=stoppable(job.stop, job.progress))
 
 
-def suggest_job(labels: np.ndarray, embedding: Embedding, k: int,
-                painted_sizes: Sequence[int] | None) -> tuple[list[Suggestion], list[int]]:
-    """The ``k`` most doubtful instances (``suggestions.suggest``) and each one's size in pixels."""
-    found = suggest(labels, embedding, k=k, painted_sizes=painted_sizes)
+def suggest_job(labels: np.ndarray, embedding: Embedding, k: int, painted_sizes: Sequence[int] | None,
+                painted: np.ndarray | None = None,
+                background_label: int | None = None) -> tuple[list[Suggestion], list[int]]:
+    """The ``k`` most doubtful instances (``suggestions.suggest``) and each one's size in pixels;
+    instances already painted in ``painted`` (the sparse labels) are left out."""
+    from ..suggestions import painted_instances
+
+    exclude = painted_instances(labels, painted, background_label) if painted is not None else ()
+    found = suggest(labels, embedding, k=k, painted_sizes=painted_sizes, exclude=exclude)
     return found, [int(np.count_nonzero(labels == s.label)) for s in found]
 
 
