@@ -77,3 +77,21 @@ def test_crowded_images_need_no_table_of_all_pairs():
     emb = np.random.default_rng(1).normal(0, 1, (16, 300, 300)).astype(np.float32)
     top = suggest(labels, Embedding(emb, None), k=4)
     assert len(top) == 4 and all(1 <= s.label <= 3600 for s in top)
+
+
+def test_instances_the_user_has_painted_are_not_suggested_again():
+    from napari_spoco.suggestions import painted_instances
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[0:5, 0:5] = 1  # painted whole
+    labels[0:5, 10:15] = 2  # painted on 40 % of it: still worth a look
+    labels[10:15, 0:5] = 3  # covered by the background brush only: not an object the user painted
+    labels[10:15, 10:15] = 4  # untouched
+    painted = np.zeros_like(labels)
+    painted[0:5, 0:5] = 7
+    painted[0:2, 10:15] = 8
+    painted[10:15, 0:5] = 99
+    assert painted_instances(labels, painted, background_label=99) == [1]
+    assert painted_instances(labels, painted) == [1, 3]  # without a background value, 99 is an object
+    with pytest.raises(ValueError):
+        painted_instances(labels, painted[:10])

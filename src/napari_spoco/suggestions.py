@@ -121,6 +121,23 @@ def suggest(
             for score, label, sig in chosen]
 
 
+def painted_instances(labels: np.ndarray, painted: np.ndarray, background_label: int | None = None,
+                      fraction: float = 0.5) -> list[int]:
+    """Ids of ``labels`` lying at least ``fraction`` on painted objects of ``painted`` (sparse
+    labels of the same shape; 0 and ``background_label`` are not objects): objects the user has
+    painted already, which suggesting again would waste a look."""
+    labels, painted = np.asarray(labels), np.asarray(painted)
+    if labels.shape != painted.shape:
+        raise ValueError(f"painted labels of shape {painted.shape} do not cover labels of shape {labels.shape}")
+    on_object = (painted > 0) & ((painted != background_label) if background_label is not None else True)
+    flat = labels.ravel().astype(np.int64)
+    n = int(flat.max(initial=0)) + 1
+    total = np.bincount(flat, minlength=n)
+    covered = np.bincount(flat, weights=on_object.ravel(), minlength=n)
+    ids = np.nonzero((covered >= fraction * np.maximum(total, 1)) & (total > 0))[0]
+    return [int(i) for i in ids if i > 0]
+
+
 def _centroids(labels: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float, ...]]:
     """Centroids of the chosen ids, in one pass over the image."""
     from scipy import ndimage as ndi

@@ -109,8 +109,12 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     ids = set(np.unique(result.data)) - {0}
     assert set(points.features["id"]) <= ids and list(points.features["rank"]) == [1, 2, 3, 4]
     assert list(points.features["score"]) == sorted(points.features["score"], reverse=True)
-    # the painted nuclei give the size objects should have
+    # the painted nuclei give the size objects should have, and are not suggested again
     assert row.painted_sizes(result.data.shape) is not None
+    from napari_spoco.suggestions import painted_instances
+
+    painted = painted_instances(result.data, widget.data_panel.labels.data, widget.data_panel.background_label)
+    assert painted and not set(points.features["id"]) & set(painted)
     for i in range(2):
         assert row.go_to_next() == i
         assert np.allclose(_camera(viewer).center[-2:], points.data[i], atol=0.5)

@@ -96,9 +96,11 @@ class SuggestRow(QWidget):
         self.update_buttons()
         self.label.setText("Ranking the objects…")
         ranked = self.embedding  # a Segment that ends meanwhile makes these suggestions stale
+        sparse = self.data.labels
+        painted = np.array(sparse.data) if sparse is not None and sparse.data.shape == labels.shape else None
         workers.launch(
             workers.suggest_job, labels, self.embedding, int(self.k_spin.value()), self.painted_sizes(labels.shape),
-            on_return=lambda found: self._show(found, ranked), on_error=self._on_error, on_finish=self._on_finish,
+            painted, self.data.background_label, on_return=lambda found: self._show(found, ranked), on_error=self._on_error, on_finish=self._on_finish,
             sync=self.state.sync,
         )
 
