@@ -204,6 +204,10 @@ def test_worker_processes_give_the_same_labels_as_one_process(tmp_path):
     two = segment_blockwise(load_default_model(2), open_lazy(tmp_path / "in.zarr"), tmp_path / "two.zarr",
                             block_shape=(128, 128), value_range=ir(load_sample().test_image), workers=2)
     assert np.array_equal(np.asarray(one.labels[...]), np.asarray(two.labels[...]))
+    # an array in memory: two threads, each with its own copy of the network
+    threads = segment_blockwise(load_default_model(2), load_sample().test_image, tmp_path / "threads.zarr",
+                                block_shape=(128, 128), value_range=ir(load_sample().test_image), workers=2)
+    assert np.array_equal(np.asarray(one.labels[...]), np.asarray(threads.labels[...]))
 
 
 def test_a_dask_distributed_cluster_runs_the_same_blocks(tmp_path):

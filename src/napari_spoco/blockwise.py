@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,19 @@ def _worker_model(path: str) -> SpocoModel:
     return _MODELS[path]
 
 
+_LOCAL = threading.local()
+
+
+def _thread_model(model: SpocoModel) -> SpocoModel:
+    """This thread's own copy of ``model``: embedding switches a network's memory format and
+    device while it runs, which threads sharing one network would do to each other."""
+    if getattr(_LOCAL, "source", None) is not model:
+        import copy
+
+        _LOCAL.source, _LOCAL.copy = model, copy.deepcopy(model)
+    return _LOCAL.copy
+
+
 @dataclass(frozen=True)
 class _Job:
     """Everything a block task needs, picklable: where to read, what to run, where to write."""
@@ -186,6 +200,7 @@ class _Job:
     device: str
     threads: int
     segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
+    model: SpocoModel | None = None  # in this process: the caller's model, not a copy from the file
 
 
 def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
@@ -196,7 +211,7 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     from .inference import prepare_image
     from .segmentation import _segment_prepared
 
-    model = _worker_model(job.model_path)
+    model = _thread_model(job.model) if job.model is not None else _worker_model(job.model_path)
     prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
@@ -508,14 +523,16 @@ def segment_blockwise(
     finished = False
     try:
         model_path = str(scratch / "model.spoco.pt")
-        if _segmenter is None:
+        prefer_threads = lazy.kind == "array"  # an array in memory is shared, not pickled per block
+        in_process = scheduler is None and (workers == 1 or prefer_threads)
+        if _segmenter is None and not in_process:  # worker processes load it from the file
             from .io import save_model
 
             save_model(model, model_path)
-        prefer_threads = lazy.kind == "array"  # an array in memory is shared, not pickled per block
         with Engine(workers, scheduler, prefer_threads=prefer_threads) as engine:
             job = _Job(model_path, lazy, str(out), str(scratch), config, value_range,
-                       tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter)
+                       tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter,
+                       model if in_process else None)
             done = engine.map(run_block, [(job, b) for b in blocks], progress)
             counts = {d["index"]: d["n"] for d in done}
             failed = {blocks[d["index"]].describe(): d["failed"] for d in done if d["failed"]}
