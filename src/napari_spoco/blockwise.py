@@ -80,11 +80,15 @@ def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
     return [b for b in blocks if b.index != block.index and _overlap(block.region, b.core) is not None]
 
 
-#: Pixels a block may read (core and halo), which bounds a worker's memory: about 0.9 GB for
-#: the network's tile plus about 160 bytes per voxel of the block in 3D (docs/benchmarks.md:
-#: regions of 60x320x320 peaked at 1.97 GB), so about 6.2 million voxels for 2 GB; in 2D
-#: 2048², which segments in about 0.6 GB.
-REGION_PIXELS = {2: 2048 * 2048, 3: 6_200_000}
+#: Pixels a block may read (core and halo), which bounds a worker's memory. In 3D a worker
+#: peaks while embedding, at about 0.5 GB of libraries, the network's tile (below) and about
+#: 70 bytes per voxel of the block (docs/benchmarks.md: a 60x301x301 block peaked at 1.7 GB
+#: in-process with 1.6 M-voxel tiles, and a 25-block run at 2.07 GB), so 4.5 M voxels with
+#: 1.2 M-voxel tiles to stay under 2 GB; in 2D 2048², which segments in about 0.6 GB.
+REGION_PIXELS = {2: 2048 * 2048, 3: 4_500_000}
+#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M): a forward pass
+#: needs about 550 bytes per voxel of its tile.
+BLOCK_TILE_VOXELS = {2: None, 3: 1_200_000}
 
 
 def _axis_options(n: int, halo: int) -> list[tuple[int, int, int]]:
@@ -215,11 +219,23 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
-                                        voxel_size=job.voxel_size, edges=edges))
+                                        voxel_size=job.voxel_size, edges=edges,
+                                        tile_voxels=BLOCK_TILE_VOXELS[model.config.ndim]))
 
 
 def _constant(data: np.ndarray) -> bool:
     return data.size > 0 and bool(np.all(data == data.flat[0]))
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS after a block (glibc keeps it otherwise, and a worker's
+    memory crept up by about 0.2 GB over a run of blocks); a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_block(job: _Job, block: Block) -> dict:
@@ -244,6 +260,7 @@ def run_block(job: _Job, block: Block) -> dict:
             reason = f"out of memory ({exc}); give a smaller --block-shape"
         except Exception as exc:  # noqa: BLE001 - reported per block, the others carry on
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    _release_memory()
     if reason is not None:
         return {"index": block.index, "n": 0, "failed": reason, "seconds": time.perf_counter() - t0}
     inner = block.core_in_region

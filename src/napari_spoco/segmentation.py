@@ -123,9 +123,11 @@ def _segment_prepared(
     _timing: dict | None = None,
     voxel_size: tuple[float, ...] | None = None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
+    tile_voxels: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
-    cubic voxels), in the image's pixels. ``edges``: :func:`napari_spoco.inference.embed`'s."""
+    cubic voxels), in the image's pixels. ``edges`` and ``tile_voxels`` (``max_tile_voxels``):
+    :func:`napari_spoco.inference.embed`'s."""
     from dataclasses import replace
 
     from .scaling import check_voxel_size, resize_image, resize_labels, scaled_shape
@@ -133,7 +135,7 @@ def _segment_prepared(
     factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
     if all(f == 1.0 for f in factors):
         return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing,
-                                         edges)
+                                         edges, tile_voxels)
     shape = image.shape
     config = config or ClusterConfig()
     volume = float(np.prod(factors))
@@ -147,7 +149,7 @@ def _segment_prepared(
     # resized, the image keeps the original's range: crops normalise like the whole
     small = PreparedImage(resize_image(image.data, scaled_shape(shape, factors)), image.value_range, image.channels)
     result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing,
-                                       edges)
+                                       edges, tile_voxels)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
     if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
@@ -169,6 +171,7 @@ def _segment_at_network_scale(
     return_embedding: bool,
     _timing: dict | None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
+    tile_voxels: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
@@ -191,7 +194,7 @@ def _segment_at_network_scale(
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
         emb = embed(model, block, device=device, with_teacher=config.method == "consistency",
-                    edges=_tile_edges(edges, region, spatial))
+                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
