@@ -87,8 +87,18 @@ def test_block_plan_partitions_the_image_on_a_regular_grid():
 
 
 def test_planned_cores_read_the_fewest_pixels_within_the_memory_budget():
-    # two cores per axis need a halo on one side only: 60x304x304 per block, not 3x3 cores of 171
-    assert plan_core_shape((60, 512, 512), (48, 48, 48)) == (60, 256, 256)
+    import itertools
+
+    def reads(shape, core, halo):  # pixels read by all blocks, and by the largest
+        sizes = [int(np.prod([s.stop - s.start for s in b.region])) for b in plan_blocks(shape, core, halo)]
+        return sum(sizes), max(sizes)
+
+    for shape in [(60, 512, 512), (30, 512, 512), (60, 1024, 1024)]:  # against every plan of up to 8 cores per axis
+        halo = (48, 48, 48)
+        best = min(r for parts in itertools.product(range(1, 9), repeat=3)
+                   for r in [reads(shape, [-(-n // p) for n, p in zip(shape, parts)], halo)]
+                   if r[1] <= REGION_PIXELS[3])
+        assert reads(shape, plan_core_shape(shape, halo), halo)[0] == best[0], shape
     for shape in [(60, 2048, 2048), (1000, 2048, 2048), (300, 700, 900), (4096, 4096), (520, 696)]:
         halo = (48,) * len(shape)
         core = plan_core_shape(shape, halo)

@@ -107,8 +107,8 @@ def _axis_options(n: int, halo: int) -> list[tuple[int, int, int]]:
 def plan_core_shape(shape: Sequence[int], halo: Sequence[int], block_shape: Sequence[int] | None = None) -> tuple[int, ...]:
     """The core shape (the output's chunks): ``block_shape`` as a cap, cores made equal along
     each axis; by default the cores that read the fewest pixels in all (halos are read twice)
-    while no block reads more than :data:`REGION_PIXELS`. A 60×512×512 volume thus gets 2×2
-    cores of 256 (each block reads 60×304×304), not 3×3 of 171 whose halos cost 2.4× the work."""
+    while no block reads more than :data:`REGION_PIXELS`. A 30×512×512 volume thus gets 2×2
+    cores of 256 (each block reads 30×304×304), not 3×3 of 171 whose halos cost more work."""
     if block_shape is not None:
         return tuple(int(math.ceil(n / math.ceil(n / min(int(c), n)))) for n, c in zip(shape, block_shape))
     budget = REGION_PIXELS[2 if len(shape) == 2 else 3]
