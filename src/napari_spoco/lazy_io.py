@@ -42,51 +42,22 @@ def is_zarr(path: str | os.PathLike) -> bool:
     return p.suffix.lower() == ZARR_SUFFIX or any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
 
 
-class ZarrSource:
-    """Regions of a zarr array on disk, opened on first use in each process."""
+class _PathArray:
+    """Regions of an array in a file, opened on first use in each process: pickles as its path."""
 
-    def __init__(self, path: str, array_path: str = ""):
-        self.path, self.array_path = str(path), array_path
-        self._array = None
-        a = self.array
-        self.shape, self.dtype, self.chunks = tuple(a.shape), np.dtype(a.dtype), tuple(a.chunks)
-
-    @property
-    def array(self):
-        if self._array is None:
-            self._array = _zarr().open_array(store=self.path, path=self.array_path or None, mode="r")
-        return self._array
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key) -> np.ndarray:
-        return np.asarray(self.array[key])
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_array"} | {"_array": None}
-
-
-class TiffSource:
-    """Regions of a TIFF's first series (full resolution), read through tifffile's zarr store:
-    tiles and strips are decoded only where a region needs them."""
-
-    def __init__(self, path: str):
-        self.path = str(path)
+    def __init__(self) -> None:
         self._array = None
         a = self.array
         self.shape, self.dtype = tuple(a.shape), np.dtype(a.dtype)
         self.chunks = tuple(getattr(a, "chunks", self.shape))
 
+    def _open(self):
+        raise NotImplementedError
+
     @property
     def array(self):
         if self._array is None:
-            import tifffile
-
-            store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
-            z = _zarr().open(store, mode="r")
-            self._array = z if hasattr(z, "shape") else z["0"]
+            self._array = self._open()
         return self._array
 
     @property
@@ -98,6 +69,33 @@ class TiffSource:
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_array"} | {"_array": None}
+
+
+class ZarrSource(_PathArray):
+    """Regions of a zarr array on disk."""
+
+    def __init__(self, path: str, array_path: str = ""):
+        self.path, self.array_path = str(path), array_path
+        super().__init__()
+
+    def _open(self):
+        return _zarr().open_array(store=self.path, path=self.array_path or None, mode="r")
+
+
+class TiffSource(_PathArray):
+    """Regions of a TIFF's first series (full resolution), read through tifffile's zarr store:
+    tiles and strips are decoded only where a region needs them."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        super().__init__()
+
+    def _open(self):
+        import tifffile
+
+        store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+        z = _zarr().open(store, mode="r")
+        return z if hasattr(z, "shape") else z["0"]
 
 
 @dataclass
