@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="foreground probability above which a pixel can belong to an object "
                     f"(default {CLUSTER.foreground_threshold})")
     pr.add_argument("--expand", type=NONNEG_INT, default=CLUSTER.expand, help="grow objects by this many pixels")
+    pr.add_argument("--no-shape-split", dest="shape_split", action="store_false",
+                    help="keep pieces whole that are far less convex than the painted objects (by default they are "
+                    "split at their necks where objects stand on background; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
@@ -622,7 +625,7 @@ def cmd_predict(args) -> int:
                          f"got {len(args.block_shape)}.")
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
-        foreground_threshold=args.foreground_threshold, expand=args.expand,
+        foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest)

@@ -39,6 +39,13 @@ class ClusterConfig:
     # docs/benchmarks.md; half the push margin 2δ_d that distinct neighbours are trained to keep).
     merge_distance: float = 2.0
     expand: int = 0
+    # Split pieces far less convex than the painted objects at the necks of their distance
+    # transform (shapes.py; docs/method.md, "Splitting merged objects by shape"). segment()
+    # fills object_size (median painted object, network pixels) and shape_reference (the
+    # painted objects' convexity) from the model; without them nothing is split.
+    shape_split: bool = True
+    object_size: float | None = None
+    shape_reference: float | None = None
     max_points: int = 10000
     n_seeds: int = 500
     hdbscan_min_cluster_size: int = 50
@@ -62,6 +69,11 @@ class ClusterConfig:
         check_field(self, "min_size", "a whole number >= 0, or None", whole=True, low=0, optional=True)
         check_field(self, "max_size", "a whole number >= 0, or None", whole=True, low=0, optional=True)
         check_field(self, "expand", "a whole number >= 0", whole=True, low=0)
+        check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
+        check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
+                    optional=True)
+        if not isinstance(self.shape_split, bool):
+            raise SpocoError(f"ClusterConfig.shape_split = {self.shape_split!r}: expected True or False.")
         for name in ("max_points", "n_seeds", "hdbscan_min_cluster_size", "hdbscan_max_points", "consistency_anchors"):
             check_field(self, name, "a whole number >= 1", whole=True, low=1)
         check_field(self, "consistency_iou", "a number in [0, 1]", low=0, high=1)
@@ -345,8 +357,14 @@ def cluster_embeddings(
         lab = np.where(lab == largest, -1, lab)
     result[flat_idx] = lab + 1
     labels = result.reshape(spatial)
+    from .shapes import applies
+
+    shape = None
+    if config.shape_split and foreground is not None and applies(flat_idx.size / labels.size,
+                                                                config.shape_reference, config.object_size):
+        shape = (config.shape_reference, config.object_size)
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance, config.max_size)
+                       embeddings, config.merge_distance, config.max_size, shape)
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -461,9 +479,11 @@ def postprocess(
     embeddings: np.ndarray | None = None,
     merge_distance: float = 0.0,
     max_size: int | None = None,
+    shape: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
-    similar mean embeddings, drop pieces over ``max_size`` (background), fold pieces under
+    similar mean embeddings, drop pieces over ``max_size`` (background), split pieces less convex
+    than ``shape = (reference solidity, object size)`` at their necks (shapes.py), fold pieces under
     ``min_size`` into their neighbour (or drop them), optionally grow instances by ``expand``
     pixels into the background, and relabel 1..N.
 
@@ -487,6 +507,10 @@ def postprocess(
         huge = sizes > max_size
         huge[0] = False
         labels = np.where(huge[labels], 0, labels)
+    if shape is not None and labels.max() > 0:
+        from .shapes import split_by_shape
+
+        labels = split_by_shape(labels, shape[0], shape[1], min_size)
     if min_size > 1 and labels.max() > 0:
         labels = absorb_small(labels, min_size)
         sizes = np.bincount(labels.ravel())

@@ -185,6 +185,11 @@ def _check_history(history: dict, damaged: str) -> None:
         isinstance(median, bool) or not isinstance(median, (int, float)) or not (0 < median < float("inf"))
     ):
         raise SpocoError(f"{damaged}: its object_size_median {median!r} is not a positive number.")
+    solid = history.get("object_solidity")
+    if solid is not None and (
+        isinstance(solid, bool) or not isinstance(solid, (int, float)) or not (0 < solid <= 1)
+    ):
+        raise SpocoError(f"{damaged}: its object_solidity {solid!r} is not a number in (0, 1].")
 
 
 def read_image(path: str | os.PathLike, keep_channels: bool = False) -> np.ndarray:

@@ -183,6 +183,9 @@ def _segment_at_network_scale(
     config = config or ClusterConfig()
     if config.min_size is None:
         config = replace(config, min_size=auto_min_size(model, ndim))
+    if config.object_size is None and config.shape_reference is None:
+        config = replace(config, object_size=model.history.get("object_size_median"),
+                         shape_reference=model.history.get("object_solidity"))
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))

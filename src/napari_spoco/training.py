@@ -24,6 +24,7 @@ from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .scaling import check_scale, check_voxel_size, training_scale
+from .shapes import painted_solidity
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
 #: switches it off to measure by how much).
@@ -414,6 +415,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     sizes = [int((d.objects[box] == i).sum()) for d in data for i, box in enumerate(d.boxes, start=1)]
     if sizes:  # self-supervised runs keep what the model knew about object sizes
         model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
+        # how convex the painted objects are: segment() splits far less convex pieces (shapes.py)
+        model.history["object_solidity"] = painted_solidity([d.objects for d in data])
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     if not self_supervised:  # set before the first step: previews segment with the predictor

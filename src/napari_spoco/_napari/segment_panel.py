@@ -69,6 +69,13 @@ class SegmentPanel(QGroupBox):
         self.min_size_spin.setSpecialValueText("auto")
         self.min_size_spin.setToolTip("Smaller pieces are merged into a neighbour or dropped (auto: from painted sizes).")
         form.addRow("Min size (px)", self.min_size_spin)
+        self.shape_check = QCheckBox("Split merged objects by shape")
+        self.shape_check.setChecked(defaults.shape_split)
+        self.shape_check.setToolTip(
+            "Pieces far less convex than the objects you painted are cut at their necks, where objects "
+            "stand on background (not in tissue that fills the image)."
+        )
+        form.addRow(self.shape_check)
         self.embedding_check = QCheckBox("Also show embeddings (PCA → RGB)")
         form.addRow(self.embedding_check)
         row = QHBoxLayout()
@@ -108,6 +115,7 @@ class SegmentPanel(QGroupBox):
             method=self.method_box.currentText(),
             bandwidth=float(self.bandwidth_spin.value()),
             min_size=min_size if min_size > 0 else None,
+            shape_split=self.shape_check.isChecked(),
         )
 
     def start_segmentation(self) -> None:

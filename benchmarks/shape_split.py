@@ -1,0 +1,126 @@
+"""Splitting merged objects by shape: the same trained models segmented with and without it.
+
+Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
+segments each data set's held-out images with ``shape_split`` on and off, and prints AP50 side by
+side with what went wrong: true objects merged with another, split, missed, and predicted
+objects over background. Models trained before the painted objects' convexity was recorded get
+it from the same painted labels (``data.painted(fraction, seed)``), at the model's pixel scale,
+as ``train`` records it. The fraction of the image the foreground head calls foreground is
+printed too (the split applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
+
+Usage:  python benchmarks/shape_split.py --models DIR [--seeds 0 1 2] [--datasets ...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import sparse_accuracy as sa  # noqa: E402
+
+from napari_spoco import evaluate, segment  # noqa: E402
+from napari_spoco.clustering import ClusterConfig  # noqa: E402
+from napari_spoco.io import load_model  # noqa: E402
+from napari_spoco.metrics import _overlaps  # noqa: E402
+
+
+def anatomy(gt: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """Unmatched true objects (IoU ≤ 0.5) as merged (mostly inside a prediction that also holds
+    another true object), split, or missed (mostly not predicted); unmatched predictions lying
+    mostly over background."""
+    inter, gs, ps = _overlaps(gt, pred)
+    iou = inter / np.maximum(gs[:, None] + ps[None, :] - inter, 1)
+    out = {"merged": 0, "split": 0, "missed": 0, "false": 0}
+    for i in range(len(gs)):
+        if (iou[i] > 0.5).any():
+            continue
+        if inter[i].sum() < 0.5 * gs[i]:
+            out["missed"] += 1
+            continue
+        j = int(inter[i].argmax())
+        others = np.delete(inter[:, j], i)
+        if inter[i, j] >= 0.5 * gs[i] and (others >= 0.3 * np.delete(gs, i)).any():
+            out["merged"] += 1
+        else:
+            out["split"] += 1
+    out["false"] = int(sum(1 for j in range(len(ps)) if not (iou[:, j] > 0.5).any() and inter[:, j].sum() < 0.5 * ps[j]))
+    return out
+
+
+def convexity(model, data: sa.Data, seed: int, fraction: float) -> float | None:
+    """What ``train`` records from these painted objects (at the model's pixel scale)."""
+    from napari_spoco.scaling import resize_labels, scaled_shape
+    from napari_spoco.shapes import painted_solidity
+
+    painted = data.painted(fraction, seed)
+    scale = model.pixel_scale
+    if scale != 1.0:
+        painted = [resize_labels(p, scaled_shape(p.shape, (scale,) * p.ndim)) for p in painted]
+    return painted_solidity(painted)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", required=True, type=Path, help="--save-dir of sparse_accuracy.py")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for split in sa.splits():
+        if args.datasets and split.name not in args.datasets:
+            continue
+        data = None
+        for seed in args.seeds:
+            path = args.models / f"{split.name}_seed{seed}.spoco.pt"
+            if not path.is_file():
+                continue
+            data = data or sa.Data(split, features=False)
+            model = load_model(path)
+            if model.history.get("object_solidity") is None:
+                model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
+            row = {"dataset": split.name, "seed": seed, "reference": model.history["object_solidity"]}
+            for name, on in (("without", False), ("with", True)):
+                scores, errors, fg = [], {}, []
+                for _, img, gt in data.tests:
+                    pred, emb = segment(model, img, device="cpu", config=replace(ClusterConfig(), shape_split=on),
+                                        return_embedding=True)
+                    scores.append(evaluate(gt, pred)["AP50"])
+                    fg.append(float((emb.foreground >= 0.5).mean()))
+                    for k, v in anatomy(gt, pred).items():
+                        errors[k] = errors.get(k, 0) + v
+                row[name] = {"AP50": float(np.mean(scores)), **errors}
+                row["foreground"] = float(np.mean(fg))
+            rows.append(row)
+            w, s = row["without"], row["with"]
+            print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
+                  f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  merged {w['merged']} -> {s['merged']}  "
+                  f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
+    print("\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with | with − without | merged | split |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == name]
+        d = [r["with"]["AP50"] - r["without"]["AP50"] for r in rs]
+        print(f"| {name} | {min(r['reference'] for r in rs):.2f}–{max(r['reference'] for r in rs):.2f} "
+              f"| {np.mean([r['foreground'] for r in rs]):.2f} "
+              f"| {np.mean([r['without']['AP50'] for r in rs]):.3f} | {np.mean([r['with']['AP50'] for r in rs]):.3f} "
+              f"| {np.mean(d):+.3f} ({min(d):+.3f} … {max(d):+.3f}) "
+              f"| {sum(r['without']['merged'] for r in rs)} → {sum(r['with']['merged'] for r in rs)} "
+              f"| {sum(r['without']['split'] for r in rs)} → {sum(r['with']['split'] for r in rs)} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Splitting merged objects by shape (shapes.py): what is split, what is kept, and when it applies."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.clustering import ClusterConfig, cluster_embeddings
+from napari_spoco.errors import SpocoError
+from napari_spoco.shapes import object_radius, painted_solidity, solidity, split_by_shape
+
+
+def disc(shape, centre, radius):
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def pair(shape, ndim_offset=0):
+    """Two discs (balls) of radius 10 whose centres are 17 px apart: touching, with a neck."""
+    c = [s // 2 for s in shape]
+    a, b = list(c), list(c)
+    a[-1] -= 8 + ndim_offset
+    b[-1] += 9
+    return disc(shape, a, 10), disc(shape, b, 10)
+
+
+def test_solidity_of_a_box_a_disc_and_a_merged_pair():
+    box = np.zeros((20, 30), bool)
+    box[5:15, 5:25] = True
+    assert solidity(box) == pytest.approx(1.0)
+    assert solidity(disc((40, 40), (20, 20), 12)) > 0.93
+    a, b = pair((40, 80))
+    assert solidity(a | b) < 0.9
+
+
+def test_a_merged_pair_is_split_in_two_and_single_objects_are_kept(ndim=2):
+    shape = (48, 96) if ndim == 2 else (32, 32, 64)
+    a, b = pair(shape)
+    size = float(a.sum())
+    labels = np.zeros(shape, np.int64)
+    labels[a | b] = 1
+    out = split_by_shape(labels, reference=0.93, object_size=size, min_size=int(0.15 * size))
+    ids = [i for i in np.unique(out) if i]
+    assert len(ids) == 2
+    for obj in (a, b):  # each part is one of the discs, near enough
+        best = max((out == i)[obj].sum() / ((out == i) | obj).sum() for i in ids)
+        assert best > 0.85
+
+    ellipse = np.zeros(shape, np.int64)  # one elongated, convex object: no neck, no cut
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    c = [s // 2 for s in shape]
+    ellipse[sum(((g - cc) / r) ** 2 for g, cc, r in zip(grid, c, [8] * (ndim - 1) + [30])) <= 1] = 4
+    out = split_by_shape(ellipse, reference=0.93, object_size=size, min_size=int(0.15 * size))
+    assert set(np.unique(out)) == {0, 4}
+
+
+def test_a_merged_pair_of_balls_is_split_in_3d():
+    test_a_merged_pair_is_split_in_two_and_single_objects_are_kept(ndim=3)
+
+
+def test_a_piece_as_convex_as_the_painted_objects_is_kept():
+    a, b = pair((48, 96))
+    labels = (a | b).astype(np.int64)
+    # painted objects this irregular set a reference below the pair's convexity: no cut
+    out = split_by_shape(labels, reference=0.6, object_size=float(a.sum()), min_size=20)
+    assert set(np.unique(out)) == {0, 1}
+
+
+def test_painted_solidity_is_a_low_percentile_of_the_painted_objects():
+    lab = np.zeros((60, 120), np.int32)
+    for k, x in enumerate(range(15, 120, 30), start=1):
+        lab[disc(lab.shape, (30, x), 10)] = k
+    assert painted_solidity([lab]) > 0.9
+    assert painted_solidity([np.zeros((10, 10), np.int32)]) is None
+    assert object_radius(np.pi * 100, 2) == pytest.approx(10)
+
+
+def clustered(shape, fg_mask, **kw):
+    """One embedding for every pixel (mean-shift finds one cluster), foreground = fg_mask."""
+    emb = np.zeros((4,) + shape, np.float32)
+    return cluster_embeddings(emb, fg_mask.astype(np.float32), ClusterConfig(min_size=20, **kw))
+
+
+def test_clustering_splits_by_shape_only_with_the_models_reference_and_on_background():
+    a, b = pair((96, 160))
+    size = float(a.sum())
+    kw = dict(object_size=size, shape_reference=0.93)
+    assert clustered((96, 160), a | b).max() == 1  # no reference: as before
+    assert clustered((96, 160), a | b, **kw).max() == 2
+    assert clustered((96, 160), a | b, shape_split=False, **kw).max() == 1
+    # the same pair filling most of a small image: objects tile it, necks are no evidence
+    a2, b2 = pair((22, 40))
+    assert (a2 | b2).mean() > 0.5
+    assert clustered((22, 40), a2 | b2, **kw).max() == 1
+    assert split_by_shape((a2 | b2).astype(np.int64), 0.93, size, 20).max() == 2  # the gate, not the shape
+
+
+def test_cluster_config_refuses_unusable_shape_settings():
+    with pytest.raises(SpocoError, match="shape_reference"):
+        ClusterConfig(shape_reference=1.5)
+    with pytest.raises(SpocoError, match="object_size"):
+        ClusterConfig(object_size=-3)
+    with pytest.raises(SpocoError, match="shape_split"):
+        ClusterConfig(shape_split="yes")
+
+
+def test_training_records_the_painted_convexity_and_segment_uses_it(tmp_path):
+    from napari_spoco import TrainConfig, segment, train
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.1, 0.02, (96, 96)).astype(np.float32)
+    sparse = np.zeros((96, 96), np.int32)
+    for k, (y, x) in enumerate([(24, 24), (24, 70), (70, 46)], start=1):
+        d = disc(image.shape, (y, x), 10)
+        image[d] = 1.0
+        sparse[d] = k
+    model = train([image], [sparse], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                  model_config=ModelConfig(base_features=8, depth=2))
+    assert 0.9 < model.history["object_solidity"] <= 1.0
+    loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
+    assert loaded.history["object_solidity"] == model.history["object_solidity"]
+    seen = {}
+    import napari_spoco.segmentation as segmentation
+
+    real = segmentation.cluster_embeddings
+
+    def spy(embeddings, foreground, config, *rest):
+        seen["config"] = config
+        return real(embeddings, foreground, config, *rest)
+
+    segmentation.cluster_embeddings = spy
+    try:
+        segment(loaded, image, device="cpu")
+    finally:
+        segmentation.cluster_embeddings = real
+    assert seen["config"].shape_reference == loaded.history["object_solidity"]
+    assert seen["config"].object_size == loaded.history["object_size_median"]
+
+
+def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    model = SpocoModel.new(ModelConfig(base_features=4, depth=2))
+    model.history["object_solidity"] = 3.0
+    path = save_model(model, tmp_path / "m.spoco.pt")
+    with pytest.raises(SpocoError, match="object_solidity"):
+        load_model(path)
