@@ -73,8 +73,9 @@ def applies(foreground_fraction: float, reference: float | None, object_size: fl
 def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int) -> np.ndarray:
     """Split each piece less convex than ``reference`` by a watershed of its own (smoothed)
     distance transform, from peaks at least one painted radius apart (``object_size``: the median
-    painted object, in pixels). Pieces with one peak, and parts under ``min_size``, stay whole.
-    Returns new labels (ids not sequential)."""
+    painted object, in pixels). A piece with one peak, or whose cut would not give two parts of
+    at least ``min_size``, stays whole; smaller parts of a cut are left for the caller to fold
+    into a neighbour. Returns new labels (ids not sequential)."""
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
