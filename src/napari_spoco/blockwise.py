@@ -37,6 +37,7 @@ from .clustering import ClusterConfig
 from .errors import SpocoError
 from .lazy_io import LazyImage, create_label_store, open_label_store, remove_store
 from .model import SpocoModel
+from .shapes import object_radius
 
 LINK_IOU = 0.5  # pieces of one object agree this well in the strip two blocks share
 
@@ -139,7 +140,7 @@ def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
     network pixels, converted to image pixels by the axis' factor (model.network_factors)."""
     ndim = model.config.ndim
     median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
-    diameter = 2.0 * (median / np.pi) ** 0.5 if ndim == 2 else 2.0 * (3.0 * median / (4.0 * np.pi)) ** (1 / 3)
+    diameter = 2.0 * object_radius(median, ndim)
     net = int(min(64, max(16, model.config.receptive_radius + diameter)))
     return tuple(int(math.ceil(net / f)) for f in factors)
 

@@ -13,6 +13,7 @@ from .errors import SpocoError
 from .inference import Embedding, PreparedImage, embed, prepare_image
 from .label_dtypes import as_label_image
 from .model import SpocoModel
+from .shapes import object_radius
 
 
 def auto_min_size(model: SpocoModel, ndim: int) -> int:
@@ -44,7 +45,7 @@ def object_halo(model: SpocoModel, ndim: int) -> int:
     claimed by a tile (centre within half a halo of its core) lies whole inside the tile and
     away from its border effects; at most 256 pixels."""
     median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
-    diameter = 2.0 * (median / np.pi) ** 0.5 if ndim == 2 else 2.0 * (3.0 * median / (4.0 * np.pi)) ** (1 / 3)
+    diameter = 2.0 * object_radius(median, ndim)
     return int(min(256, max(4 * diameter, diameter + 2 * model.config.receptive_radius)))
 
 
