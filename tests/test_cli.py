@@ -102,10 +102,13 @@ def test_predict_puts_the_method_in_the_cluster_config(folders, monkeypatch):
                  "--out", str(folders / "pred"), "--method", "hdbscan", "--bandwidth", "0.7"]) == 0
     (method, config), = seen
     assert method is None and (config.method, config.bandwidth) == ("hdbscan", 0.7)
-    assert config.shape_split  # on by default
+    assert config.shape_split and config.boundary_merge  # on by default
     assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
                  "--out", str(folders / "pred2"), "--no-shape-split"]) == 0
-    assert seen[-1][1].shape_split is False
+    assert seen[-1][1].shape_split is False and seen[-1][1].boundary_merge
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred3"), "--no-boundary-merge"]) == 0
+    assert seen[-1][1].boundary_merge is False and seen[-1][1].shape_split
 
 
 def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):

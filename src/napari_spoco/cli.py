@@ -138,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-shape-split", dest="shape_split", action="store_false",
                     help="keep pieces whole that are far less convex than the painted objects (by default they are "
                     "split at their necks where objects stand on background; docs/method.md)")
+    pr.add_argument("--no-boundary-merge", dest="boundary_merge", action="store_false",
+                    help="keep touching pieces apart even where the foreground head sees no boundary between them "
+                    "(by default they are one object; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
@@ -626,6 +629,7 @@ def cmd_predict(args) -> int:
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
+        boundary_merge=args.boundary_merge,
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest)

@@ -38,6 +38,11 @@ class ClusterConfig:
     # δ_d: touching pieces whose mean embeddings are closer than this are one object (measured:
     # docs/benchmarks.md; half the push margin 2δ_d that distinct neighbours are trained to keep).
     merge_distance: float = 2.0
+    # Touching pieces whose contact the foreground head calls as foreground as their insides
+    # (within boundary_tolerance) are one object: nothing the network learned separates them
+    # (boundaries.py; docs/method.md, "Merging pieces with no boundary between them").
+    boundary_merge: bool = True
+    boundary_tolerance: float = 0.05
     expand: int = 0
     # Split pieces far less convex than the painted objects at the necks of their distance
     # transform (shapes.py; docs/method.md, "Splitting merged objects by shape"). segment()
@@ -72,8 +77,10 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
                     optional=True)
-        if not isinstance(self.shape_split, bool):
-            raise SpocoError(f"ClusterConfig.shape_split = {self.shape_split!r}: expected True or False.")
+        for name in ("shape_split", "boundary_merge"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
+        check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
         for name in ("max_points", "n_seeds", "hdbscan_min_cluster_size", "hdbscan_max_points", "consistency_anchors"):
             check_field(self, name, "a whole number >= 1", whole=True, low=1)
         check_field(self, "consistency_iou", "a number in [0, 1]", low=0, high=1)
@@ -363,8 +370,9 @@ def cluster_embeddings(
     if config.shape_split and foreground is not None and applies(flat_idx.size / labels.size,
                                                                 config.shape_reference, config.object_size):
         shape = (config.shape_reference, config.object_size)
+    boundary = (foreground, config.boundary_tolerance) if config.boundary_merge and foreground is not None else None
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance, config.max_size, shape)
+                       embeddings, config.merge_distance, config.max_size, shape, boundary)
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -480,12 +488,14 @@ def postprocess(
     merge_distance: float = 0.0,
     max_size: int | None = None,
     shape: tuple[float, float] | None = None,
+    boundary: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
-    similar mean embeddings, drop pieces over ``max_size`` (background), split pieces less convex
-    than ``shape = (reference solidity, object size)`` at their necks (shapes.py), fold pieces under
-    ``min_size`` into their neighbour (or drop them), optionally grow instances by ``expand``
-    pixels into the background, and relabel 1..N.
+    similar mean embeddings, drop pieces over ``max_size`` (background), merge touching pieces
+    with no boundary between them in ``boundary = (foreground probability, tolerance)``
+    (boundaries.py), split pieces less convex than ``shape = (reference solidity, object size)``
+    at their necks (shapes.py), fold pieces under ``min_size`` into their neighbour (or drop
+    them), optionally grow instances by ``expand`` pixels into the background, and relabel 1..N.
 
     The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
     gives look-alike objects far apart the same embedding, so one cluster can hold dozens of
@@ -507,6 +517,10 @@ def postprocess(
         huge = sizes > max_size
         huge[0] = False
         labels = np.where(huge[labels], 0, labels)
+    if boundary is not None and labels.max() > 1:
+        from .boundaries import merge_unseparated
+
+        labels = merge_unseparated(labels, boundary[0], boundary[1])
     if shape is not None and labels.max() > 0:
         from .shapes import split_by_shape
 

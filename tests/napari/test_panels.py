@@ -118,11 +118,15 @@ def test_the_segment_panel_sends_its_settings_as_one_cluster_config(spoco, tiny_
     panel.method_box.setCurrentText("hdbscan")
     panel.bandwidth_spin.setValue(0.7)
     assert panel.shape_check.isChecked()  # the shape split is on by default, as in the library
+    assert panel.boundary_check.isChecked()  # so is the merge of pieces with no boundary between them
     panel.shape_check.setChecked(False)
     panel.segment_btn.click()
     (method, config), = seen
     assert method is None and (config.method, config.bandwidth) == ("hdbscan", 0.7)
-    assert config.shape_split is False
+    assert config.shape_split is False and config.boundary_merge
+    panel.boundary_check.setChecked(False)
+    panel.segment_btn.click()
+    assert seen[-1][1].boundary_merge is False
 
 
 def _names(picker):

@@ -76,6 +76,13 @@ class SegmentPanel(QGroupBox):
             "stand on background (not in tissue that fills the image)."
         )
         form.addRow(self.shape_check)
+        self.boundary_check = QCheckBox("Merge pieces with no boundary between them")
+        self.boundary_check.setChecked(defaults.boundary_merge)
+        self.boundary_check.setToolTip(
+            "Touching pieces are one object where the foreground map shows no boundary (membrane, dark rim) "
+            "along their contact."
+        )
+        form.addRow(self.boundary_check)
         self.embedding_check = QCheckBox("Also show embeddings (PCA → RGB)")
         form.addRow(self.embedding_check)
         row = QHBoxLayout()
@@ -116,6 +123,7 @@ class SegmentPanel(QGroupBox):
             bandwidth=float(self.bandwidth_spin.value()),
             min_size=min_size if min_size > 0 else None,
             shape_split=self.shape_check.isChecked(),
+            boundary_merge=self.boundary_check.isChecked(),
         )
 
     def start_segmentation(self) -> None:

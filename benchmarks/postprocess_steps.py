@@ -1,14 +1,17 @@
-"""Splitting merged objects by shape: the same trained models segmented with and without it.
+"""One post-processing step (the shape split, the boundary merge): the same trained models
+segmented with and without it.
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
-segments each data set's held-out images with ``shape_split`` on and off, and prints AP50 side by
-side with what went wrong: true objects merged with another, split, missed, and predicted
-objects over background. Models trained before the painted objects' convexity was recorded get
-it from the same painted labels (``data.painted(fraction, seed)``), at the model's pixel scale,
-as ``train`` records it. The fraction of the image the foreground head calls foreground is
-printed too (the split applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
+segments each data set's held-out images with the step (``--step``, a ClusterConfig switch) on
+and off, everything else at its default, and prints AP50 side by side with what went wrong: true
+objects merged with another, split, missed, and predicted objects over background. Models
+trained before the painted objects' convexity was recorded get it from the same painted labels
+(``data.painted(fraction, seed)``), at the model's pixel scale, as ``train`` records it. The
+fraction of the image the foreground head calls foreground is printed too (the shape split
+applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
-Usage:  python benchmarks/shape_split.py --models DIR [--seeds 0 1 2] [--datasets ...] [--json FILE]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge]
+            [--seeds 0 1 2] [--datasets ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--step", default="shape_split", choices=["shape_split", "boundary_merge"],
+                        help="the ClusterConfig switch turned off for the 'without' column")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
@@ -89,12 +94,13 @@ def main() -> int:
             model = load_model(path)
             if model.history.get("object_solidity") is None:
                 model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
-            row = {"dataset": split.name, "seed": seed, "reference": model.history["object_solidity"]}
+            row = {"dataset": split.name, "seed": seed, "step": args.step,
+                   "reference": model.history["object_solidity"]}
             for name, on in (("without", False), ("with", True)):
                 scores, errors, fg = [], {}, []
                 for _, img, gt in data.tests:
-                    pred, emb = segment(model, img, device="cpu", config=replace(ClusterConfig(), shape_split=on),
-                                        return_embedding=True)
+                    config = replace(ClusterConfig(), **{args.step: on})
+                    pred, emb = segment(model, img, device="cpu", config=config, return_embedding=True)
                     scores.append(evaluate(gt, pred)["AP50"])
                     fg.append(float((emb.foreground >= 0.5).mean()))
                     for k, v in anatomy(gt, pred).items():
@@ -106,7 +112,8 @@ def main() -> int:
             print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
                   f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  merged {w['merged']} -> {s['merged']}  "
                   f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
-    print("\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with | with − without | merged | split |")
+    print(f"\n{args.step}:\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with "
+          "| with − without | merged | split |")
     print("|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]

@@ -1,0 +1,78 @@
+"""Merging touching pieces with no boundary between them (boundaries.py)."""
+
+import numpy as np
+import pytest
+
+from napari_spoco.boundaries import contact_foreground, merge_unseparated
+from napari_spoco.clustering import ClusterConfig, cluster_embeddings
+from napari_spoco.errors import SpocoError
+
+
+def two_halves(shape=(40, 60)):
+    """A box cut in two halves (ids 1 and 2), on background."""
+    labels = np.zeros(shape, np.int64)
+    labels[10:30, 10:30] = 1
+    labels[10:30, 30:50] = 2
+    return labels
+
+
+def test_contact_foreground_is_the_mean_of_the_lower_side_along_the_contact():
+    labels = two_halves()
+    fg = np.full(labels.shape, 0.9)
+    fg[:, 29] = 0.3  # the last column of piece 1: a dark seam
+    pairs, contact = contact_foreground(labels, fg)
+    assert pairs.tolist() == [[1, 2]]
+    assert contact[0] == pytest.approx(0.3)
+    assert contact_foreground(np.zeros((5, 5), int), np.ones((5, 5)))[0].shape == (0, 2)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_halves_without_a_boundary_merge_and_with_one_stay_apart(ndim):
+    labels = two_halves()
+    if ndim == 3:
+        labels = np.stack([labels] * 4)
+    fg = np.full(labels.shape, 0.9)
+    merged = merge_unseparated(labels, fg, tolerance=0.05)
+    assert set(np.unique(merged)) == {0, 1} and (merged > 0).sum() == (labels > 0).sum()
+    seam = fg.copy()
+    seam[..., 29:31] = 0.7  # a contact 0.2 darker than the insides: a boundary the head has seen
+    assert np.array_equal(merge_unseparated(labels, seam, tolerance=0.05), labels)
+    assert set(np.unique(merge_unseparated(labels, seam, tolerance=0.25))) == {0, 1}  # within tolerance
+
+
+def test_chains_of_touching_pieces_take_one_id_and_others_are_untouched():
+    labels = np.zeros((20, 80), np.int64)
+    for i in range(4):  # 1|2|3 touch in a row; 4 stands apart
+        labels[5:15, 5 + 15 * i: 20 + 15 * i] = i + 1
+    labels[5:15, 50:65] = 0
+    labels[5:15, 66:76] = 4
+    out = merge_unseparated(labels, np.ones(labels.shape), 0.05)
+    assert set(np.unique(out[labels > 0][labels[labels > 0] < 4])) == {1}
+    assert set(np.unique(out[labels == 4])) == {4}
+
+
+def embedding_split_in_two(shape=(64, 64)):
+    """One square object whose embedding jumps across its middle (farther apart than δ_d): mean-shift
+    and the embedding merge leave two pieces."""
+    emb = np.zeros((2,) + shape, np.float32)
+    emb[0, :, 32:] = 3.0
+    fg = np.zeros(shape, np.float32)
+    fg[16:48, 16:48] = 0.95
+    return emb, fg
+
+
+def test_segmentation_merges_an_object_cut_by_its_embedding_unless_turned_off():
+    emb, fg = embedding_split_in_two()
+    kw = dict(min_size=4, shape_split=False)
+    assert cluster_embeddings(emb, fg, ClusterConfig(**kw)).max() == 1
+    assert cluster_embeddings(emb, fg, ClusterConfig(boundary_merge=False, **kw)).max() == 2
+    dark = fg.copy()
+    dark[16:48, 31:33] = 0.6  # the head marks the contact: two objects
+    assert cluster_embeddings(emb, dark, ClusterConfig(**kw)).max() == 2
+
+
+def test_config_refuses_unusable_values():
+    with pytest.raises(SpocoError, match="boundary_merge"):
+        ClusterConfig(boundary_merge="no")
+    with pytest.raises(SpocoError, match="boundary_tolerance"):
+        ClusterConfig(boundary_tolerance=-0.1)
