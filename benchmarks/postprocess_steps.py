@@ -97,20 +97,22 @@ def main() -> int:
             row = {"dataset": split.name, "seed": seed, "step": args.step,
                    "reference": model.history["object_solidity"]}
             for name, on in (("without", False), ("with", True)):
-                scores, errors, fg = [], {}, []
+                scores, maps, errors, fg = [], [], {}, []
                 for _, img, gt in data.tests:
                     config = replace(ClusterConfig(), **{args.step: on})
                     pred, emb = segment(model, img, device="cpu", config=config, return_embedding=True)
-                    scores.append(evaluate(gt, pred)["AP50"])
+                    score = evaluate(gt, pred)
+                    scores.append(score["AP50"])
+                    maps.append(score["mAP"])
                     fg.append(float((emb.foreground >= 0.5).mean()))
                     for k, v in anatomy(gt, pred).items():
                         errors[k] = errors.get(k, 0) + v
-                row[name] = {"AP50": float(np.mean(scores)), **errors}
+                row[name] = {"AP50": float(np.mean(scores)), "mAP": float(np.mean(maps)), **errors}
                 row["foreground"] = float(np.mean(fg))
             rows.append(row)
             w, s = row["without"], row["with"]
             print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
-                  f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  merged {w['merged']} -> {s['merged']}  "
+                  f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  mAP {w['mAP']:.3f} -> {s['mAP']:.3f}  merged {w['merged']} -> {s['merged']}  "
                   f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
     print(f"\n{args.step}:\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with "
           "| with − without | merged | split |")
