@@ -1,4 +1,4 @@
-"""One post-processing step (the shape split, the boundary merge): the same trained models
+"""One post-processing step (the shape split, the boundary merge, the calibrated edge): the same trained models
 segmented with and without it.
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
@@ -6,11 +6,11 @@ segments each data set's held-out images with the step (``--step``, a ClusterCon
 and off, everything else at its default, and prints AP50 side by side with what went wrong: true
 objects merged with another, split, missed, and predicted objects over background. Models
 trained before the painted objects' convexity was recorded get it from the same painted labels
-(``data.painted(fraction, seed)``), at the model's pixel scale, as ``train`` records it. The
+(``data.painted(fraction, seed)``), at the model's pixel scale, as ``train`` records it, and likewise the edge growth (edges.py). The
 fraction of the image the foreground head calls foreground is printed too (the shape split
 applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
 """
 
@@ -71,13 +71,25 @@ def convexity(model, data: sa.Data, seed: int, fraction: float) -> float | None:
     return painted_solidity(painted)
 
 
+def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
+    """What ``train`` records at its end (edges.py), from these painted objects."""
+    from napari_spoco.data import prepare_training_data
+    from napari_spoco.edges import edge_expand
+
+    prepared = prepare_training_data(data.train_images, data.painted(fraction, seed), scale=model.pixel_scale,
+                                     voxel_size=model.voxel_size)
+    grow, scores = edge_expand(model, prepared, seed=seed)
+    print(f"   edge calibration of seed {seed}: grow {grow} ({scores})", flush=True)
+    return grow
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, type=Path, help="--save-dir of sparse_accuracy.py")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--step", default="shape_split", choices=["shape_split", "boundary_merge"],
+    parser.add_argument("--step", default="shape_split", choices=["shape_split", "boundary_merge", "calibrated_edge"],
                         help="the ClusterConfig switch turned off for the 'without' column")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -94,20 +106,24 @@ def main() -> int:
             model = load_model(path)
             if model.history.get("object_solidity") is None:
                 model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
+            if model.history.get("edge_expand") is None:
+                model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
             row = {"dataset": split.name, "seed": seed, "step": args.step,
                    "reference": model.history["object_solidity"]}
             for name, on in (("without", False), ("with", True)):
-                scores, maps, errors, fg = [], [], {}, []
+                scores, maps, sbds, errors, fg = [], [], [], {}, []
                 for _, img, gt in data.tests:
                     config = replace(ClusterConfig(), **{args.step: on})
                     pred, emb = segment(model, img, device="cpu", config=config, return_embedding=True)
                     score = evaluate(gt, pred)
                     scores.append(score["AP50"])
                     maps.append(score["mAP"])
+                    sbds.append(score["SBD"])
                     fg.append(float((emb.foreground >= 0.5).mean()))
                     for k, v in anatomy(gt, pred).items():
                         errors[k] = errors.get(k, 0) + v
-                row[name] = {"AP50": float(np.mean(scores)), "mAP": float(np.mean(maps)), **errors}
+                row[name] = {"AP50": float(np.mean(scores)), "mAP": float(np.mean(maps)),
+                             "SBD": float(np.mean(sbds)), **errors}
                 row["foreground"] = float(np.mean(fg))
             rows.append(row)
             w, s = row["without"], row["with"]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_spoco.boundaries import applies as boundaries_apply
 from napari_spoco.boundaries import contact_foreground, merge_unseparated
 from napari_spoco.clustering import ClusterConfig, cluster_embeddings
 from napari_spoco.errors import SpocoError
@@ -51,24 +52,32 @@ def test_chains_of_touching_pieces_take_one_id_and_others_are_untouched():
     assert set(np.unique(out[labels == 4])) == {4}
 
 
-def embedding_split_in_two(shape=(64, 64)):
+def embedding_split_in_two(shape=(64, 64), box=slice(4, 60)):
     """One square object whose embedding jumps across its middle (farther apart than δ_d): mean-shift
-    and the embedding merge leave two pieces."""
+    and the embedding merge leave two pieces. With the default box it fills most of the image."""
     emb = np.zeros((2,) + shape, np.float32)
     emb[0, :, 32:] = 3.0
     fg = np.zeros(shape, np.float32)
-    fg[16:48, 16:48] = 0.95
+    fg[box, box] = 0.95
     return emb, fg
 
 
-def test_segmentation_merges_an_object_cut_by_its_embedding_unless_turned_off():
+def test_segmentation_merges_an_object_cut_by_its_embedding_where_objects_fill_the_image():
     emb, fg = embedding_split_in_two()
+    assert (fg > 0.5).mean() > 0.5
     kw = dict(min_size=4, shape_split=False)
     assert cluster_embeddings(emb, fg, ClusterConfig(**kw)).max() == 1
     assert cluster_embeddings(emb, fg, ClusterConfig(boundary_merge=False, **kw)).max() == 2
     dark = fg.copy()
-    dark[16:48, 31:33] = 0.6  # the head marks the contact: two objects
+    dark[4:60, 31:33] = 0.6  # the head marks the contact: two objects
     assert cluster_embeddings(emb, dark, ClusterConfig(**kw)).max() == 2
+
+
+def test_objects_on_background_are_left_to_the_embedding_and_the_shape():
+    emb, fg = embedding_split_in_two(box=slice(16, 48))
+    assert (fg > 0.5).mean() < 0.5
+    assert not boundaries_apply(0.3) and boundaries_apply(0.7)
+    assert cluster_embeddings(emb, fg, ClusterConfig(min_size=4, shape_split=False)).max() == 2
 
 
 def test_config_refuses_unusable_values():

@@ -109,6 +109,10 @@ def test_predict_puts_the_method_in_the_cluster_config(folders, monkeypatch):
     assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
                  "--out", str(folders / "pred3"), "--no-boundary-merge"]) == 0
     assert seen[-1][1].boundary_merge is False and seen[-1][1].shape_split
+    assert seen[-1][1].calibrated_edge
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred4"), "--no-calibrated-edge"]) == 0
+    assert seen[-1][1].calibrated_edge is False and seen[-1][1].boundary_merge
 
 
 def test_installed_entry_point_runs_and_debug_shows_tracebacks(tmp_path):

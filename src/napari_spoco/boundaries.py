@@ -5,8 +5,9 @@ The foreground head is trained on the painted objects against a ring just outsid
 dark rim between touching nuclei. Where two pieces of the clustering touch and the foreground
 probability along their contact is as high as inside them, nothing the network has learned
 separates them: after minutes of CPU training they are mostly one object whose embedding drifted
-across its extent (ISBI EM, seed 0: 62 of 70 such contacts lay inside one true cell).
-docs/method.md, "Merging pieces with no boundary between them", has the measurements.
+across its extent (ISBI EM, seed 0: 62 of 70 such contacts lay inside one true cell). Used only
+where objects fill the tile (``applies``). docs/method.md, "Merging pieces with no boundary
+between them", has the measurements.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def contact_foreground(labels: np.ndarray, foreground: np.ndarray) -> tuple[np.n
     pair_keys, index, counts = np.unique(key, return_inverse=True, return_counts=True)
     mean = np.bincount(index, weights=np.concatenate(values)) / counts
     return np.stack([pair_keys // n, pair_keys % n], 1), mean
+
+
+def applies(foreground_fraction: float) -> bool:
+    """Whether :func:`merge_unseparated` is used: where objects tile the image (more of it
+    foreground than ``shapes.MAX_FOREGROUND_FRACTION``), the complement of the shape split.
+    Where objects stand on background the embedding and the shape separate them, and a head
+    trained for a minute may not yet mark the contact between two touching nuclei."""
+    from .shapes import MAX_FOREGROUND_FRACTION
+
+    return foreground_fraction > MAX_FOREGROUND_FRACTION
 
 
 def merge_unseparated(labels: np.ndarray, foreground: np.ndarray, tolerance: float) -> np.ndarray:

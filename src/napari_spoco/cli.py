@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-boundary-merge", dest="boundary_merge", action="store_false",
                     help="keep touching pieces apart even where the foreground head sees no boundary between them "
                     "(by default they are one object; docs/method.md)")
+    pr.add_argument("--no-calibrated-edge", dest="calibrated_edge", action="store_false",
+                    help="do not grow objects by the edge growth fitted on the painted objects at the end of "
+                    "training (model history edge_expand; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
@@ -629,7 +632,7 @@ def cmd_predict(args) -> int:
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
-        boundary_merge=args.boundary_merge,
+        boundary_merge=args.boundary_merge, calibrated_edge=args.calibrated_edge,
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest)

@@ -49,6 +49,9 @@ class ClusterConfig:
     # fills object_size (median painted object, network pixels) and shape_reference (the
     # painted objects' convexity) from the model; without them nothing is split.
     shape_split: bool = True
+    # Grow objects by the growth that best fitted the predicted pieces to the painted objects at
+    # the end of training (edges.py; model.history["edge_expand"]), on top of ``expand``.
+    calibrated_edge: bool = True
     object_size: float | None = None
     shape_reference: float | None = None
     max_points: int = 10000
@@ -77,7 +80,7 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
                     optional=True)
-        for name in ("shape_split", "boundary_merge"):
+        for name in ("shape_split", "boundary_merge", "calibrated_edge"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
         check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
@@ -370,7 +373,11 @@ def cluster_embeddings(
     if config.shape_split and foreground is not None and applies(flat_idx.size / labels.size,
                                                                 config.shape_reference, config.object_size):
         shape = (config.shape_reference, config.object_size)
-    boundary = (foreground, config.boundary_tolerance) if config.boundary_merge and foreground is not None else None
+    from .boundaries import applies as boundaries_apply
+
+    boundary = None
+    if config.boundary_merge and foreground is not None and boundaries_apply(flat_idx.size / labels.size):
+        boundary = (foreground, config.boundary_tolerance)
     return postprocess(labels, min_size, config.split_components, config.expand,
                        embeddings, config.merge_distance, config.max_size, shape, boundary)
 

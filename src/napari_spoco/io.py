@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .edges import MAX_EXPAND
 from .errors import SpocoError
 from .label_dtypes import as_label_image
 from .model import ModelConfig, SpocoModel, UNet, make_teacher
@@ -190,6 +191,9 @@ def _check_history(history: dict, damaged: str) -> None:
         isinstance(solid, bool) or not isinstance(solid, (int, float)) or not (0 < solid <= 1)
     ):
         raise SpocoError(f"{damaged}: its object_solidity {solid!r} is not a number in (0, 1].")
+    grow = history.get("edge_expand")
+    if grow is not None and (isinstance(grow, bool) or not isinstance(grow, int) or not 0 <= grow <= MAX_EXPAND):
+        raise SpocoError(f"{damaged}: its edge_expand {grow!r} is not a whole number from 0 to {MAX_EXPAND}.")
 
 
 def read_image(path: str | os.PathLike, keep_channels: bool = False) -> np.ndarray:

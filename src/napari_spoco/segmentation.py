@@ -187,6 +187,9 @@ def _segment_at_network_scale(
     if config.object_size is None and config.shape_reference is None:
         config = replace(config, object_size=model.history.get("object_size_median"),
                          shape_reference=model.history.get("object_solidity"))
+    grow = model.history.get("edge_expand") if config.calibrated_edge else None
+    if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
+        config = replace(config, expand=config.expand + int(grow))
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))

@@ -504,6 +504,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         teacher.to(memory_format=torch.contiguous_format)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if sizes and not self_supervised and step > 0:
+        # Where does the thresholded foreground put the edge of the painted objects? segment()
+        # grows objects by the best fit (edges.py; docs/method.md).
+        from .edges import edge_expand
+
+        model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
     return model
 
 

@@ -124,9 +124,11 @@ def test_the_segment_panel_sends_its_settings_as_one_cluster_config(spoco, tiny_
     (method, config), = seen
     assert method is None and (config.method, config.bandwidth) == ("hdbscan", 0.7)
     assert config.shape_split is False and config.boundary_merge
+    assert panel.edge_check.isChecked() and config.calibrated_edge
     panel.boundary_check.setChecked(False)
+    panel.edge_check.setChecked(False)
     panel.segment_btn.click()
-    assert seen[-1][1].boundary_merge is False
+    assert seen[-1][1].boundary_merge is False and seen[-1][1].calibrated_edge is False
 
 
 def _names(picker):

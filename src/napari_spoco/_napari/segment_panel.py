@@ -83,6 +83,13 @@ class SegmentPanel(QGroupBox):
             "along their contact."
         )
         form.addRow(self.boundary_check)
+        self.edge_check = QCheckBox("Grow objects to the edge fitted on painted objects")
+        self.edge_check.setChecked(defaults.calibrated_edge)
+        self.edge_check.setToolTip(
+            "At the end of training the model measures how far its objects stop short of the edges "
+            "you painted (0-3 pixels) and grows them by that much."
+        )
+        form.addRow(self.edge_check)
         self.embedding_check = QCheckBox("Also show embeddings (PCA → RGB)")
         form.addRow(self.embedding_check)
         row = QHBoxLayout()
@@ -124,6 +131,7 @@ class SegmentPanel(QGroupBox):
             min_size=min_size if min_size > 0 else None,
             shape_split=self.shape_check.isChecked(),
             boundary_merge=self.boundary_check.isChecked(),
+            calibrated_edge=self.edge_check.isChecked(),
         )
 
     def start_segmentation(self) -> None:

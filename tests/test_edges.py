@@ -1,0 +1,101 @@
+"""The object edge calibrated on the painted objects (edges.py): measured, recorded, applied."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_spoco.clustering import ClusterConfig
+from napari_spoco.data import prepare_training_data
+from napari_spoco.edges import MAX_EXPAND, edge_expand, expand_scores
+from napari_spoco.errors import SpocoError
+from napari_spoco.inference import Embedding
+
+
+def disc(shape, centre, radius):
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def painted_scene(shape=(96, 96)):
+    image = np.full(shape, 0.1, np.float32)
+    labels = np.zeros(shape, np.int32)
+    for k, (y, x) in enumerate([(24, 24), (24, 70), (70, 46)], start=1):
+        d = disc(shape, (y, x), 12)
+        image[d] = 1.0
+        labels[d] = k
+    return image, labels
+
+
+def test_expand_scores_peak_at_the_growth_that_restores_a_shrunk_object():
+    painted = disc((60, 60), (30, 30), 15)
+    scores = expand_scores(disc((60, 60), (30, 30), 13), painted)
+    assert len(scores) == MAX_EXPAND + 1 and int(np.argmax(scores)) == 2
+    assert int(np.argmax(expand_scores(painted, painted))) == 0
+    assert not expand_scores(np.zeros_like(painted), painted).any()
+
+
+@pytest.mark.parametrize("shrink, expected", [(0, 0), (2, 2)])
+def test_edge_expand_measures_how_far_the_foreground_falls_short(monkeypatch, shrink, expected):
+    """A model whose foreground is the bright objects shrunk by ``shrink`` pixels (a stand-in for
+    a head that stops short of the edge) is told to grow them by that much."""
+    import napari_spoco.inference as inference
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    image, labels = painted_scene()
+    data = prepare_training_data([image], [labels])
+
+    def fake_embed(model, prepared, **kwargs):
+        mask = prepared.data > 0.5  # the discs, normalised to about 1 on about 0
+        fg = ndi.binary_erosion(mask, iterations=shrink) if shrink else mask
+        return Embedding(np.zeros((2,) + mask.shape, np.float32), fg.astype(np.float32))
+
+    monkeypatch.setattr(inference, "embed", fake_embed)
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=8, depth=2))
+    grow, scores = edge_expand(model, data)
+    assert grow == expected and len(scores) == MAX_EXPAND + 1
+
+
+def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
+    from napari_spoco import TrainConfig, segment, train
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig
+
+    image, labels = painted_scene()
+    model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                  model_config=ModelConfig(base_features=8, depth=2))
+    assert model.history["edge_expand"] in range(MAX_EXPAND + 1)
+    assert len(model.history["edge_scores"]) == MAX_EXPAND + 1
+    loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
+    assert loaded.history["edge_expand"] == model.history["edge_expand"]
+
+    import napari_spoco.segmentation as segmentation
+
+    seen = []
+    real = segmentation.cluster_embeddings
+
+    def spy(embeddings, foreground, config, *rest):
+        seen.append(config.expand)
+        return real(embeddings, foreground, config, *rest)
+
+    segmentation.cluster_embeddings = spy
+    try:
+        loaded.history["edge_expand"] = 2
+        segment(loaded, image, device="cpu")
+        segment(loaded, image, device="cpu", config=ClusterConfig(calibrated_edge=False))
+        segment(loaded, image, device="cpu", config=ClusterConfig(expand=1))
+    finally:
+        segmentation.cluster_embeddings = real
+    assert seen == [2, 0, 3]  # the calibrated growth comes on top of the user's
+
+
+def test_unusable_edge_records_and_settings_are_refused(tmp_path):
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=8, depth=2))
+    model.history["edge_expand"] = 9
+    path = save_model(model, tmp_path / "bad.spoco.pt")
+    with pytest.raises(SpocoError, match="edge_expand"):
+        load_model(path)
+    with pytest.raises(SpocoError, match="calibrated_edge"):
+        ClusterConfig(calibrated_edge=1)
