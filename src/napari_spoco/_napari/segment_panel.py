@@ -58,6 +58,7 @@ class SegmentPanel(QGroupBox):
         )
         form.addRow("Clustering", self.method_box)
         defaults = ClusterConfig()
+        self.step_checks: dict[str, QCheckBox] = {}
         self.bandwidth_spin = QDoubleSpinBox()
         self.bandwidth_spin.setRange(0.05, 5.0)
         self.bandwidth_spin.setSingleStep(0.05)
@@ -69,27 +70,26 @@ class SegmentPanel(QGroupBox):
         self.min_size_spin.setSpecialValueText("auto")
         self.min_size_spin.setToolTip("Smaller pieces are merged into a neighbour or dropped (auto: from painted sizes).")
         form.addRow("Min size (px)", self.min_size_spin)
-        self.shape_check = QCheckBox("Split merged objects by shape")
-        self.shape_check.setChecked(defaults.shape_split)
-        self.shape_check.setToolTip(
-            "Pieces far less convex than the objects you painted are cut at their necks, where objects "
-            "stand on background (not in tissue that fills the image)."
-        )
-        form.addRow(self.shape_check)
-        self.boundary_check = QCheckBox("Merge pieces with no boundary between them")
-        self.boundary_check.setChecked(defaults.boundary_merge)
-        self.boundary_check.setToolTip(
-            "Touching pieces are one object where the foreground map shows no boundary (membrane, dark rim) "
-            "along their contact."
-        )
-        form.addRow(self.boundary_check)
-        self.edge_check = QCheckBox("Grow objects to the edge fitted on painted objects")
-        self.edge_check.setChecked(defaults.calibrated_edge)
-        self.edge_check.setToolTip(
-            "At the end of training the model measures how far its objects stop short of the edges "
-            "you painted (0-3 pixels) and grows them by that much."
-        )
-        form.addRow(self.edge_check)
+        # post-processing steps, each on by default as in the library (docs/method.md)
+        for name, text, tip in (
+            ("shape_split", "Split merged objects by shape",
+             "Pieces far less convex than the objects you painted are cut at their necks, where objects "
+             "stand on background (not in tissue that fills the image)."),
+            ("boundary_merge", "Merge pieces with no boundary between them",
+             "Where cells fill the image, touching pieces are one object when the foreground map shows no "
+             "boundary (membrane) along their contact."),
+            ("calibrated_edge", "Grow objects to the edge fitted on painted objects",
+             "At the end of training the model measures how far its objects stop short of the edges "
+             "you painted (0-3 pixels) and grows them by that much."),
+        ):
+            box = QCheckBox(text)
+            box.setChecked(getattr(defaults, name))
+            box.setToolTip(tip)
+            form.addRow(box)
+            self.step_checks[name] = box
+        self.shape_check = self.step_checks["shape_split"]
+        self.boundary_check = self.step_checks["boundary_merge"]
+        self.edge_check = self.step_checks["calibrated_edge"]
         self.embedding_check = QCheckBox("Also show embeddings (PCA → RGB)")
         form.addRow(self.embedding_check)
         row = QHBoxLayout()
@@ -129,9 +129,7 @@ class SegmentPanel(QGroupBox):
             method=self.method_box.currentText(),
             bandwidth=float(self.bandwidth_spin.value()),
             min_size=min_size if min_size > 0 else None,
-            shape_split=self.shape_check.isChecked(),
-            boundary_merge=self.boundary_check.isChecked(),
-            calibrated_edge=self.edge_check.isChecked(),
+            **{name: box.isChecked() for name, box in self.step_checks.items()},
         )
 
     def start_segmentation(self) -> None:
