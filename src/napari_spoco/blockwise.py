@@ -191,6 +191,16 @@ def _thread_model(model: SpocoModel) -> SpocoModel:
     return _LOCAL.copy
 
 
+def _drop_thread_model() -> None:
+    """Free the calling thread's copy of the model now. Left in the thread's local storage, it
+    would be freed when the thread ends; in a Qt thread-pool thread (a napari worker running
+    the run with the synchronous scheduler) that is while sip tears the thread's Python state
+    down, and freeing a torch module there aborted the process ("double free or corruption",
+    PyQt6 6.11 / sip 13.13; tests/napari/test_blockwise_gui.py)."""
+    for name in ("source", "copy"):
+        _LOCAL.__dict__.pop(name, None)
+
+
 @dataclass(frozen=True)
 class _Job:
     """Everything a block task needs, picklable: where to read, what to run, where to write."""
@@ -566,6 +576,7 @@ def segment_blockwise(
             engine.map(relabel_block, jobs)
         finished = True
     finally:
+        _drop_thread_model()  # the synchronous scheduler made it in this thread
         shutil.rmtree(scratch, ignore_errors=True)
         if not finished:  # interrupted or failed: a half-written store would pass for a result
             remove_store(out)

@@ -110,6 +110,20 @@ def test_a_dask_image_is_segmented_block_by_block_into_a_lazy_layer(big, notes, 
     assert widget.export_panel.export_btn.text() == "Export zarr…"  # the result is chosen for export
 
 
+def test_a_threaded_run_with_the_real_model_finishes_and_adds_the_layer(big, qtbot, notes):
+    """In a real napari worker (a Qt thread-pool thread), with the network: the run used to
+    leave its copy of the model in the thread's local storage, and freeing it when the thread
+    ended aborted the whole process (double free)."""
+    viewer, widget, image = big
+    widget.sync = False
+    widget.segment_panel.segment_btn.click()
+    wait_idle(qtbot, widget)
+    widget.sync = True
+    qtbot.wait(200)  # the pool thread ends after the job: the crash came then
+    assert not notes["error"], notes
+    assert np.asarray(viewer.layers["big instances"].data).max() > 10
+
+
 def test_stop_deletes_the_partial_store_and_keeps_the_panel_usable(big, qtbot, notes, monkeypatch):
     import threading
 
