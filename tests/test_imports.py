@@ -10,8 +10,8 @@ CORE = [
     "napari_spoco.data", "napari_spoco.augment", "napari_spoco.segmentation", "napari_spoco.cli",
     "napari_spoco.sample", "napari_spoco.overlay", "napari_spoco.pretrained", "napari_spoco.bioimageio_export",
     "napari_spoco.scaling", "napari_spoco.distances", "napari_spoco.label_dtypes",
-    "napari_spoco.suggestions", "napari_spoco.shapes", "napari_spoco.lazy_io", "napari_spoco.blockwise", "napari_spoco.batch",
-    "napari_spoco.out_of_core",
+    "napari_spoco.suggestions", "napari_spoco.shapes", "napari_spoco.boundaries", "napari_spoco.edges",
+    "napari_spoco.lazy_io", "napari_spoco.blockwise", "napari_spoco.batch", "napari_spoco.out_of_core",
 ]
 
 

@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--foreground-threshold", type=PROBABILITY, default=CLUSTER.foreground_threshold,
                     help="foreground probability above which a pixel can belong to an object "
                     f"(default {CLUSTER.foreground_threshold})")
-    pr.add_argument("--expand", type=NONNEG_INT, default=CLUSTER.expand, help="grow objects by this many pixels")
+    pr.add_argument("--expand", type=NONNEG_INT, default=CLUSTER.expand, help="grow objects by this many pixels, on top of the growth the model fitted on its painted "
+                    "objects (see --no-calibrated-edge)")
     pr.add_argument("--no-shape-split", dest="shape_split", action="store_false",
                     help="keep pieces whole that are far less convex than the painted objects (by default they are "
                     "split at their necks where objects stand on background; docs/method.md)")
