@@ -95,3 +95,38 @@ def test_instances_the_user_has_painted_are_not_suggested_again():
     assert painted_instances(labels, painted) == [1, 3]  # without a background value, 99 is an object
     with pytest.raises(ValueError):
         painted_instances(labels, painted[:10])
+
+
+def test_large_images_are_sampled_without_changing_the_ranking(monkeypatch):
+    """Above MAX_SAMPLES instance pixels the signals read a grid of them; sizes stay exact, a small
+    instance keeps all its pixels, and the ranking (a merged pair first) is the one of all pixels."""
+    import napari_spoco.suggestions as suggestions
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((400, 400), np.int32)
+    emb = rng.normal(0, 0.1, (4, 400, 400)).astype(np.float32)
+    k = 0
+    for y in range(0, 400, 50):
+        for x in range(0, 400, 50):
+            k += 1
+            labels[y + 5:y + 45, x + 5:x + 45] = k
+            emb[:, y + 5:y + 45, x + 5:x + 45] += rng.normal(0, 3, (4, 1, 1))
+    emb[:, 5:45, 25:45] += 4.0  # instance 1 holds two embedding clusters
+    labels[47, 47] = 99  # one pixel, off every sampling grid
+    # a foreground map varies smoothly, as the head's does (not independently per pixel)
+    fg = np.clip(0.8 + ndi.gaussian_filter(rng.normal(0, 1, labels.shape), 4) * 0.6, 0, 1).astype(np.float32)
+    embedding = Embedding(emb, fg, emb + 0.05)
+    monkeypatch.setattr(suggestions, "MAX_SAMPLES", 10**9)
+    full = instance_signals(labels, embedding, [1600])
+    monkeypatch.setattr(suggestions, "MAX_SAMPLES", 20_000)  # 102 401 instance pixels: every 3rd pixel
+    assert suggestions._sample_step(int((labels > 0).sum()), 2) == 3
+    sampled = instance_signals(labels, embedding, [1600])
+    assert sampled.keys() == full.keys() and 99 in sampled
+    for i in full:
+        assert sampled[i]["size"] == full[i]["size"]
+        for name in ("spread", "crowding", "foreground", "disagreement"):
+            assert sampled[i][name] == pytest.approx(full[i][name], abs=0.03), (i, name)
+    for name in ("spread", "foreground", "size", "disagreement"):  # all its pixels: the same numbers
+        assert sampled[99][name] == full[99][name]  # (crowding reads the other instances' means)
+    top = suggest(labels, embedding, k=2, painted_sizes=[1600])  # a one-pixel fragment, and the merge
+    assert [s.label for s in top] == [99, 1]

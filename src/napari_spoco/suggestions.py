@@ -48,6 +48,18 @@ def _per_label_means(values: np.ndarray, flat: np.ndarray, counts: np.ndarray, n
     return np.stack([np.bincount(flat, weights=v, minlength=n) for v in values]) / np.maximum(counts, 1)
 
 
+#: Instance pixels read for the signals: above this, a regular grid of them (docs/method.md,
+#: "Suggestions"); an instance keeps at least MIN_SAMPLES of its pixels, or all it has.
+MAX_SAMPLES = 2**18
+MIN_SAMPLES = 64
+
+
+def _sample_step(pixels: int, ndim: int) -> int:
+    """Every how many pixels along each axis the embedding statistics read, so that about
+    :data:`MAX_SAMPLES` of ``pixels`` instance pixels are read (1: all of them)."""
+    return max(1, int(np.ceil((pixels / MAX_SAMPLES) ** (1.0 / ndim) - 1e-9)))
+
+
 def instance_signals(
     labels: np.ndarray,
     embedding: Embedding,
@@ -58,16 +70,29 @@ def instance_signals(
     """The signals (module docstring) of every instance of ``labels`` (0 = background), keyed
     by label id. ``embedding`` must cover the same pixels (``segment(..., return_embedding=True)``)."""
     labels = np.asarray(labels)
-    emb = np.asarray(embedding.embeddings, dtype=np.float32)
+    emb = np.asarray(embedding.embeddings)
     if emb.shape[1:] != labels.shape:
         raise ValueError(f"embeddings of shape {emb.shape[1:]} do not cover labels of shape {labels.shape}")
     mask = labels > 0
-    ids, flat = np.unique(labels[mask], return_inverse=True)
+    ids, full_counts = np.unique(labels[mask], return_counts=True)
     n = len(ids)
     if n == 0:
         return {}
+    # The signals are means over each instance: on large images a regular grid of its pixels
+    # estimates them closely at a fraction of the time (the size signal keeps the full counts;
+    # an instance that would keep fewer than MIN_SAMPLES pixels on the grid keeps all of them).
+    step = _sample_step(int(full_counts.sum()), labels.ndim)
+    sel = mask
+    if step > 1:
+        sel = np.zeros(labels.shape, bool)
+        sel[tuple(slice(None, None, step) for _ in labels.shape)] = True
+        sel &= mask
+        small = ids[full_counts < MIN_SAMPLES * step**labels.ndim]
+        if len(small):
+            sel |= np.isin(labels, small)
+    flat = np.searchsorted(ids, labels[sel])
     counts = np.bincount(flat, minlength=n).astype(np.float64)
-    e = emb[:, mask].astype(np.float64)  # (E, P)
+    e = emb[:, sel].astype(np.float64)  # (E, P)
     means = _per_label_means(e, flat, counts, n)  # (E, n)
     dist = np.linalg.norm(e - means[:, flat], axis=0)
     spread = np.bincount(flat, weights=dist, minlength=n) / counts / delta_d
@@ -82,12 +107,13 @@ def instance_signals(
 
     out: dict[str, np.ndarray] = {"spread": spread, "crowding": crowding}
     if embedding.foreground is not None:
-        p = np.asarray(embedding.foreground, dtype=np.float64)[mask]
+        p = np.asarray(embedding.foreground, dtype=np.float64)[sel]
         out["foreground"] = np.bincount(flat, weights=1.0 - np.abs(2 * p - 1), minlength=n) / counts
-    reference = float(np.median(painted_sizes)) if painted_sizes is not None and len(painted_sizes) else float(np.median(counts))
-    out["size"] = np.abs(np.log(counts / max(reference, 1.0))) / np.log(4.0)
+    sizes = full_counts.astype(np.float64)
+    reference = float(np.median(painted_sizes)) if painted_sizes is not None and len(painted_sizes) else float(np.median(sizes))
+    out["size"] = np.abs(np.log(sizes / max(reference, 1.0))) / np.log(4.0)
     if embedding.teacher_embeddings is not None:
-        t = np.asarray(embedding.teacher_embeddings, dtype=np.float64)[:, mask]
+        t = np.asarray(embedding.teacher_embeddings)[:, sel].astype(np.float64)
         gap = np.linalg.norm(e - t, axis=0)
         out["disagreement"] = np.bincount(flat, weights=gap, minlength=n) / counts / delta_v
     return {int(i): {k: float(np.clip(v[j], 0.0, 1.0)) for k, v in out.items()} for j, i in enumerate(ids)}
