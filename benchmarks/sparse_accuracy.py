@@ -196,11 +196,11 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
-             save_dir: Path | None = None) -> dict:
+             save_dir: Path | None = None, precision: str = "float32") -> dict:
     t0 = time.perf_counter()
     start = start_model(init, data.train_images[0].ndim, data.split.name)
     steps_before = start.history.get("steps", 0) if start is not None else 0
-    config = TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu", scale=scale)
+    config = TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu", scale=scale, precision=precision)
     model = train(data.train_images, sparse, config, model=start)
     train_s = time.perf_counter() - t0
     scores, seg_s = [], []
@@ -218,7 +218,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
             save_overlay(save_dir / f"{data.split.name}_seed{seed}_spoco.png", img, pred)
     return {**mean_scores(scores), "steps": model.history["steps"] - steps_before,
             "start": start.history.get("source", "?") if start is not None else "new", "scale": model.pixel_scale,
-            "train_s": train_s, "segment_s": float(np.mean(seg_s))}
+            "train_s": train_s, "segment_s": float(np.mean(seg_s)),
+            "precision": model.history.get("precision", "float32")}
 
 
 def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
@@ -233,7 +234,7 @@ def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
         row["forest"] = run_forest(data, sparse, seed, args.save_dir)
         if not args.peers_only:
             print(f"   seed {seed}: SPOCO, {args.minutes} min ...", file=sys.stderr, flush=True)
-            row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir)
+            row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir, args.precision)
         print(f"   {row}", file=sys.stderr, flush=True)
         result["seeds"].append(row)
     return result
@@ -350,6 +351,8 @@ def parse_args() -> argparse.Namespace:
                         help="each seed picks the painted objects, and seeds SPOCO's training and the forest")
     parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
     parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16"),
+                        help="number format of SPOCO's training steps (TrainConfig.precision; default float32)")
     parser.add_argument("--peers-only", action="store_true", help="only the classical pipelines and the forest")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write every seed's scores here")

@@ -1,14 +1,19 @@
 """Training steps per second of the CPU-default network, variants side by side in one run.
 
-    python benchmarks/training_speed.py [--data DIR] [--steps 40] [--rounds 3]
+    python benchmarks/training_speed.py [--data DIR] [--ndim 2|3] [--steps 40] [--rounds 3]
 
-Data: the sparse-accuracy benchmark's BBBC039 training images with 10 % of the nuclei painted.
-Variants (each fine-tunes a fresh copy of the shipped 2D model with the default TrainConfig):
+Data: the sparse-accuracy benchmark's training images with 10 % of the objects painted: the
+BBBC039 fields (2D), or the training half of the cells3d volume (3D).
+Variants (each fine-tunes a fresh copy of the shipped 2D or 3D model with the default TrainConfig):
 
-* ``current``            — the library as it is;
+* ``current``            — ``precision="auto"``: bfloat16 convolutions where the CPU has them
+  natively (napari_spoco.precision), float32 elsewhere;
+* ``float32``            — ``precision="float32"``, the library's default;
 * ``no channels-last``  — convolutions in the default (contiguous) memory format;
 * ``1 thread``           — torch limited to one thread.
 
+The rate is the training loop's own (``TrainProgress.steps_per_second`` after the last step): the
+set-up before the first step and the edge calibration after the last are not counted.
 Rounds alternate the variants so that drifts of a shared machine hit all of them alike; the
 table gives the median steps/s over rounds and the ratio to ``current``. A per-phase breakdown of
 one ``current`` step (cProfile, cumulative) follows.
@@ -37,8 +42,10 @@ import napari_spoco.training as training  # noqa: E402
 from napari_spoco import TrainConfig, train  # noqa: E402
 from napari_spoco.pretrained import load_default_model  # noqa: E402
 
+VARIANTS = ["current", "float32", "no channels-last", "1 thread"]
 
-def steps_per_second(images, labels, steps: int, variant: str) -> float:
+
+def steps_per_second(images, labels, steps: int, variant: str, ndim: int = 2) -> float:
     import os
 
     import torch
@@ -48,10 +55,13 @@ def steps_per_second(images, labels, steps: int, variant: str) -> float:
         training.CHANNELS_LAST = variant != "no channels-last"
         if variant == "1 thread":
             os.cpu_count = lambda: 1  # train() sets torch's thread count from os.cpu_count()
-        train(images, labels, TrainConfig(steps=3, device="cpu"), model=load_default_model(2))  # warm-up
-        t = time.perf_counter()
-        train(images, labels, TrainConfig(steps=steps, device="cpu"), model=load_default_model(2))
-        return steps / (time.perf_counter() - t)
+        precision = "float32" if variant == "float32" else "auto"  # the other variants: as `current`
+        train(images, labels, TrainConfig(steps=3, device="cpu", precision=precision),
+              model=load_default_model(ndim))  # warm-up
+        last = []  # the loop's own rate: without the set-up and the edge calibration after the last step
+        train(images, labels, TrainConfig(steps=steps, device="cpu", precision=precision), model=load_default_model(ndim),
+              callback=last.append)
+        return last[-1].steps_per_second
     finally:
         training.CHANNELS_LAST = True
         os.cpu_count = cpu_count
@@ -63,23 +73,30 @@ def main() -> int:
     add_data_argument(ap)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ndim", type=int, choices=(2, 3), default=2)
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     args = ap.parse_args()
-    use_data_dir(args.data, needs=("bbbc039-nuclei",))
+    name = "bbbc039-nuclei" if args.ndim == 2 else "cells3d-nuclei"
+    use_data_dir(args.data, needs=(name,))
     import torch
 
-    split = next(s for s in splits() if s.name == "bbbc039-nuclei")
-    images = [read(split.name, s, "images") for s in split.train]
-    labels = [sparsify(read(split.name, s, "masks"), 0.1, i) for i, s in enumerate(split.train)]
-    variants = ["current", "no channels-last", "1 thread"]
+    from napari_spoco.precision import resolve_precision
+
+    split = next(s for s in splits() if s.name == name)
+    crop = split.crop
+    images = [read(split.name, s, "images")[crop] for s in split.train]
+    labels = [sparsify(read(split.name, s, "masks")[crop], 0.1, i) for i, s in enumerate(split.train)]
+    variants = ["current"] + [v for v in args.variants if v != "current"]
     results: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            results[v].append(steps_per_second(images, labels, args.steps, v))
+            results[v].append(steps_per_second(images, labels, args.steps, v, args.ndim))
             print(f"round {r + 1} {v}: {results[v][-1]:.2f} steps/s", file=sys.stderr, flush=True)
 
+    shape = "8 × 96²" if args.ndim == 2 else "2 × 32×64²"
     print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only, "
-          f"{time.strftime('%Y-%m-%d')}. CPU-default 2D network, batch 8 × 96², {args.steps} timed steps × "
-          f"{args.rounds} rounds.\n")
+          f"{time.strftime('%Y-%m-%d')}. CPU-default {args.ndim}D network, batch {shape}, {args.steps} timed steps × "
+          f"{args.rounds} rounds; `current` trains in {resolve_precision('auto', torch.device('cpu'))}.\n")
     print("| variant | steps/s (median) | all rounds | vs current |")
     print("|---|---|---|---|")
     base = float(np.median(results["current"]))
@@ -89,7 +106,7 @@ def main() -> int:
 
     prof = cProfile.Profile()
     prof.enable()
-    train(images, labels, TrainConfig(steps=args.steps, device="cpu"), model=load_default_model(2))
+    train(images, labels, TrainConfig(steps=args.steps, device="cpu", precision="auto"), model=load_default_model(args.ndim))
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
     phases = [

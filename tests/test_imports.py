@@ -11,6 +11,7 @@ CORE = [
     "napari_spoco.sample", "napari_spoco.overlay", "napari_spoco.pretrained", "napari_spoco.bioimageio_export",
     "napari_spoco.scaling", "napari_spoco.distances", "napari_spoco.label_dtypes",
     "napari_spoco.suggestions", "napari_spoco.shapes", "napari_spoco.boundaries", "napari_spoco.edges",
+    "napari_spoco.precision",
     "napari_spoco.lazy_io", "napari_spoco.blockwise", "napari_spoco.batch", "napari_spoco.out_of_core",
 ]
 

@@ -26,6 +26,7 @@ import numpy as np
 from .clustering import METHODS, ClusterConfig
 from .errors import SpocoError
 from .model import DEVICES, NETWORK_CHOICES
+from .precision import PRECISIONS
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 1000, or unlimited with --minutes)")
     t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=DEVICES)
+    _add_precision(t)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--background-label", type=POSITIVE_INT,
                    help="label value that marks painted background (not 0: 0 means unlabelled)")
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--steps", type=POSITIVE_INT, help="steps (default 300, or unlimited with --minutes)")
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=DEVICES)
+    _add_precision(pt)
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
@@ -201,6 +204,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files already")
     _add_common(d)
     return parser
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+                   help="number format of the network while training: 'bfloat16' convolutions are faster where "
+                   "the CPU or GPU has them natively (weights stay float32), 'auto' uses them there and float32 "
+                   "elsewhere (docs/method.md, Number format of training). Default: float32")
 
 
 def _add_network(p: argparse.ArgumentParser) -> None:
@@ -531,6 +541,7 @@ def cmd_train(args) -> int:
         steps=steps,
         minutes=args.minutes,
         device=args.device,
+        precision=args.precision,
         seed=args.seed,
         background_label=args.background_label,
         batch_size=args.batch_size,
@@ -559,7 +570,8 @@ def cmd_pretrain(args) -> int:
         print("Note: pretraining a new network with the consistency term alone learns little; "
               "start from a trained model (--init default or a model file) where you can.", file=sys.stderr)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 300)
-    config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed)
+    config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed,
+                             precision=args.precision)
     print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
     model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True,
                                                 channel_axis=args.channel_axis, model_config=model_config)

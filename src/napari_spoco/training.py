@@ -23,6 +23,7 @@ from .data import PatchSampler, channel_count, check_image, prepare_training_dat
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
+from .precision import PRECISIONS, autocast, resolve_precision
 from .scaling import check_scale, check_voxel_size, training_scale
 from .shapes import painted_solidity
 
@@ -85,6 +86,10 @@ class TrainConfig:
     voxel_size: tuple[float, ...] | None = None
     seed: int = 0
     device: str = "auto"
+    # Number format of the network in training steps (napari_spoco.precision): "float32", or
+    # "auto" (bfloat16 convolutions where the device has them natively; 1.25-1.5x the steps on
+    # a CPU with AVX-512 BF16, its accuracy not yet shown equal: docs/method.md), or "bfloat16".
+    precision: str = "float32"
     # Starting from a trained model (docs/method.md, "Fine-tuning a trained model"): the teacher
     # keeps a fixed momentum of ``ema_momentum`` from the first step and the consistency term its
     # full weight, BatchNorm keeps the starting model's statistics, the learning rate warms up
@@ -129,6 +134,8 @@ class TrainConfig:
         check_field(self, "seed", "a whole number", whole=True)
         if not isinstance(self.device, str):
             raise SpocoError(f"TrainConfig.device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'mps'.")
+        if self.precision not in PRECISIONS:
+            raise SpocoError(f"TrainConfig.precision = {self.precision!r}: expected one of {', '.join(PRECISIONS)}.")
 
     @classmethod
     def coerce(cls, config) -> TrainConfig:
@@ -363,6 +370,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if config.steps <= 0 and not config.minutes:
         raise SpocoError("Give a positive number of steps or minutes to train for.")
     device = select_device(config.device)
+    precision = resolve_precision(config.precision, device)
     if device.type == "cpu" and os.cpu_count():
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(config.seed)
@@ -397,6 +405,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["start_fit"] = round(fit, 3)
         stable = fit < FITS_OBJECTS
     model.history["stable_start"] = stable
+    model.history["precision"] = precision
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.steps if config.steps > 0 else 10**9
     seconds = config.minutes * 60.0 if config.minutes else None
@@ -455,13 +464,16 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
             view1 = random_intensity(x, gen)
             view2 = random_intensity(x, gen)
 
-            emb, fg = split_output(student(view1), model.config)
+            with autocast(precision, device):
+                out = student(view1)
+            emb, fg = split_output(out.float(), model.config)
             teacher_emb = teacher_fg = None
             ramp = min(1.0, (step + 1) / max(1, warmup))
             loss_cfg = replace(config.loss, consistency_weight=config.loss.consistency_weight * ramp)
             if loss_cfg.consistency_weight > 0:
-                with torch.inference_mode():
-                    teacher_emb, teacher_fg = split_output(teacher(view2), model.config)
+                with torch.inference_mode(), autocast(precision, device):
+                    teacher_out = teacher(view2)
+                teacher_emb, teacher_fg = split_output(teacher_out.float(), model.config)
                 teacher_emb = teacher_emb.clone()
                 teacher_fg = teacher_fg.clone() if teacher_fg is not None else None
             losses = spoco_loss(emb, obj, bg, loss_cfg, teacher_emb, fg, neg, gen)
