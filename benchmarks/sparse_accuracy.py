@@ -47,6 +47,7 @@ from peers import ForestPeer, classical, forest_features  # noqa: E402
 CELLS3D_SPLIT = 128  # the shipped 3D model trained on x < 128 (scripts/train_default_model.py)
 
 from napari_spoco import TrainConfig, evaluate, segment, train  # noqa: E402
+from napari_spoco.precision import PRECISIONS  # noqa: E402
 
 SHARED = DEFAULT_DATA  # the default data folder (other benchmarks import this name)
 CPUS = os.cpu_count()  # before --threads narrows what training sees
@@ -351,7 +352,7 @@ def parse_args() -> argparse.Namespace:
                         help="each seed picks the painted objects, and seeds SPOCO's training and the forest")
     parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
     parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16"),
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="number format of SPOCO's training steps (TrainConfig.precision; default float32)")
     parser.add_argument("--peers-only", action="store_true", help="only the classical pipelines and the forest")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
