@@ -72,7 +72,8 @@ from bench_data import add_data_argument, use_data_dir  # noqa: E402
 
 CPUS = os.cpu_count()  # before --threads narrows what training sees
 DATASETS_2D = ("bbbc039-nuclei", "usiigaci-phc", "isbi2012-em")
-STRATEGIES = ("random", "suggested")
+STRATEGIES = ("random", "suggested", "top")  # top: by score alone, what "suggested" was until 2026-11-30
+SUGGESTING = ("suggested", "top")
 SUGGEST_TIME_TARGET = 0.10  # suggestions add at most 10 % to a Segment
 FEWER_TARGET = 0.5  # suggestions reach random's AP50 at --reference with at most half the objects
 MIN_PASSING = 3  # data sets that must pass (of the four shared ones; three are 2D)
@@ -123,16 +124,17 @@ def true_object_under(pred: np.ndarray, label: int, truth: np.ndarray, painted: 
 
 
 def pick_suggested(ranked: list[tuple[float, int, int]], preds: list[np.ndarray], truths: list[np.ndarray],
-                   painted: list[set[int]], k: int) -> tuple[list[tuple[int, int]], int]:
-    """Walk down ``ranked`` — (score, image index, predicted id), over all images — and paint
-    the true object under each suggestion (:func:`true_object_under`) until ``k`` new objects
-    are painted. Returns the new (image index, true id) pairs and how many suggestions were
-    looked at in all (painted ones plus skipped ones, and those that found an object already
-    chosen this round)."""
+                   painted: list[set[int]], k: int, by_score: bool = True) -> tuple[list[tuple[int, int]], int]:
+    """Walk down ``ranked`` — (score, image index, predicted id), over all images; by score, or
+    in the given order with ``by_score=False`` — and paint the true object under each
+    suggestion (:func:`true_object_under`) until ``k`` new objects are painted. Returns the new
+    (image index, true id) pairs and how many suggestions were looked at in all (painted ones
+    plus skipped ones, and those that found an object already chosen this round)."""
     chosen: list[tuple[int, int]] = []
     taken = [set(p) for p in painted]
     looked = 0
-    for _, i, label in sorted(ranked, key=lambda r: (-r[0], r[1], r[2])):
+    walk = sorted(ranked, key=lambda r: (-r[0], r[1], r[2])) if by_score else ranked
+    for _, i, label in walk:
         if len(chosen) >= k:
             break
         looked += 1
@@ -187,12 +189,14 @@ def score(model, tests: list) -> dict:
 
 
 def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], painted: list[set[int]],
-                  k: int) -> tuple[list[tuple[int, int]], dict]:
-    """Segment every training image with its embedding, rank its instances by ``suggest`` and
-    let the simulated user paint ``k`` objects; with the time of each Segment and of each
-    ranking, per image."""
+                  k: int, spread_sizes: bool = True) -> tuple[list[tuple[int, int]], dict]:
+    """Segment every training image with its embedding, score its instances by ``suggest`` and
+    let the simulated user paint ``k`` objects, walking the instances of all images in the order
+    of ``suggestions.spread_order`` over K size strata (``spread_sizes``, what ``suggest`` does
+    within one image) or by score alone; with the time of each Segment and of each ranking, per
+    image."""
     from napari_spoco import segment
-    from napari_spoco.suggestions import suggest
+    from napari_spoco.suggestions import spread_order, suggest
 
     sizes = [int(np.count_nonzero(m == o)) for m, p in zip(masks, painted) for o in p]
     preds, ranked, seg_s, sug_s, excluded = [], [], [], [], 0
@@ -206,11 +210,16 @@ def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], pain
         found = suggest(pred, emb, k=int(pred.max()) or 1, painted_sizes=sizes, exclude=exclude)
         sug_s.append(time.perf_counter() - t)
         del emb
-        ranked += [(s.score, i, s.label) for s in found]
+        ranked += [(s.score, i, s.label, s.pixels) for s in found]
         preds.append(pred)
-    chosen, looked = pick_suggested(ranked, preds, masks, painted, k)
+    ranked.sort(key=lambda r: (-r[0], r[1], r[2]))
+    if spread_sizes:
+        ranked = [ranked[j] for j in spread_order([r[3] for r in ranked], [r[0] for r in ranked], k)]
+    chosen, looked = pick_suggested([r[:3] for r in ranked], preds, masks, painted, k, by_score=False)
+    picked = [int(np.count_nonzero(masks[i] == o)) for i, o in chosen]
     return chosen, {"segment_s": seg_s, "suggest_s": sug_s, "looked": looked, "excluded": excluded,
-                    "instances": int(sum(len(objects_of(p)) for p in preds))}
+                    "instances": int(sum(len(objects_of(p)) for p in preds)),
+                    "picked_median_px": float(np.median(picked)) if picked else None}
 
 
 def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
@@ -239,7 +248,7 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
              "stable": model0.history.get("stable_start"), **score(model0, data.tests)}
     print(f"   {first}", file=sys.stderr, flush=True)
     curves: dict[str, list[dict]] = {}
-    for strategy in STRATEGIES:
+    for strategy in args.strategies:
         model = copy.deepcopy(model0)
         painted = [set(p) for p in painted0]
         rng = np.random.default_rng([seed, 1])  # the random picks' own stream
@@ -248,8 +257,11 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
             row: dict = {"round": r}
             if strategy == "random":
                 new = pick_random(objects, painted, k, rng)
+                if new:
+                    row["picked_median_px"] = float(np.median([np.count_nonzero(masks[i] == o) for i, o in new]))
             else:
-                new, timing = suggest_round(model, data.train_images, masks, painted, k)
+                new, timing = suggest_round(model, data.train_images, masks, painted, k,
+                                            spread_sizes=strategy == "suggested")
                 row.update(timing)
             for i, o in new:
                 painted[i].add(o)
@@ -301,9 +313,14 @@ def reference_count(r: dict, reference: float) -> float:
     return reference * r["seeds"][0]["n_objects"]
 
 
-def comparison(r: dict, reference: float) -> dict:
+def present(r: dict) -> list[str]:
+    """The strategies every seed of ``r`` ran, in :data:`STRATEGIES` order."""
+    return [st for st in STRATEGIES if all(st in s["curves"] for s in r["seeds"])]
+
+
+def comparison(r: dict, reference: float, strategy: str = "suggested") -> dict:
     """Random's mean AP50 at ``reference`` of the objects painted, the fewest painted objects
-    at which the suggested mean reaches it, and the verdict."""
+    at which ``strategy``'s mean reaches it, and the verdict."""
     n_ref = reference_count(r, reference)
     xr, yr = mean_curve(r, "random")
     out: dict = {"n_ref": n_ref}
@@ -312,10 +329,10 @@ def comparison(r: dict, reference: float) -> dict:
         return out
     ref = float(np.interp(n_ref, xr, yr))
     out["ref_AP50"] = ref
-    xs, ys = mean_curve(r, "suggested")
+    xs, ys = mean_curve(r, strategy)
     reached = [x for x, y in zip(xs, ys) if y >= ref]
     if not reached:
-        out["verdict"] = f"✗ suggested never reaches {ref:.3f} (up to {xs[-1]:.0f} objects)"
+        out["verdict"] = f"✗ {strategy} never reaches {ref:.3f} (up to {xs[-1]:.0f} objects)"
         return out
     need = reached[0]
     out["need"] = need
@@ -335,7 +352,7 @@ def time_ratio(r: dict) -> dict | None:
     per image (the first ranking of a process also pays for importing scipy's k-d tree)."""
     seg, sug = [], []
     for s in r["seeds"]:
-        for row in s["curves"]["suggested"]:
+        for row in (row for st in SUGGESTING if st in s["curves"] for row in s["curves"][st]):
             seg += row.get("segment_s", [])
             sug += row.get("suggest_s", [])
     if not seg:
@@ -345,15 +362,22 @@ def time_ratio(r: dict) -> dict | None:
             "suggest_s": float(np.mean(sug)), "n": len(seg)}
 
 
+def _median_px(rows: list[dict]) -> str:
+    """The median size of the objects a round painted, mean over seeds ("" at the start)."""
+    values = [row["picked_median_px"] for row in rows if row.get("picked_median_px") is not None]
+    return f"{np.mean(values):.0f}" if values else ""
+
+
 def table(r: dict) -> str:
     n = r["seeds"][0]["n_objects"]
-    head = ["round", "painted objects", "% of objects", "steps", "random AP50", "suggested AP50",
-            "suggestions looked at / skipped"]
+    strategies = present(r)
+    head = ["round", "painted objects", "% of objects", "steps", *(f"{st} AP50" for st in strategies),
+            "median px painted (" + " / ".join(strategies) + ")", "suggestions looked at / skipped"]
     lines = [f"**{r['dataset']}** ({r['n_train']} training images, {n} objects; {r['n_test']} test images; "
              f"K = {r['seeds'][0]['k']} per round)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rounds = min(len(s["curves"][st]) for s in r["seeds"] for st in STRATEGIES)
+    rounds = min(len(s["curves"][st]) for s in r["seeds"] for st in strategies)
     for j in range(rounds):
-        rows = {st: [s["curves"][st][j] for s in r["seeds"]] for st in STRATEGIES}
+        rows = {st: [s["curves"][st][j] for s in r["seeds"]] for st in strategies}
         pr = [row["painted"] for row in rows["random"]]
         ps = [row["painted"] for row in rows["suggested"]]
         painted = f"{np.mean(pr):.0f}" + (f" (suggested {np.mean(ps):.0f})" if pr != ps else "")
@@ -361,9 +385,10 @@ def table(r: dict) -> str:
         new = [row["painted"] - prev["painted"] for row, prev in
                zip(rows["suggested"], [s["curves"]["suggested"][j - 1] for s in r["seeds"]]) if j > 0]
         skip = f"{np.mean(looked):.0f} / {np.mean(looked) - np.mean(new):.0f}" if looked else ""
+        sizes = " / ".join(_median_px(rows[st]) for st in strategies) if j > 0 else ""
         lines.append("| " + " | ".join([
             str(j), painted, f"{100 * np.mean(pr) / n:.1f}", str(rows["random"][0]["steps"]),
-            spread([row["AP50"] for row in rows["random"]]), spread([row["AP50"] for row in rows["suggested"]]), skip,
+            *(spread([row["AP50"] for row in rows[st]]) for st in strategies), sizes, skip,
         ]) + " |")
     return "\n".join(lines)
 
@@ -389,7 +414,8 @@ def report(results: list[dict], meta: dict) -> str:
                   f"images; per image median {t['median']:.1%}, largest {t['max']:.1%}; mean {t['suggest_s']:.3f} s vs {t['segment_s']:.2f} s) "
                   f"— target ≤ {SUGGEST_TIME_TARGET:.0%}: {'✓' if t['ratio'] <= SUGGEST_TIME_TARGET else '✗'}."
                   if t else "")
-        lines.append(f"* {r['dataset']}: {reach}{need}verdict {c['verdict']}.{timing}")
+        top = (f" By score alone (top): {comparison(r, ref, 'top')['verdict']}." if "top" in present(r) else "")
+        lines.append(f"* {r['dataset']}: {reach}{need}verdict {c['verdict']}.{top}{timing}")
     passed = sum(v.startswith("✓") for v in verdicts)
     parts.append("\n".join(lines))
     parts.append(f"Target (issue 14): suggestions reach random's AP50 at {ref:.0%} painted with at most "
@@ -410,7 +436,9 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(max(6.0, 4.5 * len(results)), 4.0), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red")):
+        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red", "tab:blue")):
+            if strategy not in present(r):
+                continue
             x, y = mean_curve(r, strategy)
             rounds = len(x)
             lo = [min(s["curves"][strategy][j]["AP50"] for s in r["seeds"]) for j in range(rounds)]
@@ -449,6 +477,9 @@ def parse_args() -> argparse.Namespace:
                         "= 20 %%)")
     parser.add_argument("--reference", type=float, default=0.2,
                         help="share painted at which random's AP50 is the bar (default 0.2)")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["random", "suggested"],
+                        help="random; suggested (what `suggest` does: the most doubtful of each of K size strata, over "
+                        "all images); top (the K top scores alone). Default: random suggested")
     parser.add_argument("--initial-steps", type=int, default=300, help="training steps on the start's painting")
     parser.add_argument("--steps-per-round", type=int, default=100, help="training steps after each round")
     parser.add_argument("--init", default="default", metavar="default|none|FILE",
@@ -468,6 +499,8 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if not {"random", "suggested"} <= set(args.strategies):
+        parser.error("--strategies must include random and suggested (the comparison of the issue's target)")
     return args
 
 
@@ -500,7 +533,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "seeds": args.seeds, "start": args.start, "k": args.k,
             "rounds": args.rounds, "reference": args.reference, "initial_steps": args.initial_steps,
             "steps_per_round": args.steps_per_round, "init": args.init, "scale": args.scale,
-            "stable_start": args.stable_start,
+            "stable_start": args.stable_start, "strategies": args.strategies,
             "wall_s": time.perf_counter() - t0}
     text = report(results, meta)
     print(text)

@@ -108,3 +108,28 @@ def test_the_comparison_reads_half_as_many_objects_off_the_curves():
     assert "need" not in never and never["verdict"].startswith("✗")
     short = al.comparison(_result(random[:3], random[:3]), 0.2)  # random never reaches 20 objects
     assert short["verdict"].startswith("n/a")
+
+
+def test_a_given_order_is_walked_as_given():
+    """The suggested strategy walks the order of ``suggestions.spread_order``, not the scores."""
+    truth, pred = _scene()
+    ranked = [(0.2, 0, 8), (0.9, 0, 7), (0.5, 0, 5)]
+    chosen, looked = al.pick_suggested(ranked, [pred], [truth], [set()], k=2, by_score=False)
+    assert chosen == [(0, 3), (0, 2)] and looked == 2
+    assert al.pick_suggested(ranked, [pred], [truth], [set()], k=2)[0] == [(0, 2), (0, 4)]
+
+
+def test_the_table_shows_every_strategy_that_ran():
+    r = _result([(5, 0.5), (10, 0.55)], [(5, 0.5), (10, 0.6)])
+    r.update(n_train=2, n_test=1)
+    seed = r["seeds"][0]
+    seed["k"] = 5
+    for st in ("random", "suggested"):
+        for row, steps in zip(seed["curves"][st], (300, 400)):
+            row["steps"] = steps
+    assert al.present(r) == ["random", "suggested"] and "top AP50" not in al.table(r)
+    seed["curves"]["top"] = [dict(row, AP50=0.4) for row in seed["curves"]["suggested"]]
+    seed["curves"]["top"][1]["picked_median_px"] = 4670.0
+    text = al.table(r)
+    assert al.present(r) == ["random", "suggested", "top"] and "| top AP50 |" in text and "0.400" in text
+    assert " /  / 4670 |" in text  # the median size a round painted, per strategy

@@ -8,7 +8,7 @@ from napari_spoco import segment
 from napari_spoco.inference import Embedding
 from napari_spoco.pretrained import load_default_model
 from napari_spoco.sample import load_sample
-from napari_spoco.suggestions import instance_signals, suggest, write_csv
+from napari_spoco.suggestions import instance_signals, spread_order, suggest, write_csv
 
 
 def _scene():
@@ -46,6 +46,7 @@ def test_student_teacher_disagreement_is_used_when_present(tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0].startswith("image,rank,id,y,x,score,spread") and rows[1].startswith("a.tif,1,4,")
     assert rows[2].startswith("a.tif,2,") and rows[3].startswith("b.tif,1,4,") and len(rows) == 4
+    assert rows[0].endswith(",pixels") and rows[1].endswith(f",{int((labels == 4).sum())}")
 
 
 def _clean(labels, truth, i, iou=0.7):
@@ -128,5 +129,42 @@ def test_large_images_are_sampled_without_changing_the_ranking(monkeypatch):
             assert sampled[i][name] == pytest.approx(full[i][name], abs=0.03), (i, name)
     for name in ("spread", "foreground", "size", "disagreement"):  # all its pixels: the same numbers
         assert sampled[99][name] == full[99][name]  # (crowding reads the other instances' means)
-    top = suggest(labels, embedding, k=2, painted_sizes=[1600])  # a one-pixel fragment, and the merge
-    assert [s.label for s in top] == [99, 1]
+    top = suggest(labels, embedding, k=2, painted_sizes=[1600], spread_sizes=False)  # a one-pixel fragment,
+    assert [s.label for s in top] == [99, 1]  # and the merge
+
+
+def test_picks_spread_over_size_strata_keep_the_most_doubtful_of_each():
+    """Scores that favour large objects (as on EM membranes) must not make every pick a large one:
+    the first K of the order take the most doubtful of each of K size strata."""
+    sizes = [10, 20, 30, 40, 1000, 2000, 3000, 4000]
+    scores = [0.1, 0.3, 0.2, 0.15, 0.9, 0.8, 0.95, 0.7]
+    order = spread_order(sizes, scores, 2)
+    assert sorted(order) == list(range(8))
+    assert order[:2] == [6, 1]  # the best large one, then the best small one
+    assert order[2:4] == [4, 2]  # then the second best of each
+    by_size = spread_order(sizes, scores, 4)[:4]
+    assert sorted(sizes[j] // 1000 for j in by_size) == [0, 0, 1, 3]
+    assert spread_order(sizes, scores, 1) == sorted(range(8), key=lambda j: -scores[j])  # one stratum: by score
+    assert spread_order(sizes, scores, 50)[:8] == sorted(range(8), key=lambda j: -scores[j])
+    assert spread_order([], [], 3) == []
+
+
+def test_suggest_takes_small_doubtful_objects_too_unless_asked_for_the_top_scores():
+    rng = np.random.default_rng(3)
+    labels = np.zeros((120, 240), np.int32)
+    emb = rng.normal(0, 0.05, (4, 120, 240)).astype(np.float32)
+    for i in range(4):  # four large instances, each two embedding clusters (doubtful)
+        x = 60 * i
+        labels[5:55, x + 5:x + 55] = i + 1
+        emb[:, 5:55, x + 5:x + 55] += rng.normal(0, 3, (4, 1, 1))
+        emb[:, 5:55, x + 30:x + 55] += 2.0
+    for i in range(8):  # eight small clean ones
+        x = 30 * i
+        labels[70:82, x + 5:x + 17] = 10 + i
+        emb[:, 70:82, x + 5:x + 17] += rng.normal(0, 3, (4, 1, 1))
+    embedding = Embedding(emb, None, None)
+    top = suggest(labels, embedding, k=2, painted_sizes=[144, 2500], spread_sizes=False)
+    assert all(s.label <= 4 for s in top) and all(s.pixels == 2500 for s in top)
+    spread = suggest(labels, embedding, k=2, painted_sizes=[144, 2500])
+    assert sorted(s.pixels for s in spread) == [144, 2500]
+    assert spread[0].score >= spread[1].score

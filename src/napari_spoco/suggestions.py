@@ -35,12 +35,14 @@ SIGNALS = ("spread", "crowding", "foreground", "size", "disagreement")
 @dataclass
 class Suggestion:
     """One predicted instance worth checking: its id in the label image, centroid (pixel
-    coordinates, spatial axes in order), score in [0, 1] and the signals behind it."""
+    coordinates, spatial axes in order), score in [0, 1], the signals behind it and its size
+    in pixels."""
 
     label: int
     centroid: tuple[float, ...]
     score: float
     signals: dict[str, float] = field(default_factory=dict)
+    pixels: int = 0
 
 
 def _per_label_means(values: np.ndarray, flat: np.ndarray, counts: np.ndarray, n: int) -> np.ndarray:
@@ -66,9 +68,11 @@ def instance_signals(
     painted_sizes: Sequence[int] | None = None,
     delta_v: float = 0.5,
     delta_d: float = 2.0,
+    with_pixels: bool = False,
 ) -> dict[int, dict[str, float]]:
     """The signals (module docstring) of every instance of ``labels`` (0 = background), keyed
-    by label id. ``embedding`` must cover the same pixels (``segment(..., return_embedding=True)``)."""
+    by label id. ``embedding`` must cover the same pixels (``segment(..., return_embedding=True)``).
+    ``with_pixels``: also each instance's pixel count, under ``"_pixels"`` (not a signal)."""
     labels = np.asarray(labels)
     emb = np.asarray(embedding.embeddings)
     if emb.shape[1:] != labels.shape:
@@ -116,7 +120,34 @@ def instance_signals(
         t = np.asarray(embedding.teacher_embeddings)[:, sel].astype(np.float64)
         gap = np.linalg.norm(e - t, axis=0)
         out["disagreement"] = np.bincount(flat, weights=gap, minlength=n) / counts / delta_v
-    return {int(i): {k: float(np.clip(v[j], 0.0, 1.0)) for k, v in out.items()} for j, i in enumerate(ids)}
+    result = {int(i): {k: float(np.clip(v[j], 0.0, 1.0)) for k, v in out.items()} for j, i in enumerate(ids)}
+    if with_pixels:
+        for j, i in enumerate(ids):
+            result[int(i)]["_pixels"] = float(full_counts[j])
+    return result
+
+
+def spread_order(sizes: Sequence[float], scores: Sequence[float], strata: int) -> list[int]:
+    """An order of the candidates (indices into ``sizes``/``scores``) whose first ``strata``
+    entries cover every size stratum: the candidates are cut, by size, into ``strata`` groups of
+    (nearly) equal count; the order takes the most doubtful of each group, then the second most
+    doubtful of each, and so on, each pass most doubtful first (ties: the lower index).
+
+    Why: the top scores alone gather on one kind of object (on EM membranes, the largest cells),
+    so the painted objects stop resembling the image and the size statistics and the weights
+    learn a skewed set; one pick per size stratum keeps the painted set's size distribution that
+    of the predicted objects while still choosing the doubtful ones (docs/method.md, "Suggestions")."""
+    n = len(sizes)
+    if n == 0:
+        return []
+    strata = max(1, min(int(strata), n))
+    by_size = sorted(range(n), key=lambda j: (sizes[j], j))
+    groups = [sorted(g.tolist(), key=lambda j: (-scores[j], j)) for g in np.array_split(np.array(by_size), strata)]
+    order: list[int] = []
+    for depth in range(max(len(g) for g in groups)):
+        layer = [g[depth] for g in groups if depth < len(g)]
+        order += sorted(layer, key=lambda j: (-scores[j], j))
+    return order
 
 
 def suggest(
@@ -125,26 +156,32 @@ def suggest(
     k: int = 5,
     painted_sizes: Sequence[int] | None = None,
     exclude: Sequence[int] = (),
+    spread_sizes: bool = True,
 ) -> list[Suggestion]:
     """The ``k`` most doubtful instances of ``labels``, most doubtful first (ties:
-    lower id first). ``exclude``: ids to leave out, e.g. those already painted."""
+    lower id first). ``exclude``: ids to leave out, e.g. those already painted.
+    ``spread_sizes``: take them from ``k`` size strata (:func:`spread_order`) rather than the
+    ``k`` top scores overall."""
     if k < 1:
         return []
-    signals = instance_signals(labels, embedding, painted_sizes)
+    signals = instance_signals(labels, embedding, painted_sizes, with_pixels=True)
     skip = {int(i) for i in exclude}
     labels = np.asarray(labels)
     ranked = []
     for label, sig in signals.items():
-        if label in skip:
-            continue
-        ranked.append((float(np.mean(list(sig.values()))), label, sig))
+        pixels = int(sig.pop("_pixels"))
+        if label not in skip:
+            ranked.append((float(np.mean(list(sig.values()))), label, sig, pixels))
     ranked.sort(key=lambda r: (-r[0], r[1]))
+    if spread_sizes and len(ranked) > k:
+        order = spread_order([r[3] for r in ranked], [r[0] for r in ranked], k)
+        ranked = [ranked[j] for j in order]
     chosen = ranked[:k]
     if not chosen:
         return []
-    centroids = _centroids(labels, [label for _, label, _ in chosen])
-    return [Suggestion(label, centroids[label], round(score, 4), {s: round(v, 4) for s, v in sig.items()})
-            for score, label, sig in chosen]
+    centroids = _centroids(labels, [r[1] for r in chosen])
+    return [Suggestion(label, centroids[label], round(score, 4), {s: round(v, 4) for s, v in sig.items()}, pixels)
+            for score, label, sig, pixels in chosen]
 
 
 def painted_instances(labels: np.ndarray, painted: np.ndarray, background_label: int | None = None,
@@ -173,8 +210,8 @@ def _centroids(labels: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float,
 
 
 def write_csv(path, rows: Sequence[tuple[str, Suggestion]]) -> None:
-    """One CSV for a batch: image, rank within the image, id, centroid per axis, score and each
-    signal, from ``(image name, suggestion)`` pairs in ranked order per image."""
+    """One CSV for a batch: image, rank within the image, id, centroid per axis, score, each
+    signal and the size in pixels, from ``(image name, suggestion)`` pairs in ranked order per image."""
     import csv
 
     ndim = max((len(s.centroid) for _, s in rows), default=2)
@@ -182,7 +219,8 @@ def write_csv(path, rows: Sequence[tuple[str, Suggestion]]) -> None:
     rank: dict[str, int] = {}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "rank", "id", *axes, "score", *SIGNALS])
+        w.writerow(["image", "rank", "id", *axes, "score", *SIGNALS, "pixels"])
         for image, s in rows:
             rank[image] = rank.get(image, 0) + 1
-            w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS)])
+            w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS),
+                        s.pixels])
