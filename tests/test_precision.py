@@ -67,3 +67,33 @@ def test_the_cli_passes_the_choice_on_and_refuses_an_unknown_one(folders, capsys
         main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
               "--out", str(folders / "n.pt"), "--steps", "2", "--precision", "fp8"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_segmenting_in_bfloat16_stays_close_to_float32_and_reaches_predict(folders, tmp_path):
+    """Inference may run the convolutions in bfloat16 (issue 13's faster 3D): the embedding moves
+    by a few hundredths of the clustering bandwidth (0.5), and the choice reaches predict."""
+    from napari_spoco import segment
+    from napari_spoco.inference import embed
+    from napari_spoco.pretrained import load_default_model
+    from napari_spoco.sample import load_sample
+
+    model = load_default_model(2)
+    image = load_sample().test_image[:128, :128]
+    full = embed(model, image, device="cpu")
+    half = embed(model, image, device="cpu", precision="bfloat16")
+    gap = np.linalg.norm(full.embeddings - half.embeddings, axis=0)
+    assert 0 < gap.mean() < 0.05 and np.quantile(gap, 0.999) < 0.25
+    assert np.abs(full.foreground - half.foreground).max() < 0.1
+    a = segment(model, image, device="cpu")
+    b = segment(model, image, device="cpu", precision="bfloat16")
+    assert abs(int(a.max()) - int(b.max())) <= max(1, int(a.max()) // 10)
+    with pytest.raises(SpocoError, match="not one of"):
+        segment(model, image, device="cpu", precision="half")
+
+    from napari_spoco.io import save_model
+
+    save_model(model, tmp_path / "shipped.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(tmp_path / "shipped.pt"), "--images", str(folders / "images"), "--out", str(out),
+                 "--device", "cpu", "--precision", "bfloat16"]) == 0
+    assert (out / "cells.tif").is_file()

@@ -74,6 +74,7 @@ class PredictOptions:
     voxel_size: tuple[float, ...] | None = None  # --voxel-size; None: the file's, else the model's
     suggest: int = 0
     threads: int = 0  # torch threads in a worker process (0: leave as it is)
+    precision: str = "float32"  # the network's number format (napari_spoco.precision)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
         voxel_size = voxel_size_for(options.voxel_size, path, model)
         result = segment(model, image, config=options.config, device=options.device,
                          channel_axis=options.channel_axis, return_embedding=bool(options.suggest),
-                         voxel_size=voxel_size)
+                         voxel_size=voxel_size, precision=options.precision)
         labels = result[0] if options.suggest else result
         write_labels(target, labels)
         found = []

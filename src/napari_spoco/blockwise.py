@@ -216,6 +216,7 @@ class _Job:
     threads: int
     segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
     model: SpocoModel | None = None  # in this process: the caller's model, not a copy from the file
+    precision: str = "float32"
 
 
 def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
@@ -231,7 +232,7 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
                                         voxel_size=job.voxel_size, edges=edges,
-                                        tile_voxels=BLOCK_TILE_VOXELS[model.config.ndim]))
+                                        tile_voxels=BLOCK_TILE_VOXELS[model.config.ndim], precision=job.precision))
 
 
 def _constant(data: np.ndarray) -> bool:
@@ -507,6 +508,7 @@ def segment_blockwise(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     _segmenter: Callable | None = None,
+    precision: str = "float32",
 ) -> BlockwiseResult:
     """Segment ``image`` block by block into a new zarr label store at ``out``.
 
@@ -517,12 +519,15 @@ def segment_blockwise(
     ``value_range`` defaults to percentiles of boxes sampled over the image
     (:func:`sample_value_range`); ``voxel_size`` to the image's recorded spacing, else the
     model's. ``workers``/``scheduler``: see :class:`Engine`. ``progress(done, total)`` counts
-    segmented blocks. Returns a :class:`BlockwiseResult`; blocks that failed twice are empty
+    segmented blocks. ``precision``: the network's number format (:func:`napari_spoco.segment`).
+    Returns a :class:`BlockwiseResult`; blocks that failed twice are empty
     there and listed in ``failed``.
     """
+    from .precision import check_precision
     from .scaling import check_voxel_size
     from .training import as_model
 
+    check_precision(precision)
     t_start = time.perf_counter()
     model = as_model(model)
     if model is None:
@@ -560,7 +565,7 @@ def segment_blockwise(
         with Engine(workers, scheduler, prefer_threads=prefer_threads) as engine:
             job = _Job(model_path, lazy, str(out), str(scratch), config, value_range,
                        tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter,
-                       model if in_process else None)
+                       model if in_process else None, precision)
             done = engine.map(run_block, [(job, b) for b in blocks], progress)
             counts = {d["index"]: d["n"] for d in done}
             failed = {blocks[d["index"]].describe(): d["failed"] for d in done if d["failed"]}

@@ -72,6 +72,7 @@ def segment(
     _timing: dict | None = None,
     channel_axis: int | None = None,
     voxel_size: tuple[float, ...] | None = None,
+    precision: str = "float32",
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
     shape).
@@ -97,11 +98,14 @@ def segment(
     pixels) are segmented tile by tile with a halo of context (:mod:`napari_spoco.tiling`), so
     memory stays bounded by the tile; ``progress(done, total)`` counts tiles.
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
-    take memory in proportion to the image).
+    take memory in proportion to the image). ``precision``: the network's number format
+    (``float32``, ``bfloat16`` or ``auto``, :func:`napari_spoco.inference.embed`).
     """
+    from .precision import check_precision
     from .training import as_model
 
     config = _with_method(config, method)
+    check_precision(precision)
     model = as_model(model)
     if model is None:
         raise SpocoError("No model was given; train one, load one (napari_spoco.load_model) or pass a model file's path.")
@@ -110,7 +114,7 @@ def segment(
     # Checked and its range taken once, of the whole image: every tile normalises alike.
     prepared = prepare_image(model, image, value_range, channel_axis)
     return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing,
-                             voxel_size)
+                             voxel_size, precision=precision)
 
 
 def _segment_prepared(
@@ -125,6 +129,7 @@ def _segment_prepared(
     voxel_size: tuple[float, ...] | None = None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
+    precision: str = "float32",
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
     cubic voxels), in the image's pixels. ``edges`` and ``tile_voxels`` (``max_tile_voxels``):
@@ -136,7 +141,7 @@ def _segment_prepared(
     factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
     if all(f == 1.0 for f in factors):
         return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing,
-                                         edges, tile_voxels)
+                                         edges, tile_voxels, precision)
     shape = image.shape
     config = config or ClusterConfig()
     volume = float(np.prod(factors))
@@ -150,7 +155,7 @@ def _segment_prepared(
     # resized, the image keeps the original's range: crops normalise like the whole
     small = PreparedImage(resize_image(image.data, scaled_shape(shape, factors)), image.value_range, image.channels)
     result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing,
-                                       edges, tile_voxels)
+                                       edges, tile_voxels, precision)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
     if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
@@ -173,6 +178,7 @@ def _segment_at_network_scale(
     _timing: dict | None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
+    precision: str = "float32",
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
@@ -201,7 +207,7 @@ def _segment_at_network_scale(
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
         emb = embed(model, block, device=device, with_teacher=config.method == "consistency",
-                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels)
+                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
