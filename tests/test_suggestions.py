@@ -168,3 +168,14 @@ def test_suggest_takes_small_doubtful_objects_too_unless_asked_for_the_top_score
     spread = suggest(labels, embedding, k=2, painted_sizes=[144, 2500])
     assert sorted(s.pixels for s in spread) == [144, 2500]
     assert spread[0].score >= spread[1].score
+
+
+def test_huge_label_ids_give_the_same_signals_as_small_ones():
+    """Ids are counted with a table when small and sorted when huge: both must agree."""
+    labels, emb = _scene()
+    small = instance_signals(labels, emb, with_pixels=True)
+    huge = labels.astype(np.int64) * 10**9
+    big = instance_signals(huge, emb, with_pixels=True)
+    assert sorted(big) == sorted(i * 10**9 for i in small)
+    for i, sig in small.items():
+        assert big[i * 10**9] == pytest.approx(sig)

@@ -52,8 +52,22 @@ def _per_label_means(values: np.ndarray, flat: np.ndarray, counts: np.ndarray, n
 
 #: Instance pixels read for the signals: above this, a regular grid of them (docs/method.md,
 #: "Suggestions"); an instance keeps at least MIN_SAMPLES of its pixels, or all it has.
-MAX_SAMPLES = 2**18
+MAX_SAMPLES = 2**16
 MIN_SAMPLES = 64
+
+
+def _instance_index(values: np.ndarray, size: int):
+    """The ids among ``values`` (positive labels), their counts, and a function that maps label
+    values to 0..n-1. Label ids are usually small: counted with ``bincount`` and mapped by a
+    table, a few times faster than sorting them (``unique``), which remains for sparse huge ids."""
+    if values.size and values.dtype.kind in "ui" and int(values.max()) <= 4 * size:
+        every = np.bincount(values.astype(np.intp, copy=False))
+        ids = np.nonzero(every)[0]
+        table = np.zeros(len(every), np.intp)
+        table[ids] = np.arange(len(ids))
+        return ids, every[ids], lambda v: table[v]
+    ids, counts = np.unique(values, return_counts=True)
+    return ids, counts, lambda v: np.searchsorted(ids, v)
 
 
 def _sample_step(pixels: int, ndim: int) -> int:
@@ -78,7 +92,7 @@ def instance_signals(
     if emb.shape[1:] != labels.shape:
         raise ValueError(f"embeddings of shape {emb.shape[1:]} do not cover labels of shape {labels.shape}")
     mask = labels > 0
-    ids, full_counts = np.unique(labels[mask], return_counts=True)
+    ids, full_counts, index = _instance_index(labels[mask], labels.size)
     n = len(ids)
     if n == 0:
         return {}
@@ -94,11 +108,11 @@ def instance_signals(
         small = ids[full_counts < MIN_SAMPLES * step**labels.ndim]
         if len(small):
             sel |= np.isin(labels, small)
-    flat = np.searchsorted(ids, labels[sel])
+    flat = index(labels[sel])
     counts = np.bincount(flat, minlength=n).astype(np.float64)
-    e = emb[:, sel].astype(np.float64)  # (E, P)
+    e = emb[:, sel].astype(np.float32, copy=False)  # (E, P); sums and means in float64
     means = _per_label_means(e, flat, counts, n)  # (E, n)
-    dist = np.linalg.norm(e - means[:, flat], axis=0)
+    dist = np.linalg.norm(e - means.astype(np.float32)[:, flat], axis=0)
     spread = np.bincount(flat, weights=dist, minlength=n) / counts / delta_d
 
     if n > 1:  # nearest other mean, by a k-d tree: no n x n table on crowded images
@@ -117,7 +131,7 @@ def instance_signals(
     reference = float(np.median(painted_sizes)) if painted_sizes is not None and len(painted_sizes) else float(np.median(sizes))
     out["size"] = np.abs(np.log(sizes / max(reference, 1.0))) / np.log(4.0)
     if embedding.teacher_embeddings is not None:
-        t = np.asarray(embedding.teacher_embeddings)[:, sel].astype(np.float64)
+        t = np.asarray(embedding.teacher_embeddings)[:, sel].astype(np.float32, copy=False)
         gap = np.linalg.norm(e - t, axis=0)
         out["disagreement"] = np.bincount(flat, weights=gap, minlength=n) / counts / delta_v
     result = {int(i): {k: float(np.clip(v[j], 0.0, 1.0)) for k, v in out.items()} for j, i in enumerate(ids)}
