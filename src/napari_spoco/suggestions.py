@@ -16,8 +16,9 @@ Each predicted instance gets signals in [0, 1] from the network's own outputs (d
   ``segment(..., return_embedding=True)`` with consistency clustering): how far student and
   teacher embeddings differ over the instance, in units of δ_v.
 
-The score is the mean of the available signals. Nothing here needs Qt; the napari panel and
-``predict --suggest K`` show the top instances.
+The score is the mean of the available signals; the k suggestions are the most doubtful
+instance of each of k size strata (:func:`spread_order`). Nothing here needs Qt; the napari
+panel and ``predict --suggest K`` show them.
 """
 
 from __future__ import annotations
@@ -172,10 +173,10 @@ def suggest(
     exclude: Sequence[int] = (),
     spread_sizes: bool = True,
 ) -> list[Suggestion]:
-    """The ``k`` most doubtful instances of ``labels``, most doubtful first (ties:
-    lower id first). ``exclude``: ids to leave out, e.g. those already painted.
-    ``spread_sizes``: take them from ``k`` size strata (:func:`spread_order`) rather than the
-    ``k`` top scores overall."""
+    """``k`` doubtful instances of ``labels``, most doubtful first (ties: lower id first): the
+    most doubtful of each of ``k`` size strata (:func:`spread_order`), or with
+    ``spread_sizes=False`` the ``k`` top scores overall. ``exclude``: ids to leave out, e.g.
+    those already painted."""
     if k < 1:
         return []
     signals = instance_signals(labels, embedding, painted_sizes, with_pixels=True)
