@@ -136,6 +136,7 @@ def child(argv: list[str]) -> None:
     p.add_argument("out")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--ndim", type=int, default=3)
+    p.add_argument("--precision", default="float32")
     a = p.parse_args(argv)
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.lazy_io import open_lazy
@@ -144,19 +145,20 @@ def child(argv: list[str]) -> None:
     model = load_default_model(a.ndim)
     image = open_lazy(a.source)
     t0 = time.perf_counter()
-    r = segment_blockwise(model, image, a.out, workers=a.workers)
+    r = segment_blockwise(model, image, a.out, workers=a.workers, precision=a.precision)
     print(json.dumps({"seconds": time.perf_counter() - t0, "objects": r.objects, "blocks": r.blocks,
                       "voxels": int(np.prod(r.shape)), "failed": len(r.failed)}))
 
 
-def part_memory(work: Path, sizes: list[int], workers: int, volume, labels) -> list[dict]:
+def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, precision: str = "float32") -> list[dict]:
     rows = []
     for n in sizes:
         img, _ = mirrored_mosaic(volume, labels, n)
         src = work / f"cells3d_{n}x{n}.zarr"
         write_ome_zarr(src, img, (img.shape[0], 256, 256))
         del img
-        res, peak, wall = run_child([str(src), str(work / f"labels_{n}.zarr"), "--workers", str(workers)])
+        res, peak, wall = run_child([str(src), str(work / f"labels_{n}.zarr"), "--workers", str(workers),
+                                     "--precision", precision])
         res.update(mosaic=f"{n}x{n}", peak_rss_mb=round(peak), wall_s=round(wall, 1),
                    s_per_mvox=round(res["seconds"] / (res["voxels"] / 1e6), 2))
         rows.append(res)
@@ -304,6 +306,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", type=Path)
     p.add_argument("--out", type=Path)
+    p.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16"),
+                   help="number format of the network in the memory part (napari_spoco.precision)")
     a = p.parse_args()
     use_data_dir(a.data, needs=("cells3d-nuclei", "bbbc039-nuclei"))
     work = Path(tempfile.mkdtemp(prefix="spoco-blockwise-", dir=a.work))
@@ -315,7 +319,7 @@ def main() -> None:
         labels = read("cells3d-nuclei", "cells3d_nuclei", "masks")
         images, masks = bbbc_fields()
         if "memory" not in a.skip:
-            result["memory"] = part_memory(work, a.sizes, a.workers, volume, labels)
+            result["memory"] = part_memory(work, a.sizes, a.workers, volume, labels, a.precision)
         if "stitching" not in a.skip:
             from napari_spoco.pretrained import load_default_model
 
