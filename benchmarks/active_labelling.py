@@ -348,8 +348,8 @@ def comparison(r: dict, reference: float, strategy: str = "suggested") -> dict:
 
 def time_ratio(r: dict) -> dict | None:
     """Suggestions' time against the Segment (with embedding) they follow, over every training
-    image of every suggested round and seed: the ratio of the sums, and the median and largest
-    per image (the first ranking of a process also pays for importing scipy's k-d tree)."""
+    image of every round of the suggesting strategies (suggested and top: the same signals, only
+    the order differs) and seed: the ratio of the sums, and the median and largest per image."""
     seg, sug = [], []
     for s in r["seeds"]:
         for row in (row for st in SUGGESTING if st in s["curves"] for row in s["curves"][st]):
@@ -399,7 +399,9 @@ def report(results: list[dict], meta: dict) -> str:
               f"CPU only. {meta['date']}. Start {meta['start']:.0%} painted ({meta['initial_steps']} steps from "
               f"--init {meta['init']}, stable start {meta.get('stable_start', 'on')}), then {meta['rounds']} rounds "
               f"of K = {meta['k']} objects and {meta['steps_per_round']} steps each; seeds {' '.join(map(str, meta['seeds']))}. "
-              f"AP50 on the held-out test images: mean (min–max) over seeds.")
+              f"AP50 on the held-out test images: mean (min–max) over seeds."
+              + ("" if "strategies" in meta else " (A run from before the size strata: its 'suggested' "
+                 "walked the top scores, what 'top' is now.)"))
     parts = [header]
     verdicts, lines = [], []
     for r in results:
