@@ -136,7 +136,7 @@ def child(argv: list[str]) -> None:
     p.add_argument("out")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--ndim", type=int, default=3)
-    p.add_argument("--precision", default="float32")
+    p.add_argument("--precision", default="auto")
     a = p.parse_args(argv)
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.lazy_io import open_lazy
@@ -150,7 +150,7 @@ def child(argv: list[str]) -> None:
                       "voxels": int(np.prod(r.shape)), "failed": len(r.failed)}))
 
 
-def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, precision: str = "float32") -> list[dict]:
+def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, precision: str = "auto") -> list[dict]:
     rows = []
     for n in sizes:
         img, _ = mirrored_mosaic(volume, labels, n)
@@ -168,17 +168,18 @@ def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, prec
     return rows
 
 
-def _compare(name: str, model, image, truth, work: Path, block_shape=None) -> dict:
+def _compare(name: str, model, image, truth, work: Path, block_shape=None, precision: str = "auto") -> dict:
     from napari_spoco import evaluate, segment
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.data import intensity_range
 
     vr = intensity_range(image)
     t0 = time.perf_counter()
-    whole = segment(model, image, device="cpu", value_range=vr)
+    whole = segment(model, image, device="cpu", value_range=vr, precision=precision)
     t_whole = time.perf_counter() - t0
     t0 = time.perf_counter()
-    r = segment_blockwise(model, image, work / f"{name}.zarr", value_range=vr, block_shape=block_shape)
+    r = segment_blockwise(model, image, work / f"{name}.zarr", value_range=vr, block_shape=block_shape,
+                          precision=precision)
     t_blocks = time.perf_counter() - t0
     blocks = np.asarray(r.labels[...])
     shutil.rmtree(work / f"{name}.zarr", ignore_errors=True)
@@ -216,11 +217,12 @@ def mosaic_2d(images, masks, size: int) -> tuple[np.ndarray, np.ndarray]:
     return img[:size, :size], lab[:size, :size]
 
 
-def part_throughput_2d(work: Path, images, masks) -> dict:
+def part_throughput_2d(work: Path, images, masks, precision: str = "auto") -> dict:
     img, _ = mosaic_2d(images, masks, 4096)
     src = work / "bbbc_4096.zarr"
     write_ome_zarr(src, img, (1024, 1024))
-    res, peak, wall = run_child([str(src), str(work / "bbbc_4096_labels.zarr"), "--ndim", "2"])
+    res, peak, wall = run_child([str(src), str(work / "bbbc_4096_labels.zarr"), "--ndim", "2",
+                                 "--precision", precision])
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(work / "bbbc_4096_labels.zarr", ignore_errors=True)
     res.update(peak_rss_mb=round(peak), mpx_per_s=round(res["voxels"] / 1e6 / res["seconds"], 2))
@@ -228,7 +230,7 @@ def part_throughput_2d(work: Path, images, masks) -> dict:
     return res
 
 
-def part_workers(work: Path, images, count: int) -> dict:
+def part_workers(work: Path, images, count: int, precision: str = "auto") -> dict:
     import tifffile
 
     folder = work / "batch"
@@ -246,7 +248,7 @@ def part_workers(work: Path, images, count: int) -> dict:
         out = work / f"pred_{tag}"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "napari_spoco.cli", "predict", "--model", str(model), "--images",
-                        str(folder), "--out", str(out), *extra], check=True, capture_output=True)
+                        str(folder), "--out", str(out), "--precision", precision, *extra], check=True, capture_output=True)
         shutil.rmtree(out, ignore_errors=True)
         return time.perf_counter() - t0
 
@@ -264,7 +266,8 @@ def part_workers(work: Path, images, count: int) -> dict:
 
 
 def report(result: dict) -> str:
-    lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`", ""]
+    lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`; "
+             f"network in {result.get('precision', 'float32')}", ""]
     if result.get("memory"):
         lines += ["| volume | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
                   "|---|---|---|---|---|---|---|"]
@@ -306,14 +309,20 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument("--json", type=Path)
     p.add_argument("--out", type=Path)
-    p.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16"),
-                   help="number format of the network in the memory part (napari_spoco.precision)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="number format of the network in every part (napari_spoco.precision; default: auto, "
+                   "the library's)")
     a = p.parse_args()
     use_data_dir(a.data, needs=("cells3d-nuclei", "bbbc039-nuclei"))
     work = Path(tempfile.mkdtemp(prefix="spoco-blockwise-", dir=a.work))
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"{platform.python_version()}", "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": "python benchmarks/blockwise_scaling.py " + " ".join(sys.argv[1:])}
+    import torch
+
+    from napari_spoco.precision import resolve_precision
+
+    result["precision"] = resolve_precision(a.precision, torch.device("cpu"), 3)  # what "auto" meant for 3D here
     try:
         volume = read("cells3d-nuclei", "cells3d_nuclei", "images")
         labels = read("cells3d-nuclei", "cells3d_nuclei", "masks")
@@ -325,13 +334,14 @@ def main() -> None:
 
             img, lab = mirrored_mosaic(volume, labels, min(a.sizes))
             result["stitching"] = [_compare(f"cells3d {min(a.sizes)}x{min(a.sizes)}", load_default_model(3), img,
-                                            lab, work)]
+                                            lab, work, precision=a.precision)]
             img2, lab2 = mosaic_2d(images, masks, 2048)
-            result["stitching"].append(_compare("bbbc039 mosaic", load_default_model(2), img2, lab2, work))
+            result["stitching"].append(_compare("bbbc039 mosaic", load_default_model(2), img2, lab2, work,
+                                                precision=a.precision))
         if "throughput" not in a.skip:
-            result["throughput"] = part_throughput_2d(work, images, masks)
+            result["throughput"] = part_throughput_2d(work, images, masks, a.precision)
         if "workers" not in a.skip:
-            result["workers"] = part_workers(work, images, a.batch)
+            result["workers"] = part_workers(work, images, a.batch, a.precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report(result)

@@ -6,8 +6,8 @@ Data: the sparse-accuracy benchmark's training images with 10 % of the objects p
 BBBC039 fields (2D), or the training half of the cells3d volume (3D).
 Variants (each fine-tunes a fresh copy of the shipped 2D or 3D model with the default TrainConfig):
 
-* ``current``            — ``precision="auto"``: bfloat16 convolutions where the CPU has them
-  natively (napari_spoco.precision), float32 elsewhere;
+* ``current``            — bfloat16 convolutions where the CPU has them natively
+  (napari_spoco.precision.native_bfloat16), float32 elsewhere;
 * ``float32``            — ``precision="float32"``, the library's default;
 * ``no channels-last``  — convolutions in the default (contiguous) memory format;
 * ``1 thread``           — torch limited to one thread.
@@ -55,7 +55,7 @@ def steps_per_second(images, labels, steps: int, variant: str, ndim: int = 2) ->
         training.CHANNELS_LAST = variant != "no channels-last"
         if variant == "1 thread":
             os.cpu_count = lambda: 1  # train() sets torch's thread count from os.cpu_count()
-        precision = "float32" if variant == "float32" else "auto"  # the other variants: as `current`
+        precision = "float32" if variant == "float32" else fast_precision()  # the other variants: as `current`
         train(images, labels, TrainConfig(steps=3, device="cpu", precision=precision),
               model=load_default_model(ndim))  # warm-up
         last = []  # the loop's own rate: without the set-up and the edge calibration after the last step
@@ -66,6 +66,15 @@ def steps_per_second(images, labels, steps: int, variant: str, ndim: int = 2) ->
         training.CHANNELS_LAST = True
         os.cpu_count = cpu_count
         torch.set_num_threads(saved_threads)
+
+
+def fast_precision() -> str:
+    """bfloat16 where this CPU has it natively (``auto`` would keep 2D networks in float32)."""
+    import torch
+
+    from napari_spoco.precision import native_bfloat16
+
+    return "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
 
 
 def main() -> int:
@@ -79,8 +88,6 @@ def main() -> int:
     name = "bbbc039-nuclei" if args.ndim == 2 else "cells3d-nuclei"
     use_data_dir(args.data, needs=(name,))
     import torch
-
-    from napari_spoco.precision import resolve_precision
 
     split = next(s for s in splits() if s.name == name)
     crop = split.crop
@@ -96,7 +103,7 @@ def main() -> int:
     shape = "8 × 96²" if args.ndim == 2 else "2 × 32×64²"
     print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, CPU only, "
           f"{time.strftime('%Y-%m-%d')}. CPU-default {args.ndim}D network, batch {shape}, {args.steps} timed steps × "
-          f"{args.rounds} rounds; `current` trains in {resolve_precision('auto', torch.device('cpu'))}.\n")
+          f"{args.rounds} rounds; `current` trains in {fast_precision()}.\n")
     print("| variant | steps/s (median) | all rounds | vs current |")
     print("|---|---|---|---|")
     base = float(np.median(results["current"]))
@@ -106,7 +113,8 @@ def main() -> int:
 
     prof = cProfile.Profile()
     prof.enable()
-    train(images, labels, TrainConfig(steps=args.steps, device="cpu", precision="auto"), model=load_default_model(args.ndim))
+    train(images, labels, TrainConfig(steps=args.steps, device="cpu", precision=fast_precision()),
+          model=load_default_model(args.ndim))
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
     phases = [

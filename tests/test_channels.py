@@ -78,12 +78,12 @@ def test_geometry_flips_spatial_axes_only():
 def test_widening_a_grey_model_starts_from_what_it_saw_in_grey(tiny_pair):
     image, _, _ = tiny_pair
     model = SpocoModel.new(SMALL, seed=0)
-    grey = segment(model, image, device="cpu", return_embedding=True)[1].embeddings
+    grey = segment(model, image, device="cpu", return_embedding=True, precision="float32")[1].embeddings
     model.widen_input(3)
     assert model.config.in_channels == 3 and model.student.encoders[0][0].in_channels == 3
     assert model.teacher.encoders[0][0].in_channels == 3 and model.history["widened_from_channels"] == 1
     same = np.repeat(image[..., None], 3, axis=-1)  # three equal channels = the grey image
-    wide = segment(model, same, device="cpu", return_embedding=True)[1].embeddings
+    wide = segment(model, same, device="cpu", return_embedding=True, precision="float32")[1].embeddings
     assert np.allclose(wide, grey, atol=1e-4)
     assert not model.teacher.encoders[0][0].weight.requires_grad
     with pytest.raises(SpocoError, match="only a one-channel model"):

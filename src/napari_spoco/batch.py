@@ -17,6 +17,7 @@ import numpy as np
 
 from .clustering import ClusterConfig
 from .errors import SpocoError
+from .precision import INFERENCE_PRECISION
 
 #: TIFFs whose pixels take more than this are read lazily and segmented block by block: whole,
 #: the image, its float copy and the int64 labels would need about 7x this in memory.
@@ -74,7 +75,7 @@ class PredictOptions:
     voxel_size: tuple[float, ...] | None = None  # --voxel-size; None: the file's, else the model's
     suggest: int = 0
     threads: int = 0  # torch threads in a worker process (0: leave as it is)
-    precision: str = "float32"  # the network's number format (napari_spoco.precision)
+    precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .clustering import ClusterConfig
 from .errors import SpocoError
 from .lazy_io import LazyImage, create_label_store, open_label_store, remove_store
 from .model import SpocoModel
+from .precision import INFERENCE_PRECISION
 from .shapes import object_radius
 
 LINK_IOU = 0.5  # pieces of one object agree this well in the strip two blocks share
@@ -87,8 +88,9 @@ def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
 #: in-process with 1.6 M-voxel tiles, and a 25-block run at 2.07 GB), so 4.5 M voxels with
 #: 1.2 M-voxel tiles to stay under 2 GB; in 2D 2048², which segments in about 0.6 GB.
 REGION_PIXELS = {2: 2048 * 2048, 3: 4_500_000}
-#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M): a forward pass
-#: needs about 550 bytes per voxel of its tile.
+#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M): a float32
+#: forward pass needs about 550 bytes per voxel of its tile; a bfloat16 one less than half, so
+#: its tiles are twice as large (precision.tile_voxels).
 BLOCK_TILE_VOXELS = {2: None, 3: 1_200_000}
 
 
@@ -216,7 +218,7 @@ class _Job:
     threads: int
     segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
     model: SpocoModel | None = None  # in this process: the caller's model, not a copy from the file
-    precision: str = "float32"
+    precision: str = INFERENCE_PRECISION
 
 
 def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
@@ -225,14 +227,19 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     if job.segmenter is not None:
         return np.asarray(job.segmenter(data))
     from .inference import prepare_image
+    from .model import select_device
+    from .precision import resolve_precision, tile_voxels
     from .segmentation import _segment_prepared
 
     model = _thread_model(job.model) if job.model is not None else _worker_model(job.model_path)
     prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
+    budget = BLOCK_TILE_VOXELS[model.config.ndim]
+    if budget is not None:
+        budget = tile_voxels(budget, resolve_precision(job.precision, select_device(job.device), model.config.ndim))
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
                                         voxel_size=job.voxel_size, edges=edges,
-                                        tile_voxels=BLOCK_TILE_VOXELS[model.config.ndim], precision=job.precision))
+                                        tile_voxels=budget, precision=job.precision))
 
 
 def _constant(data: np.ndarray) -> bool:
@@ -508,7 +515,7 @@ def segment_blockwise(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     _segmenter: Callable | None = None,
-    precision: str = "float32",
+    precision: str = INFERENCE_PRECISION,
 ) -> BlockwiseResult:
     """Segment ``image`` block by block into a new zarr label store at ``out``.
 

@@ -26,7 +26,7 @@ import numpy as np
 from .clustering import METHODS, ClusterConfig
 from .errors import SpocoError
 from .model import DEVICES, NETWORK_CHOICES
-from .precision import PRECISIONS
+from .precision import INFERENCE_PRECISION, PRECISIONS
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -149,10 +149,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="do not grow objects by the edge growth fitted on the painted objects at the end of "
                     "training (model history edge_expand; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
-    pr.add_argument("--precision", default="float32", choices=PRECISIONS,
-                    help="number format of the network: 'bfloat16' convolutions take about two thirds of the "
-                    "time where the CPU or GPU has them natively, with embeddings within a few hundredths of "
-                    "float32's; 'auto' uses them there (docs/method.md, Number format). Default: float32")
+    pr.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
+                    help="number format of the network: 'auto' runs a 3D model's convolutions in bfloat16 where "
+                    "the CPU or GPU has them natively (half the time, the same objects, larger tiles at less "
+                    "memory) and 2D models, or any model elsewhere, in float32; 'bfloat16' and 'float32' "
+                    "always (docs/method.md, Number format). Default: auto")
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -213,8 +214,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="float32", choices=PRECISIONS,
                    help="number format of the network while training: 'bfloat16' convolutions are faster where "
-                   "the CPU or GPU has them natively (weights stay float32), 'auto' uses them there and float32 "
-                   "elsewhere (docs/method.md, Number format of training). Default: float32")
+                   "the CPU or GPU has them natively (weights stay float32), 'auto' uses them there for 3D "
+                   "networks and float32 elsewhere (docs/method.md, Number format). Default: float32")
 
 
 def _add_network(p: argparse.ArgumentParser) -> None:

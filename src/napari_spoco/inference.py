@@ -19,6 +19,7 @@ import torch
 from .data import check_image, intensity_range, normalize, spatial_shape
 from .errors import SpocoError
 from .model import SpocoModel, select_device, split_output
+from .precision import INFERENCE_PRECISION
 
 
 @dataclass
@@ -200,7 +201,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     max_tile_voxels: int | None = None,
     channel_axis: int | None = None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
-    precision: str = "float32",
+    precision: str = INFERENCE_PRECISION,
 ) -> Embedding:
     """Embed a 2D/3D image with the model's predicting network (``model.predictor``: the
     student, or the EMA teacher of a fine-tuned model) and optionally the other one
@@ -218,10 +219,11 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     ``channel_axis``: the image's channel axis, for models that read several channels
     (colour ``(Y, X, 3|4)`` needs none). A :class:`PreparedImage` (of :func:`prepare_image`)
     is used as it is: it carries its checked data and range already. ``precision``: the
-    number format of the network's convolutions (:mod:`napari_spoco.precision`; ``bfloat16``
-    takes about two thirds of the time on a CPU that has it, docs/method.md, "Number format").
+    number format of the network's convolutions (:mod:`napari_spoco.precision`; ``auto``:
+    bfloat16 for a 3D model where the CPU or GPU has it, about half the time of float32, and
+    default tiles twice as large at less memory; docs/method.md, "Number format").
     """
-    from .precision import autocast, resolve_precision
+    from .precision import autocast, resolve_precision, tile_voxels
 
     channels = model.config.in_channels
     if isinstance(image, PreparedImage):
@@ -246,10 +248,13 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     margins = tuple((min(margin, n - 1) * e0, min(margin, n - 1) * e1) for n, (e0, e1) in zip(image_shape, edges))
     x = np.pad(x, [(0, 0)] + list(margins), mode="reflect")
     padded = tuple(_round_up(n, div) for n in x.shape[1:])
+    dev = select_device(device)
+    number_format = resolve_precision(precision, dev, len(image_shape))
     ov = overlap if overlap is not None else 2 * model.config.receptive_radius
     ov_r = _round_up(ov, div) if ov else 0
     if tile_shape is None:
-        layouts = plan_tiles(padded, max_tile_voxels or default_tile_voxels(len(image_shape)), ov_r, div)
+        budget = max_tile_voxels or tile_voxels(default_tile_voxels(len(image_shape)), number_format)
+        layouts = plan_tiles(padded, budget, ov_r, div)
     else:
         layouts = [
             _axis_layout(p, max(div, _round_up(t, div)), min(ov_r, _round_up(t, div) // 2), div)
@@ -266,8 +271,6 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     # Accumulators cover the image only, not its margin (context, never output); plus the
     # weight sum and the padded input, about one image each.
     _check_memory(int(np.prod(image_shape)), model.config.out_channels * len(nets) + 1 + channels, image_shape)
-    dev = select_device(device)
-    number_format = resolve_precision(precision, dev)
     # Channels-last convolutions: 1.3x (3D) to 2x (2D) faster on CPU, same results to 1e-6
     # (docs/benchmarks.md, "Throughput")
     fmt = torch.channels_last_3d if len(image_shape) == 3 else torch.channels_last

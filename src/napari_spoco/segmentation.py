@@ -13,6 +13,7 @@ from .errors import SpocoError
 from .inference import Embedding, PreparedImage, embed, prepare_image
 from .label_dtypes import as_label_image
 from .model import SpocoModel
+from .precision import INFERENCE_PRECISION
 from .shapes import object_radius
 
 
@@ -72,7 +73,7 @@ def segment(
     _timing: dict | None = None,
     channel_axis: int | None = None,
     voxel_size: tuple[float, ...] | None = None,
-    precision: str = "float32",
+    precision: str = INFERENCE_PRECISION,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
     shape).
@@ -98,8 +99,9 @@ def segment(
     pixels) are segmented tile by tile with a halo of context (:mod:`napari_spoco.tiling`), so
     memory stays bounded by the tile; ``progress(done, total)`` counts tiles.
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
-    take memory in proportion to the image). ``precision``: the network's number format
-    (``float32``, ``bfloat16`` or ``auto``, :func:`napari_spoco.inference.embed`).
+    take memory in proportion to the image). ``precision``: the network's number format:
+    ``auto`` (bfloat16 for a 3D model where the CPU or GPU has it natively, else float32), ``float32`` or
+    ``bfloat16`` (:func:`napari_spoco.inference.embed`; docs/method.md, "Number format").
     """
     from .precision import check_precision
     from .training import as_model
@@ -129,7 +131,7 @@ def _segment_prepared(
     voxel_size: tuple[float, ...] | None = None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
-    precision: str = "float32",
+    precision: str = INFERENCE_PRECISION,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
     cubic voxels), in the image's pixels. ``edges`` and ``tile_voxels`` (``max_tile_voxels``):
@@ -178,7 +180,7 @@ def _segment_at_network_scale(
     _timing: dict | None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
-    precision: str = "float32",
+    precision: str = INFERENCE_PRECISION,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
@@ -302,18 +304,20 @@ def segment_series(
     config: ClusterConfig | None = None,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    precision: str = INFERENCE_PRECISION,
 ) -> np.ndarray:
     """Segment a 2D+t stack ``(T, Y, X)`` frame by frame with a 2D model.
 
     Ids are made unique across frames (frame t's ids follow frame t-1's), so that any instance
     can be picked, promoted or exported without ambiguity. ``method`` and ``config`` are
-    :func:`segment`'s; ``progress(done, total)`` counts frames.
+    :func:`segment`'s, as is ``precision``; ``progress(done, total)`` counts frames.
     """
     stack = np.asarray(stack)
     out = np.zeros(stack.shape[:3], dtype=np.int64)
     offset = 0
     for t in range(stack.shape[0]):
-        lab = segment(model, stack[t], method=method, config=config, device=device).astype(np.int64)
+        lab = segment(model, stack[t], method=method, config=config, device=device,
+                      precision=precision).astype(np.int64)
         out[t] = np.where(lab > 0, lab + offset, 0)
         offset = int(out[t].max(initial=offset))
         if progress is not None:

@@ -370,7 +370,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if config.steps <= 0 and not config.minutes:
         raise SpocoError("Give a positive number of steps or minutes to train for.")
     device = select_device(config.device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, model.config.ndim)
     if device.type == "cpu" and os.cpu_count():
         torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(config.seed)

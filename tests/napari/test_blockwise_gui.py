@@ -90,12 +90,14 @@ def test_a_dask_image_is_segmented_block_by_block_into_a_lazy_layer(big, notes, 
         return compute(self, *args, **kwargs)
 
     monkeypatch.setattr(da.Array, "compute", guarded)
-    seen = []
+    seen, formats, blockwise = [], [], workers.segment_blockwise
+    monkeypatch.setattr(workers, "segment_blockwise", lambda *a, **k: formats.append(k["precision"]) or blockwise(*a, **k))
+    panel.precision_box.setCurrentText("float32")
     panel.blockwise.progressed.connect(lambda done, total: seen.append((done, total)))
     panel.segment_btn.click()
 
     assert not notes["error"], notes
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)] and formats == ["float32"]  # the panel's number format
     assert computed and max(computed) < image.size  # regions only, never the whole image
     layer = viewer.layers["big instances"]
     assert isinstance(layer.data, da.Array) and layer.data.shape == image.shape  # lazy

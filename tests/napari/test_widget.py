@@ -314,12 +314,20 @@ def test_first_train_fine_tunes_the_shipped_model_and_new_starts_from_scratch(sp
     assert widget.state.model.current.history["steps"] == 2 and not notes["error"]
 
 
-def test_default_button_segments_without_any_training(spoco):
+def test_default_button_segments_without_any_training(spoco, monkeypatch):
+    from napari_spoco._napari import workers
+
     viewer, widget = spoco
     widget.model_panel.default_model_btn.click()
     assert widget.segment_panel.segment_btn.isEnabled()
+    formats, segment = [], workers.segment
+    monkeypatch.setattr(workers, "segment", lambda *a, **k: formats.append(k["precision"]) or segment(*a, **k))
+    assert widget.segment_panel.precision_box.currentText() == "auto"  # the library's default
     widget.segment_panel.segment_btn.click()
     assert viewer.layers["nuclei instances"].data.max() >= 10
+    widget.segment_panel.precision_box.setCurrentText("float32")
+    widget.segment_panel.segment_btn.click()
+    assert formats == ["auto", "float32"] and viewer.layers["nuclei instances"].data.max() >= 10
 
 
 def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes, choose):

@@ -17,6 +17,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..lazy_io import remove_store
 from ..out_of_core import STORE_KEY, Cancelled, block_count, lazy_levels, voxel_note, voxel_size_from_scale
+from ..precision import INFERENCE_PRECISION
 from . import workers
 from .dialogs import error_message
 from .layers import find_layer, image_data, referenced_stores, spatial_shape
@@ -45,7 +46,7 @@ class BlockwiseRun(QObject):
     def running(self) -> bool:
         return self.job is not None
 
-    def start(self, image, model, config) -> None:
+    def start(self, image, model, config, precision: str = INFERENCE_PRECISION) -> None:
         shape = spatial_shape(image)
         try:
             voxel = voxel_size_from_scale(image.scale, len(shape))
@@ -57,7 +58,8 @@ class BlockwiseRun(QObject):
             return
         self.state.stores.hold(out)  # not swept while it is being written
         self.job = workers.BlockwiseJob(model=model, image=image_data(image), out=out, config=config,
-                                        block_shape=self.block_shape, voxel_size=voxel, progress=self.progressed.emit)
+                                        block_shape=self.block_shape, voxel_size=voxel, progress=self.progressed.emit,
+                                        precision=precision)
         rgb = getattr(image, "rgb", False)  # the levels' colour axis is not spatial
         levels = [tuple(level.shape)[: -1 if rgb else None] for level in image.data] if image.multiscale else None
         self._target = (image.unique_id, image.name, levels, f", {note}" if note else "")

@@ -25,6 +25,7 @@ from ..data import check_image, count_objects, intensity_range
 from ..inference import Embedding
 from ..model import ModelConfig, SpocoModel
 from ..out_of_core import stoppable
+from ..precision import INFERENCE_PRECISION
 from ..segmentation import segment, segment_preview, segment_series
 from ..suggestions import Suggestion, suggest
 from ..training import TrainConfig, TrainProgress, drain, iter_train
@@ -108,6 +109,7 @@ class SegmentJob:
     with_embedding: bool = False  # the embeddings as a PCA colour image
     keep_embedding: bool = False  # the whole Embedding, for suggestions (not for series)
     voxel_size: tuple[float, ...] | None = None  # from the layer's scale (None: the model's)
+    precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
 
 
 @dataclass
@@ -127,13 +129,14 @@ def segment_job(job: SegmentJob) -> SegmentResult:
     t0 = time.perf_counter()
     rgb = emb = None
     if job.series:
-        labels = segment_series(job.model, job.image, config=job.config)
+        labels = segment_series(job.model, job.image, config=job.config, precision=job.precision)
     elif job.with_embedding or job.keep_embedding:
         labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True,
-                              voxel_size=job.voxel_size)
+                              voxel_size=job.voxel_size, precision=job.precision)
         rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
-        labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size)
+        labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size,
+                         precision=job.precision)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
 
@@ -150,13 +153,15 @@ class BlockwiseJob:
     voxel_size: tuple[float, ...] | None = None
     progress: Callable[[int, int], None] | None = None  # (blocks done, total), from the worker
     stop: threading.Event = field(default_factory=threading.Event)
+    precision: str = INFERENCE_PRECISION
 
 
 def blockwise_job(job: BlockwiseJob) -> BlockwiseResult:
     """``blockwise.segment_blockwise``; once ``job.stop`` is set, the next finished block raises
     ``Cancelled`` from the progress callback, and the run deletes its partial store."""
     return segment_blockwise(job.model, job.image, job.out, config=job.config, block_shape=job.block_shape,
-                             voxel_size=job.voxel_size, device="auto", progress=stoppable(job.stop, job.progress))
+                             voxel_size=job.voxel_size, device="auto", progress=stoppable(job.stop, job.progress),
+                             precision=job.precision)
 
 
 def suggest_job(labels: np.ndarray, embedding: Embedding, k: int, painted_sizes: Sequence[int] | None,
