@@ -25,9 +25,6 @@ from .errors import SpocoError
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: What segmentation uses unless told otherwise (training: ``TrainConfig.precision``, float32).
 INFERENCE_PRECISION = "auto"
-#: Memory of a forward pass in bfloat16 against float32, measured on the 3D default network
-#: (docs/benchmarks.md, "Segmenting in bfloat16"): 405 MB against 964 MB for a 1.6 M-voxel tile.
-BFLOAT16_MEMORY_RATIO = 0.42
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -71,6 +68,7 @@ def autocast(precision: str, device: torch.device):
 
 def tile_voxels(voxels: int, precision: str) -> int:
     """The largest tile for a float32 budget of ``voxels`` in ``precision`` (already resolved):
-    twice as many in bfloat16, whose forward pass takes less than half the memory. Larger tiles
-    overlap less: a 60x256x256 volume took 0.71x the embedding time in 4 tiles instead of 12."""
+    twice as many in bfloat16, whose forward pass takes 0.42x the memory (405 against 964 MB for
+    a 1.6 M-voxel tile of the 3D network; docs/benchmarks.md, "Segmenting in bfloat16"). Larger
+    tiles overlap less: a 60x256x256 volume took 0.71x the embedding time in 4 tiles, not 12."""
     return voxels * 2 if precision == "bfloat16" else voxels
