@@ -47,7 +47,7 @@ from peers import ForestPeer, classical, forest_features  # noqa: E402
 CELLS3D_SPLIT = 128  # the shipped 3D model trained on x < 128 (scripts/train_default_model.py)
 
 from napari_spoco import TrainConfig, evaluate, segment, train  # noqa: E402
-from napari_spoco.precision import PRECISIONS  # noqa: E402
+from napari_spoco.precision import INFERENCE_PRECISION, PRECISIONS, resolve_precision  # noqa: E402
 
 SHARED = DEFAULT_DATA  # the default data folder (other benchmarks import this name)
 CPUS = os.cpu_count()  # before --threads narrows what training sees
@@ -198,6 +198,8 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
              save_dir: Path | None = None, precision: str = "float32") -> dict:
+    import torch
+
     t0 = time.perf_counter()
     start = start_model(init, data.train_images[0].ndim, data.split.name)
     steps_before = start.history.get("steps", 0) if start is not None else 0
@@ -220,7 +222,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
     return {**mean_scores(scores), "steps": model.history["steps"] - steps_before,
             "start": start.history.get("source", "?") if start is not None else "new", "scale": model.pixel_scale,
             "train_s": train_s, "segment_s": float(np.mean(seg_s)),
-            "precision": model.history.get("precision", "float32")}
+            "precision": model.history.get("precision", "float32"),
+            "segment_precision": resolve_precision(INFERENCE_PRECISION, torch.device("cpu"), model.config.ndim)}
 
 
 def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
