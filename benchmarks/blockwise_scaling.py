@@ -267,7 +267,7 @@ def part_workers(work: Path, images, count: int, precision: str = "auto") -> dic
 
 def report(result: dict) -> str:
     lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`; "
-             f"network in {result.get('precision', 'float32')}", ""]
+             f"3D network in {result.get('precision', 'float32')} (2D: float32 unless bfloat16 is asked for)", ""]
     if result.get("memory"):
         lines += ["| volume | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
                   "|---|---|---|---|---|---|---|"]
