@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import synthetic_nuclei
 import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def use_data_dir(path: Path | None, needs: tuple[str, ...] = ()) -> Path:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise SystemExit(f"--data {path}: not a folder.")
-    missing = [ds for ds in needs if not (path / ds / "images").is_dir()]
+    missing = [ds for ds in needs if ds not in GENERATED and not (path / ds / "images").is_dir()]
     if missing:
         raise SystemExit(f"--data {path}: no {', '.join(missing)} in it (expected {path}/<data set>/images/*.tif).")
     _data_dir = path
@@ -52,11 +53,19 @@ def data_dir() -> Path:
     return _data_dir if _data_dir is not None else DEFAULT_DATA
 
 
+#: Data sets drawn by code instead of read from --data (benchmarks/synthetic_nuclei.py).
+GENERATED = {synthetic_nuclei.NAME: synthetic_nuclei}
+
+
 def stems(ds: str) -> list[str]:
     """File stems of a data set's images, sorted."""
+    if ds in GENERATED:
+        return GENERATED[ds].stems()
     return sorted(p.stem for p in (data_dir() / ds / "images").glob("*.tif"))
 
 
 def read(ds: str, stem: str, kind: str) -> np.ndarray:
     """One image (``kind="images"``) or mask (``kind="masks"``) of a data set."""
+    if ds in GENERATED:
+        return GENERATED[ds].read(stem, kind)
     return tifffile.imread(data_dir() / ds / kind / f"{stem}.tif")
