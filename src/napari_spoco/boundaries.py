@@ -40,7 +40,8 @@ def contact_foreground(labels: np.ndarray, foreground: np.ndarray) -> tuple[np.n
 
 
 def applies(foreground_fraction: float) -> bool:
-    """Whether :func:`merge_unseparated` is used: where objects tile the image (more of it
+    """Whether :func:`merge_unseparated` is used when nothing better is known (ClusterConfig.layout
+    "auto" with a model that has no measured layout): where objects tile the image (more of it
     foreground than ``shapes.MAX_FOREGROUND_FRACTION``), the complement of the shape split.
     Where objects stand on background the embedding and the shape separate them, and a head
     trained for a minute may not yet mark the contact between two touching nuclei."""

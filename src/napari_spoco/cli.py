@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clustering import METHODS, ClusterConfig
+from .clustering import LAYOUTS, METHODS, ClusterConfig
 from .errors import SpocoError
 from .model import DEVICES, NETWORK_CHOICES
 from .precision import INFERENCE_PRECISION, PRECISIONS
@@ -145,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-boundary-merge", dest="boundary_merge", action="store_false",
                     help="keep touching pieces apart even where the foreground head sees no boundary between them "
                     "(by default they are one object; docs/method.md)")
+    pr.add_argument("--layout", default=CLUSTER.layout, choices=LAYOUTS,
+                    help="how the objects lie: 'separate' (on background: merged pieces are split at their necks), "
+                    "'tiled' (filling the image: pieces with no boundary between them are joined), or 'auto' "
+                    "(default): what training measured on the painted objects, else by how much of the image is "
+                    "foreground (docs/method.md)")
     pr.add_argument("--no-calibrated-edge", dest="calibrated_edge", action="store_false",
                     help="do not grow objects by the edge growth fitted on the painted objects at the end of "
                     "training (model history edge_expand; docs/method.md)")
@@ -424,6 +429,11 @@ def _save_trained(model, out: Path, steps: int, exit_code: int) -> int:
             f"the trained model was saved to {rescue} instead."
         ) from exc
     total = model.history.get("steps", 0)
+    from .layout import layout_note
+
+    note = layout_note(model.history)
+    if note:
+        print(note, file=sys.stderr)
     if exit_code:
         print(f"Stopped early after {steps} step(s); saved {out} ({total} steps in total).")
     else:
@@ -650,7 +660,7 @@ def cmd_predict(args) -> int:
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
-        boundary_merge=args.boundary_merge, calibrated_edge=args.calibrated_edge,
+        boundary_merge=args.boundary_merge, calibrated_edge=args.calibrated_edge, layout=args.layout,
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest,

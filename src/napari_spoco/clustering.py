@@ -23,6 +23,8 @@ from .errors import SpocoError
 from .label_dtypes import label_dtype
 
 METHODS = ("meanshift", "hdbscan", "consistency")
+#: How objects lie in the image (ClusterConfig.layout; layout.py).
+LAYOUTS = ("auto", "separate", "tiled")
 
 
 @dataclass
@@ -54,6 +56,11 @@ class ClusterConfig:
     calibrated_edge: bool = True
     object_size: float | None = None
     shape_reference: float | None = None
+    # How objects lie: "separate" (on background: the shape split), "tiled" (filling the
+    # image: the boundary merge), or "auto": segment() takes what training measured on the
+    # painted objects (layout.py; model.history["layout"]), else the predicted foreground
+    # fraction decides (above half the tile: tiled).
+    layout: str = "auto"
     max_points: int = 10000
     n_seeds: int = 500
     hdbscan_min_cluster_size: int = 50
@@ -84,6 +91,8 @@ class ClusterConfig:
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
         check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
+        if self.layout not in LAYOUTS:
+            raise SpocoError(f"ClusterConfig.layout = {self.layout!r}: choose one of {', '.join(LAYOUTS)}.")
         for name in ("max_points", "n_seeds", "hdbscan_min_cluster_size", "hdbscan_max_points", "consistency_anchors"):
             check_field(self, name, "a whole number >= 1", whole=True, low=1)
         check_field(self, "consistency_iou", "a number in [0, 1]", low=0, high=1)
@@ -367,16 +376,16 @@ def cluster_embeddings(
         lab = np.where(lab == largest, -1, lab)
     result[flat_idx] = lab + 1
     labels = result.reshape(spatial)
+    from .boundaries import applies as looks_tiled
     from .shapes import applies
 
+    tiled = looks_tiled(flat_idx.size / labels.size) if config.layout == "auto" else config.layout == "tiled"
     shape = None
-    if config.shape_split and foreground is not None and applies(flat_idx.size / labels.size,
-                                                                config.shape_reference, config.object_size):
+    if config.shape_split and foreground is not None and not tiled and applies(config.shape_reference,
+                                                                              config.object_size):
         shape = (config.shape_reference, config.object_size)
-    from .boundaries import applies as boundaries_apply
-
     boundary = None
-    if config.boundary_merge and foreground is not None and boundaries_apply(flat_idx.size / labels.size):
+    if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
     return postprocess(labels, min_size, config.split_components, config.expand,
                        embeddings, config.merge_distance, config.max_size, shape, boundary)
@@ -498,10 +507,10 @@ def postprocess(
     boundary: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
-    similar mean embeddings, drop pieces over ``max_size`` (background), merge touching pieces
-    with no boundary between them in ``boundary = (foreground probability, tolerance)``
-    (boundaries.py), split pieces less convex than ``shape = (reference solidity, object size)``
-    at their necks (shapes.py), fold pieces under ``min_size`` into their neighbour (or drop
+    similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
+    size)`` at their necks (shapes.py), drop pieces over ``max_size`` (background), merge touching
+    pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
+    (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them), optionally grow instances by ``expand`` pixels into the background, and relabel 1..N.
 
     The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
@@ -517,9 +526,15 @@ def postprocess(
         labels = connected_regions(labels, background=0, connectivity=1).astype(np.int64)
     if embeddings is not None and merge_distance > 0:
         labels = merge_similar_neighbours(labels, embeddings, merge_distance)
+    if shape is not None and labels.max() > 0:
+        from .shapes import split_by_shape
+
+        labels = split_by_shape(labels, shape[0], shape[1], min_size)
     if max_size is not None and labels.max() > 0:
         # A piece far larger than any painted object is background the foreground head has not
         # learned yet (early in training): better shown as nothing than as one giant object.
+        # Checked after the shape split: a packed mass of touching objects is cut into them
+        # first, and only what stays huge is dropped.
         sizes = np.bincount(labels.ravel())
         huge = sizes > max_size
         huge[0] = False
@@ -528,10 +543,6 @@ def postprocess(
         from .boundaries import merge_unseparated
 
         labels = merge_unseparated(labels, boundary[0], boundary[1])
-    if shape is not None and labels.max() > 0:
-        from .shapes import split_by_shape
-
-        labels = split_by_shape(labels, shape[0], shape[1], min_size)
     if min_size > 1 and labels.max() > 0:
         labels = absorb_small(labels, min_size)
         sizes = np.bincount(labels.ravel())

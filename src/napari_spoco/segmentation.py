@@ -195,6 +195,8 @@ def _segment_at_network_scale(
     if config.object_size is None and config.shape_reference is None:
         config = replace(config, object_size=model.history.get("object_size_median"),
                          shape_reference=model.history.get("object_solidity"))
+    if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
+        config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
     grow = model.history.get("edge_expand") if config.calibrated_edge else None
     if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
         config = replace(config, expand=config.expand + int(grow))

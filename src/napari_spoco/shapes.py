@@ -64,18 +64,19 @@ def object_radius(size: float, ndim: int) -> float:
 MAX_FOREGROUND_FRACTION = 0.5
 
 
-def applies(foreground_fraction: float, reference: float | None, object_size: float | None) -> bool:
-    """Whether :func:`split_by_shape` is used: the model knows its painted objects' convexity and
-    size, and the objects stand on background."""
-    return bool(reference and object_size and foreground_fraction <= MAX_FOREGROUND_FRACTION)
+def applies(reference: float | None, object_size: float | None) -> bool:
+    """Whether :func:`split_by_shape` can be used: the model knows its painted objects' convexity
+    and size. Whether the objects stand on background (where a neck is evidence of a merge) is
+    the clustering's ``layout``."""
+    return bool(reference and object_size)
 
 
 def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int) -> np.ndarray:
     """Split each piece less convex than ``reference`` by a watershed of its own (smoothed)
     distance transform, from peaks at least one painted radius apart (``object_size``: the median
-    painted object, in pixels). A piece with one peak, or whose cut would not give two parts of
-    at least ``min_size``, stays whole; smaller parts of a cut are left for the caller to fold
-    into a neighbour. Returns new labels (ids not sequential)."""
+    painted object, in pixels). A piece with one peak, or whose cut would not give
+    two parts of at least ``min_size``, stays whole; smaller parts of a cut are left for the
+    caller to fold into a neighbour. Returns new labels (ids not sequential)."""
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed

@@ -522,6 +522,11 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         from .edges import edge_expand
 
         model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
+        # Do the objects stand on background or fill the image? Both post-processings tried on
+        # crops around the painted objects (layout.py; docs/method.md).
+        from .layout import measure_layout
+
+        model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, seed=config.seed)
     return model
 
 

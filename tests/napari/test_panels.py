@@ -129,6 +129,10 @@ def test_the_segment_panel_sends_its_settings_as_one_cluster_config(spoco, tiny_
     panel.edge_check.setChecked(False)
     panel.segment_btn.click()
     assert seen[-1][1].boundary_merge is False and seen[-1][1].calibrated_edge is False
+    assert seen[-1][1].layout == "auto" and panel.layout_box.currentText() == "auto"
+    panel.layout_box.setCurrentText("separate")  # the user knows better than the measurement
+    panel.segment_btn.click()
+    assert seen[-1][1].layout == "separate"
 
 
 def _names(picker):

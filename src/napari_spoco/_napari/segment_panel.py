@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..clustering import METHODS, ClusterConfig
+from ..clustering import LAYOUTS, METHODS, ClusterConfig
 from ..label_dtypes import label_dtype
 from ..out_of_core import STORE_KEY, needs_blockwise, too_large_for_memory, voxel_note, voxel_size_from_scale
 from ..precision import INFERENCE_PRECISION, PRECISIONS
@@ -79,13 +79,22 @@ class SegmentPanel(QGroupBox):
         self.min_size_spin.setSpecialValueText("auto")
         self.min_size_spin.setToolTip("Smaller pieces are merged into a neighbour or dropped (auto: from painted sizes).")
         form.addRow("Min size (px)", self.min_size_spin)
+        self.layout_box = QComboBox()
+        self.layout_box.addItems(list(LAYOUTS))
+        self.layout_box.setCurrentText(defaults.layout)
+        self.layout_box.setToolTip(
+            "How your objects lie. separate: on background, merged pieces are split at their necks. tiled: "
+            "filling the image (tissue, EM), pieces with no boundary between them are joined. auto: what "
+            "training measured on your painted objects, else by how much of the image is foreground."
+        )
+        form.addRow("Objects", self.layout_box)
         # post-processing steps, each on by default as in the library (docs/method.md)
         for name, text, tip in (
             ("shape_split", "Split merged objects by shape",
              "Pieces far less convex than the objects you painted are cut at their necks, where objects "
-             "stand on background (not in tissue that fills the image)."),
+             "stand on background (the Objects choice: not where they fill the image)."),
             ("boundary_merge", "Merge pieces with no boundary between them",
-             "Where cells fill the image, touching pieces are one object when the foreground map shows no "
+             "Where cells fill the image (the Objects choice), touching pieces are one object when the foreground map shows no "
              "boundary (membrane) along their contact."),
             ("calibrated_edge", "Grow objects to the edge fitted on painted objects",
              "At the end of training the model measures how far its objects stop short of the edges "
@@ -138,6 +147,7 @@ class SegmentPanel(QGroupBox):
             method=self.method_box.currentText(),
             bandwidth=float(self.bandwidth_spin.value()),
             min_size=min_size if min_size > 0 else None,
+            layout=self.layout_box.currentText(),
             **{name: box.isChecked() for name, box in self.step_checks.items()},
         )
 

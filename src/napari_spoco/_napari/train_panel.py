@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import load_default_model
@@ -259,7 +260,9 @@ class TrainPanel(QGroupBox):
         self.state.model.run_ended(model, self_supervised=self.state.job.running is Job.ADAPT)
         p = self.last_progress
         msg = f"Trained {p.step} steps in {p.elapsed:.0f} s." if p else "Training ended before the first step."
-        self.train_label.setText(msg + " Segment to see all instances, or paint more and Train again.")
+        note = layout_note(model.history) if model is not None else ""
+        self.train_label.setText(msg + (f" {note}" if note else "")
+                                 + " Segment to see all instances, or paint more and Train again.")
         self.progress_bar.setValue(1000 if p else 0)
 
     def _on_train_error(self, exc: BaseException) -> None:
