@@ -146,3 +146,22 @@ def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
     path = save_model(model, tmp_path / "m.spoco.pt")
     with pytest.raises(SpocoError, match="object_solidity"):
         load_model(path)
+
+
+def test_with_a_foreground_map_the_seeds_come_from_its_confident_core():
+    """One elongated piece whose distance transform has a single peak is kept whole; where the
+    head marks a contact across it (a dim line), the confident core falls in two and the piece
+    is cut there. (The convexity gate is opened with a reference above 1: this is the seeds.)"""
+    grid = np.ogrid[:40, :80]
+    ellipse = ((grid[0] - 20) / 10.0) ** 2 + ((grid[1] - 40) / 30.0) ** 2 <= 1
+    labels = ellipse.astype(np.int64)
+    half = float(ellipse.sum()) / 2
+    fg = np.where(ellipse, 0.98, 0.0)
+    fg[:, 40] = np.where(ellipse[:, 40], 0.4, 0.0)
+    assert set(np.unique(split_by_shape(labels, 1.01, half, 20))) == {0, 1}
+    out = split_by_shape(labels, 1.01, half, 20, foreground=fg)
+    assert len(np.unique(out)) == 3
+    assert set(np.unique(out[:, :39])) - {0} != set(np.unique(out[:, 42:])) - {0}  # the cut is at the line
+    assert abs(int(np.flatnonzero(out[20, 1:] != out[20, :-1])[1]) - 40) <= 1
+    # no dim line: the same map does not cut
+    assert set(np.unique(split_by_shape(labels, 1.01, half, 20, foreground=np.where(ellipse, 0.98, 0.0)))) == {0, 1}

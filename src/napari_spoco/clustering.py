@@ -388,7 +388,7 @@ def cluster_embeddings(
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance, config.max_size, shape, boundary)
+                       embeddings, config.merge_distance, config.max_size, shape, boundary, foreground)
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -505,10 +505,12 @@ def postprocess(
     max_size: int | None = None,
     shape: tuple[float, float] | None = None,
     boundary: tuple[np.ndarray, float] | None = None,
+    foreground: np.ndarray | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
-    size)`` at their necks (shapes.py), drop pieces over ``max_size`` (background), merge touching
+    size)`` at their necks (shapes.py; seeded from the confident core of ``foreground`` where it
+    is given), drop pieces over ``max_size`` (background), merge touching
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them), optionally grow instances by ``expand`` pixels into the background, and relabel 1..N.
@@ -529,7 +531,7 @@ def postprocess(
     if shape is not None and labels.max() > 0:
         from .shapes import split_by_shape
 
-        labels = split_by_shape(labels, shape[0], shape[1], min_size)
+        labels = split_by_shape(labels, shape[0], shape[1], min_size, foreground)
     if max_size is not None and labels.max() > 0:
         # A piece far larger than any painted object is background the foreground head has not
         # learned yet (early in training): better shown as nothing than as one giant object.

@@ -71,10 +71,20 @@ def applies(reference: float | None, object_size: float | None) -> bool:
     return bool(reference and object_size)
 
 
-def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int) -> np.ndarray:
+#: With a foreground probability map, the cut's seeds are the peaks of the distance transform
+#: of the piece's confident core (probability at least this): where blur or a generous head
+#: fills the gap between touching objects, the core still shows the necks.
+CORE_PROBABILITY = 0.8
+
+
+def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int,
+                   foreground: np.ndarray | None = None) -> np.ndarray:
     """Split each piece less convex than ``reference`` by a watershed of its own (smoothed)
     distance transform, from peaks at least one painted radius apart (``object_size``: the median
-    painted object, in pixels). A piece with one peak, or whose cut would not give
+    painted object, in pixels). With ``foreground`` (probability, the labels' shape) the seeds
+    are the peaks of the confident core's distance transform (``CORE_PROBABILITY``) and the
+    watershed floods the distance transform weighted by the probability, so cuts follow the dim
+    contact between objects (docs/method.md). A piece with one peak, or whose cut would not give
     two parts of at least ``min_size``, stays whole; smaller parts of a cut are left for the
     caller to fold into a neighbour. Returns new labels (ids not sequential)."""
     from scipy import ndimage as ndi
@@ -94,9 +104,15 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
         piece = labels[box] == i
         if piece.sum() < 2 * max(min_size, 1) or solidity(piece) >= reference:
             continue
+        prob = None if foreground is None else np.pad(np.where(piece, foreground[box], 0.0), pad)
         piece = np.pad(piece, pad)
-        dist = ndi.gaussian_filter(ndi.distance_transform_edt(piece), sigma)
-        peaks = peak_local_max(dist, min_distance=distance, labels=piece.astype(np.int32), exclude_border=False)
+        dist = ndi.distance_transform_edt(piece)
+        if prob is None:
+            dist = seeds = ndi.gaussian_filter(dist, sigma)
+        else:
+            seeds = ndi.gaussian_filter(ndi.distance_transform_edt(prob >= CORE_PROBABILITY), sigma)
+            dist = ndi.gaussian_filter(dist * prob, sigma)
+        peaks = peak_local_max(seeds, min_distance=distance, labels=piece.astype(np.int32), exclude_border=False)
         if len(peaks) < 2:
             continue
         markers = np.zeros(piece.shape, np.int32)
