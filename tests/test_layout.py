@@ -123,3 +123,19 @@ def test_training_records_the_layout(tmp_path):
     assert "layout_scores" in model.history
     loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
     assert loaded.history["layout"] == model.history["layout"]
+
+
+def test_a_failed_measurement_keeps_the_trained_model(monkeypatch):
+    import napari_spoco.layout as layout
+    from napari_spoco import TrainConfig, train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(layout, "measure_layout", broken)
+    image, truth = packed_discs((64, 64))
+    painted = np.where(np.isin(truth, [1, 6, 11]), truth, 0)
+    with pytest.warns(UserWarning, match="how the objects lie"):
+        model = train([image], [painted], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                      model_config=ModelConfig(base_features=8, depth=2))
+    assert model.history["steps"] == 2 and model.history["layout"] is None

@@ -66,9 +66,9 @@ def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[s
     layout) for a trained ``model`` and its ``TrainingImage`` list (at the network's scale).
 
     Each of up to ``MAX_IMAGES`` images (a seeded sample) is segmented both ways in a window
-    around its painted objects, an object's width beyond them (``MAX_PIXELS`` in all); every painted object inside a window and
-    clear of its edges is scored. None when neither layout recovers more beyond chance (then
-    segment() keeps its foreground-fraction rule)."""
+    around its painted objects, an object's width beyond them (``MAX_PIXELS`` in all); every
+    painted object inside a window and clear of its edges is scored. None when neither layout
+    recovers more beyond chance (then segment() keeps its foreground-fraction rule)."""
     from scipy import ndimage as ndi
 
     from .clustering import ClusterConfig

@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -526,7 +527,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         # crops around the painted objects (layout.py; docs/method.md).
         from .layout import measure_layout
 
-        model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, seed=config.seed)
+        try:
+            model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, seed=config.seed)
+        except Exception as exc:  # noqa: BLE001  a failed measurement must not cost the trained model
+            warnings.warn(f"Could not measure how the objects lie ({type(exc).__name__}: {exc}); segmenting "
+                          "decides by the foreground fraction.", stacklevel=2)
+            model.history["layout"], model.history["layout_scores"] = None, {}
     return model
 
 
