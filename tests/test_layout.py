@@ -33,13 +33,15 @@ def fake_network(monkeypatch):
     """A network whose foreground is the bright pixels and whose embedding is one point for all:
     the clustering then sees one piece per connected mass, as after minutes of training on
     packed objects, and only the post-processing can separate them."""
+    import napari_spoco.inference as inference
     import napari_spoco.segmentation as segmentation
 
     def embed(model, prepared, **kwargs):
         fg = (prepared.data > 0.5).astype(np.float32)
         return Embedding(np.zeros((2,) + fg.shape, np.float32), fg)
 
-    monkeypatch.setattr(segmentation, "embed", embed)
+    monkeypatch.setattr(segmentation, "embed", embed)  # segment()
+    monkeypatch.setattr(inference, "embed", embed)  # measure_layout() embeds each window once itself
 
 
 def test_decide_needs_more_than_chance():
@@ -76,9 +78,15 @@ def test_packed_objects_are_measured_as_separate_and_segmented_so(monkeypatch):
     sizes = np.bincount(painted.ravel())[1:]
     model.history.update(object_size_median=float(np.median(sizes[sizes > 0])),
                          object_solidity=painted_solidity([painted]))
+    import napari_spoco.inference as inference
+
+    calls = []
+    counted = inference.embed
+    monkeypatch.setattr(inference, "embed", lambda *a, **k: calls.append(1) or counted(*a, **k))
     layout, shares = measure_layout(model, data)
     assert layout == "separate", shares
     assert shares["separate"] >= 0.9 and shares["tiled"] == 0.0 and shares["objects"] == 10
+    assert len(calls) == 1  # one window, embedded once for both layouts
 
     from napari_spoco import evaluate, segment
 

@@ -69,11 +69,13 @@ def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[s
     around its painted objects, an object's width beyond them (``MAX_PIXELS`` in all); every
     painted object inside a window and clear of its edges is scored. None when neither layout
     recovers more beyond chance (then segment() keeps its foreground-fraction rule)."""
+    from dataclasses import replace
+
     from scipy import ndimage as ndi
 
-    from .clustering import ClusterConfig
-    from .inference import PreparedImage
-    from .segmentation import _segment_at_network_scale
+    from .clustering import ClusterConfig, cluster_embeddings
+    from .inference import PreparedImage, embed
+    from .segmentation import auto_max_size, model_cluster_config
 
     painted = [k for k, d in enumerate(data) if any(b is not None for b in d.boxes)]
     if not painted:
@@ -96,9 +98,11 @@ def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[s
         image = d.image[(slice(None),) + region] if channels > 1 else d.image[0][region]
         value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
         prepared = PreparedImage(image, value_range, channels)
+        emb = embed(model, prepared, device="cpu")  # once: the layouts differ only after clustering
         for layout in scores:
-            labels = _segment_at_network_scale(model, prepared, ClusterConfig(layout=layout), None, "cpu", None,
-                                               False, None)
+            config = model_cluster_config(model, ClusterConfig(layout=layout))
+            config = replace(config, max_size=auto_max_size(model, objects.shape))
+            labels = cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings)
             scores[layout].extend((recovered(np.asarray(labels), objects, ids) >= 0.5).tolist())
     if not scores["separate"]:
         return None, {}

@@ -169,6 +169,26 @@ def _segment_prepared(
     return labels, Embedding(up(emb.embeddings), up(emb.foreground), up(emb.teacher_embeddings))
 
 
+def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None) -> ClusterConfig:
+    """``config`` with what it leaves open taken from what training recorded in the model: the
+    smallest object, the painted objects' size and shape, the measured layout and the calibrated
+    edge (the size cap depends on the block and is set per block)."""
+    from dataclasses import replace
+
+    config = config or ClusterConfig()
+    if config.min_size is None:
+        config = replace(config, min_size=auto_min_size(model, model.config.ndim))
+    if config.object_size is None and config.shape_reference is None:
+        config = replace(config, object_size=model.history.get("object_size_median"),
+                         shape_reference=model.history.get("object_solidity"))
+    if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
+        config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
+    grow = model.history.get("edge_expand") if config.calibrated_edge else None
+    if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
+        config = replace(config, expand=config.expand + int(grow))
+    return config
+
+
 def _segment_at_network_scale(
     model: SpocoModel,
     image: PreparedImage,
@@ -189,17 +209,7 @@ def _segment_at_network_scale(
 
     ndim = model.config.ndim
     spatial = image.shape
-    config = config or ClusterConfig()
-    if config.min_size is None:
-        config = replace(config, min_size=auto_min_size(model, ndim))
-    if config.object_size is None and config.shape_reference is None:
-        config = replace(config, object_size=model.history.get("object_size_median"),
-                         shape_reference=model.history.get("object_solidity"))
-    if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
-        config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
-    grow = model.history.get("edge_expand") if config.calibrated_edge else None
-    if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
-        config = replace(config, expand=config.expand + int(grow))
+    config = model_cluster_config(model, config)
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
