@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import synthetic_leaves
 import synthetic_nuclei
 import tifffile
 
@@ -53,8 +54,8 @@ def data_dir() -> Path:
     return _data_dir if _data_dir is not None else DEFAULT_DATA
 
 
-#: Data sets drawn by code instead of read from --data (benchmarks/synthetic_nuclei.py).
-GENERATED = {synthetic_nuclei.NAME: synthetic_nuclei}
+#: Data sets drawn by code instead of read from --data (benchmarks/synthetic_*.py).
+GENERATED = {synthetic_nuclei.NAME: synthetic_nuclei, synthetic_leaves.NAME: synthetic_leaves}
 
 
 def stems(ds: str) -> list[str]:

@@ -74,3 +74,45 @@ def test_touching_discs_are_split_by_the_distance_transform_watershed():
     labels = peers.instances_from_interior(interior, radius=14, min_size=50)
     assert len(np.unique(labels)) - 1 == 2
     assert labels[30, 30] != labels[30, 56] and labels[30, 30] and labels[30, 56]
+
+
+def test_excess_green_finds_green_discs_on_brown_soil_of_the_same_brightness():
+    rng = np.random.default_rng(1)
+    shape = (80, 120)
+    truth = np.zeros(shape, np.uint16)
+    truth[disc(shape, (40, 30), 14)] = 1
+    truth[disc(shape, (40, 88), 14)] = 2
+    soil, leaf = np.array([120, 90, 60]), np.array([80, 125, 55])  # about one luminance
+    rgb = np.where(truth[..., None] > 0, leaf, soil) + rng.normal(0, 6, shape + (3,))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    found = peers.classical(rgb, rgb=True)
+    assert set(found) == {"blobs", "membranes", "excess-green"}
+    labels = found["excess-green"]
+    assert len(np.unique(labels)) - 1 == 2
+    for i in (1, 2):
+        hit = labels[truth == i]
+        assert np.mean(hit == np.bincount(hit).argmax()) > 0.9 and np.bincount(hit).argmax() > 0
+
+
+def test_generated_rosettes_are_colour_images_of_visible_numbered_leaves():
+    leaves = _load("synthetic_leaves")
+    image, mask = leaves.rosette(5, shape=(160, 160))
+    again, _ = leaves.rosette(5, shape=(160, 160))
+    assert image.shape == (160, 160, 3) and image.dtype == np.uint8 and np.array_equal(image, again)
+    ids = np.unique(mask[mask > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and len(ids) >= 6
+    # leaves are greener than the soil around them
+    green = image[..., 1].astype(float) - image[..., [0, 2]].mean(-1)
+    assert green[mask > 0].mean() > green[mask == 0].mean() + 10
+    # the benchmark's split: thirty plants to train on, ten others to score
+    stems = leaves.stems()
+    assert len(stems) == 40 and len(set(stems)) == 40
+
+
+def _load(name: str):
+    path = _PATH.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
