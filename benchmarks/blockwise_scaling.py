@@ -3,6 +3,12 @@ scaling and stitching accuracy of block-wise segmentation, side by side in one r
 
     python benchmarks/blockwise_scaling.py [--data DIR] [--sizes 2 4 8] [--workers 1]
                                            [--batch 16] [--skip PART ...] [--json FILE] [--out FILE]
+                                           [--embed-first on|off|both]
+
+The memory, stitching and throughput parts run block-wise segmentation both ways side by side
+(``--embed-first both``, the default): embedding the image once into a scratch store and
+clustering the blocks from it (the library's default where it applies), and each block
+embedding its own region and halo (the earlier path).
 
 Parts (``--skip`` any of them):
 
@@ -137,6 +143,7 @@ def child(argv: list[str]) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--ndim", type=int, default=3)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--embed-first", default="on", choices=("on", "off"))
     a = p.parse_args(argv)
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.lazy_io import open_lazy
@@ -145,30 +152,34 @@ def child(argv: list[str]) -> None:
     model = load_default_model(a.ndim)
     image = open_lazy(a.source)
     t0 = time.perf_counter()
-    r = segment_blockwise(model, image, a.out, workers=a.workers, precision=a.precision)
+    r = segment_blockwise(model, image, a.out, workers=a.workers, precision=a.precision,
+                          embed_first=None if a.embed_first == "on" else False)
     print(json.dumps({"seconds": time.perf_counter() - t0, "objects": r.objects, "blocks": r.blocks,
-                      "voxels": int(np.prod(r.shape)), "failed": len(r.failed)}))
+                      "voxels": int(np.prod(r.shape)), "failed": len(r.failed), "embed_first": a.embed_first}))
 
 
-def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, precision: str = "auto") -> list[dict]:
+def part_memory(work: Path, sizes: list[int], workers: int, volume, labels, precision: str = "auto",
+                modes: tuple[str, ...] = ("on",)) -> list[dict]:
     rows = []
     for n in sizes:
         img, _ = mirrored_mosaic(volume, labels, n)
         src = work / f"cells3d_{n}x{n}.zarr"
         write_ome_zarr(src, img, (img.shape[0], 256, 256))
         del img
-        res, peak, wall = run_child([str(src), str(work / f"labels_{n}.zarr"), "--workers", str(workers),
-                                     "--precision", precision])
-        res.update(mosaic=f"{n}x{n}", peak_rss_mb=round(peak), wall_s=round(wall, 1),
-                   s_per_mvox=round(res["seconds"] / (res["voxels"] / 1e6), 2))
-        rows.append(res)
-        print(f"memory: {res}", file=sys.stderr, flush=True)
+        for mode in modes:  # side by side on the same store
+            res, peak, wall = run_child([str(src), str(work / f"labels_{n}.zarr"), "--workers", str(workers),
+                                         "--precision", precision, "--embed-first", mode])
+            res.update(mosaic=f"{n}x{n}", peak_rss_mb=round(peak), wall_s=round(wall, 1),
+                       s_per_mvox=round(res["seconds"] / (res["voxels"] / 1e6), 2))
+            rows.append(res)
+            print(f"memory: {res}", file=sys.stderr, flush=True)
+            shutil.rmtree(work / f"labels_{n}.zarr", ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(work / f"labels_{n}.zarr", ignore_errors=True)
     return rows
 
 
-def _compare(name: str, model, image, truth, work: Path, block_shape=None, precision: str = "auto") -> dict:
+def _compare(name: str, model, image, truth, work: Path, block_shape=None, precision: str = "auto",
+             modes: tuple[str, ...] = ("on",)) -> list[dict]:
     from napari_spoco import evaluate, segment
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.data import intensity_range
@@ -177,22 +188,26 @@ def _compare(name: str, model, image, truth, work: Path, block_shape=None, preci
     t0 = time.perf_counter()
     whole = segment(model, image, device="cpu", value_range=vr, precision=precision)
     t_whole = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    r = segment_blockwise(model, image, work / f"{name}.zarr", value_range=vr, block_shape=block_shape,
-                          precision=precision)
-    t_blocks = time.perf_counter() - t0
-    blocks = np.asarray(r.labels[...])
-    shutil.rmtree(work / f"{name}.zarr", ignore_errors=True)
-    ap_whole, ap_blocks = evaluate(truth, whole)["AP50"], evaluate(truth, blocks)["AP50"]
-    n_whole, n_blocks = int(whole.max()), int(r.objects)
-    row = {"case": name, "shape": list(image.shape), "blocks": r.blocks, "objects_in_memory": n_whole,
-           "objects_blockwise": n_blocks, "count_diff_pct": round(100 * abs(n_blocks - n_whole) / max(1, n_whole), 2),
-           "AP50_in_memory": round(ap_whole, 4), "AP50_blockwise": round(ap_blocks, 4),
-           "AP50_diff": round(abs(ap_blocks - ap_whole), 4),
-           "agreement_AP50": round(evaluate(whole, blocks)["AP50"], 4),
-           "s_in_memory": round(t_whole, 1), "s_blockwise": round(t_blocks, 1)}
-    print(f"stitching: {row}", file=sys.stderr, flush=True)
-    return row
+    rows = []
+    for mode in modes:
+        t0 = time.perf_counter()
+        r = segment_blockwise(model, image, work / f"{name}.zarr", value_range=vr, block_shape=block_shape,
+                              precision=precision, embed_first=None if mode == "on" else False)
+        t_blocks = time.perf_counter() - t0
+        blocks = np.asarray(r.labels[...])
+        shutil.rmtree(work / f"{name}.zarr", ignore_errors=True)
+        ap_whole, ap_blocks = evaluate(truth, whole)["AP50"], evaluate(truth, blocks)["AP50"]
+        n_whole, n_blocks = int(whole.max()), int(r.objects)
+        row = {"case": name, "embed_first": mode, "shape": list(image.shape), "blocks": r.blocks,
+               "objects_in_memory": n_whole, "objects_blockwise": n_blocks,
+               "count_diff_pct": round(100 * abs(n_blocks - n_whole) / max(1, n_whole), 2),
+               "AP50_in_memory": round(ap_whole, 4), "AP50_blockwise": round(ap_blocks, 4),
+               "AP50_diff": round(abs(ap_blocks - ap_whole), 4),
+               "agreement_AP50": round(evaluate(whole, blocks)["AP50"], 4),
+               "s_in_memory": round(t_whole, 1), "s_blockwise": round(t_blocks, 1)}
+        print(f"stitching: {row}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
 
 
 def bbbc_fields() -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -217,17 +232,21 @@ def mosaic_2d(images, masks, size: int) -> tuple[np.ndarray, np.ndarray]:
     return img[:size, :size], lab[:size, :size]
 
 
-def part_throughput_2d(work: Path, images, masks, precision: str = "auto") -> dict:
+def part_throughput_2d(work: Path, images, masks, precision: str = "auto",
+                       modes: tuple[str, ...] = ("on",)) -> list[dict]:
     img, _ = mosaic_2d(images, masks, 4096)
     src = work / "bbbc_4096.zarr"
     write_ome_zarr(src, img, (1024, 1024))
-    res, peak, wall = run_child([str(src), str(work / "bbbc_4096_labels.zarr"), "--ndim", "2",
-                                 "--precision", precision])
+    rows = []
+    for mode in modes:
+        res, peak, wall = run_child([str(src), str(work / "bbbc_4096_labels.zarr"), "--ndim", "2",
+                                     "--precision", precision, "--embed-first", mode])
+        shutil.rmtree(work / "bbbc_4096_labels.zarr", ignore_errors=True)
+        res.update(peak_rss_mb=round(peak), mpx_per_s=round(res["voxels"] / 1e6 / res["seconds"], 2))
+        print(f"throughput: {res}", file=sys.stderr, flush=True)
+        rows.append(res)
     shutil.rmtree(src, ignore_errors=True)
-    shutil.rmtree(work / "bbbc_4096_labels.zarr", ignore_errors=True)
-    res.update(peak_rss_mb=round(peak), mpx_per_s=round(res["voxels"] / 1e6 / res["seconds"], 2))
-    print(f"throughput: {res}", file=sys.stderr, flush=True)
-    return res
+    return rows
 
 
 def part_workers(work: Path, images, count: int, precision: str = "auto") -> dict:
@@ -269,25 +288,28 @@ def report(result: dict) -> str:
     lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`; "
              f"3D network in {result.get('precision', 'float32')} (2D: float32 unless bfloat16 is asked for)", ""]
     if result.get("memory"):
-        lines += ["| volume | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| volume | embed first | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in result["memory"]:
-            lines.append(f"| cells3d {r['mosaic']} | {r['voxels']:.2e} | {r['blocks']} | {r['objects']} | "
-                         f"{r['seconds']:.0f} | {r['s_per_mvox']} | {r['peak_rss_mb']} |")
+            lines.append(f"| cells3d {r['mosaic']} | {r.get('embed_first', 'off')} | {r['voxels']:.2e} | {r['blocks']} | "
+                         f"{r['objects']} | {r['seconds']:.0f} | {r['s_per_mvox']} | {r['peak_rss_mb']} |")
         lines.append("")
     if result.get("stitching"):
-        lines += ["| case | blocks | objects in memory / block-wise (diff) | AP50 in memory / block-wise (diff) | "
-                  "agreement AP50 | time in memory / block-wise (s) |", "|---|---|---|---|---|---|"]
+        lines += ["| case | embed first | blocks | objects in memory / block-wise (diff) | AP50 in memory / block-wise "
+                  "(diff) | agreement AP50 | time in memory / block-wise (s) |", "|---|---|---|---|---|---|---|"]
         for r in result["stitching"]:
-            lines.append(f"| {r['case']} {tuple(r['shape'])} | {r['blocks']} | {r['objects_in_memory']} / "
+            lines.append(f"| {r['case']} {tuple(r['shape'])} | {r.get('embed_first', 'off')} | {r['blocks']} | "
+                         f"{r['objects_in_memory']} / "
                          f"{r['objects_blockwise']} ({r['count_diff_pct']} %) | {r['AP50_in_memory']} / "
                          f"{r['AP50_blockwise']} ({r['AP50_diff']}) | {r['agreement_AP50']} | "
                          f"{r['s_in_memory']} / {r['s_blockwise']} |")
         lines.append("")
     if result.get("throughput"):
-        t = result["throughput"]
-        lines += [f"2D throughput, 4096² block by block: {t['mpx_per_s']} Mpx/s ({t['seconds']:.0f} s, "
-                  f"{t['blocks']} blocks, peak RSS {t['peak_rss_mb']} MB)", ""]
+        rows = result["throughput"] if isinstance(result["throughput"], list) else [result["throughput"]]
+        for t in rows:
+            lines += [f"2D throughput, 4096² block by block, embed first {t.get('embed_first', 'off')}: "
+                      f"{t['mpx_per_s']} Mpx/s ({t['seconds']:.0f} s, {t['blocks']} blocks, peak RSS "
+                      f"{t['peak_rss_mb']} MB)", ""]
     if result.get("workers"):
         w = result["workers"]
         lines += [f"Batch of {w['files']} files: 1 worker {w['workers_1_s']} s, 2 workers {w['workers_2_s']} s "
@@ -312,7 +334,12 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="number format of the network in every part (napari_spoco.precision; default: auto, "
                    "the library's)")
+    p.add_argument("--embed-first", default="both", choices=("on", "off", "both"),
+                   help="block-wise segmentation embedding the image once into a scratch store first (on: the "
+                   "library's default where it applies), each block embedding its own region (off), or both side by "
+                   "side on the same inputs (default)")
     a = p.parse_args()
+    modes = ("on", "off") if a.embed_first == "both" else (a.embed_first,)
     use_data_dir(a.data, needs=("cells3d-nuclei", "bbbc039-nuclei"))
     work = Path(tempfile.mkdtemp(prefix="spoco-blockwise-", dir=a.work))
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -328,18 +355,18 @@ def main() -> None:
         labels = read("cells3d-nuclei", "cells3d_nuclei", "masks")
         images, masks = bbbc_fields()
         if "memory" not in a.skip:
-            result["memory"] = part_memory(work, a.sizes, a.workers, volume, labels, a.precision)
+            result["memory"] = part_memory(work, a.sizes, a.workers, volume, labels, a.precision, modes)
         if "stitching" not in a.skip:
             from napari_spoco.pretrained import load_default_model
 
             img, lab = mirrored_mosaic(volume, labels, min(a.sizes))
-            result["stitching"] = [_compare(f"cells3d {min(a.sizes)}x{min(a.sizes)}", load_default_model(3), img,
-                                            lab, work, precision=a.precision)]
+            result["stitching"] = _compare(f"cells3d {min(a.sizes)}x{min(a.sizes)}", load_default_model(3), img,
+                                           lab, work, precision=a.precision, modes=modes)
             img2, lab2 = mosaic_2d(images, masks, 2048)
-            result["stitching"].append(_compare("bbbc039 mosaic", load_default_model(2), img2, lab2, work,
-                                                precision=a.precision))
+            result["stitching"] += _compare("bbbc039 mosaic", load_default_model(2), img2, lab2, work,
+                                            precision=a.precision, modes=modes)
         if "throughput" not in a.skip:
-            result["throughput"] = part_throughput_2d(work, images, masks, a.precision)
+            result["throughput"] = part_throughput_2d(work, images, masks, a.precision, modes)
         if "workers" not in a.skip:
             result["workers"] = part_workers(work, images, a.batch, a.precision)
     finally:

@@ -190,11 +190,15 @@ def _sample_blockwise(tmp_path, name, **kwargs):
     return s, whole, result
 
 
-def test_blockwise_segmentation_matches_in_memory_segmentation(tmp_path):
+@pytest.mark.parametrize("embed_first", [True, False])
+def test_blockwise_segmentation_matches_in_memory_segmentation(tmp_path, embed_first):
     done = []
-    s, whole, result = _sample_blockwise(tmp_path, "sample.zarr", progress=lambda i, n: done.append((i, n)))
+    s, whole, result = _sample_blockwise(tmp_path, "sample.zarr", progress=lambda i, n: done.append((i, n)),
+                                         embed_first=embed_first)
     labels = np.asarray(result.labels[...])
-    assert done[-1] == (4, 4) and result.blocks == 4
+    # progress counts the embedding cores (one here: the image fits one), then the blocks
+    assert done[-1] == ((5, 5) if embed_first else (4, 4)) and result.blocks == 4
+    assert [i for i, _ in done] == list(range(1, done[-1][0] + 1))
     agreement = evaluate(whole, labels)
     assert agreement["AP50"] >= 0.85, agreement
     assert abs(result.objects - int(whole.max())) <= max(1, 0.1 * whole.max())
@@ -234,6 +238,11 @@ def test_a_dask_distributed_cluster_runs_the_same_blocks(tmp_path):
 def test_bad_block_shapes_and_models_are_refused(tmp_path):
     from napari_spoco.errors import SpocoError
 
+    scaled = load_default_model(2)
+    scaled.history["pixel_scale"] = 0.5  # resized blocks would not line up with stored embeddings
+    with pytest.raises(SpocoError, match="Embedding first"):
+        segment_blockwise(scaled, np.zeros((64, 64), np.float32), tmp_path / "s.zarr", embed_first=True)
+
     with pytest.raises(SpocoError, match="block shape"):
         segment_blockwise(load_default_model(2), np.zeros((32, 32), np.float32), tmp_path / "a.zarr",
                           block_shape=(16, 16, 16))
@@ -256,3 +265,57 @@ def test_a_block_without_reflected_margin_on_its_inner_sides_embeds_like_the_who
     assert np.abs(block.embeddings[:, :, :keep] - whole.embeddings[:, :, :keep]).max() < 1e-3
     # near its right side the block lacks context the whole image has: that is what the halo is for
     assert np.abs(block.embeddings[:, :, keep:] - whole.embeddings[:, :, keep:160]).max() > 1e-3
+
+
+def test_a_core_that_fails_to_embed_is_retried_then_reported(tmp_path, monkeypatch):
+    from napari_spoco import embedding_store
+
+    real, calls = embedding_store.embed_core, []
+
+    def flaky(model, read, store, core, region, *args):
+        calls.append(core)
+        if core[0].start == 0 and core[1].start == 0:
+            raise RuntimeError("disk full")
+        return real(model, read, store, core, region, *args)
+
+    monkeypatch.setattr(embedding_store, "embed_core", flaky)
+    monkeypatch.setattr(embedding_store, "plan_cores", lambda shape, model, budget: (128, 128))
+    s, _, result = _sample_blockwise(tmp_path, "f.zarr", embed_first=True)
+    assert len(calls) == 5  # four cores, the first tried twice
+    assert list(result.failed) == ["[0:128, 0:128]"] and "disk full" in result.failed["[0:128, 0:128]"]
+    labels = np.asarray(result.labels[...])
+    assert labels[:128, :128].max() == 0  # no embedding there: left empty, as a failed block is
+    assert labels[128:, 128:].max() > 0  # the rest is segmented
+
+
+def test_without_scratch_space_blocks_embed_their_own_regions(tmp_path, monkeypatch):
+    from napari_spoco import blockwise, embedding_store
+    from napari_spoco.errors import SpocoError
+
+    monkeypatch.setattr(blockwise, "_free_bytes", lambda folder: 1_000_000)  # 256² x 17 float16 need 2.2 MB
+    monkeypatch.setattr(embedding_store, "DEFAULT_NDIMS", (2, 3))  # the default in 2D too, for a quick test
+    with pytest.raises(SpocoError, match="scratch space"):
+        _sample_blockwise(tmp_path, "asked.zarr", embed_first=True)
+    assert not (tmp_path / "asked.zarr").exists()
+    done = []
+    _, _, result = _sample_blockwise(tmp_path, "auto.zarr", progress=lambda i, n: done.append((i, n)))
+    assert done[-1] == (4, 4) and result.objects > 10  # four blocks, no embedding cores
+
+
+def test_a_volume_is_embedded_first_by_default_and_matches_in_memory(tmp_path):
+    rng = np.random.default_rng(3)
+    grid = np.indices((32, 96, 96)).astype(np.float32)
+    volume = np.zeros((32, 96, 96), np.float32)
+    for z, y, x in [(16, 20, 20), (16, 20, 48), (16, 20, 76), (16, 50, 30), (16, 50, 62), (16, 78, 20), (14, 76, 76),
+                    (18, 78, 48)]:
+        volume += np.exp(-((grid[0] - z) ** 2 + (grid[1] - y) ** 2 + (grid[2] - x) ** 2) / 40.0)
+    volume += 0.05 * rng.standard_normal(volume.shape).astype(np.float32)
+    model = load_default_model(3)
+    value_range = intensity_range(volume)
+    whole = segment(model, volume, device="cpu", value_range=value_range)
+    done = []
+    result = segment_blockwise(model, volume, tmp_path / "v.zarr", block_shape=(32, 48, 48), value_range=value_range,
+                               progress=lambda i, n: done.append((i, n)))
+    assert result.blocks == 4 and done[-1] == (5, 5)  # one embedding core, then four blocks
+    labels = np.asarray(result.labels[...])
+    assert whole.max() >= 6 and evaluate(whole, labels)["AP50"] >= 0.8

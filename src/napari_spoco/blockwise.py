@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .clustering import ClusterConfig
+from .embedding_store import EmbeddingStore
 from .errors import SpocoError
 from .lazy_io import LazyImage, create_label_store, open_label_store, remove_store
 from .model import SpocoModel
@@ -41,6 +42,7 @@ from .precision import INFERENCE_PRECISION
 from .shapes import object_radius
 
 LINK_IOU = 0.5  # pieces of one object agree this well in the strip two blocks share
+CLUSTER_HALO_DIAMETERS = 1.5  # blocks clustering stored embeddings: context in object diameters
 
 
 @dataclass(frozen=True)
@@ -107,14 +109,16 @@ def _axis_options(n: int, halo: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def plan_core_shape(shape: Sequence[int], halo: Sequence[int], block_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+def plan_core_shape(shape: Sequence[int], halo: Sequence[int], block_shape: Sequence[int] | None = None,
+                    budget: int | None = None) -> tuple[int, ...]:
     """The core shape (the output's chunks): ``block_shape`` as a cap, cores made equal along
     each axis; by default the cores that read the fewest pixels in all (halos are read twice)
-    while no block reads more than :data:`REGION_PIXELS`. A 30×512×512 volume thus gets 2×2
-    cores of 256 (each block reads 30×304×304), not 3×3 of 171 whose halos cost more work."""
+    while no block reads more than ``budget`` (default :data:`REGION_PIXELS`). A 30×512×512
+    volume thus gets 2×2 cores of 256 (each block reads 30×304×304), not 3×3 of 171 whose
+    halos cost more work."""
     if block_shape is not None:
         return tuple(int(math.ceil(n / math.ceil(n / min(int(c), n)))) for n, c in zip(shape, block_shape))
-    budget = REGION_PIXELS[2 if len(shape) == 2 else 3]
+    budget = budget or REGION_PIXELS[2 if len(shape) == 2 else 3]
     options = [_axis_options(int(n), int(h)) for n, h in zip(shape, halo)]
     best, best_cost = None, None
     for head in itertools.product(*options[:-1]):
@@ -145,6 +149,16 @@ def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
     diameter = 2.0 * object_radius(median, ndim)
     net = int(min(64, max(16, model.config.receptive_radius + diameter)))
     return tuple(int(math.ceil(net / f)) for f in factors)
+
+
+def cluster_halo(model: SpocoModel) -> tuple[int, ...]:
+    """Context around each core when the blocks read stored embeddings (:mod:`embedding_store`):
+    the network's reach no longer matters, only the clustering's, so one and a half object
+    diameters (16 to 64 pixels): an object crossing a core's border lies whole in both views."""
+    ndim = model.config.ndim
+    median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
+    diameter = 2.0 * object_radius(median, ndim)
+    return (int(min(64, max(16, math.ceil(CLUSTER_HALO_DIAMETERS * diameter)))),) * ndim
 
 
 @dataclass
@@ -219,6 +233,23 @@ class _Job:
     segmenter: Callable | None = None  # tests: a stand-in for the model (region -> labels)
     model: SpocoModel | None = None  # in this process: the caller's model, not a copy from the file
     precision: str = INFERENCE_PRECISION
+    embeddings: EmbeddingStore | None = None  # blocks cluster these (embedding_store.py) instead of embedding
+
+
+def _job_model(job: _Job) -> SpocoModel:
+    """The model in this worker: this thread's copy of the caller's, or loaded from the file."""
+    return _thread_model(job.model) if job.model is not None else _worker_model(job.model_path)
+
+
+def _tile_budget(job: _Job, model: SpocoModel) -> int | None:
+    """Largest network tile within a block (:data:`BLOCK_TILE_VOXELS`, in the run's number format)."""
+    from .model import select_device
+    from .precision import resolve_precision, tile_voxels
+
+    budget = BLOCK_TILE_VOXELS[model.config.ndim]
+    if budget is None:
+        return None
+    return tile_voxels(budget, resolve_precision(job.precision, select_device(job.device), model.config.ndim))
 
 
 def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
@@ -227,19 +258,63 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     if job.segmenter is not None:
         return np.asarray(job.segmenter(data))
     from .inference import prepare_image
-    from .model import select_device
-    from .precision import resolve_precision, tile_voxels
     from .segmentation import _segment_prepared
 
-    model = _thread_model(job.model) if job.model is not None else _worker_model(job.model_path)
+    model = _job_model(job)
     prepared = prepare_image(model, data, job.value_range, job.image.channel_axis)
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
-    budget = BLOCK_TILE_VOXELS[model.config.ndim]
-    if budget is not None:
-        budget = tile_voxels(budget, resolve_precision(job.precision, select_device(job.device), model.config.ndim))
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
                                         voxel_size=job.voxel_size, edges=edges,
-                                        tile_voxels=budget, precision=job.precision))
+                                        tile_voxels=_tile_budget(job, model), precision=job.precision))
+
+
+def _stored_region_labels(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
+    """Instance labels of one block's region clustered from the stored embeddings, with the
+    settings :func:`_region_labels` would use (the model's record, the size cap of the region)."""
+    from dataclasses import replace
+
+    from .clustering import cluster_embeddings
+    from .segmentation import auto_max_size, model_cluster_config
+
+    model = _job_model(job)
+    emb, fg = job.embeddings.read(region)
+    config = model_cluster_config(model, job.config)
+    if config.max_size is None:
+        config = replace(config, max_size=auto_max_size(model, emb.shape[1:]))
+    return np.asarray(cluster_embeddings(emb, fg, config))
+
+
+def embed_task(job: _Job, core: tuple[slice, ...], region: tuple[slice, ...]) -> dict:
+    """Embed one embedding core into the store (:func:`embedding_store.embed_core`); a failure
+    is tried once more, then the core stays empty (background) and the reason is returned."""
+    import torch
+
+    from .embedding_store import embed_core
+
+    torch.set_num_threads(max(1, job.threads))
+    reason = None
+    for _attempt in range(2):
+        try:
+            model = _job_model(job)
+            embed_core(model, job.image.read, job.embeddings, core, region, job.image.spatial_shape, job.value_range,
+                       job.image.channel_axis, job.device, job.precision, _tile_budget(job, model),
+                       job.config.foreground_threshold)
+            reason = None
+            break
+        except MemoryError as exc:
+            reason = f"out of memory ({exc}); give a smaller --block-shape"
+        except Exception as exc:  # noqa: BLE001 - reported per core, the others carry on
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    _release_memory()
+    return {"core": "[" + ", ".join(f"{s.start}:{s.stop}" for s in core) + "]", "failed": reason}
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free space on the file system of ``folder`` (None when it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        return None
 
 
 def _constant(data: np.ndarray) -> bool:
@@ -268,11 +343,14 @@ def run_block(job: _Job, block: Block) -> dict:
     reason = None
     for _attempt in range(2):
         try:
-            data = job.image.read(block.region)
-            if _constant(data):  # padding or empty space: nothing to find, no network to run
-                return {"index": block.index, "n": 0, "failed": None, "seconds": time.perf_counter() - t0}
-            edges = tuple((r.start == 0, r.stop == n) for r, n in zip(block.region, job.image.spatial_shape))
-            labels = _region_labels(job, data, edges)
+            if job.embeddings is not None:
+                labels = _stored_region_labels(job, block.region)
+            else:
+                data = job.image.read(block.region)
+                if _constant(data):  # padding or empty space: nothing to find, no network to run
+                    return {"index": block.index, "n": 0, "failed": None, "seconds": time.perf_counter() - t0}
+                edges = tuple((r.start == 0, r.stop == n) for r, n in zip(block.region, job.image.spatial_shape))
+                labels = _region_labels(job, data, edges)
             reason = None
             break
         except MemoryError as exc:
@@ -516,19 +594,25 @@ def segment_blockwise(
     progress: Callable[[int, int], None] | None = None,
     _segmenter: Callable | None = None,
     precision: str = INFERENCE_PRECISION,
+    embed_first: bool | None = None,
 ) -> BlockwiseResult:
     """Segment ``image`` block by block into a new zarr label store at ``out``.
 
     ``image``: a :class:`~napari_spoco.lazy_io.LazyImage` (``lazy_io.open_lazy(path)``) or an
     array (numpy, dask or zarr; ``channel_axis`` as in :func:`napari_spoco.segment`).
     ``block_shape`` caps the core each block writes (the output's chunk shape; default: planned
-    by :func:`plan_core_shape` for the least work within :data:`REGION_PIXELS` a block); ``halo`` (default :func:`block_halo`) the context read around it.
+    by :func:`plan_core_shape` for the least work within :data:`REGION_PIXELS` a block); ``halo``
+    the context read around it (default :func:`cluster_halo` when embedding first, else
+    :func:`block_halo`).
     ``value_range`` defaults to percentiles of boxes sampled over the image
     (:func:`sample_value_range`); ``voxel_size`` to the image's recorded spacing, else the
     model's. ``workers``/``scheduler``: see :class:`Engine`. ``progress(done, total)`` counts
-    segmented blocks. ``precision``: the network's number format (:func:`napari_spoco.segment`).
-    Returns a :class:`BlockwiseResult`; blocks that failed twice are empty
-    there and listed in ``failed``.
+    embedding cores, then segmented blocks. ``precision``: the network's number format
+    (:func:`napari_spoco.segment`). ``embed_first`` (default: in 3D where it applies,
+    :func:`napari_spoco.embedding_store.applies`, and where the scratch space is free) embeds
+    the image once into a scratch store next to ``out`` and clusters the blocks from it, instead
+    of embedding each block with its halo. Returns a :class:`BlockwiseResult`; blocks (and
+    embedding cores) that failed twice are empty there and listed in ``failed``.
     """
     from .precision import check_precision
     from .scaling import check_voxel_size
@@ -549,15 +633,30 @@ def segment_blockwise(
     factors = model.network_factors(voxel_size)
     if block_shape is not None and (len(block_shape) != len(shape) or min(block_shape) < 1):
         raise SpocoError(f"block shape {tuple(block_shape)} does not fit a {len(shape)}D image; give one size per axis.")
+    from . import embedding_store
+
+    applies = _segmenter is None and embedding_store.applies(model, factors, config.method)
+    if embed_first is None:  # by default where it was measured to pay
+        applies = applies and model.config.ndim in embedding_store.DEFAULT_NDIMS
+    elif embed_first and not applies:
+        raise SpocoError("Embedding first needs the network to work on the image's own grid (no object scale or "
+                         "anisotropy resize) and a clustering other than consistency; leave embed_first unset.")
+    out = Path(out)
+    need, free = embedding_store.disk_bytes(shape, model), _free_bytes(out.parent)
+    if applies and free is not None and need > 0.9 * free:
+        if embed_first:
+            raise SpocoError(f"Embedding first needs up to {need / 1e9:.1f} GB of scratch space next to {out}, and "
+                             f"{free / 1e9:.1f} GB are free; free some space, write elsewhere, or leave embed_first unset.")
+        applies = False  # each block embeds its own region instead: slower, needs no scratch space
+    embed_first = applies if embed_first is None else bool(embed_first)
     if halo is None:
-        halo_t = block_halo(model, factors)
+        halo_t = cluster_halo(model) if embed_first else block_halo(model, factors)
     else:
         halo_t = tuple(halo) if isinstance(halo, Sequence) else (int(halo),) * len(shape)
     core = plan_core_shape(shape, halo_t, block_shape)
     if value_range is None and _segmenter is None:
         value_range = sample_value_range(model, lazy)
     blocks = plan_blocks(shape, core, halo_t)
-    out = Path(out)
     create_label_store(out, shape, core, like=lazy)
     scratch = Path(tempfile.mkdtemp(prefix=".spoco-blocks-", dir=out.parent))
     finished = False
@@ -570,12 +669,25 @@ def segment_blockwise(
 
             save_model(model, model_path)
         with Engine(workers, scheduler, prefer_threads=prefer_threads) as engine:
+            store = None
+            cores: list = []
+            if embed_first:
+                store = EmbeddingStore(embedding_store.scratch_path(scratch), model.config.embedding_dim,
+                                       bool(model.config.foreground_head))
+                ecore = embedding_store.plan_cores(shape, model, REGION_PIXELS[2 if len(shape) == 2 else 3])
+                store.create(shape, ecore)
+                cores = embedding_store.core_regions(shape, ecore, embedding_store.context(model))
+            steps = len(cores) + len(blocks)
             job = _Job(model_path, lazy, str(out), str(scratch), config, value_range,
                        tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter,
-                       model if in_process else None, precision)
-            done = engine.map(run_block, [(job, b) for b in blocks], progress)
+                       model if in_process else None, precision, store)
+            embedded = engine.map(embed_task, [(job, c, r) for c, r in cores],
+                                  None if progress is None else lambda i, n: progress(i, steps))
+            failed = {d["core"]: "embedding: " + d["failed"] for d in embedded if d["failed"]}
+            done = engine.map(run_block, [(job, b) for b in blocks],
+                              None if progress is None else lambda i, n: progress(len(cores) + i, steps))
             counts = {d["index"]: d["n"] for d in done}
-            failed = {blocks[d["index"]].describe(): d["failed"] for d in done if d["failed"]}
+            failed.update({blocks[d["index"]].describe(): d["failed"] for d in done if d["failed"]})
             offsets, total = {}, 0
             for b in blocks:
                 offsets[b.index] = total

@@ -764,12 +764,13 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
           f"{rate:.2f} s per million pixels)", file=sys.stderr)
     if result.failed:
         first = next(iter(result.failed.items()))
-        failed[path.name] = (f"{len(result.failed)} of {result.blocks} blocks failed twice and are empty in "
-                             f"{target} (e.g. block {first[0]}: {first[1]})")
+        failed[path.name] = (f"{len(result.failed)} parts failed twice and are empty in "
+                             f"{target} (e.g. {first[0]}: {first[1]})")
 
 
 class _BlockProgress:
-    """Blocks done of a block-wise image: a bar on a terminal, a line every 10 s in a log."""
+    """Steps done of a block-wise image (embedding cores, then blocks): a bar on a terminal, a
+    line every 10 s in a log."""
 
     def __init__(self, name: str, every: float = 10.0):
         self.name, self.every, self.last = name, every, None
@@ -777,7 +778,7 @@ class _BlockProgress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=name, unit="block", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(desc=name, unit="step", file=sys.stderr, dynamic_ncols=True)
         self.t0 = time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
@@ -789,7 +790,7 @@ class _BlockProgress:
         now = time.perf_counter() - self.t0
         if done == total or self.last is None or now - self.last >= self.every:
             self.last = now
-            print(f"{self.name}: block {done}/{total}, {now / 60:.1f} min", file=sys.stderr, flush=True)
+            print(f"{self.name}: step {done}/{total}, {now / 60:.1f} min", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

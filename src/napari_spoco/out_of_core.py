@@ -55,13 +55,20 @@ def needs_blockwise(data, spatial_shape: Sequence[int], multiscale: bool = False
     return bool(multiscale or is_lazy(data) or too_large_for_memory(spatial_shape))
 
 
-def block_count(shape: Sequence[int], block_shape: Sequence[int] | None = None) -> int:
-    """How many blocks :func:`napari_spoco.blockwise.segment_blockwise` cuts ``shape`` into."""
-    from .blockwise import plan_core_shape
+def step_count(shape: Sequence[int], block_shape: Sequence[int] | None = None) -> int:
+    """About how many steps :func:`napari_spoco.blockwise.segment_blockwise` reports for
+    ``shape`` with a shipped model: in 3D the embedding cores, then the blocks; in 2D the blocks
+    (its progress gives the exact total from the first step on)."""
+    from .blockwise import REGION_PIXELS, plan_core_shape
 
-    # the halo depends on the model (blockwise.block_halo): 56 px for the shipped 2D model, 46 for the 3D one
-    core = plan_core_shape(shape, ((56,) * 2 if len(shape) == 2 else (46,) * 3), block_shape)
-    return int(np.prod([math.ceil(n / c) for n, c in zip(shape, core)]))
+    if len(shape) == 2:  # the halo depends on the model (blockwise.block_halo): 56 px for the shipped 2D model
+        core = plan_core_shape(shape, (56, 56), block_shape)
+        return int(np.prod([math.ceil(n / c) for n, c in zip(shape, core)]))
+    # 3D embeds first (embedding_store.py): cores with the network's reach, 28 voxels (embedding_store.context),
+    # then blocks with the clustering's halo (blockwise.cluster_halo), 29 voxels for the shipped 3D model
+    core = plan_core_shape(shape, (29,) * 3, block_shape)
+    embedding = plan_core_shape(shape, (28,) * 3, budget=REGION_PIXELS[3])
+    return sum(int(np.prod([math.ceil(n / c) for n, c in zip(shape, cs)])) for cs in (core, embedding))
 
 
 def stoppable(stop: threading.Event, report: Callable[[int, int], None] | None = None) -> Callable[[int, int], None]:

@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ..lazy_io import remove_store
-from ..out_of_core import STORE_KEY, Cancelled, block_count, lazy_levels, voxel_note, voxel_size_from_scale
+from ..out_of_core import STORE_KEY, Cancelled, lazy_levels, step_count, voxel_note, voxel_size_from_scale
 from ..precision import INFERENCE_PRECISION
 from . import workers
 from .dialogs import error_message
@@ -51,7 +51,7 @@ class BlockwiseRun(QObject):
         try:
             voxel = voxel_size_from_scale(image.scale, len(shape))
             note = voxel_note(voxel, model)
-            total = block_count(shape, self.block_shape)
+            total = step_count(shape, self.block_shape)
             out = self.state.stores.new_path(image.name)  # the temporary folder may be unwritable
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Segmentation"))
@@ -63,7 +63,7 @@ class BlockwiseRun(QObject):
         rgb = getattr(image, "rgb", False)  # the levels' colour axis is not spatial
         levels = [tuple(level.shape)[: -1 if rgb else None] for level in image.data] if image.multiscale else None
         self._target = (image.unique_id, image.name, levels, f", {note}" if note else "")
-        self.panel.segment_label.setText(f"Segmenting '{image.name}' block by block: 0/{total} blocks"
+        self.panel.segment_label.setText(f"Segmenting '{image.name}' block by block: 0/{total} steps"
                                          f"{self._target[3]}…")
         bar = self.panel.busy_bar
         bar.setRange(0, total)
@@ -88,7 +88,7 @@ class BlockwiseRun(QObject):
         self.panel.busy_bar.setValue(done)
         if not self.job.stop.is_set():
             _, name, _, note = self._target
-            self.panel.segment_label.setText(f"Segmenting '{name}' block by block: {done}/{total} blocks{note}…")
+            self.panel.segment_label.setText(f"Segmenting '{name}' block by block: {done}/{total} steps{note}…")
         if self.activity is not None:
             self.activity.to(done)  # last: napari's dock turns the event loop as it redraws
 
@@ -113,7 +113,7 @@ class BlockwiseRun(QObject):
             failed = list(result.failed.items())
             listed = "; ".join(f"{core}: {why}" for core, why in failed[:5]) + (
                 f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
-            warning = f"{len(failed)} of {result.blocks} blocks failed and are left empty: {listed}"
+            warning = f"{len(failed)} parts failed and are left empty: {listed}"
             text += " " + warning
             show_warning(warning)
         self.panel.segment_label.setText(text)

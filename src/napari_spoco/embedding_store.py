@@ -1,0 +1,144 @@
+"""Embed an image larger than memory once, exactly, into a scratch zarr store.
+
+Block-wise segmentation (:mod:`napari_spoco.blockwise`) clusters each block with a halo of
+context around its core. Embedding every block's region on its own repeats the network's work on
+every halo (a block of a 3D mosaic reads about twice its core) and on the network's own context
+around it, which made 3D block-wise segmentation cost 2-3x the in-memory path
+(docs/benchmarks.md, "Images larger than memory"). Here the image is instead cut into *embedding
+cores* on a grid aligned to the network's size divisor; each task embeds its core with the
+network's receptive radius of real context around it (reflected only at the image's own edges)
+and writes the core's embedding and foreground probability to a float16 zarr array. Aligned
+cores with that much context give the embedding the whole image would have (the tiling argument
+of :func:`napari_spoco.inference.embed`; tested), so blocks then read and cluster exact
+embeddings, and the halo costs only clustering. docs/method.md, "Images larger than memory".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .model import SpocoModel
+
+#: Where embedding first is the default (docs/benchmarks.md, "Images larger than memory"): in
+#: 3D the halos' repeated network work outweighs writing and reading the store (a 2x2 cells3d
+#: mosaic took 0.80x the time); in 2D, where a block is one 2048² region and clustering costs
+#: more than the network, the store's input and output made it slower (1.2-1.4x).
+DEFAULT_NDIMS = (3,)
+#: Stored as float16: half the disk of float32, and an embedding's rounding error (about 1e-3
+#: of its scale) far below the clustering bandwidth (0.5) and bfloat16 inference's own (1e-2).
+STORE_DTYPE = np.float16
+
+
+def applies(model: SpocoModel, factors: Sequence[float], method: str) -> bool:
+    """Whether a block-wise run can embed first: the network works on the image's own grid
+    (no object scale or anisotropy resize, whose resampled blocks would not line up) and the
+    clustering needs only the predicting network (consistency clustering also needs the
+    teacher's embeddings)."""
+    return all(f == 1.0 for f in factors) and method != "consistency"
+
+
+def context(model: SpocoModel) -> int:
+    """Real context around an embedding core, per side: the receptive radius rounded up to the
+    size divisor, so that regions start where the whole image's tiles would be aligned."""
+    div = model.config.size_divisor
+    return int(math.ceil(model.config.receptive_radius / div) * div)
+
+
+def plan_cores(shape: Sequence[int], model: SpocoModel, budget: int) -> tuple[int, ...]:
+    """Embedding cores: multiples of the size divisor (so every core starts on the grid of the
+    whole image's tiles), as few as fit ``budget`` voxels per region (core and context)."""
+    from .blockwise import plan_core_shape
+
+    div = model.config.size_divisor
+    ctx = context(model)
+    core = plan_core_shape(shape, (ctx,) * len(shape), budget=budget)
+    return tuple(min(n, int(math.ceil(c / div) * div)) for n, c in zip(shape, core))
+
+
+def core_regions(shape: Sequence[int], core_shape: Sequence[int], ctx: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """(core, region) of every embedding core: the grid of ``core_shape``, each with ``ctx``
+    pixels of context per side, clipped to the image."""
+    import itertools
+
+    per_axis = [[(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(shape, core_shape)]
+    out = []
+    for combo in itertools.product(*per_axis):
+        core = tuple(slice(a, b) for a, b in combo)
+        region = tuple(slice(max(0, a - ctx), min(n, b + ctx)) for (a, b), n in zip(combo, shape))
+        out.append((core, region))
+    return out
+
+
+@dataclass(frozen=True)
+class EmbeddingStore:
+    """Where the embeddings are and what they hold: (channels, *spatial) float16, the
+    embedding's channels first, then the foreground probability when the model has a head."""
+
+    path: str
+    embedding_dim: int
+    has_foreground: bool
+
+    def create(self, shape: Sequence[int], chunks: Sequence[int]):
+        from .lazy_io import _zarr
+
+        channels = self.embedding_dim + int(self.has_foreground)
+        return _zarr().create_array(store=self.path, shape=(channels, *shape), chunks=(channels, *chunks),
+                                    dtype=STORE_DTYPE, fill_value=0, zarr_format=2)
+
+    def write(self, core: tuple[slice, ...], embeddings: np.ndarray, foreground: np.ndarray | None) -> None:
+        from .lazy_io import _zarr
+
+        parts = [embeddings] + ([foreground[None]] if self.has_foreground else [])
+        arr = _zarr().open_array(store=self.path, mode="r+")
+        arr[(slice(None),) + tuple(core)] = np.concatenate(parts).astype(STORE_DTYPE)
+
+    def read(self, region: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings (E, *region) float32, foreground probability (*region) or None)."""
+        from .lazy_io import _zarr
+
+        data = np.asarray(_zarr().open_array(store=self.path, mode="r")[(slice(None),) + tuple(region)], np.float32)
+        if not self.has_foreground:
+            return data, None
+        return data[: self.embedding_dim], data[self.embedding_dim]
+
+
+def disk_bytes(shape: Sequence[int], model: SpocoModel) -> int:
+    """Bytes the store takes at most (uncompressed; the zeros of the background compress)."""
+    channels = model.config.embedding_dim + int(model.config.foreground_head)
+    return int(np.prod(shape, dtype=np.float64)) * channels * np.dtype(STORE_DTYPE).itemsize
+
+
+def embed_core(model: SpocoModel, read, store: EmbeddingStore, core: tuple[slice, ...], region: tuple[slice, ...],
+               spatial: Sequence[int], value_range, channel_axis: int | None, device: str, precision: str,
+               tile_voxels: int | None, zero_below: float | None = None) -> bool:
+    """Embed ``region`` (``read(region)`` gives its pixels) and store its ``core``; the sides of
+    the region that are the image's own edges get the reflected margin the whole image would.
+    Returns False (nothing written: the store's zeros mean background) for a constant region,
+    padding or empty space where there is nothing to find. ``zero_below``: the clustering's
+    foreground threshold; it never reads the embedding of pixels below it, so they are stored
+    as zeros, which take next to no disk."""
+    from .inference import embed, prepare_image
+
+    data = read(region)
+    if data.size > 0 and bool(np.all(data == data.flat[0])):
+        return False
+    prepared = prepare_image(model, data, value_range, channel_axis)
+    edges = tuple((r.start == 0, r.stop == n) for r, n in zip(region, spatial))
+    emb = embed(model, prepared, device=device, edges=edges, max_tile_voxels=tile_voxels, precision=precision)
+    inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
+    fg = None if emb.foreground is None else emb.foreground[inner]
+    vectors = emb.embeddings[(slice(None),) + inner]
+    if zero_below is not None and fg is not None:
+        vectors = np.where(fg[None] >= zero_below, vectors, 0.0)
+    store.write(core, vectors, fg)
+    return True
+
+
+def scratch_path(folder: str | os.PathLike) -> str:
+    return str(Path(folder) / "embeddings.zarr")

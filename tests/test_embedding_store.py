@@ -1,0 +1,88 @@
+"""Embedding a large image once into a scratch store (embedding_store.py): the stored
+embeddings must be those of the whole image, whatever the cores, so that block-wise
+segmentation clusters exact embeddings."""
+
+import numpy as np
+import pytest
+
+from napari_spoco import embedding_store
+from napari_spoco.data import intensity_range
+from napari_spoco.embedding_store import EmbeddingStore, core_regions, embed_core
+from napari_spoco.inference import embed
+from napari_spoco.pretrained import load_default_model
+from napari_spoco.sample import load_sample
+
+
+def _store_embeddings(tmp_path, model, image, core_shape, value_range):
+    store = EmbeddingStore(str(tmp_path / "e.zarr"), model.config.embedding_dim, True)
+    store.create(image.shape, core_shape)
+    cores = core_regions(image.shape, core_shape, embedding_store.context(model))
+    written = [embed_core(model, lambda r: image[r], store, c, r, image.shape, value_range, None, "cpu", "float32",
+                          None) for c, r in cores]
+    return store, cores, written
+
+
+@pytest.mark.parametrize("core_shape", [(64, 64), (96, 256), (256, 128)])
+def test_stored_embeddings_are_the_whole_image_embedding_2d(tmp_path, core_shape):
+    s = load_sample()
+    model = load_default_model(2)
+    value_range = intensity_range(s.test_image)
+    whole = embed(model, s.test_image, device="cpu", value_range=value_range, precision="float32")
+    store, cores, written = _store_embeddings(tmp_path, model, s.test_image, core_shape, value_range)
+    assert len(cores) > 1 and all(written)
+    emb, fg = store.read(tuple(slice(0, n) for n in s.test_image.shape))
+    scale = np.abs(whole.embeddings).max()
+    # float16 storage rounds to about 1e-3 of the scale; a core embedded without the whole
+    # image's context would be off by up to whole embedding units near its borders
+    assert np.abs(emb - whole.embeddings).max() < 2e-3 * scale
+    assert np.abs(fg - whole.foreground).max() < 2e-3
+    # a region read across core borders is the same as the whole image's there
+    region = (slice(40, 200), slice(17, 150))
+    emb_r, _ = store.read(region)
+    assert np.abs(emb_r - whole.embeddings[(slice(None),) + region]).max() < 2e-3 * scale
+
+
+def test_stored_embeddings_are_the_whole_volume_embedding_3d(tmp_path):
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    volume = ndimage.gaussian_filter(rng.random((40, 72, 80)).astype(np.float32), 2.0)
+    model = load_default_model(3)
+    value_range = intensity_range(volume)
+    whole = embed(model, volume, device="cpu", value_range=value_range, precision="float32")
+    div = model.config.size_divisor
+    store, cores, written = _store_embeddings(tmp_path, model, volume, (4 * div, 8 * div, 8 * div), value_range)
+    assert len(cores) >= 8 and all(written)
+    emb, fg = store.read(tuple(slice(0, n) for n in volume.shape))
+    assert np.abs(emb - whole.embeddings).max() < 2e-3 * np.abs(whole.embeddings).max()
+    assert np.abs(fg - whole.foreground).max() < 2e-3
+
+
+def test_a_constant_core_is_left_as_background(tmp_path):
+    model = load_default_model(2)
+    image = np.zeros((256, 128), np.float32)
+    image[:64] = np.random.default_rng(1).random((64, 128))
+    store, cores, written = _store_embeddings(tmp_path, model, image, (64, 128), (0.0, 1.0))
+    # the last two cores and their context are one value: nothing to embed
+    assert written == [True, True, False, False]
+    _, fg = store.read((slice(128, 256), slice(0, 128)))
+    assert not fg.any()
+
+
+def test_cores_lie_on_the_network_grid_and_regions_hold_its_reach():
+    model = load_default_model(3)
+    div, ctx = model.config.size_divisor, embedding_store.context(model)
+    assert ctx % div == 0 and ctx >= model.config.receptive_radius
+    shape = (60, 1000, 700)
+    core = embedding_store.plan_cores(shape, model, 4_500_000)
+    assert all(c % div == 0 or c == n for c, n in zip(core, shape))
+    regions = core_regions(shape, core, ctx)
+    assert max(np.prod([s.stop - s.start for s in r]) for _, r in regions) <= 4_500_000 * 1.3
+    covered = np.zeros(shape[1:], int)
+    for c, r in regions:
+        assert all(cs.start % div == 0 for cs in c)
+        assert all(rs.start == max(0, cs.start - ctx) and rs.stop == min(n, cs.stop + ctx)
+                   for cs, rs, n in zip(c, r, shape))
+        if c[0].start == 0:
+            covered[c[1:]] += 1
+    assert (covered == 1).all()  # the cores tile the image once
