@@ -256,3 +256,24 @@ def test_consistency_clustering_keeps_most_of_what_mean_shift_finds_with_the_shi
     cons = segment(model, s.test_image, method="consistency", device="cpu")
     assert cons.max() >= 0.8 * ms.max()
     assert evaluate(s.test_truth, cons)["AP50"] >= evaluate(s.test_truth, ms)["AP50"] - 0.1
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (9, 20, 24)])
+def test_adjacency_lists_every_touching_pair_once_with_its_contact_count(shape):
+    from collections import Counter
+
+    from napari_spoco.clustering import adjacency
+
+    rng = np.random.default_rng(len(shape))
+    labels = rng.integers(0, 6, size=shape) * (rng.random(shape) < 0.8)
+    labels[labels == 5] = 300  # ids need not be consecutive
+    expected = Counter()
+    for axis in range(labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        for x, y in zip(a[1:].ravel(), a[:-1].ravel()):
+            if x and y and x != y:
+                expected[(min(x, y), max(x, y))] += 1
+    pairs, counts = adjacency(labels)
+    assert [tuple(p) for p in pairs.tolist()] == sorted(expected)  # sorted by (a, b), each once
+    assert counts.tolist() == [expected[k] for k in sorted(expected)]
+    assert adjacency(np.zeros(shape, np.int32))[0].shape == (0, 2)

@@ -392,19 +392,24 @@ def cluster_embeddings(
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (a < b) of touching labels (face connectivity) and their contact counts."""
-    pairs = []
+    """Pairs (a < b) of touching labels (face connectivity) and their contact counts, sorted.
+
+    Each contact is one int64 key ``a * (n + 1) + b``: a flat sort is several times faster than
+    sorting rows (``np.unique(axis=0)``), and slicing the label image along each axis avoids
+    copying it."""
+    n = int(labels.max(initial=0))
+    keys = []
     for axis in range(labels.ndim):
-        a = np.moveaxis(labels, axis, 0)
-        x, y = a[1:].ravel(), a[:-1].ravel()
-        sel = (x != y) & (x > 0) & (y > 0)
-        lo, hi = np.minimum(x[sel], y[sel]), np.maximum(x[sel], y[sel])
-        pairs.append(np.stack([lo, hi], 1))
-    allp = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
-    if allp.size == 0:
+        after = labels[(slice(None),) * axis + (slice(1, None),)]
+        before = labels[(slice(None),) * axis + (slice(None, -1),)]
+        sel = (after != before) & (after > 0) & (before > 0)
+        x, y = after[sel].astype(np.int64), before[sel].astype(np.int64)
+        keys.append(np.minimum(x, y) * (n + 1) + np.maximum(x, y))
+    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    if key.size == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    uniq, counts = np.unique(allp, axis=0, return_counts=True)
-    return uniq.astype(np.int64), counts
+    uniq, counts = np.unique(key, return_counts=True)
+    return np.stack([uniq // (n + 1), uniq % (n + 1)], 1), counts
 
 
 def merge_similar_neighbours(

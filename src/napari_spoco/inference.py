@@ -149,20 +149,15 @@ def plan_tiles(padded: tuple[int, ...], max_voxels: int, overlap: int, div: int)
     return best
 
 
-def _ramp(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
-    """Blending weights along one axis of a tile: 0 over the outer half of each overlap with a
-    neighbouring tile, 1 elsewhere. With overlaps of at least twice the network's receptive
-    radius, the pixels a tile keeps are out of reach of its zero-padded border, so neighbouring
-    tiles hand over exactly (a linear ramp over the whole overlap, as before, let border errors
-    of up to 1.9 embedding units leak into the result at weights up to 0.4)."""
-    w = np.ones(tile, dtype=np.float32)
+def _kept(tile: int, overlap: int, at_start: bool, at_end: bool) -> tuple[int, int]:
+    """The part of a tile it hands on, along one axis: all but the outer half of each overlap
+    with a neighbouring tile. With overlaps of at least twice the network's receptive radius,
+    those pixels are out of reach of the tile's zero-padded border, so neighbouring tiles hand
+    over exactly and each pixel is simply copied from one tile (a linear ramp over the whole
+    overlap, as at first, let border errors of up to 1.9 embedding units leak into the result;
+    weighted sums of 0/1 ramps, as then, cost memory-bound passes over every channel)."""
     trim = overlap // 2
-    if trim > 0:
-        if not at_start:
-            w[:trim] = 0.0
-        if not at_end:
-            w[-trim:] = 0.0
-    return w
+    return (0 if at_start else trim), (tile if at_end else tile - trim)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -278,39 +273,35 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
         n.eval().to(dev, memory_format=fmt)
     c_out = model.config.out_channels
     acc = [np.zeros((c_out,) + image_shape, dtype=np.float32) for _ in nets]
-    wsum = np.zeros(image_shape, dtype=np.float32)
+    covered = np.zeros(image_shape, dtype=bool)  # checked at the end: every pixel comes from a tile
     starts = [st for _, st in layouts]
     combos = list(itertools.product(*starts))
     try:
         for i, start in enumerate(combos):
-            # the part of this tile that lies inside the image, in tile and in image coordinates
+            # the part of this tile it hands on that lies inside the image, in tile and in image
+            # coordinates (a tile whose kept part is all margin is not run)
             in_tile, in_image = [], []
-            for s0, t, (m, _), n in zip(start, tiles, margins, image_shape):
-                lo, hi = max(s0, m), min(s0 + t, m + n)
+            for s0, t, o, p, (m, _), n in zip(start, tiles, overlaps, padded, margins, image_shape):
+                k0, k1 = _kept(t, o, at_start=s0 == 0, at_end=s0 + t >= p)
+                lo, hi = max(s0 + k0, m), min(s0 + k1, m + n)
                 in_tile.append(slice(lo - s0, hi - s0))
                 in_image.append(slice(lo - m, hi - m))
             if all(sl.stop > sl.start for sl in in_tile):
-                w = np.ones((), dtype=np.float32)
-                for s0, t, o, p in zip(start, tiles, overlaps, padded):
-                    r = _ramp(t, o, at_start=s0 == 0, at_end=s0 + t >= p)
-                    w = w[..., None] * r if w.ndim else r
-                w = w[tuple(in_tile)]
                 sl = tuple(slice(s0, s0 + t) for s0, t in zip(start, tiles))
                 xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev, memory_format=fmt)
                 for a, net in zip(acc, nets):
                     with autocast(number_format, dev):
-                        out = net(xt)[0]
-                    out = out.float().cpu().numpy()
-                    a[(slice(None),) + tuple(in_image)] += out[(slice(None),) + tuple(in_tile)] * w
+                        out = net(xt)[0][(slice(None),) + tuple(in_tile)]
+                    a[(slice(None),) + tuple(in_image)] = out.float().cpu().numpy()
                     del out
-                wsum[tuple(in_image)] += w
+                covered[tuple(in_image)] = True
             if progress is not None:
                 progress(i + 1, len(combos))
     finally:
         for n in nets:
             n.to("cpu", memory_format=torch.contiguous_format)
-    for a in acc:
-        a /= wsum
+    if not covered.all():  # a planning error, never the user's: fail loudly rather than return zeros
+        raise RuntimeError("embed: the tiles left pixels of the image uncovered")
     student_emb, fg = split_output(torch.from_numpy(acc[0])[None], model.config)
     fg_prob = None
     if fg is not None:
