@@ -39,7 +39,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +225,8 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
-             save_dir: Path | None = None, precision: str = "float32", voxel_size: tuple | None = None) -> dict:
+             save_dir: Path | None = None, precision: str = "float32", voxel_size: tuple | None = None,
+             loss: dict | None = None) -> dict:
     import torch
 
     t0 = time.perf_counter()
@@ -233,6 +234,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
     steps_before = start.history.get("steps", 0) if start is not None else 0
     config = TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu", scale=scale, precision=precision,
                          voxel_size=voxel_size)
+    if loss:
+        config = replace(config, loss=replace(config.loss, **loss))
     model = train(data.train_images, sparse, config, model=start)
     train_s = time.perf_counter() - t0
     scores, seg_s = [], []
@@ -269,7 +272,7 @@ def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
             print(f"   seed {seed}: SPOCO, {args.minutes} min ...", file=sys.stderr, flush=True)
             voxel_size = split.voxel_size if args.voxel_size == "known" else None
             row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir, args.precision,
-                                   voxel_size)
+                                   voxel_size, args.loss)
         print(f"   {row}", file=sys.stderr, flush=True)
         result["seeds"].append(row)
     return result
@@ -357,6 +360,8 @@ def report(results: list[dict], meta: dict) -> str:
     what = ("classical pipelines and the forest only (--peers-only)" if meta["peers_only"]
             else f"{meta['minutes']} min of SPOCO training per data set and seed, "
             f"{starts.get(init, f'from the model file {init}')}")
+    if meta.get("loss"):
+        what += ", loss settings changed: " + ", ".join(f"{k}={v}" for k, v in meta["loss"].items())
     header = (f"Machine: {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} torch threads, torch {meta['torch']}, "
               f"scikit-learn {meta['sklearn']}, CPU only. {meta['date']}. Sparse fraction {meta['fraction']:.0%}, "
               f"seeds {' '.join(map(str, meta['seeds']))}, {what}. Scores: mean (min–max) over seeds.")
@@ -375,6 +380,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def parse_loss_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``["name=value", ...]`` into LossConfig fields, with the field's own type."""
+    from napari_spoco.losses import LossConfig
+
+    defaults = LossConfig()
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not hasattr(defaults, name) or not value:
+            parser.error(f"--loss {item!r}: expected NAME=VALUE with NAME one of {sorted(defaults.to_dict())}")
+        kind = type(getattr(defaults, name))
+        try:
+            out[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            parser.error(f"--loss {item!r}: {value!r} is not a {kind.__name__}")
+    return out
 
 
 def parse_args() -> argparse.Namespace:
@@ -403,7 +426,11 @@ def parse_args() -> argparse.Namespace:
                         "(the leave-one-dataset-out row; benchmarks/models/), or from a model file")
     parser.add_argument("--scale", default="auto",
                         help="object scale for training and prediction: 'auto' (as `napari-spoco train`) or a factor")
+    parser.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
+                        help="change one of the loss's settings for SPOCO's training (LossConfig, e.g. "
+                        "foreground_unlabelled_weight=0.1), to compare a variant with the defaults; repeatable")
     args = parser.parse_args()
+    args.loss = parse_loss_settings(parser, args.loss)
     if args.seed is not None:
         args.seeds = [args.seed]
     return args
@@ -435,7 +462,7 @@ def main() -> int:
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sklearn": sklearn.__version__,
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
-            "voxel_size": args.voxel_size}
+            "voxel_size": args.voxel_size, "loss": args.loss}
     text = report(results, meta)
     print(text)
     if args.out:
