@@ -301,12 +301,17 @@ def embed_task(job: _Job, core: tuple[slice, ...], region: tuple[slice, ...]) ->
                        job.config.foreground_threshold)
             reason = None
             break
-        except MemoryError as exc:
-            reason = f"out of memory ({exc}); give a smaller --block-shape"
         except Exception as exc:  # noqa: BLE001 - reported per core, the others carry on
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            reason = _failure(exc)
     _release_memory()
     return {"core": "[" + ", ".join(f"{s.start}:{s.stop}" for s in core) + "]", "failed": reason}
+
+
+def _failure(exc: Exception) -> str:
+    """One line for the user on why a block or an embedding core failed."""
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({exc}); give a smaller --block-shape"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -353,10 +358,8 @@ def run_block(job: _Job, block: Block) -> dict:
                 labels = _region_labels(job, data, edges)
             reason = None
             break
-        except MemoryError as exc:
-            reason = f"out of memory ({exc}); give a smaller --block-shape"
         except Exception as exc:  # noqa: BLE001 - reported per block, the others carry on
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            reason = _failure(exc)
     _release_memory()
     if reason is not None:
         return {"index": block.index, "n": 0, "failed": reason, "seconds": time.perf_counter() - t0}
