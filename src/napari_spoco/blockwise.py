@@ -3,7 +3,9 @@ an object crossing block borders keeps one id.
 
 The image is cut into *cores* on a regular grid (the zarr output's chunks); each block reads its
 core plus a halo of context, is embedded and clustered on its own (:func:`segment` of the
-region) and writes the labels of its core, numbered 1..n within the block. Then:
+region) and writes the labels of its core, numbered 1..n within the block. A 3D volume is
+instead embedded once into a scratch store first (:mod:`napari_spoco.embedding_store`), and its
+blocks only cluster their region of it. Then:
 
 1. **Link.** In the strip where block k's region overlaps a neighbour j's core, k's view of
    the objects that cross out of its core is compared with j's own labels: pieces that agree
@@ -144,10 +146,7 @@ def block_halo(model: SpocoModel, factors: Sequence[float]) -> tuple[int, ...]:
     one object diameter (from the median painted object), so that an object crossing a core's
     border lies whole in both blocks' views, away from their border effects; 16 to 64
     network pixels, converted to image pixels by the axis' factor (model.network_factors)."""
-    ndim = model.config.ndim
-    median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
-    diameter = 2.0 * object_radius(median, ndim)
-    net = int(min(64, max(16, model.config.receptive_radius + diameter)))
+    net = int(min(64, max(16, model.config.receptive_radius + _object_diameter(model))))
     return tuple(int(math.ceil(net / f)) for f in factors)
 
 
@@ -155,10 +154,16 @@ def cluster_halo(model: SpocoModel) -> tuple[int, ...]:
     """Context around each core when the blocks read stored embeddings (:mod:`embedding_store`):
     the network's reach no longer matters, only the clustering's, so one and a half object
     diameters (16 to 64 pixels): an object crossing a core's border lies whole in both views."""
+    net = int(min(64, max(16, math.ceil(CLUSTER_HALO_DIAMETERS * _object_diameter(model)))))
+    return (net,) * model.config.ndim
+
+
+def _object_diameter(model: SpocoModel) -> float:
+    """Equivalent diameter of the median painted object (network pixels), or of a typical
+    nucleus when the model has no record of its objects."""
     ndim = model.config.ndim
     median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
-    diameter = 2.0 * object_radius(median, ndim)
-    return (int(min(64, max(16, math.ceil(CLUSTER_HALO_DIAMETERS * diameter)))),) * ndim
+    return 2.0 * object_radius(median, ndim)
 
 
 @dataclass

@@ -63,16 +63,10 @@ def plan_cores(shape: Sequence[int], model: SpocoModel, budget: int) -> tuple[in
 
 def core_regions(shape: Sequence[int], core_shape: Sequence[int], ctx: int) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """(core, region) of every embedding core: the grid of ``core_shape``, each with ``ctx``
-    pixels of context per side, clipped to the image."""
-    import itertools
+    pixels of context per side, clipped to the image (the blocks' own plan, blockwise.plan_blocks)."""
+    from .blockwise import plan_blocks
 
-    per_axis = [[(a, min(a + c, n)) for a in range(0, n, c)] for n, c in zip(shape, core_shape)]
-    out = []
-    for combo in itertools.product(*per_axis):
-        core = tuple(slice(a, b) for a, b in combo)
-        region = tuple(slice(max(0, a - ctx), min(n, b + ctx)) for (a, b), n in zip(combo, shape))
-        out.append((core, region))
-    return out
+    return [(b.core, b.region) for b in plan_blocks(shape, core_shape, (ctx,) * len(shape))]
 
 
 @dataclass(frozen=True)
