@@ -277,3 +277,54 @@ def test_adjacency_lists_every_touching_pair_once_with_its_contact_count(shape):
     assert [tuple(p) for p in pairs.tolist()] == sorted(expected)  # sorted by (a, b), each once
     assert counts.tolist() == [expected[k] for k in sorted(expected)]
     assert adjacency(np.zeros(shape, np.int32))[0].shape == (0, 2)
+
+
+def _closest_pair_first(labels, emb, max_distance):
+    """The neighbour merge done the slow, obvious way: recompute every touching pair's
+    distance between mean embeddings, merge the closest, repeat."""
+    from napari_spoco.clustering import adjacency
+
+    labels = labels.copy()
+    while True:
+        pairs, _ = adjacency(labels)
+        if len(pairs) == 0:
+            return labels
+        means = {int(i): emb[:, labels == i].mean(1) for i in np.unique(labels) if i}
+        d = [np.linalg.norm(means[a] - means[b]) for a, b in pairs.tolist()]
+        k = int(np.argmin(d))
+        if d[k] >= max_distance:
+            return labels
+        a, b = pairs[k]
+        labels[labels == b] = a
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbour_merge_merges_the_closest_pair_first_as_the_slow_way_does(seed):
+    from napari_spoco.clustering import merge_similar_neighbours
+
+    rng = np.random.default_rng(seed)
+    # 7 x 7 blocks of 4 x 4 pixels, embeddings drifting smoothly with random jumps: chains
+    # of near pieces where the order of merging decides the result
+    blocks = np.arange(1, 50).reshape(7, 7)
+    labels = np.kron(blocks, np.ones((4, 4), int))
+    labels[rng.random(labels.shape) < 0.05] = 0  # some background holes
+    centres = np.cumsum(rng.normal(scale=0.6, size=(50, 3)), 0).astype(np.float32)
+    emb = np.moveaxis(centres[labels], -1, 0) + rng.normal(scale=0.1, size=(3,) + labels.shape).astype(np.float32)
+    fast = merge_similar_neighbours(labels, emb, 1.0)
+    slow = _closest_pair_first(labels, emb, 1.0)
+    assert len(np.unique(fast)) < len(np.unique(labels))  # merges did happen
+    # the same partition (ids may differ)
+    assert len(set(zip(fast.ravel().tolist(), slow.ravel().tolist()))) == len(np.unique(fast)) == len(np.unique(slow))
+
+
+def test_nearest_mode_is_the_brute_force_nearest():
+    import torch
+
+    from napari_spoco.clustering import _chunked_nearest
+
+    g = torch.Generator().manual_seed(0)
+    pts, centres = torch.randn(5000, 16, generator=g), torch.randn(37, 16, generator=g)
+    idx, d2 = _chunked_nearest(pts, centres, chunk=1000)
+    full = torch.cdist(pts.double(), centres.double()) ** 2
+    assert torch.equal(idx, full.argmin(1))
+    assert torch.allclose(d2.double(), full.min(1).values, atol=1e-4)

@@ -102,15 +102,19 @@ class ClusterConfig:
 
 
 def _chunked_nearest(points: torch.Tensor, centers: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of and squared distance to the nearest center, for every point, in chunks."""
+    """Index of and squared distance to the nearest center, for every point, in chunks.
+
+    The nearest center minimises |c|² − 2 p·c (|p|² is the same for every center), one fused
+    matrix product per chunk; |p|² is added to the minimum only."""
     idx = torch.empty(points.shape[0], dtype=torch.long)
     dist = torch.empty(points.shape[0], dtype=points.dtype)
     ct = centers.T.contiguous()
+    cc = (centers * centers).sum(1)[None, :]
     for s in range(0, points.shape[0], chunk):
-        d2 = sq_dist(points[s : s + chunk], ct)
-        m = d2.min(1)
+        p = points[s : s + chunk]
+        m = torch.addmm(cc, p, ct, alpha=-2.0).min(1)
         idx[s : s + chunk] = m.indices
-        dist[s : s + chunk] = m.values
+        dist[s : s + chunk] = (m.values + (p * p).sum(1)).clamp_min(0.0)
     return idx, dist
 
 
@@ -123,12 +127,15 @@ def _mean_shift_modes(
     """
     h2 = bandwidth * bandwidth
     st = sample.T.contiguous()
+    ss = (sample * sample).sum(1)[None, :]
     active = torch.ones(seeds.shape[0], dtype=torch.bool)
     for _ in range(max_iter):
         if not active.any():
             break
         a = seeds[active]
-        within = (sq_dist(a, st) <= h2).to(sample.dtype)
+        # |a − s|² ≤ h² as |s|² − 2 a·s ≤ h² − |a|²: one fused product and one comparison over
+        # the (seeds × sample) matrix instead of five passes
+        within = (torch.addmm(ss, a, st, alpha=-2.0) <= h2 - (a * a).sum(1, keepdim=True)).to(sample.dtype)
         count = within.sum(1, keepdim=True)
         new = torch.where(count > 0, within @ sample / count.clamp_min(1.0), a)
         moved = ((new - a) ** 2).sum(1) > (1e-2 * bandwidth) ** 2
@@ -435,7 +442,7 @@ def merge_similar_neighbours(
     pairs, _ = adjacency(labels)
     if len(pairs) == 0:
         return labels
-    parent = np.arange(n + 1)
+    parent = list(range(n + 1))  # a Python list: the loop below reads it item by item
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -444,37 +451,46 @@ def merge_similar_neighbours(
         return i
 
     neighbours: dict[int, set[int]] = {}
-    for a, b in pairs:
-        neighbours.setdefault(int(a), set()).add(int(b))
-        neighbours.setdefault(int(b), set()).add(int(a))
-
-    def dist(a: int, b: int) -> float:
-        diff = sums[a] / size[a] - sums[b] / size[b]
-        return float(np.sqrt(diff @ diff))
+    for a, b in pairs.tolist():
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
 
     means = sums / np.maximum(size, 1.0)[:, None]
     d0 = np.linalg.norm(means[pairs[:, 0]] - means[pairs[:, 1]], axis=1)
-    close = d0 < max_distance  # pairs at or beyond the threshold can only be re-met after a merge
-    version = np.zeros(n + 1, dtype=np.int64)  # bumped when a fragment grows: older entries are stale
-    heap = [(float(d), int(a), int(b), 0, 0) for d, (a, b) in zip(d0[close], pairs[close])]
+    # Pairs at or beyond the threshold are left out of the heap: the loop stops at the first
+    # one it would pop, and a pair is met again (pushed anew) whenever one side grows.
+    close = d0 < max_distance
+    version = np.zeros(n + 1, dtype=np.int64).tolist()  # bumped when a fragment grows: older entries are stale
+    heap = [(d, a, b, 0, 0) for d, (a, b) in zip(d0[close].tolist(), pairs[close].tolist())]
     heapq.heapify(heap)
+    push = heapq.heappush
     while heap:
         d, a, b, va, vb = heapq.heappop(heap)
         if d >= max_distance:
             break
-        if find(a) != a or find(b) != b or version[a] != va or version[b] != vb:
+        if parent[a] != a or parent[b] != b or version[a] != va or version[b] != vb:
             continue  # stale entry: one side was merged or has grown since
         parent[b] = a
         version[a] += 1
         sums[a] += sums[b]
         size[a] += size[b]
+        means[a] = sums[a] / size[a]
         nb = (neighbours.pop(a, set()) | neighbours.pop(b, set())) - {a, b}
         nb = {find(x) for x in nb} - {a}
         neighbours[a] = nb
-        for c in nb:
-            neighbours.setdefault(c, set()).discard(b)
-            neighbours[c].add(a)
-            heapq.heappush(heap, (dist(a, c), a, c, int(version[a]), int(version[c])))
+        if not nb:
+            continue
+        others = list(nb)
+        for c in others:
+            links = neighbours.setdefault(c, set())
+            links.discard(b)
+            links.add(a)
+        # the grown fragment's distance to each neighbour, in one vectorised step
+        near = np.sqrt(((means[others] - means[a]) ** 2).sum(1))
+        va = version[a]
+        for c, dc in zip(others, near.tolist()):
+            if dc < max_distance:
+                push(heap, (dc, a, c, va, version[c]))
     roots = np.array([find(i) for i in range(n + 1)])
     return roots[labels]
 

@@ -18,7 +18,7 @@ import torch
 
 from .data import check_image, intensity_range, normalize, spatial_shape
 from .errors import SpocoError
-from .model import SpocoModel, select_device, split_output
+from .model import SpocoModel, folded_for_inference, select_device, split_output
 from .precision import INFERENCE_PRECISION
 
 
@@ -262,7 +262,9 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     if any(p[1] for p in pad):
         x = np.pad(x, [(0, 0)] + pad, mode="reflect")
 
-    nets = [model.predictor] + ([model.partner] if with_teacher else [])
+    # copies with BatchNorm folded into the convolutions (the same function, 0.8x the time);
+    # the model's own networks are not touched, so embedding is safe between training steps
+    nets = [folded_for_inference(n) for n in [model.predictor] + ([model.partner] if with_teacher else [])]
     # Accumulators cover the image only, not its margin (context, never output); plus the
     # weight sum and the padded input, about one image each.
     _check_memory(int(np.prod(image_shape)), model.config.out_channels * len(nets) + 1 + channels, image_shape)
@@ -270,36 +272,32 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     # (docs/benchmarks.md, "Throughput")
     fmt = torch.channels_last_3d if len(image_shape) == 3 else torch.channels_last
     for n in nets:
-        n.eval().to(dev, memory_format=fmt)
+        n.to(dev, memory_format=fmt)
     c_out = model.config.out_channels
     acc = [np.zeros((c_out,) + image_shape, dtype=np.float32) for _ in nets]
     covered = np.zeros(image_shape, dtype=bool)  # checked at the end: every pixel comes from a tile
     starts = [st for _, st in layouts]
     combos = list(itertools.product(*starts))
-    try:
-        for i, start in enumerate(combos):
-            # the part of this tile it hands on that lies inside the image, in tile and in image
-            # coordinates (a tile whose kept part is all margin is not run)
-            in_tile, in_image = [], []
-            for s0, t, o, p, (m, _), n in zip(start, tiles, overlaps, padded, margins, image_shape):
-                k0, k1 = _kept(t, o, at_start=s0 == 0, at_end=s0 + t >= p)
-                lo, hi = max(s0 + k0, m), min(s0 + k1, m + n)
-                in_tile.append(slice(lo - s0, hi - s0))
-                in_image.append(slice(lo - m, hi - m))
-            if all(sl.stop > sl.start for sl in in_tile):
-                sl = tuple(slice(s0, s0 + t) for s0, t in zip(start, tiles))
-                xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev, memory_format=fmt)
-                for a, net in zip(acc, nets):
-                    with autocast(number_format, dev):
-                        out = net(xt)[0][(slice(None),) + tuple(in_tile)]
-                    a[(slice(None),) + tuple(in_image)] = out.float().cpu().numpy()
-                    del out
-                covered[tuple(in_image)] = True
-            if progress is not None:
-                progress(i + 1, len(combos))
-    finally:
-        for n in nets:
-            n.to("cpu", memory_format=torch.contiguous_format)
+    for i, start in enumerate(combos):
+        # the part of this tile it hands on that lies inside the image, in tile and in image
+        # coordinates (a tile whose kept part is all margin is not run)
+        in_tile, in_image = [], []
+        for s0, t, o, p, (m, _), n in zip(start, tiles, overlaps, padded, margins, image_shape):
+            k0, k1 = _kept(t, o, at_start=s0 == 0, at_end=s0 + t >= p)
+            lo, hi = max(s0 + k0, m), min(s0 + k1, m + n)
+            in_tile.append(slice(lo - s0, hi - s0))
+            in_image.append(slice(lo - m, hi - m))
+        if all(sl.stop > sl.start for sl in in_tile):
+            sl = tuple(slice(s0, s0 + t) for s0, t in zip(start, tiles))
+            xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev, memory_format=fmt)
+            for a, net in zip(acc, nets):
+                with autocast(number_format, dev):
+                    out = net(xt)[0][(slice(None),) + tuple(in_tile)]
+                a[(slice(None),) + tuple(in_image)] = out.float().cpu().numpy()
+                del out
+            covered[tuple(in_image)] = True
+        if progress is not None:
+            progress(i + 1, len(combos))
     if not covered.all():  # a planning error, never the user's: fail loudly rather than return zeros
         raise RuntimeError("embed: the tiles left pixels of the image uncovered")
     student_emb, fg = split_output(torch.from_numpy(acc[0])[None], model.config)

@@ -292,6 +292,37 @@ class SpocoModel:
         return SpocoModel(self.config, student, teacher, history)
 
 
+@torch.no_grad()
+def folded_for_inference(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` in evaluation mode whose BatchNorm layers are folded into the
+    convolution before them (weights scaled, a bias added): the same function in evaluation
+    mode, one pass over each feature map fewer. Embedding takes about 0.8x the time (2D and 3D;
+    docs/benchmarks.md, "Segmentation time"). The network itself is left as it is, so a
+    network in training is never touched."""
+    net = copy.deepcopy(net).eval()
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for conv_name, norm_name in zip(names, names[1:]):
+            conv, norm = seq._modules[conv_name], seq._modules[norm_name]
+            if not (isinstance(conv, (nn.Conv2d, nn.Conv3d)) and isinstance(norm, (nn.BatchNorm2d, nn.BatchNorm3d))
+                    and norm.track_running_stats and norm.running_var is not None):
+                continue
+            scale = norm.running_var.add(norm.eps).rsqrt()
+            if norm.affine:
+                scale = scale * norm.weight
+            shift = -norm.running_mean * scale + (norm.bias if norm.affine else 0.0)
+            if conv.bias is not None:
+                shift = shift + conv.bias * scale
+            fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                               padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                               padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+            fused.weight.copy_(conv.weight * scale.reshape((-1,) + (1,) * (conv.weight.dim() - 1)))
+            fused.bias.copy_(shift)
+            seq._modules[conv_name] = fused
+            seq._modules[norm_name] = nn.Identity()
+    return net.eval()
+
+
 def make_teacher(student: nn.Module) -> nn.Module:
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
