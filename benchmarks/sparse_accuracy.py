@@ -20,12 +20,13 @@ keeps the per-seed rows. ``--peers-only`` skips SPOCO (minutes instead of an hou
 packed nuclei in anisotropic volumes, a case none of the shared sets has); it runs only when
 named. So does ``synthetic-leaves-rgb`` (benchmarks/synthetic_leaves.py: colour photographs of
 plant rosettes, the paper's headline case). ``--voxel-size known`` (default) trains with the voxel size its metadata would give;
-``none`` leaves anisotropy to the method.
+``none`` gives none, as for files that record none (training then estimates it from the painted objects' shape);
+``cubic`` gives 1 × 1 × 1.
 
 Usage:  python benchmarks/sparse_accuracy.py [--data DIR] [--minutes 5] [--seeds 0 1 2]
                                             [--datasets bbbc039-nuclei ...] [--peers-only]
                                             [--init default|none|without|FILE] [--threads N] [--scale auto|F]
-                                            [--voxel-size known|none]
+                                            [--voxel-size known|none|cubic]
                                             [--json FILE] [--out FILE] [--save-dir DIR]
         python benchmarks/sparse_accuracy.py --from-json FILE    # the table again, no computing
 Writes the markdown table to stdout (and to --out if given).
@@ -255,6 +256,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
             "start": start.history.get("source", "?") if start is not None else "new", "scale": model.pixel_scale,
             "train_s": train_s, "segment_s": float(np.mean(seg_s)),
             "precision": model.history.get("precision", "float32"), "voxel_size": voxel_size,
+            "voxel_size_used": list(model.voxel_size) if model.voxel_size else None,
+            "voxel_size_estimated": bool(model.history.get("voxel_size_estimated")),
             "segment_precision": resolve_precision(INFERENCE_PRECISION, torch.device("cpu"), model.config.ndim)}
 
 
@@ -270,7 +273,9 @@ def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
         row["forest"] = run_forest(data, sparse, seed, args.save_dir)
         if not args.peers_only:
             print(f"   seed {seed}: SPOCO, {args.minutes} min ...", file=sys.stderr, flush=True)
-            voxel_size = split.voxel_size if args.voxel_size == "known" else None
+            ndim = data.train_images[0].ndim - data.split.rgb
+            voxel_size = {"known": split.voxel_size, "none": None,
+                          "cubic": (1.0,) * ndim if ndim == 3 else None}[args.voxel_size]
             row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir, args.precision,
                                    voxel_size, args.loss)
         print(f"   {row}", file=sys.stderr, flush=True)
@@ -411,9 +416,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="number format of SPOCO's training steps (TrainConfig.precision; default float32)")
-    parser.add_argument("--voxel-size", default="known", choices=("known", "none"),
+    parser.add_argument("--voxel-size", default="known", choices=("known", "none", "cubic"),
                         help="known: train with the voxel size a data set's metadata would give (the generated "
-                        "3D set's z-step; the shared sets are isotropic); none: leave it to the method")
+                        "3D set's z-step; the shared sets are isotropic); none: give none, as for files that "
+                        "record none (training estimates it from the painted objects' shape); cubic: 1 1 1")
     parser.add_argument("--peers-only", action="store_true", help="only the classical pipelines and the forest")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     parser.add_argument("--json", type=Path, help="also write every seed's scores here")

@@ -88,3 +88,55 @@ def test_cli_reads_the_spacing_from_the_files_and_says_so(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     assert "segmented at 2 x 1 x 1" in capsys.readouterr().err
     assert tifffile.imread(pred / "a.tif").shape == image.shape
+
+
+def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
+    from napari_spoco.scaling import FLAT_ABOVE, estimate_voxel_size, painted_flatness
+
+    _, round_balls = _blobs(z_step=1)
+    assert estimate_voxel_size([round_balls]) is None  # as deep as wide: cubic
+    assert abs(painted_flatness([round_balls])[0] - 1.0) < 0.1
+    _, flat = _blobs(z_step=3)  # balls sampled every third slice: 3x flatter in voxels
+    (z, y, x) = estimate_voxel_size([flat])
+    assert 2.5 <= z <= 3.5 and (y, x) == (1.0, 1.0)
+    assert estimate_voxel_size([flat], background_label=1) is not None  # three objects left
+    few = np.where(flat > 2, flat, 0)
+    assert estimate_voxel_size([few]) is None  # two objects say too little
+    # flattened nuclei at cubic voxels (cells3d's are 1.57x flatter) are left cubic
+    zz, yy, xx = np.mgrid[:20, :40, :40]
+    nuclei = np.zeros((20, 40, 40), np.uint16)
+    for i, (cy, cx) in enumerate([(10, 10), (10, 30), (30, 10), (30, 30)], start=1):
+        nuclei[((zz - 10) / 5.0) ** 2 + ((yy - cy) / 8.0) ** 2 + ((xx - cx) / 8.0) ** 2 < 1] = i
+    assert painted_flatness([nuclei])[0] < FLAT_ABOVE and estimate_voxel_size([nuclei]) is None
+    assert estimate_voxel_size([np.ones((16, 16), np.uint16)]) is None  # 2D
+
+
+def test_training_estimates_the_voxel_size_when_nothing_records_it_and_keeps_a_given_one():
+    image, truth = _blobs(z_step=3)
+    config = TrainConfig(steps=1, patch_shape=(8, 32, 32), batch_size=1, device="cpu")
+    model = train([image], [truth], config)
+    assert model.history["voxel_size_estimated"] and 2.5 <= model.voxel_size[0] <= 3.5
+    assert model.network_factors()[0] == pytest.approx(model.voxel_size[0], abs=0.01)
+    given = train([image], [truth], TrainConfig(steps=1, patch_shape=(8, 32, 32), batch_size=1, device="cpu",
+                                                voxel_size=(1.0, 1.0, 1.0)))
+    assert given.voxel_size == (1.0, 1.0, 1.0) and not given.history["voxel_size_estimated"]
+    # fine-tuning keeps the starting model's voxel size
+    again = train([image], [truth], config, model=model)
+    assert again.voxel_size == model.voxel_size and not again.history["voxel_size_estimated"]
+
+
+def test_cli_says_when_it_estimates_the_voxel_size(tmp_path, capsys):
+    image, truth = _blobs(z_step=3)
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image)  # no spacing recorded
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", truth)
+    base = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"), "--steps", "1",
+            "--device", "cpu", "--patch-size", "8", "32", "32", "--batch-size", "1", "--init", "none"]
+    assert main(base + ["--out", str(tmp_path / "m.spoco.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "flatter along z than across: voxels taken as" in err and "--voxel-size 1 1 1 for cubic" in err
+    assert load_model(tmp_path / "m.spoco.pt").voxel_size[0] > 2.0
+    assert main(base + ["--out", str(tmp_path / "c.spoco.pt"), "--voxel-size", "1", "1", "1"]) == 0
+    assert "flatter" not in capsys.readouterr().err
+    assert load_model(tmp_path / "c.spoco.pt").voxel_size == (1.0, 1.0, 1.0)

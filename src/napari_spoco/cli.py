@@ -344,11 +344,12 @@ def _spacing(v) -> str:
     return " x ".join(f"{x:g}" for x in v)
 
 
-def _training_voxel_size(given, paths, ndim: int):
-    """``--voxel-size``, else the one spacing the image files record (said aloud), else None
-    (cubic). Files that record different spacings are refused: one model learns one grid."""
+def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=None, init=None):
+    """``--voxel-size``, else the one spacing the image files record, else the starting
+    model's, else one estimated from the painted objects' shape (3D), else None (cubic); said
+    aloud. Files that record different spacings are refused: one model learns one grid."""
     from .io import read_voxel_size
-    from .scaling import anisotropy, check_voxel_size
+    from .scaling import anisotropy, check_voxel_size, estimate_voxel_size, painted_flatness
 
     if given:
         return check_voxel_size(given, ndim)
@@ -359,9 +360,22 @@ def _training_voxel_size(given, paths, ndim: int):
         raise SpocoError(f"The images record different voxel sizes ({listing}); give one with --voxel-size Z Y X, "
                          "or train on images of one spacing.")
     if not known:
-        if ndim == 3:
-            print("Voxels are taken as cubic (the files record no spacing); pass --voxel-size Z Y X if they are not.",
+        if init is not None and init.voxel_size is not None:
+            print(f"Voxel size {_spacing(init.voxel_size)} (the starting model's; the files record none).",
                   file=sys.stderr)
+            return None  # the library takes the starting model's
+        if ndim != 3:
+            return None
+        estimate = estimate_voxel_size(labels or [], background_label)
+        if estimate is not None:
+            print(f"The files record no voxel size, and the painted objects are {estimate[0]:g}x flatter along z "
+                  f"than across: voxels taken as {_spacing(estimate)} (z interpolated x{anisotropy(estimate, 3)[0]:g}). "
+                  "Pass --voxel-size Z Y X if that is wrong (--voxel-size 1 1 1 for cubic).", file=sys.stderr)
+            return estimate
+        flat = painted_flatness(labels or [], background_label)
+        shape = f" (the painted objects are {flat[0]:.2g}x flatter along z than across)" if flat else ""
+        print(f"Voxels are taken as cubic: the files record no spacing{shape}; pass --voxel-size Z Y X if they "
+              "are not.", file=sys.stderr)
         return None
     v = known.pop()
     factors = anisotropy(v, ndim)
@@ -545,8 +559,9 @@ def cmd_train(args) -> int:
     for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
         check_labels(lab, np.shape(lab), f"{name} labels")
     _check_background_label(args.background_label, labels, names)
-    voxel_size = _training_voxel_size(args.voxel_size, [i for _, i, _ in pairs], labels[0].ndim)
     init = _initial_model(args.init, images, args.channel_axis, args.network)
+    voxel_size = _training_voxel_size(args.voxel_size, [i for _, i, _ in pairs], labels[0].ndim, labels,
+                                      args.background_label, init)
     _say_channels(images, args.channel_axis, init)
     model_config = _say_network(init, args.network, args.device)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)

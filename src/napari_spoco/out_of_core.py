@@ -203,12 +203,11 @@ def voxel_size_from_scale(scale: Sequence[float], ndim: int) -> tuple[float, ...
     return check_voxel_size(values, ndim)
 
 
-def voxel_note(voxel_size: Sequence[float] | None, model=None) -> str:
+def voxel_note(voxel_size: Sequence[float] | None, model=None, source: str = "the layer's scale") -> str:
     """One phrase on the voxel size segmentation or training uses ("" when none applies):
-    the image's, else the model's training voxel size, and what it resamples."""
+    the image's (from ``source``), else the model's training voxel size, and what it resamples."""
     from .scaling import anisotropy
 
-    source = "the layer's scale"
     if voxel_size is None and model is not None and model.voxel_size is not None:
         voxel_size, source = model.voxel_size, "the model's training voxel size"
     if voxel_size is None:

@@ -25,7 +25,7 @@ from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .precision import PRECISIONS, autocast, resolve_precision
-from .scaling import check_scale, check_voxel_size, training_scale
+from .scaling import check_scale, check_voxel_size, estimate_voxel_size, training_scale
 from .shapes import painted_solidity
 
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
@@ -341,6 +341,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
                          consistency_weight=config.loss.consistency_weight or 1.0),
         )
     voxel_size = config.voxel_size if config.voxel_size is not None else (model.voxel_size if model else None)
+    # Nothing records the voxel size: estimated from the painted objects' shape where they are
+    # far flatter along z than nuclei are themselves (scaling.estimate_voxel_size)
+    estimated = voxel_size is None and not self_supervised
+    if estimated:
+        voxel_size = estimate_voxel_size(labels, config.background_label)
+        estimated = voxel_size is not None
     if config.scale is not None:
         scale = check_scale(config.scale)
     elif self_supervised:
@@ -429,6 +435,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["object_solidity"] = painted_solidity([d.objects for d in data])
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
+    model.history["voxel_size_estimated"] = estimated
     if not self_supervised:  # set before the first step: previews segment with the predictor
         model.history["predict_with"] = "teacher" if stable else "student"
     warmup = config.consistency_warmup_steps if not stable else 0  # a trained teacher from step 1

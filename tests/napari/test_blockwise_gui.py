@@ -230,3 +230,26 @@ def test_layer_scale_is_the_voxel_size_of_segment_and_train(spoco, notes, monkey
     layer = next(lay for lay in viewer.layers if lay.metadata.get(STORE_KEY))  # the in-memory result is kept
     assert isinstance(layer.data, da.Array) and tuple(layer.scale) == (2.0, 0.5, 0.5)
     assert "in 8 blocks" in widget.segment_panel.segment_label.text()
+
+
+def test_train_estimates_the_voxel_size_of_a_flat_looking_volume_and_says_so(spoco, notes, monkeypatch, choose, balls):
+    viewer, widget = spoco
+    trained = []
+
+    def fake_train(images, labels, config, *args, **kwargs):
+        trained.append((config.voxel_size, widget.train_panel.train_label.text()))
+        return None
+        yield
+
+    monkeypatch.setattr(workers, "iter_train", fake_train)
+    volume, truth = balls
+    viewer.add_image(volume[::3], name="flat")  # every third slice, and a scale of ones
+    choose(widget.data_panel.image_box, "flat")
+    sparse = widget.data_panel.new_sparse_labels()
+    sparse.data = truth[::3].astype(sparse.data.dtype)
+    widget.data_panel.all_pairs_check.setChecked(False)
+    widget.state.model.use(load_default_model(3), ModelSource.DEFAULT)
+    widget.train_panel.train_btn.click()
+    (voxel, message), = trained
+    assert voxel is not None and voxel[0] > 2.0 and voxel[1:] == (1.0, 1.0)
+    assert "estimated: the painted objects are this much flatter along z than across" in message, message

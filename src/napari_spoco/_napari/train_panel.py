@@ -28,7 +28,7 @@ from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import load_default_model
-from ..scaling import scale_note, training_scale
+from ..scaling import estimate_voxel_size, scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
@@ -140,11 +140,17 @@ class TrainPanel(QGroupBox):
             show_error(error_message(exc, "Preparing the training data"))
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
-        # The voxel size of the chosen image's layer scale (None when it is all ones).
-        voxel = voxel_size_from_scale(self.data.image.scale, data.ndim)
-        message += self._voxel_message(voxel, len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1)
-        # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
+        # The voxel size of the chosen image's layer scale (None when it is all ones), else the
+        # model's, else estimated from the painted objects' shape (scaling.estimate_voxel_size).
         model = self.state.model.current
+        voxel = voxel_size_from_scale(self.data.image.scale, data.ndim)
+        source = "the layer's scale"
+        if voxel is None and data.ndim == 3 and (model is None or model.voxel_size is None):
+            voxel = estimate_voxel_size(data.labels, config.background_label)
+            source = "estimated: the painted objects are this much flatter along z than across"
+        message += self._voxel_message(voxel, len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1,
+                                       source)
+        # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
         model_scale = model.pixel_scale if model else 1.0
         scale = training_scale(data.labels, config.background_label, model_scale)
         note = scale_note(scale, data.labels, config.background_label, model_scale)
@@ -182,8 +188,8 @@ class TrainPanel(QGroupBox):
         self._launch(Job.ADAPT, images, [None] * len(images), [image.name] * len(images), config, ndim,
                      f"Adapting to '{image.name}' without labels…" + self._voxel_message(voxel))
 
-    def _voxel_message(self, voxel, mixed: bool = False) -> str:
-        note = voxel_note(voxel, self.state.model.current)
+    def _voxel_message(self, voxel, mixed: bool = False, source: str = "the layer's scale") -> str:
+        note = voxel_note(voxel, self.state.model.current, source)
         text = f" Training at {note}." if note else ""
         if mixed:
             text += " The other images' layers have other scales: they are trained at this voxel size too."
