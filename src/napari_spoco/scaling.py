@@ -170,6 +170,8 @@ def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None 
         lab = np.asarray(lab)
         if lab.ndim != 3:
             return None
+        # checked later by the training data's own validation: here only positive whole ids count
+        lab = np.where(lab > 0, lab, 0).astype(np.int64, copy=False)
         for i, box in enumerate(ndi.find_objects(lab), start=1):
             if box is None or i == background_label:
                 continue
