@@ -109,6 +109,10 @@ def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
         nuclei[((zz - 10) / 5.0) ** 2 + ((yy - cy) / 8.0) ** 2 + ((xx - cx) / 8.0) ** 2 < 1] = i
     assert painted_flatness([nuclei])[0] < FLAT_ABOVE and estimate_voxel_size([nuclei]) is None
     assert estimate_voxel_size([np.ones((16, 16), np.uint16)]) is None  # 2D
+    # objects painted on one slice each (napari's default brush) say nothing about depth
+    strokes = np.zeros_like(round_balls)
+    strokes[8], strokes[16] = round_balls[8], round_balls[16]
+    assert painted_flatness([strokes]) is None and estimate_voxel_size([strokes]) is None
 
 
 def test_training_estimates_the_voxel_size_when_nothing_records_it_and_keeps_a_given_one():

@@ -154,11 +154,15 @@ def anisotropy(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ..
 FLAT_ABOVE = 1.8
 #: Fewer painted objects than this give no estimate.
 MIN_OBJECTS_FOR_ESTIMATE = 3
+#: Objects painted on fewer slices than this do not count (strokes on one slice, as napari paints
+#: by default, say nothing about depth).
+MIN_SLICES = 3
 
 
 def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None = None) -> tuple[float, int] | None:
     """(median over painted 3D objects of their spread across / their spread along z, number of
-    objects), or None for 2D labels or nothing painted. A spread is the standard deviation of an
+    objects), or None for 2D labels or nothing painted; objects on fewer than
+    :data:`MIN_SLICES` slices do not count. A spread is the standard deviation of an
     object's voxel centres along an axis, with each voxel's own extent added (variance + 1/12),
     so that an object one slice thick counts as 0.29 voxels deep rather than 0."""
     from scipy import ndimage as ndi
@@ -175,8 +179,12 @@ def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None 
         for i, box in enumerate(ndi.find_objects(lab), start=1):
             if box is None or i == background_label:
                 continue
+            # a speck says nothing about shape, nor does an object painted on one or two slices
+            # (napari paints slice by slice: its depth is unknown)
+            if box[0].stop - box[0].start < MIN_SLICES:
+                continue
             coords = np.argwhere(lab[box] == i).astype(np.float64)
-            if len(coords) < 8:  # a speck says nothing about shape
+            if len(coords) < 8:
                 continue
             spread = np.sqrt(coords.var(0) + 1.0 / 12.0)
             ratios.append(0.5 * (spread[1] + spread[2]) / spread[0])
