@@ -90,13 +90,24 @@ def test_cli_reads_the_spacing_from_the_files_and_says_so(tmp_path, capsys):
     assert tifffile.imread(pred / "a.tif").shape == image.shape
 
 
+def _flat_blobs(z_step: int):
+    """Balls of radius 6 well inside an isotropic grid of 36 x 32 x 32, sampled every
+    ``z_step``-th slice (objects cut by the volume's edge do not count for the estimate)."""
+    zz, yy, xx = np.mgrid[:36, :32, :32]
+    truth = np.zeros((36, 32, 32), np.uint16)
+    for i, (z, y, x) in enumerate([(10, 8, 8), (10, 22, 22), (24, 8, 22), (24, 22, 8)], start=1):
+        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 36] = i
+    image = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 2, truth.shape)
+    return image[::z_step].astype(np.float32), truth[::z_step]
+
+
 def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
     from napari_spoco.scaling import FLAT_ABOVE, estimate_voxel_size, painted_flatness
 
-    _, round_balls = _blobs(z_step=1)
+    _, round_balls = _flat_blobs(z_step=1)
     assert estimate_voxel_size([round_balls]) is None  # as deep as wide: cubic
     assert abs(painted_flatness([round_balls])[0] - 1.0) < 0.1
-    _, flat = _blobs(z_step=3)  # balls sampled every third slice: 3x flatter in voxels
+    _, flat = _flat_blobs(z_step=3)  # balls sampled every third slice: 3x flatter in voxels
     (z, y, x) = estimate_voxel_size([flat])
     assert 2.5 <= z <= 3.5 and (y, x) == (1.0, 1.0)
     assert estimate_voxel_size([flat], background_label=1) is not None  # three objects left
@@ -112,11 +123,25 @@ def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
     # objects painted on one slice each (napari's default brush) say nothing about depth
     strokes = np.zeros_like(round_balls)
     strokes[8], strokes[16] = round_balls[8], round_balls[16]
-    assert painted_flatness([strokes]) is None and estimate_voxel_size([strokes]) is None
+    assert painted_flatness([strokes])[1] == 0 and estimate_voxel_size([strokes]) is None
+    # objects cut by the volume's first or last slice look flat: left out
+    assert estimate_voxel_size([round_balls[8:]]) is None and painted_flatness([round_balls[8:]])[1] == 2
+    # ids as large as a label image may hold are renumbered, not listed one by one
+    huge = np.where(flat == 4, 2**31 - 1, flat).astype(np.uint32)
+    assert estimate_voxel_size([huge]) == estimate_voxel_size([flat])
+    # what the CLI and the panel say
+    from napari_spoco.scaling import estimate_note
+
+    assert "z-step taken as" in estimate_note([flat]) and "as nuclei are themselves" in estimate_note([round_balls])
+    assert "too few painted objects" in estimate_note([few]) and estimate_note([np.ones((4, 4))]) == ""
+    very_flat = np.zeros((12, 64, 64), np.uint16)
+    for i, (y, x) in enumerate([(16, 16), (16, 48), (48, 16)], start=1):
+        very_flat[4:7, y - 12:y + 12, x - 12:x + 12] = i  # 3 slices, 24 px across: 8x flatter
+    assert estimate_voxel_size([very_flat])[0] == 4.0 and "capped at 4" in estimate_note([very_flat])
 
 
 def test_training_estimates_the_voxel_size_when_nothing_records_it_and_keeps_a_given_one():
-    image, truth = _blobs(z_step=3)
+    image, truth = _flat_blobs(z_step=3)
     config = TrainConfig(steps=1, patch_shape=(8, 32, 32), batch_size=1, device="cpu")
     model = train([image], [truth], config)
     assert model.history["voxel_size_estimated"] and 2.5 <= model.voxel_size[0] <= 3.5
@@ -130,7 +155,7 @@ def test_training_estimates_the_voxel_size_when_nothing_records_it_and_keeps_a_g
 
 
 def test_cli_says_when_it_estimates_the_voxel_size(tmp_path, capsys):
-    image, truth = _blobs(z_step=3)
+    image, truth = _flat_blobs(z_step=3)
     for sub in ("images", "labels"):
         (tmp_path / sub).mkdir()
     tifffile.imwrite(tmp_path / "images" / "a.tif", image)  # no spacing recorded
@@ -139,8 +164,9 @@ def test_cli_says_when_it_estimates_the_voxel_size(tmp_path, capsys):
             "--device", "cpu", "--patch-size", "8", "32", "32", "--batch-size", "1", "--init", "none"]
     assert main(base + ["--out", str(tmp_path / "m.spoco.pt")]) == 0
     err = capsys.readouterr().err
-    assert "flatter along z than across: voxels taken as" in err and "--voxel-size 1 1 1 for cubic" in err
-    assert load_model(tmp_path / "m.spoco.pt").voxel_size[0] > 2.0
+    assert "flatter along z than across: z-step taken as" in err and "--voxel-size 1 1 1 for cubic" in err
+    estimated = load_model(tmp_path / "m.spoco.pt")
+    assert estimated.voxel_size[0] > 2.0 and estimated.history["voxel_size_estimated"]
     assert main(base + ["--out", str(tmp_path / "c.spoco.pt"), "--voxel-size", "1", "1", "1"]) == 0
     assert "flatter" not in capsys.readouterr().err
     assert load_model(tmp_path / "c.spoco.pt").voxel_size == (1.0, 1.0, 1.0)

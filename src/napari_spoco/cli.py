@@ -345,11 +345,12 @@ def _spacing(v) -> str:
 
 
 def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=None, init=None):
-    """``--voxel-size``, else the one spacing the image files record, else the starting
-    model's, else one estimated from the painted objects' shape (3D), else None (cubic); said
-    aloud. Files that record different spacings are refused: one model learns one grid."""
+    """``--voxel-size``, else the one spacing the image files record; else None, and the library
+    takes the starting model's, else estimates one from the painted objects' shape (3D), else
+    cubic voxels: each said aloud. Files that record different spacings are refused: one model
+    learns one grid."""
     from .io import read_voxel_size
-    from .scaling import anisotropy, check_voxel_size, estimate_voxel_size, painted_flatness
+    from .scaling import anisotropy, check_voxel_size, estimate_note, estimate_voxel_size
 
     if given:
         return check_voxel_size(given, ndim)
@@ -366,16 +367,14 @@ def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=
             return None  # the library takes the starting model's
         if ndim != 3:
             return None
-        estimate = estimate_voxel_size(labels or [], background_label)
-        if estimate is not None:
-            print(f"The files record no voxel size, and the painted objects are {estimate[0]:g}x flatter along z "
-                  f"than across: voxels taken as {_spacing(estimate)} (z interpolated x{anisotropy(estimate, 3)[0]:g}). "
-                  "Pass --voxel-size Z Y X if that is wrong (--voxel-size 1 1 1 for cubic).", file=sys.stderr)
-            return estimate
-        flat = painted_flatness(labels or [], background_label)
-        shape = f" (the painted objects are {flat[0]:.2g}x flatter along z than across)" if flat else ""
-        print(f"Voxels are taken as cubic: the files record no spacing{shape}; pass --voxel-size Z Y X if they "
-              "are not.", file=sys.stderr)
+        note = estimate_note(labels or [], background_label)
+        if estimate_voxel_size(labels or [], background_label) is not None:
+            # training makes the same estimate and records it as estimated in the model
+            print(f"The files record no voxel size; {note}. Pass --voxel-size Z Y X if that is wrong "
+                  "(--voxel-size 1 1 1 for cubic).", file=sys.stderr)
+            return None
+        print(f"Voxels are taken as cubic: the files record no spacing{f' ({note})' if note else ''}; pass "
+              "--voxel-size Z Y X if they are not.", file=sys.stderr)
         return None
     v = known.pop()
     factors = anisotropy(v, ndim)

@@ -160,35 +160,43 @@ MIN_SLICES = 3
 
 
 def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None = None) -> tuple[float, int] | None:
-    """(median over painted 3D objects of their spread across / their spread along z, number of
-    objects), or None for 2D labels or nothing painted; objects on fewer than
-    :data:`MIN_SLICES` slices do not count. A spread is the standard deviation of an
-    object's voxel centres along an axis, with each voxel's own extent added (variance + 1/12),
-    so that an object one slice thick counts as 0.29 voxels deep rather than 0."""
+    """(median over the painted 3D objects of their spread across / their spread along z, number
+    of objects measured; NaN and 0 when none can be), or None for 2D labels or none at all.
+
+    Objects that tell nothing about their shape are left out: painted on fewer than
+    :data:`MIN_SLICES` slices (napari paints slice by slice), cut by the volume's edge (one cut
+    by its first or last slice would look flat), or of fewer than 8 voxels. A spread is the
+    standard deviation of an object's voxel centres along an axis, each voxel's own extent added
+    (variance + 1/12)."""
     from scipy import ndimage as ndi
 
     ratios = []
+    seen = False
     for lab in labels:
         if lab is None:
             continue
         lab = np.asarray(lab)
         if lab.ndim != 3:
             return None
-        # checked later by the training data's own validation: here only positive whole ids count
-        lab = np.where(lab > 0, lab, 0).astype(np.int64, copy=False)
-        for i, box in enumerate(ndi.find_objects(lab), start=1):
-            if box is None or i == background_label:
+        seen = True
+        # only positive ids count (the training data's own validation checks the rest), renumbered
+        # as found: ids may be as large as 2**31 and find_objects lists every id up to the largest
+        ids, compact = np.unique(np.where(lab > 0, lab, 0), return_inverse=True)
+        compact = compact.reshape(lab.shape) + 1
+        for k, box in enumerate(ndi.find_objects(compact)):
+            if box is None or ids[k] == 0 or ids[k] == background_label:
                 continue
-            # a speck says nothing about shape, nor does an object painted on one or two slices
-            # (napari paints slice by slice: its depth is unknown)
-            if box[0].stop - box[0].start < MIN_SLICES:
+            if box[0].stop - box[0].start < MIN_SLICES or any(
+                    b.start == 0 or b.stop == n for b, n in zip(box, lab.shape)):
                 continue
-            coords = np.argwhere(lab[box] == i).astype(np.float64)
+            coords = np.argwhere(compact[box] == k + 1).astype(np.float64)
             if len(coords) < 8:
                 continue
             spread = np.sqrt(coords.var(0) + 1.0 / 12.0)
             ratios.append(0.5 * (spread[1] + spread[2]) / spread[0])
-    return (float(np.median(ratios)), len(ratios)) if ratios else None
+    if not seen:
+        return None
+    return (float(np.median(ratios)), len(ratios)) if ratios else (float("nan"), 0)
 
 
 def estimate_voxel_size(labels: Sequence[np.ndarray], background_label: int | None = None) -> tuple[float, ...] | None:
@@ -202,6 +210,23 @@ def estimate_voxel_size(labels: Sequence[np.ndarray], background_label: int | No
     if found is None or found[1] < MIN_OBJECTS_FOR_ESTIMATE or found[0] <= FLAT_ABOVE:
         return None
     return (round(min(found[0], MAX_ANISOTROPY), 2), 1.0, 1.0)
+
+
+def estimate_note(labels: Sequence[np.ndarray], background_label: int | None = None) -> str:
+    """What :func:`estimate_voxel_size` found, in words for the CLI and the napari panel ("" for
+    2D labels)."""
+    found = painted_flatness(labels, background_label)
+    if found is None:
+        return ""
+    flat, n = found
+    if n < MIN_OBJECTS_FOR_ESTIMATE:
+        return (f"too few painted objects to estimate it ({n} of the {MIN_OBJECTS_FOR_ESTIMATE} needed lie on "
+                f"{MIN_SLICES} or more slices and inside the volume)")
+    if flat <= FLAT_ABOVE:
+        return f"the painted objects are {flat:.2g}x flatter along z than across, as nuclei are themselves"
+    z = min(flat, MAX_ANISOTROPY)
+    capped = f", capped at {MAX_ANISOTROPY:g}" if flat > MAX_ANISOTROPY else ""
+    return f"the painted objects are {flat:.3g}x flatter along z than across: z-step taken as {z:.3g}x the pixel{capped}"
 
 
 def axis_factors(scale: float, voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

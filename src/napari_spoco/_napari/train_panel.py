@@ -28,7 +28,7 @@ from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import load_default_model
-from ..scaling import estimate_voxel_size, scale_note, training_scale
+from ..scaling import estimate_note, estimate_voxel_size, scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
@@ -144,12 +144,16 @@ class TrainPanel(QGroupBox):
         # model's, else estimated from the painted objects' shape (scaling.estimate_voxel_size).
         model = self.state.model.current
         voxel = voxel_size_from_scale(self.data.image.scale, data.ndim)
-        source = "the layer's scale"
+        mixed = len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1
+        estimate = None
         if voxel is None and data.ndim == 3 and (model is None or model.voxel_size is None):
-            voxel = estimate_voxel_size(data.labels, config.background_label)
-            source = "estimated: the painted objects are this much flatter along z than across"
-        message += self._voxel_message(voxel, len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1,
-                                       source)
+            estimate = estimate_voxel_size(data.labels, config.background_label)  # training makes it again
+        if estimate is not None:
+            message += (self._voxel_message(estimate, mixed, "estimated") + " "
+                        + estimate_note(data.labels, config.background_label).capitalize()
+                        + "; set the image layer's scale to the real voxel size to overrule it.")
+        else:
+            message += self._voxel_message(voxel, mixed)
         # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
         model_scale = model.pixel_scale if model else 1.0
         scale = training_scale(data.labels, config.background_label, model_scale)
