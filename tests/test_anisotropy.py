@@ -39,12 +39,13 @@ def test_voxel_size_is_read_from_imagej_and_ome_tiffs(tmp_path):
     assert read_voxel_size(tmp_path / "missing.tif", 3) is None
 
 
-def _blobs(z_step: int):
-    """Balls of radius 6 in an isotropic grid, sampled every ``z_step``-th slice."""
-    zz, yy, xx = np.mgrid[:24, :32, :32]
-    truth = np.zeros((24, 32, 32), np.uint16)
-    for i, (z, y, x) in enumerate([(8, 8, 8), (8, 22, 22), (16, 8, 22), (16, 22, 8)], start=1):
-        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 36] = i
+def _blobs(z_step: int, depth: int = 24, z: tuple[int, int] = (8, 16)):
+    """Balls of radius 6 in an isotropic grid of ``depth`` x 32 x 32 (centres at slices ``z``),
+    sampled every ``z_step``-th slice."""
+    zz, yy, xx = np.mgrid[:depth, :32, :32]
+    truth = np.zeros((depth, 32, 32), np.uint16)
+    for i, (cz, y, x) in enumerate([(z[0], 8, 8), (z[0], 22, 22), (z[1], 8, 22), (z[1], 22, 8)], start=1):
+        truth[(zz - cz) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 36] = i
     image = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 2, truth.shape)
     return image[::z_step].astype(np.float32), truth[::z_step]
 
@@ -91,14 +92,8 @@ def test_cli_reads_the_spacing_from_the_files_and_says_so(tmp_path, capsys):
 
 
 def _flat_blobs(z_step: int):
-    """Balls of radius 6 well inside an isotropic grid of 36 x 32 x 32, sampled every
-    ``z_step``-th slice (objects cut by the volume's edge do not count for the estimate)."""
-    zz, yy, xx = np.mgrid[:36, :32, :32]
-    truth = np.zeros((36, 32, 32), np.uint16)
-    for i, (z, y, x) in enumerate([(10, 8, 8), (10, 22, 22), (24, 8, 22), (24, 22, 8)], start=1):
-        truth[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 < 36] = i
-    image = (truth > 0) * 100.0 + np.random.default_rng(0).normal(10, 2, truth.shape)
-    return image[::z_step].astype(np.float32), truth[::z_step]
+    """:func:`_blobs` well inside the volume (objects cut by its edge do not count for the estimate)."""
+    return _blobs(z_step, depth=36, z=(10, 24))
 
 
 def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
