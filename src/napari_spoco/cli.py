@@ -350,7 +350,7 @@ def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=
     cubic voxels: each said aloud. Files that record different spacings are refused: one model
     learns one grid."""
     from .io import read_voxel_size
-    from .scaling import anisotropy, check_voxel_size, estimate_note, estimate_voxel_size
+    from .scaling import anisotropy, check_voxel_size, explain_voxel_estimate
 
     if given:
         return check_voxel_size(given, ndim)
@@ -367,8 +367,8 @@ def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=
             return None  # the library takes the starting model's
         if ndim != 3:
             return None
-        note = estimate_note(labels or [], background_label)
-        if estimate_voxel_size(labels or [], background_label) is not None:
+        estimate, note = explain_voxel_estimate(labels or [], background_label)
+        if estimate is not None:
             # training makes the same estimate and records it as estimated in the model
             print(f"The files record no voxel size; {note}. Pass --voxel-size Z Y X if that is wrong "
                   "(--voxel-size 1 1 1 for cubic).", file=sys.stderr)

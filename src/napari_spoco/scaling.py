@@ -154,6 +154,9 @@ def anisotropy(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ..
 FLAT_ABOVE = 1.8
 #: Fewer painted objects than this give no estimate.
 MIN_OBJECTS_FOR_ESTIMATE = 3
+#: Label ids above this are renumbered before their objects are listed (find_objects keeps one
+#: entry per id up to the largest).
+MAX_LISTED_ID = 2**20
 #: Objects painted on fewer slices than this do not count (strokes on one slice, as napari paints
 #: by default, say nothing about depth).
 MIN_SLICES = 3
@@ -181,8 +184,13 @@ def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None 
         seen = True
         # only positive ids count (the training data's own validation checks the rest), renumbered
         # as found: ids may be as large as 2**31 and find_objects lists every id up to the largest
-        ids, compact = np.unique(np.where(lab > 0, lab, 0), return_inverse=True)
-        compact = compact.reshape(lab.shape) + 1
+        positive = np.where(lab > 0, lab, 0)
+        if positive.max(initial=0) > MAX_LISTED_ID:
+            ids, compact = np.unique(positive, return_inverse=True)
+            compact = compact.reshape(lab.shape) + 1
+        else:  # the usual case: no sort of the whole volume
+            compact = positive.astype(np.int64, copy=False) + 1
+            ids = np.arange(int(compact.max(initial=1)))
         for k, box in enumerate(ndi.find_objects(compact)):
             if box is None or ids[k] == 0 or ids[k] == background_label:
                 continue
@@ -199,6 +207,12 @@ def painted_flatness(labels: Sequence[np.ndarray], background_label: int | None 
     return (float(np.median(ratios)), len(ratios)) if ratios else (float("nan"), 0)
 
 
+def _estimate(found: tuple[float, int] | None) -> tuple[float, ...] | None:
+    if found is None or found[1] < MIN_OBJECTS_FOR_ESTIMATE or found[0] <= FLAT_ABOVE:
+        return None
+    return (round(min(found[0], MAX_ANISOTROPY), 2), 1.0, 1.0)
+
+
 def estimate_voxel_size(labels: Sequence[np.ndarray], background_label: int | None = None) -> tuple[float, ...] | None:
     """The voxel size (Z, Y, X) = (r, 1, 1) that makes the painted 3D objects as deep as they
     are wide, r being their median flatness (:func:`painted_flatness`), when it is above
@@ -206,27 +220,31 @@ def estimate_voxel_size(labels: Sequence[np.ndarray], background_label: int | No
     (cubic). For volumes whose files record no spacing: anisotropic stacks are the rule in 3D
     microscopy, and the network's isotropic kernels and the shapes it learned need cubic voxels
     (measured on packed nuclei sampled 2x coarser along z: docs/benchmarks.md)."""
+    return _estimate(painted_flatness(labels, background_label))
+
+
+def explain_voxel_estimate(labels: Sequence[np.ndarray],
+                           background_label: int | None = None) -> tuple[tuple[float, ...] | None, str]:
+    """:func:`estimate_voxel_size` and what it found, in words for the CLI and the napari panel
+    ("" for 2D labels), from one pass over the labels."""
     found = painted_flatness(labels, background_label)
-    if found is None or found[1] < MIN_OBJECTS_FOR_ESTIMATE or found[0] <= FLAT_ABOVE:
-        return None
-    return (round(min(found[0], MAX_ANISOTROPY), 2), 1.0, 1.0)
+    if found is None:
+        return None, ""
+    flat, n = found
+    if n < MIN_OBJECTS_FOR_ESTIMATE:
+        return None, (f"too few painted objects to estimate it ({n} of the {MIN_OBJECTS_FOR_ESTIMATE} needed lie "
+                      f"on {MIN_SLICES} or more slices and inside the volume)")
+    if flat <= FLAT_ABOVE:
+        return None, f"the painted objects are {flat:.2g}x flatter along z than across, as nuclei are themselves"
+    z = min(flat, MAX_ANISOTROPY)
+    capped = f", capped at {MAX_ANISOTROPY:g}" if flat > MAX_ANISOTROPY else ""
+    return _estimate(found), (f"the painted objects are {flat:.3g}x flatter along z than across: z-step taken "
+                              f"as {z:.3g}x the pixel{capped}")
 
 
 def estimate_note(labels: Sequence[np.ndarray], background_label: int | None = None) -> str:
-    """What :func:`estimate_voxel_size` found, in words for the CLI and the napari panel ("" for
-    2D labels)."""
-    found = painted_flatness(labels, background_label)
-    if found is None:
-        return ""
-    flat, n = found
-    if n < MIN_OBJECTS_FOR_ESTIMATE:
-        return (f"too few painted objects to estimate it ({n} of the {MIN_OBJECTS_FOR_ESTIMATE} needed lie on "
-                f"{MIN_SLICES} or more slices and inside the volume)")
-    if flat <= FLAT_ABOVE:
-        return f"the painted objects are {flat:.2g}x flatter along z than across, as nuclei are themselves"
-    z = min(flat, MAX_ANISOTROPY)
-    capped = f", capped at {MAX_ANISOTROPY:g}" if flat > MAX_ANISOTROPY else ""
-    return f"the painted objects are {flat:.3g}x flatter along z than across: z-step taken as {z:.3g}x the pixel{capped}"
+    """The words of :func:`explain_voxel_estimate` alone."""
+    return explain_voxel_estimate(labels, background_label)[1]
 
 
 def axis_factors(scale: float, voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

@@ -28,7 +28,7 @@ from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import load_default_model
-from ..scaling import estimate_note, estimate_voxel_size, scale_note, training_scale
+from ..scaling import explain_voxel_estimate, scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
@@ -145,12 +145,12 @@ class TrainPanel(QGroupBox):
         model = self.state.model.current
         voxel = voxel_size_from_scale(self.data.image.scale, data.ndim)
         mixed = len({voxel_size_from_scale(im.scale, data.ndim) for im, _ in pairs}) > 1
-        estimate = None
+        estimate, note = None, ""
         if voxel is None and data.ndim == 3 and (model is None or model.voxel_size is None):
-            estimate = estimate_voxel_size(data.labels, config.background_label)  # training makes it again
+            # training makes the same estimate and records it as estimated
+            estimate, note = explain_voxel_estimate(data.labels, config.background_label)
         if estimate is not None:
-            message += (self._voxel_message(estimate, mixed, "estimated") + " "
-                        + estimate_note(data.labels, config.background_label).capitalize()
+            message += (self._voxel_message(estimate, mixed, "estimated") + " " + note.capitalize()
                         + "; set the image layer's scale to the real voxel size to overrule it.")
         else:
             message += self._voxel_message(voxel, mixed)
