@@ -1,5 +1,5 @@
 """One post-processing step (the shape split, the boundary merge, the calibrated edge): the same trained models
-segmented with and without it.
+segmented with and without it; or one setting of a step at several values (``--step peak_spacing --values``).
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
 segments each data set's held-out images with the step (``--step``, a ClusterConfig switch) on
@@ -10,8 +10,12 @@ trained before the painted objects' convexity was recorded get it from the same 
 fraction of the image the foreground head calls foreground is printed too (the shape split
 applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
+``--step peak_spacing --values 0.6 0.8 1.0`` segments with each value of ``shapes.PEAK_SPACING``
+(how far apart, in painted radii, the shape split's seeds must be) instead.
+
 Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
+        python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sparse_accuracy as sa  # noqa: E402
 
-from napari_spoco import evaluate, segment  # noqa: E402
+from napari_spoco import evaluate, segment, shapes  # noqa: E402
 from napari_spoco.clustering import ClusterConfig  # noqa: E402
 from napari_spoco.io import load_model  # noqa: E402
 from napari_spoco.metrics import _overlaps  # noqa: E402
@@ -83,14 +87,46 @@ def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
     return grow
 
 
+def score_tests(model, data: sa.Data, config: ClusterConfig) -> tuple[dict, float]:
+    """Mean AP50 / mAP / SBD over the held-out images, the error counts of :func:`anatomy` summed,
+    and the mean fraction the foreground head calls foreground."""
+    scores, maps, sbds, errors, fg = [], [], [], {}, []
+    for _, img, gt in data.tests:
+        pred, emb = segment(model, img, device="cpu", config=config, return_embedding=True)
+        score = evaluate(gt, pred)
+        scores.append(score["AP50"])
+        maps.append(score["mAP"])
+        sbds.append(score["SBD"])
+        fg.append(float((emb.foreground >= 0.5).mean()))
+        for k, v in anatomy(gt, pred).items():
+            errors[k] = errors.get(k, 0) + v
+    return {"AP50": float(np.mean(scores)), "mAP": float(np.mean(maps)), "SBD": float(np.mean(sbds)), **errors}, \
+        float(np.mean(fg))
+
+
+def values_table(rows: list[dict], names: list[str]) -> None:
+    """Mean (min–max) AP50 over seeds per data set, one column per value compared."""
+    print("\npeak spacing (painted radii):\n| data set | seeds | " + " | ".join(f"AP50 at {n}" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        rs = [r for r in rows if r["dataset"] == name]
+        cells = [f"{np.mean([r[n]['AP50'] for r in rs]):.3f} ({min(r[n]['AP50'] for r in rs):.3f}–"
+                 f"{max(r[n]['AP50'] for r in rs):.3f})" for n in names]
+        print(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, type=Path, help="--save-dir of sparse_accuracy.py")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--step", default="shape_split", choices=["shape_split", "boundary_merge", "calibrated_edge"],
-                        help="the ClusterConfig switch turned off for the 'without' column")
+    parser.add_argument("--step", default="shape_split",
+                        choices=["shape_split", "boundary_merge", "calibrated_edge", "peak_spacing"],
+                        help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
+                             "shapes.PEAK_SPACING at each of --values")
+    parser.add_argument("--values", type=float, nargs="+", default=[0.6, 0.8, 1.0],
+                        help="with --step peak_spacing: the values compared")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
@@ -110,26 +146,29 @@ def main() -> int:
                 model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
             row = {"dataset": split.name, "seed": seed, "step": args.step,
                    "reference": model.history["object_solidity"]}
-            for name, on in (("without", False), ("with", True)):
-                scores, maps, sbds, errors, fg = [], [], [], {}, []
-                for _, img, gt in data.tests:
+            variants = ([(f"{v:g}", v) for v in args.values] if args.step == "peak_spacing"
+                        else [("without", False), ("with", True)])
+            for name, on in variants:
+                if args.step == "peak_spacing":
+                    shapes.PEAK_SPACING, config = on, ClusterConfig()
+                else:
                     config = replace(ClusterConfig(), **{args.step: on})
-                    pred, emb = segment(model, img, device="cpu", config=config, return_embedding=True)
-                    score = evaluate(gt, pred)
-                    scores.append(score["AP50"])
-                    maps.append(score["mAP"])
-                    sbds.append(score["SBD"])
-                    fg.append(float((emb.foreground >= 0.5).mean()))
-                    for k, v in anatomy(gt, pred).items():
-                        errors[k] = errors.get(k, 0) + v
-                row[name] = {"AP50": float(np.mean(scores)), "mAP": float(np.mean(maps)),
-                             "SBD": float(np.mean(sbds)), **errors}
-                row["foreground"] = float(np.mean(fg))
+                row[name], row["foreground"] = score_tests(model, data, config)
             rows.append(row)
+            if args.step == "peak_spacing":
+                print(f"{split.name:15s} seed {seed}  size {model.history.get('object_size_median', 0):.0f}  "
+                      + "  ".join(f"{k}: AP50 {row[k]['AP50']:.3f} mAP {row[k]['mAP']:.3f} merged {row[k]['merged']} "
+                                  f"split {row[k]['split']}" for k, _ in variants), flush=True)
+                continue
             w, s = row["without"], row["with"]
             print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
                   f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  mAP {w['mAP']:.3f} -> {s['mAP']:.3f}  merged {w['merged']} -> {s['merged']}  "
                   f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
+    if args.step == "peak_spacing":
+        values_table(rows, [f"{v:g}" for v in args.values])
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     print(f"\n{args.step}:\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with "
           "| with − without | merged | split |")
     print("|---|---|---|---|---|---|---|---|")

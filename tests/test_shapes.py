@@ -165,3 +165,47 @@ def test_with_a_foreground_map_the_seeds_come_from_its_confident_core():
     assert abs(int(np.flatnonzero(out[20, 1:] != out[20, :-1])[1]) - 40) <= 1
     # no dim line: the same map does not cut
     assert set(np.unique(split_by_shape(labels, 1.01, half, 20, foreground=np.where(ellipse, 0.98, 0.0)))) == {0, 1}
+
+
+def test_balls_merged_along_a_diagonal_are_split_in_3d():
+    """Seeds are at least a painted radius apart in Euclidean distance: two merged balls whose
+    centres are 1.5 radii apart along the space diagonal are 0.87 radii apart on each axis, so a
+    cube of one radius (scikit-image's default footprint) kept one seed for both (this test
+    failed with it)."""
+    shape, r = (40, 40, 40), 8.0
+    step = 1.5 * r / (2 * np.sqrt(3))
+    a = disc(shape, [20 - step] * 3, r)
+    b = disc(shape, [20 + step] * 3, r) & ~a
+    labels = (a | b).astype(np.int64)
+    out = split_by_shape(labels, reference=0.97, object_size=float(disc(shape, (20, 20, 20), r).sum()), min_size=50)
+    ids = [i for i in np.unique(out) if i]
+    assert len(ids) == 2
+    for obj in (a, b):
+        assert max((out == i)[obj].sum() / ((out == i) | obj).sum() for i in ids) > 0.8
+
+
+def test_spaced_peaks_are_the_highest_points_within_the_spacing_and_that_far_apart():
+    """Against the definition, point by point: positive, highest within ``spacing`` (Euclidean)
+    of itself, and no higher kept peak within ``spacing``."""
+    from scipy import ndimage as ndi
+
+    from napari_spoco.shapes import spaced_peaks
+
+    rng = np.random.default_rng(3)
+    for ndim, spacing in ((2, 2.5), (2, 4.2), (3, 2.2), (3, 3.7)):
+        shape = (24,) * ndim
+        inside = ndi.gaussian_filter(rng.random(shape), 2) > 0.5
+        values = np.where(inside, ndi.gaussian_filter(rng.random(shape), 1.5) - 0.45, 0.0)
+        pts = np.argwhere(inside & (values > 0))
+        order = np.argsort(-values[tuple(pts.T)], kind="stable")
+        expected = []
+        for p in pts[order]:
+            near = pts[((pts - p) ** 2).sum(1) <= spacing**2]
+            if values[tuple(near.T)].max() > values[tuple(p)]:
+                continue
+            if any(((q - p) ** 2).sum() <= spacing**2 for q in expected):
+                continue
+            expected.append(p)
+        got = spaced_peaks(values, inside, spacing)
+        assert len(expected) > 3
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.array(expected).tolist()))
