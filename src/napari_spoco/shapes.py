@@ -12,6 +12,8 @@ the split is not applied (``applies``).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 #: The reference convexity is this percentile of the painted objects' solidity.
@@ -81,11 +83,15 @@ CORE_PROBABILITY = 0.8
 PEAK_SPACING = 1.0
 
 
+@lru_cache(maxsize=8)
 def _ball_offsets(radius: float, ndim: int) -> np.ndarray:
-    """Integer offsets (n, ndim) within ``radius`` of the origin."""
+    """Integer offsets (n, ndim) within ``radius`` of the origin (cached: every piece of one
+    segmentation uses the same ball; read only)."""
     k = int(np.floor(radius))
     grid = np.indices((2 * k + 1,) * ndim).reshape(ndim, -1).T - k
-    return grid[(grid**2).sum(1) <= radius * radius]
+    ball = grid[(grid**2).sum(1) <= radius * radius]
+    ball.flags.writeable = False
+    return ball
 
 
 def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float) -> np.ndarray:
