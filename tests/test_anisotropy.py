@@ -125,8 +125,12 @@ def test_the_voxel_size_is_estimated_from_how_flat_the_painted_objects_are():
     huge = np.where(flat == 4, 2**31 - 1, flat).astype(np.uint32)
     assert estimate_voxel_size([huge]) == estimate_voxel_size([flat])
     # what the CLI and the panel say
-    from napari_spoco.scaling import estimate_note
+    from napari_spoco.scaling import explain_voxel_estimate
 
+    def estimate_note(labels):
+        return explain_voxel_estimate(labels)[1]
+
+    assert flat is not None and explain_voxel_estimate([flat])[0] == estimate_voxel_size([flat])
     assert "z-step taken as" in estimate_note([flat]) and "as nuclei are themselves" in estimate_note([round_balls])
     assert "too few painted objects" in estimate_note([few]) and estimate_note([np.ones((4, 4))]) == ""
     very_flat = np.zeros((12, 64, 64), np.uint16)

@@ -242,11 +242,6 @@ def explain_voxel_estimate(labels: Sequence[np.ndarray],
                               f"as {z:.3g}x the pixel{capped}")
 
 
-def estimate_note(labels: Sequence[np.ndarray], background_label: int | None = None) -> str:
-    """The words of :func:`explain_voxel_estimate` alone."""
-    return explain_voxel_estimate(labels, background_label)[1]
-
-
 def axis_factors(scale: float, voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
     """Resize factor per spatial axis before the network: the object scale times the
     anisotropy correction."""
