@@ -122,11 +122,16 @@ class TreeRSS:
         return self.peak / 2**20
 
 
+#: test-time augmentation in every part (``--tta``; the library's default is on)
+TTA = True
+
+
 def run_child(args: list[str]) -> tuple[dict, float, float]:
     """Run this script's ``--child`` mode in a subprocess; its JSON result, peak tree RSS (MB)
     and wall seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", *args, "--tta", "on" if TTA else "off"],
+                            stdout=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid)
     out, _ = proc.communicate()
     peak = rss.stop()
@@ -144,6 +149,7 @@ def child(argv: list[str]) -> None:
     p.add_argument("--ndim", type=int, default=3)
     p.add_argument("--precision", default="auto")
     p.add_argument("--embed-first", default="on", choices=("on", "off"))
+    p.add_argument("--tta", default="on", choices=("on", "off"))
     a = p.parse_args(argv)
     from napari_spoco.blockwise import segment_blockwise
     from napari_spoco.lazy_io import open_lazy
@@ -153,7 +159,7 @@ def child(argv: list[str]) -> None:
     image = open_lazy(a.source)
     t0 = time.perf_counter()
     r = segment_blockwise(model, image, a.out, workers=a.workers, precision=a.precision,
-                          embed_first=None if a.embed_first == "on" else False)
+                          embed_first=None if a.embed_first == "on" else False, tta=a.tta == "on")
     print(json.dumps({"seconds": time.perf_counter() - t0, "objects": r.objects, "blocks": r.blocks,
                       "voxels": int(np.prod(r.shape)), "failed": len(r.failed), "embed_first": a.embed_first}))
 
@@ -186,13 +192,13 @@ def _compare(name: str, model, image, truth, work: Path, block_shape=None, preci
 
     vr = intensity_range(image)
     t0 = time.perf_counter()
-    whole = segment(model, image, device="cpu", value_range=vr, precision=precision)
+    whole = segment(model, image, device="cpu", value_range=vr, precision=precision, tta=TTA)
     t_whole = time.perf_counter() - t0
     rows = []
     for mode in modes:
         t0 = time.perf_counter()
         r = segment_blockwise(model, image, work / f"{name}.zarr", value_range=vr, block_shape=block_shape,
-                              precision=precision, embed_first=None if mode == "on" else False)
+                              precision=precision, embed_first=None if mode == "on" else False, tta=TTA)
         t_blocks = time.perf_counter() - t0
         blocks = np.asarray(r.labels[...])
         shutil.rmtree(work / f"{name}.zarr", ignore_errors=True)
@@ -267,7 +273,8 @@ def part_workers(work: Path, images, count: int, precision: str = "auto") -> dic
         out = work / f"pred_{tag}"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "napari_spoco.cli", "predict", "--model", str(model), "--images",
-                        str(folder), "--out", str(out), "--precision", precision, *extra], check=True, capture_output=True)
+                        str(folder), "--out", str(out), "--precision", precision, *([] if TTA else ["--no-tta"]), *extra],
+                       check=True, capture_output=True)
         shutil.rmtree(out, ignore_errors=True)
         return time.perf_counter() - t0
 
@@ -286,7 +293,8 @@ def part_workers(work: Path, images, count: int, precision: str = "auto") -> dic
 
 def report(result: dict) -> str:
     lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`; "
-             f"3D network in {result.get('precision', 'float32')} (2D: float32 unless bfloat16 is asked for)", ""]
+             f"3D network in {result.get('precision', 'float32')} (2D: float32 unless bfloat16 is asked for); "
+             f"test-time augmentation {result.get('tta', 'off (before it existed)')}", ""]
     if result.get("memory"):
         lines += ["| volume | embed first | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -338,7 +346,12 @@ def main() -> None:
                    help="block-wise segmentation embedding the image once into a scratch store first (on: the "
                    "library's default where it applies), each block embedding its own region (off), or both side by "
                    "side on the same inputs (default)")
+    p.add_argument("--tta", default="on", choices=("on", "off"),
+                   help="test-time augmentation in every part (on: the library's default; off: one network pass "
+                   "per tile, as every figure before 2026-12-01 was measured)")
     a = p.parse_args()
+    global TTA
+    TTA = a.tta == "on"
     modes = ("on", "off") if a.embed_first == "both" else (a.embed_first,)
     use_data_dir(a.data, needs=("cells3d-nuclei", "bbbc039-nuclei"))
     work = Path(tempfile.mkdtemp(prefix="spoco-blockwise-", dir=a.work))
@@ -350,6 +363,7 @@ def main() -> None:
     from napari_spoco.precision import resolve_precision
 
     result["precision"] = resolve_precision(a.precision, torch.device("cpu"), 3)  # what "auto" meant for 3D here
+    result["tta"] = a.tta
     try:
         volume = read("cells3d-nuclei", "cells3d_nuclei", "images")
         labels = read("cells3d-nuclei", "cells3d_nuclei", "masks")

@@ -76,6 +76,7 @@ class PredictOptions:
     suggest: int = 0
     threads: int = 0  # torch threads in a worker process (0: leave as it is)
     precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
+    tta: bool = True  # test-time augmentation (napari_spoco.segment)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
         voxel_size = voxel_size_for(options.voxel_size, path, model)
         result = segment(model, image, config=options.config, device=options.device,
                          channel_axis=options.channel_axis, return_embedding=bool(options.suggest),
-                         voxel_size=voxel_size, precision=options.precision)
+                         voxel_size=voxel_size, precision=options.precision, tta=options.tta)
         labels = result[0] if options.suggest else result
         write_labels(target, labels)
         found = []

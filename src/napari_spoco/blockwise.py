@@ -239,6 +239,7 @@ class _Job:
     model: SpocoModel | None = None  # in this process: the caller's model, not a copy from the file
     precision: str = INFERENCE_PRECISION
     embeddings: EmbeddingStore | None = None  # blocks cluster these (embedding_store.py) instead of embedding
+    tta: bool = True  # test-time augmentation (inference.embed)
 
 
 def _job_model(job: _Job) -> SpocoModel:
@@ -270,7 +271,8 @@ def _region_labels(job: _Job, data: np.ndarray, edges) -> np.ndarray:
     whole = (1 << 30,) * model.config.ndim  # the region is one tile: blocks are the tiles here
     return np.asarray(_segment_prepared(model, prepared, job.config, tile_shape=whole, device=job.device,
                                         voxel_size=job.voxel_size, edges=edges,
-                                        tile_voxels=_tile_budget(job, model), precision=job.precision))
+                                        tile_voxels=_tile_budget(job, model), precision=job.precision,
+                                        tta=job.tta))
 
 
 def _stored_region_labels(job: _Job, region: tuple[slice, ...]) -> np.ndarray:
@@ -303,7 +305,7 @@ def embed_task(job: _Job, core: tuple[slice, ...], region: tuple[slice, ...]) ->
             model = _job_model(job)
             embed_core(model, job.image.read, job.embeddings, core, region, job.image.spatial_shape, job.value_range,
                        job.image.channel_axis, job.device, job.precision, _tile_budget(job, model),
-                       job.config.foreground_threshold)
+                       job.config.foreground_threshold, job.tta)
             reason = None
             break
         except Exception as exc:  # noqa: BLE001 - reported per core, the others carry on
@@ -603,6 +605,7 @@ def segment_blockwise(
     _segmenter: Callable | None = None,
     precision: str = INFERENCE_PRECISION,
     embed_first: bool | None = None,
+    tta: bool = True,
 ) -> BlockwiseResult:
     """Segment ``image`` block by block into a new zarr label store at ``out``.
 
@@ -615,8 +618,8 @@ def segment_blockwise(
     ``value_range`` defaults to percentiles of boxes sampled over the image
     (:func:`sample_value_range`); ``voxel_size`` to the image's recorded spacing, else the
     model's. ``workers``/``scheduler``: see :class:`Engine`. ``progress(done, total)`` counts
-    embedding cores, then segmented blocks. ``precision``: the network's number format
-    (:func:`napari_spoco.segment`). ``embed_first`` (default: in 3D where it applies,
+    embedding cores, then segmented blocks. ``precision`` and ``tta``: the network's number format
+    and test-time augmentation (:func:`napari_spoco.segment`). ``embed_first`` (default: in 3D where it applies,
     :func:`napari_spoco.embedding_store.applies`, and where the scratch space is free) embeds
     the image once into a scratch store next to ``out`` and clusters the blocks from it, instead
     of embedding each block with its halo. Returns a :class:`BlockwiseResult`; blocks (and
@@ -688,7 +691,7 @@ def segment_blockwise(
             steps = len(cores) + len(blocks)
             job = _Job(model_path, lazy, str(out), str(scratch), config, value_range,
                        tuple(voxel_size) if voxel_size is not None else None, device, engine.threads, _segmenter,
-                       model if in_process else None, precision, store)
+                       model if in_process else None, precision, store, tta)
             embedded = engine.map(embed_task, [(job, c, r) for c, r in cores],
                                   None if progress is None else lambda i, n: progress(i, steps))
             failed = {d["core"]: "embedding: " + d["failed"] for d in embedded if d["failed"]}

@@ -159,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
                     "the CPU or GPU has them natively (half the time, the same objects, larger tiles at less "
                     "memory) and 2D models, or any model elsewhere, in float32; 'bfloat16' and 'float32' "
                     "always (docs/method.md, Number format). Default: auto")
+    pr.add_argument("--no-tta", dest="tta", action="store_false",
+                    help="run the network once per tile instead of averaging its output over the tile and its "
+                    "mirror images in Y and X (test-time augmentation: four forward passes, 2-3x the time, "
+                    "more objects right on four of the five data sets we measured; docs/method.md)")
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -678,7 +682,7 @@ def cmd_predict(args) -> int:
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest,
-                             precision=args.precision)
+                             precision=args.precision, tta=args.tta)
     failed: dict[str, str] = {}
     suggestions: list = []
     small = {s: p for s, p in files.items() if s not in large}
@@ -756,13 +760,15 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
     for old in {store, target}:
         if old.exists() and (args.overwrite or old != target):
             remove_store(old)
-    print(f"{path.name}: {describe(image)}, block by block", file=sys.stderr)
+    how = ", averaging mirrored views (--no-tta: 2-3x faster)" if options.tta else ", one network pass per tile"
+    print(f"{path.name}: {describe(image)}, block by block{how}", file=sys.stderr)
     progress = _BlockProgress(path.name)
     try:
         result = segment_blockwise(model, image, store, config=options.config,
                                    block_shape=tuple(args.block_shape) if args.block_shape else None,
                                    voxel_size=voxel_size, workers=args.workers, scheduler=args.scheduler,
-                                   device=options.device, progress=progress, precision=options.precision)
+                                   device=options.device, progress=progress, precision=options.precision,
+                                   tta=options.tta)
         if store != target:
             zarr_to_tiff(store, target)
     except (SpocoError, OSError, MemoryError) as exc:

@@ -110,13 +110,13 @@ def disk_bytes(shape: Sequence[int], model: SpocoModel) -> int:
 
 def embed_core(model: SpocoModel, read, store: EmbeddingStore, core: tuple[slice, ...], region: tuple[slice, ...],
                spatial: Sequence[int], value_range, channel_axis: int | None, device: str, precision: str,
-               tile_voxels: int | None, zero_below: float | None = None) -> bool:
+               tile_voxels: int | None, zero_below: float | None = None, tta: bool = True) -> bool:
     """Embed ``region`` (``read(region)`` gives its pixels) and store its ``core``; the sides of
     the region that are the image's own edges get the reflected margin the whole image would.
     Returns False (nothing written: the store's zeros mean background) for a constant region,
     padding or empty space where there is nothing to find. ``zero_below``: the clustering's
     foreground threshold; it never reads the embedding of pixels below it, so they are stored
-    as zeros, which take next to no disk."""
+    as zeros, which take next to no disk. ``tta``: :func:`napari_spoco.inference.embed`'s."""
     from .inference import embed, prepare_image
 
     data = read(region)
@@ -124,7 +124,8 @@ def embed_core(model: SpocoModel, read, store: EmbeddingStore, core: tuple[slice
         return False
     prepared = prepare_image(model, data, value_range, channel_axis)
     edges = tuple((r.start == 0, r.stop == n) for r, n in zip(region, spatial))
-    emb = embed(model, prepared, device=device, edges=edges, max_tile_voxels=tile_voxels, precision=precision)
+    emb = embed(model, prepared, device=device, edges=edges, max_tile_voxels=tile_voxels, precision=precision,
+                tta=tta)
     inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, region))
     fg = None if emb.foreground is None else emb.foreground[inner]
     vectors = emb.embeddings[(slice(None),) + inner]

@@ -182,6 +182,26 @@ def _check_memory(n_pixels: int, floats_per_pixel: int, shape: tuple[int, ...]) 
         )
 
 
+#: Test-time augmentation: the views of a tile whose outputs are averaged, as the spatial axes
+#: mirrored (counted from the end): as it is, mirrored in X, in Y, and in both.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, tta: bool, fmt: torch.memory_format) -> torch.Tensor:
+    """The network's output for ``x`` (B, C, *spatial); with ``tta``, averaged over the mirror
+    images of :data:`TTA_FLIPS`, each output mirrored back first (docs/method.md,
+    "Test-time augmentation")."""
+    if not tta:
+        return net(x)
+    total = None
+    for axes in TTA_FLIPS:
+        dims = [x.ndim + a for a in axes]
+        y = net(x.flip(dims).contiguous(memory_format=fmt) if dims else x).float()
+        y = y.flip(dims) if dims else y
+        total = y if total is None else total.add_(y)
+    return total / len(TTA_FLIPS)
+
+
 @torch.inference_mode()
 def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each part is short and tested (tests/test_inference.py)
     model: SpocoModel,
@@ -197,6 +217,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     channel_axis: int | None = None,
     edges: tuple[tuple[bool, bool], ...] | None = None,
     precision: str = INFERENCE_PRECISION,
+    tta: bool = True,
 ) -> Embedding:
     """Embed a 2D/3D image with the model's predicting network (``model.predictor``: the
     student, or the EMA teacher of a fine-tuned model) and optionally the other one
@@ -216,7 +237,9 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     is used as it is: it carries its checked data and range already. ``precision``: the
     number format of the network's convolutions (:mod:`napari_spoco.precision`; ``auto``:
     bfloat16 for a 3D model where the CPU or GPU has it, about half the time of float32, and
-    default tiles twice as large at less memory; docs/method.md, "Number format").
+    default tiles twice as large at less memory; docs/method.md, "Number format"). ``tta``:
+    average each tile's output over its mirror images in Y and X (:data:`TTA_FLIPS`: four
+    forward passes instead of one; docs/method.md, "Test-time augmentation").
     """
     from .precision import autocast, resolve_precision, tile_voxels
 
@@ -292,7 +315,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
             xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev, memory_format=fmt)
             for a, net in zip(acc, nets):
                 with autocast(number_format, dev):
-                    out = net(xt)[0][(slice(None),) + tuple(in_tile)]
+                    out = _forward(net, xt, tta, fmt)[0][(slice(None),) + tuple(in_tile)]
                 a[(slice(None),) + tuple(in_image)] = out.float().cpu().numpy()
                 del out
             covered[tuple(in_image)] = True

@@ -74,6 +74,7 @@ def segment(
     channel_axis: int | None = None,
     voxel_size: tuple[float, ...] | None = None,
     precision: str = INFERENCE_PRECISION,
+    tta: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
     shape).
@@ -102,6 +103,9 @@ def segment(
     take memory in proportion to the image). ``precision``: the network's number format:
     ``auto`` (bfloat16 for a 3D model where the CPU or GPU has it natively, else float32), ``float32`` or
     ``bfloat16`` (:func:`napari_spoco.inference.embed`; docs/method.md, "Number format").
+    ``tta`` (test-time augmentation): the network's output is averaged over the image and its
+    mirror images in Y and X (four forward passes: 2-3x the time of a Segment, for AP50 gained
+    on four of our five benchmark sets; docs/method.md); ``False`` runs it once.
     """
     from .precision import check_precision
     from .training import as_model
@@ -116,7 +120,7 @@ def segment(
     # Checked and its range taken once, of the whole image: every tile normalises alike.
     prepared = prepare_image(model, image, value_range, channel_axis)
     return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing,
-                             voxel_size, precision=precision)
+                             voxel_size, precision=precision, tta=tta)
 
 
 def _segment_prepared(
@@ -132,6 +136,7 @@ def _segment_prepared(
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
     precision: str = INFERENCE_PRECISION,
+    tta: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of an image prepared for ``model``: at the model's pixel scale (and
     cubic voxels), in the image's pixels. ``edges`` and ``tile_voxels`` (``max_tile_voxels``):
@@ -143,7 +148,7 @@ def _segment_prepared(
     factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
     if all(f == 1.0 for f in factors):
         return _segment_at_network_scale(model, image, config, tile_shape, device, progress, return_embedding, _timing,
-                                         edges, tile_voxels, precision)
+                                         edges, tile_voxels, precision, tta)
     shape = image.shape
     config = config or ClusterConfig()
     volume = float(np.prod(factors))
@@ -157,7 +162,7 @@ def _segment_prepared(
     # resized, the image keeps the original's range: crops normalise like the whole
     small = PreparedImage(resize_image(image.data, scaled_shape(shape, factors)), image.value_range, image.channels)
     result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing,
-                                       edges, tile_voxels, precision)
+                                       edges, tile_voxels, precision, tta)
     labels, emb = result if return_embedding else (result, None)
     labels = resize_labels(labels, shape)
     if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
@@ -201,6 +206,7 @@ def _segment_at_network_scale(
     edges: tuple[tuple[bool, bool], ...] | None = None,
     tile_voxels: int | None = None,
     precision: str = INFERENCE_PRECISION,
+    tta: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
@@ -221,7 +227,8 @@ def _segment_at_network_scale(
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
         emb = embed(model, block, device=device, with_teacher=config.method == "consistency",
-                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision)
+                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision,
+                    tta=tta)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
@@ -297,6 +304,8 @@ def segment_preview(
     evaluation mode. Returns the labels of the box only. ``method`` and ``config`` are
     :func:`segment`'s. For models of several channels the image is colour ``(Y, X, 3|4)`` and
     ``value_range`` one range per channel (computed here when missing or given for grey).
+    Without test-time augmentation: a preview is for watching training, and runs between its
+    steps.
     """
     snap = model.snapshot()
     channels = model.config.in_channels
@@ -304,9 +313,9 @@ def segment_preview(
         # a range per channel, of the whole image (a grey range does not fit a colour model):
         # the whole image is prepared once, and the box cut from it
         prepared = prepare_image(snap, image).crop(box)
-        return _segment_prepared(snap, prepared, _with_method(config, method), device="cpu")
+        return _segment_prepared(snap, prepared, _with_method(config, method), device="cpu", tta=False)
     crop = np.asarray(image[box])
-    return segment(snap, crop, method=method, config=config, device="cpu", value_range=value_range)
+    return segment(snap, crop, method=method, config=config, device="cpu", value_range=value_range, tta=False)
 
 
 def segment_series(
@@ -317,19 +326,20 @@ def segment_series(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     precision: str = INFERENCE_PRECISION,
+    tta: bool = True,
 ) -> np.ndarray:
     """Segment a 2D+t stack ``(T, Y, X)`` frame by frame with a 2D model.
 
     Ids are made unique across frames (frame t's ids follow frame t-1's), so that any instance
     can be picked, promoted or exported without ambiguity. ``method`` and ``config`` are
-    :func:`segment`'s, as is ``precision``; ``progress(done, total)`` counts frames.
+    :func:`segment`'s, as are ``precision`` and ``tta``; ``progress(done, total)`` counts frames.
     """
     stack = np.asarray(stack)
     out = np.zeros(stack.shape[:3], dtype=np.int64)
     offset = 0
     for t in range(stack.shape[0]):
         lab = segment(model, stack[t], method=method, config=config, device=device,
-                      precision=precision).astype(np.int64)
+                      precision=precision, tta=tta).astype(np.int64)
         out[t] = np.where(lab > 0, lab + offset, 0)
         offset = int(out[t].max(initial=offset))
         if progress is not None:

@@ -321,13 +321,16 @@ def test_default_button_segments_without_any_training(spoco, monkeypatch):
     widget.model_panel.default_model_btn.click()
     assert widget.segment_panel.segment_btn.isEnabled()
     formats, segment = [], workers.segment
-    monkeypatch.setattr(workers, "segment", lambda *a, **k: formats.append(k["precision"]) or segment(*a, **k))
+    monkeypatch.setattr(workers, "segment",
+                        lambda *a, **k: formats.append((k["precision"], k["tta"])) or segment(*a, **k))
     assert widget.segment_panel.precision_box.currentText() == "auto"  # the library's default
+    assert widget.segment_panel.tta_check.isChecked()  # so is test-time augmentation
     widget.segment_panel.segment_btn.click()
     assert viewer.layers["nuclei instances"].data.max() >= 10
     widget.segment_panel.precision_box.setCurrentText("float32")
+    widget.segment_panel.tta_check.setChecked(False)
     widget.segment_panel.segment_btn.click()
-    assert formats == ["auto", "float32"] and viewer.layers["nuclei instances"].data.max() >= 10
+    assert formats == [("auto", True), ("float32", False)] and viewer.layers["nuclei instances"].data.max() >= 10
 
 
 def test_adapt_trains_without_labels_and_keeps_the_labels(spoco, notes, choose):

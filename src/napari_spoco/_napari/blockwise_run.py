@@ -46,7 +46,7 @@ class BlockwiseRun(QObject):
     def running(self) -> bool:
         return self.job is not None
 
-    def start(self, image, model, config, precision: str = INFERENCE_PRECISION) -> None:
+    def start(self, image, model, config, precision: str = INFERENCE_PRECISION, tta: bool = True) -> None:
         shape = spatial_shape(image)
         try:
             voxel = voxel_size_from_scale(image.scale, len(shape))
@@ -59,7 +59,7 @@ class BlockwiseRun(QObject):
         self.state.stores.hold(out)  # not swept while it is being written
         self.job = workers.BlockwiseJob(model=model, image=image_data(image), out=out, config=config,
                                         block_shape=self.block_shape, voxel_size=voxel, progress=self.progressed.emit,
-                                        precision=precision)
+                                        precision=precision, tta=tta)
         rgb = getattr(image, "rgb", False)  # the levels' colour axis is not spatial
         levels = [tuple(level.shape)[: -1 if rgb else None] for level in image.data] if image.multiscale else None
         self._target = (image.unique_id, image.name, levels, f", {note}" if note else "")

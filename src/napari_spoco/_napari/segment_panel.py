@@ -66,6 +66,14 @@ class SegmentPanel(QGroupBox):
             "the same objects); 2D models run in float32. float32 / bfloat16: always that format."
         )
         form.addRow("Number format", self.precision_box)
+        self.tta_check = QCheckBox("average mirrored views")
+        self.tta_check.setChecked(True)
+        self.tta_check.setToolTip(
+            "Test-time augmentation: the network sees each tile as it is and mirrored in Y, in X and in both, "
+            "and its outputs are averaged. More objects right on four of the five data sets measured, at about twice the time "
+            "of a 2D Segment; untick for speed. Live previews during training never do it."
+        )
+        form.addRow("Test-time augmentation", self.tta_check)
         defaults = ClusterConfig()
         self.step_checks: dict[str, QCheckBox] = {}
         self.bandwidth_spin = QDoubleSpinBox()
@@ -164,7 +172,7 @@ class SegmentPanel(QGroupBox):
             if not series:  # never loaded whole: block by block into a zarr-backed layer
                 if self.embedding_check.isChecked():
                     show_warning("A block-wise segmentation does not keep the embeddings: they are not shown.")
-                self.blockwise.start(image, model, config, self.precision_box.currentText())
+                self.blockwise.start(image, model, config, self.precision_box.currentText(), self.tta_check.isChecked())
                 return
             if image.multiscale or too_large_for_memory(shape):
                 show_error(f"'{image.name}' is a 2D+t stack too large to load into memory, and 2D+t stacks are "
@@ -183,6 +191,7 @@ class SegmentPanel(QGroupBox):
             keep_embedding=not series and pixels <= MAX_KEPT_PIXELS,  # for Suggest next
             voxel_size=voxel,
             precision=self.precision_box.currentText(),
+            tta=self.tta_check.isChecked(),
         )
         self._note = f", {note}" if note else ""
         self._why_no_suggestions = (

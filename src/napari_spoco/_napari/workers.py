@@ -110,6 +110,7 @@ class SegmentJob:
     keep_embedding: bool = False  # the whole Embedding, for suggestions (not for series)
     voxel_size: tuple[float, ...] | None = None  # from the layer's scale (None: the model's)
     precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
+    tta: bool = True  # test-time augmentation (napari_spoco.segment)
 
 
 @dataclass
@@ -129,14 +130,14 @@ def segment_job(job: SegmentJob) -> SegmentResult:
     t0 = time.perf_counter()
     rgb = emb = None
     if job.series:
-        labels = segment_series(job.model, job.image, config=job.config, precision=job.precision)
+        labels = segment_series(job.model, job.image, config=job.config, precision=job.precision, tta=job.tta)
     elif job.with_embedding or job.keep_embedding:
         labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True,
-                              voxel_size=job.voxel_size, precision=job.precision)
+                              voxel_size=job.voxel_size, precision=job.precision, tta=job.tta)
         rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
         labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size,
-                         precision=job.precision)
+                         precision=job.precision, tta=job.tta)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
 
@@ -154,6 +155,7 @@ class BlockwiseJob:
     progress: Callable[[int, int], None] | None = None  # (blocks done, total), from the worker
     stop: threading.Event = field(default_factory=threading.Event)
     precision: str = INFERENCE_PRECISION
+    tta: bool = True
 
 
 def blockwise_job(job: BlockwiseJob) -> BlockwiseResult:
@@ -161,7 +163,7 @@ def blockwise_job(job: BlockwiseJob) -> BlockwiseResult:
     ``Cancelled`` from the progress callback, and the run deletes its partial store."""
     return segment_blockwise(job.model, job.image, job.out, config=job.config, block_shape=job.block_shape,
                              voxel_size=job.voxel_size, device="auto", progress=stoppable(job.stop, job.progress),
-                             precision=job.precision)
+                             precision=job.precision, tta=job.tta)
 
 
 def suggest_job(labels: np.ndarray, embedding: Embedding, k: int, painted_sizes: Sequence[int] | None,
