@@ -436,63 +436,68 @@ def merge_similar_neighbours(
     if n < 2:
         return labels
     flat = labels.ravel()
-    size = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    inside = np.flatnonzero(flat)  # the sums read labelled pixels only (a fifth of a nuclei image)
+    ids = flat[inside]
+    size = np.bincount(ids, minlength=n + 1).astype(np.float64)
     emb = embeddings.reshape(embeddings.shape[0], -1)
-    sums = np.stack([np.bincount(flat, weights=c, minlength=n + 1) for c in emb], 1)
+    sums = np.stack([np.bincount(ids, weights=emb[c, inside], minlength=n + 1) for c in range(len(emb))], 1)
     pairs, _ = adjacency(labels)
     if len(pairs) == 0:
         return labels
-    parent = list(range(n + 1))  # a Python list: the loop below reads it item by item
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    neighbours: dict[int, set[int]] = {}
+    # Python lists and sets: the loop below reads them item by item. Every entry of a
+    # neighbour set is a fragment that has not been merged away (merges rewrite the sets).
+    parent = list(range(n + 1))
+    sizes = size.tolist()
+    neighbours: list[set[int] | None] = [set() for _ in range(n + 1)]
     for a, b in pairs.tolist():
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
+        neighbours[a].add(b)
+        neighbours[b].add(a)
 
     means = sums / np.maximum(size, 1.0)[:, None]
     d0 = np.linalg.norm(means[pairs[:, 0]] - means[pairs[:, 1]], axis=1)
     # Pairs at or beyond the threshold are left out of the heap: the loop stops at the first
     # one it would pop, and a pair is met again (pushed anew) whenever one side grows.
     close = d0 < max_distance
-    version = np.zeros(n + 1, dtype=np.int64).tolist()  # bumped when a fragment grows: older entries are stale
+    version = [0] * (n + 1)  # bumped when a fragment grows: older entries are stale
     heap = [(d, a, b, 0, 0) for d, (a, b) in zip(d0[close].tolist(), pairs[close].tolist())]
     heapq.heapify(heap)
-    push = heapq.heappush
+    push, pop = heapq.heappush, heapq.heappop
     while heap:
-        d, a, b, va, vb = heapq.heappop(heap)
+        d, a, b, va, vb = pop(heap)
         if d >= max_distance:
             break
-        if parent[a] != a or parent[b] != b or version[a] != va or version[b] != vb:
+        if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
             continue  # stale entry: one side was merged or has grown since
         parent[b] = a
-        version[a] += 1
+        version[a] = va = va + 1
         sums[a] += sums[b]
-        size[a] += size[b]
-        means[a] = sums[a] / size[a]
-        nb = (neighbours.pop(a, set()) | neighbours.pop(b, set())) - {a, b}
-        nb = {find(x) for x in nb} - {a}
-        neighbours[a] = nb
-        if not nb:
-            continue
-        others = list(nb)
-        for c in others:
-            links = neighbours.setdefault(c, set())
+        sizes[a] += sizes[b]
+        mean = sums[a] / sizes[a]
+        means[a] = mean
+        nb_a, nb_b = neighbours[a], neighbours[b]
+        neighbours[b] = None
+        nb_a.discard(b)
+        nb_b.discard(a)
+        for c in nb_b:
+            links = neighbours[c]
             links.discard(b)
             links.add(a)
+        nb_a |= nb_b
+        if not nb_a:
+            continue
         # the grown fragment's distance to each neighbour, in one vectorised step
-        near = np.sqrt(((means[others] - means[a]) ** 2).sum(1))
-        va = version[a]
+        others = list(nb_a)
+        diff = means[others] - mean
+        near = np.sqrt((diff * diff).sum(1))
         for c, dc in zip(others, near.tolist()):
             if dc < max_distance:
                 push(heap, (dc, a, c, va, version[c]))
-    roots = np.array([find(i) for i in range(n + 1)])
-    return roots[labels]
+    for i in range(n + 1):  # point every fragment at its final root
+        j = i
+        while parent[j] != j:
+            j = parent[j]
+        parent[i] = j
+    return np.asarray(parent)[labels]
 
 
 def absorb_small(labels: np.ndarray, min_size: int) -> np.ndarray:
