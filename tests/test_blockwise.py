@@ -213,7 +213,7 @@ def test_blockwise_segmentation_matches_in_memory_segmentation(tmp_path, embed_f
 def test_worker_processes_give_the_same_labels_as_one_process(tmp_path):
     from napari_spoco.lazy_io import open_lazy
 
-    one = _sample_blockwise(tmp_path, "one.zarr")[2]
+    one = _sample_blockwise(tmp_path, "one.zarr", tta=True)[2]  # the default: the setting must reach the workers
     # a zarr input: read by path in the worker processes, not pickled with each task
     import zarr
 
@@ -231,7 +231,7 @@ def test_worker_processes_give_the_same_labels_as_one_process(tmp_path):
 
 def test_a_dask_distributed_cluster_runs_the_same_blocks(tmp_path):
     distributed = pytest.importorskip("distributed")
-    one = _sample_blockwise(tmp_path, "one.zarr")[2]
+    one = _sample_blockwise(tmp_path, "one.zarr", tta=True)[2]  # the default, as the cluster's run below
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
         s = load_sample()
         many = segment_blockwise(load_default_model(2), s.test_image, tmp_path / "cluster.zarr",
