@@ -8,7 +8,13 @@ and segments each data set's held-out images with every variant, everything else
 * ``two``: as it is and mirrored in Y and X together;
 * ``four``: as it is, mirrored in X, in Y and in both (the default, ``inference.TTA_FLIPS``);
 * ``eight``: 3D only, the four views and each of them mirrored in Z too;
-* ``foreground``: the embeddings of one pass with the four views' foreground.
+* ``foreground``: the embeddings of one pass with the four views' foreground;
+* ``concat``: the four views' embeddings side by side (64 channels for a 16-dimensional model),
+  scaled by 1/2 so that a distance is the root mean square of the four views' distances; the
+  foreground averaged. Averaging assumes an object keeps its embedding when mirrored, which
+  nothing in training asks for; side by side assumes nothing.
+
+``--on train`` scores the training images instead (every object of them, painted or not).
 
 Prints AP50 and mAP per seed, the error counts of ``postprocess_steps.anatomy`` and the seconds
 each variant took for the held-out images.
@@ -40,7 +46,7 @@ from napari_spoco.io import load_model  # noqa: E402
 
 FOUR = inference.TTA_FLIPS
 VIEWS = {"two": ((), (-2, -1)), "four": FOUR, "eight": FOUR + tuple((-3,) + f for f in FOUR)}
-VARIANTS = ("one", "two", "four", "eight", "foreground")
+VARIANTS = ("one", "two", "four", "eight", "foreground", "concat", "concat_pca")
 
 
 def _with_foreground_of_four(*args, **kwargs) -> Embedding:
@@ -51,14 +57,42 @@ def _with_foreground_of_four(*args, **kwargs) -> Embedding:
     return Embedding(one.embeddings, four.foreground, one.teacher_embeddings)
 
 
-def score(model, data: sa.Data, variant: str) -> dict:
+PCA = {"on": False}
+
+
+def _views_side_by_side(*args, **kwargs) -> Embedding:
+    """The four views' embeddings concatenated and scaled by 1/sqrt(4), the foreground averaged."""
+    kwargs.pop("tta", None)
+    views = []
+    try:
+        for axes in FOUR:
+            inference.TTA_FLIPS = (axes,)
+            views.append(inference.embed(*args, tta=True, **kwargs))
+    finally:
+        inference.TTA_FLIPS = FOUR
+    emb = np.concatenate([v.embeddings for v in views]) / np.sqrt(len(views))
+    if PCA["on"]:  # onto the principal axes of as many dimensions as one view has
+        flat = emb.reshape(len(emb), -1)
+        sample = flat[:, :: max(1, flat.shape[1] // 2**16)].astype(np.float64)
+        sample -= sample.mean(axis=1, keepdims=True)
+        _, vecs = np.linalg.eigh(sample @ sample.T)
+        basis = vecs[:, ::-1][:, : len(views[0].embeddings)].T.astype(np.float32)
+        emb = (basis @ flat).reshape((len(basis),) + emb.shape[1:])
+    fg = None if views[0].foreground is None else np.mean([v.foreground for v in views], axis=0)
+    return Embedding(np.ascontiguousarray(emb, dtype=np.float32), fg, None)
+
+
+def score(model, data: sa.Data, variant: str, on: str = "test") -> dict:
     """Mean AP50 / mAP over the held-out images with one variant, the error counts summed."""
-    segmentation.embed = _with_foreground_of_four if variant == "foreground" else inference.embed
+    segmentation.embed = {"foreground": _with_foreground_of_four, "concat": _views_side_by_side,
+                          "concat_pca": _views_side_by_side}.get(variant, inference.embed)
+    PCA["on"] = variant == "concat_pca"
     inference.TTA_FLIPS = VIEWS.get(variant, FOUR)
     t0 = time.perf_counter()
     scores, errors = [], {}
     try:
-        for _, img, gt in data.tests:
+        images = data.tests if on == "test" else list(zip(data.split.train, data.train_images, data.train_masks))
+        for _, img, gt in images:
             pred = segment(model, img, device="cpu", tta=variant != "one")
             scores.append(evaluate(gt, pred))
             for k, v in ps.anatomy(gt, pred).items():
@@ -75,6 +109,9 @@ def main() -> int:
     p.add_argument("--datasets", nargs="*")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["one", "two", "four", "foreground"])
+    p.add_argument("--on", choices=["test", "train"], default="test",
+                   help="score on the held-out images, or on the training images (all their objects: "
+                        "the case of a user who paints a few objects of an image and segments that image)")
     p.add_argument("--json")
     a = p.parse_args()
     rows = []
@@ -88,11 +125,11 @@ def main() -> int:
                 continue
             data = data or sa.Data(split, features=False)
             model = load_model(path)
-            row = {"dataset": split.name, "seed": seed}
+            row = {"dataset": split.name, "seed": seed, "on": a.on}
             for variant in a.variants:
                 if variant == "eight" and model.config.ndim == 2:
                     continue
-                row[variant] = score(model, data, variant)
+                row[variant] = score(model, data, variant, a.on)
                 r = row[variant]
                 print(f"{split.name:22s} seed {seed}  {variant:10s} AP50 {r['AP50']:.3f}  mAP {r['mAP']:.3f}  "
                       f"{r['seconds']:.1f} s  merged {r['merged']} split {r['split']} false {r['false']}", flush=True)
