@@ -179,3 +179,24 @@ def test_huge_label_ids_give_the_same_signals_as_small_ones():
     assert sorted(big) == sorted(i * 10**9 for i in small)
     for i, sig in small.items():
         assert big[i * 10**9] == pytest.approx(sig)
+
+
+def test_the_score_averages_the_scored_signals_and_reports_crowding():
+    """Crowding is shown but not scored (it ranked right instances above wrong ones when
+    measured): two twins whose means nearly coincide do not outrank a lone object on that alone,
+    and asking for crowding in the score brings it back."""
+    from napari_spoco.suggestions import SCORED
+
+    labels, emb = _scene()
+    e = emb.embeddings.copy()
+    e[0, labels == 2] = 0.3  # objects 1 and 2 now sit 0.3 apart in embedding space: crowded
+    crowded = Embedding(e, emb.foreground)
+    top = {s.label: s for s in suggest(labels, crowded, k=4, spread_sizes=False)}
+    assert "crowding" not in SCORED and top[1].signals["crowding"] > 0.9
+    for s in top.values():
+        used = [v for name, v in s.signals.items() if name in SCORED]
+        assert s.score == pytest.approx(np.mean(used), abs=1e-4)
+    assert abs(top[1].score - top[3].score) < 0.05  # crowding alone does not lift 1 above 3
+    with_crowding = {s.label: s.score for s in suggest(labels, crowded, k=4, spread_sizes=False,
+                                                       scored=SCORED + ("crowding",))}
+    assert with_crowding[1] > with_crowding[3] + 0.15

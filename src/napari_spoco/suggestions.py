@@ -8,7 +8,8 @@ Each predicted instance gets signals in [0, 1] from the network's own outputs (d
   the pixels of two objects merged under one id lie about δ_d or more from their common mean,
   while one object's stay well inside (measured: 0.19-0.54 δ_d on the sample's nuclei).
 * ``crowding``: how close the nearest other instance's mean embedding is, against the push
-  margin 2·δ_d that separates trained objects. Close means the clustering may have cut or merged.
+  margin 2·δ_d that separates trained objects. Reported, but not part of the score: measured,
+  it ranks right instances above wrong ones (benchmarks/suggestion_signals.py).
 * ``foreground``: how undecided the foreground head is over the instance (probability near 0.5).
 * ``size``: how far its size is from the painted (or else the typical predicted) object size, on
   a log scale: a 4x larger or smaller object scores 1.
@@ -16,7 +17,8 @@ Each predicted instance gets signals in [0, 1] from the network's own outputs (d
   ``segment(..., return_embedding=True)`` with consistency clustering): how far student and
   teacher embeddings differ over the instance, in units of δ_v.
 
-The score is the mean of the available signals; the k suggestions are the most doubtful
+The score is the mean of the available signals of :data:`SCORED` (docs/method.md, "Suggestions":
+which signals, measured as detectors of wrong instances); the k suggestions are the most doubtful
 instance of each of k size strata (:func:`spread_order`). Nothing here needs Qt; the napari
 panel and ``predict --suggest K`` show them.
 """
@@ -31,6 +33,10 @@ import numpy as np
 from .inference import Embedding
 
 SIGNALS = ("spread", "crowding", "foreground", "size", "disagreement")
+#: The signals the score averages. Crowding is left out: as a detector of wrong instances on
+#: the held-out images of three data sets its AUROC was 0.33-0.42 (below chance), and without it
+#: the mean of the rest detects them as well or better (docs/benchmarks.md, "Which signals").
+SCORED = ("spread", "foreground", "size", "disagreement")
 
 
 @dataclass
@@ -172,11 +178,13 @@ def suggest(
     painted_sizes: Sequence[int] | None = None,
     exclude: Sequence[int] = (),
     spread_sizes: bool = True,
+    scored: Sequence[str] = SCORED,
 ) -> list[Suggestion]:
     """``k`` doubtful instances of ``labels``, most doubtful first (ties: lower id first): the
     most doubtful of each of ``k`` size strata (:func:`spread_order`), or with
     ``spread_sizes=False`` the ``k`` top scores overall. ``exclude``: ids to leave out, e.g.
-    those already painted."""
+    those already painted. ``scored``: the signals the score averages (:data:`SCORED`); every
+    signal is reported in :attr:`Suggestion.signals`."""
     if k < 1:
         return []
     signals = instance_signals(labels, embedding, painted_sizes, with_pixels=True)
@@ -186,7 +194,8 @@ def suggest(
     for label, sig in signals.items():
         pixels = int(sig.pop("_pixels"))
         if label not in skip:
-            ranked.append((float(np.mean(list(sig.values()))), label, sig, pixels))
+            used = [v for name, v in sig.items() if name in scored]
+            ranked.append((float(np.mean(used)) if used else 0.0, label, sig, pixels))
     ranked.sort(key=lambda r: (-r[0], r[1]))
     if spread_sizes and len(ranked) > k:
         order = spread_order([r[3] for r in ranked], [r[0] for r in ranked], k)

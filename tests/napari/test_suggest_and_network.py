@@ -119,6 +119,9 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
         assert row.go_to_next() == i
         assert np.allclose(_camera(viewer).center[-2:], points.data[i], atol=0.5)
         assert result.selected_label == points.features["id"][i]
+        # the status line gives the signals behind the score; crowding is not one of them
+        assert f"id {points.features['id'][i]}, score" in row.label.text() and "crowding" not in row.label.text()
+        assert "foreground" in row.label.text()
     row.k_spin.setValue(2)
     row.suggest_btn.click()  # the same layer, updated
     assert len(viewer.layers[SUGGESTIONS_LAYER].data) == 2 and len(viewer.layers[SUGGESTIONS_LAYER].features) == 2

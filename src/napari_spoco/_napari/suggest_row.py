@@ -17,6 +17,7 @@ from napari.utils.colormaps import ensure_colormap
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
+from ..suggestions import SCORED
 from . import workers
 from .dialogs import error_message
 from .layers import find_layer
@@ -43,7 +44,7 @@ class SuggestRow(QWidget):
         row = QHBoxLayout()
         self.suggest_btn = QPushButton("Suggest next")
         self.suggest_btn.setToolTip(
-            "Mark the segmented objects the network is least sure of (spread-out or crowded "
+            "Mark the segmented objects the network is least sure of (spread-out "
             f"embeddings, undecided foreground, unusual size) in the '{SUGGESTIONS_LAYER}' layer: "
             "check those first, and paint or correct them before training again."
         )
@@ -190,6 +191,7 @@ class SuggestRow(QWidget):
         if result is not None:
             result.selected_label = label  # 5 · Use selected as labels copies it
         signals = next((s.signals for s in self.suggestions if s.label == label), {})
-        why = ", ".join(f"{k} {v:.2f}" for k, v in sorted(signals.items(), key=lambda kv: -kv[1]))
+        # the signals behind the score (crowding is reported in the CSV but not scored)
+        why = ", ".join(f"{k} {v:.2f}" for k, v in sorted(signals.items(), key=lambda kv: -kv[1]) if k in SCORED)
         self.label.setText(f"{i + 1}/{len(layer.data)}: id {label}, score {score:.2f}" + (f" ({why})" if why else ""))
         return i
