@@ -215,3 +215,37 @@ def test_stable_start_protects_only_a_start_that_fits_the_painted_objects(tiny_p
     monkeypatch.setattr(training, "FITS_OBJECTS", 0.0)  # as if the start fitted nothing
     model = training.train([s.train_image], [s.train_sparse], quick, model=load_default_model(2))
     assert not model.history["stable_start"] and model.predictor is model.student
+
+
+def test_training_again_on_the_same_images_continues_protected(monkeypatch):
+    # The label -> train -> correct -> train loop: the objects painted since are those the model
+    # got wrong, so its fit on them is poor; the gate alone would then discard the stable start
+    # (student predicts, normalisation re-estimated). A model fine-tuned on these very images
+    # before continues protected; another image still goes by the fit.
+    from napari_spoco import training
+
+    s = load_sample()
+    quick = TrainConfig(steps=1, device="cpu")
+    monkeypatch.setattr(training, "FITS_OBJECTS", 0.0)  # no start "fits": only the images can protect
+    first = training.train([s.train_image], [s.train_sparse], quick, model=load_default_model(2))
+    assert not first.history["stable_start"] and first.history["stable_reason"] is None
+    assert len(first.history["fine_tuned_on"]) == 1
+    again = training.train([s.train_image], [s.train_sparse], quick, model=first)
+    assert again.history["stable_start"] and again.history["stable_reason"] == "same images"
+    assert again.predictor is again.teacher and again.history["fine_tuned_on"] == first.history["fine_tuned_on"]
+    # a different image (the held-out crop, painted with its truth): the fit decides, as before
+    other = training.train([s.test_image], [s.test_truth], quick, model=load_default_model(2))
+    elsewhere = training.train([s.train_image], [s.train_sparse], quick, model=other)
+    assert not elsewhere.history["stable_start"] and elsewhere.predictor is elsewhere.student
+    assert len(elsewhere.history["fine_tuned_on"]) == 2  # both images now
+    # the fingerprints survive saving; self-supervised adaptation records none
+    import tempfile
+    from pathlib import Path
+
+    from napari_spoco.io import load_model, save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(again, Path(tmp) / "m.spoco.pt")
+        assert load_model(Path(tmp) / "m.spoco.pt").history["fine_tuned_on"] == again.history["fine_tuned_on"]
+    adapted = training.pretrain([s.train_image], TrainConfig(steps=1, device="cpu"), model=load_default_model(2))
+    assert "fine_tuned_on" not in adapted.history

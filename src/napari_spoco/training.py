@@ -41,6 +41,19 @@ CHANNELS_LAST = True
 FITS_OBJECTS = 0.47
 
 
+#: Fingerprints of training images kept in a model's history (the newest first).
+MAX_FINGERPRINTS = 256
+
+
+def image_fingerprints(data) -> list[str]:
+    """A short hash of each prepared training image (its pixels as the network sees them), so
+    that a later ``train`` can tell it continues on the same images: the user's label → train →
+    correct → train loop, not a new kind of image."""
+    import hashlib
+
+    return [hashlib.blake2b(np.ascontiguousarray(d.image).tobytes(), digest_size=8).hexdigest() for d in data]
+
+
 def starting_fit(model: SpocoModel, data, patch, batch: int, config, device, fmt, probes: int = 8) -> float:
     """Mean instance (Dice) term of ``model``'s predicting network on a few patches centred on
     painted objects, before training (no augmentation; its own random stream, so the training
@@ -407,10 +420,15 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     fmt = (torch.channels_last if ndim == 2 else torch.channels_last_3d) if CHANNELS_LAST else torch.contiguous_format
     student.to(memory_format=fmt)
     teacher.to(memory_format=fmt)
-    if stable:  # protect only a start that already fits these objects (FITS_OBJECTS)
+    prints = image_fingerprints(data)
+    if stable:  # protect only a start that already fits these objects (FITS_OBJECTS) ...
         fit = starting_fit(model, data, patch, batch, config, device, fmt)
         model.history["start_fit"] = round(fit, 3)
-        stable = fit < FITS_OBJECTS
+        # ... or a model fine-tuned on these very images before: it knows them, and the objects
+        # painted since are the ones it gets wrong (docs/method.md, "Fine-tuning a trained model")
+        again = bool(set(prints) & set(model.history.get("fine_tuned_on") or ()))
+        model.history["stable_reason"] = "fits" if fit < FITS_OBJECTS else "same images" if again else None
+        stable = fit < FITS_OBJECTS or again
     model.history["stable_start"] = stable
     model.history["precision"] = precision
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -524,6 +542,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         teacher.to(memory_format=torch.contiguous_format)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if not self_supervised and step > 0:  # what the next train() on these images continues from
+        model.history["fine_tuned_on"] = list(dict.fromkeys(prints + list(model.history.get("fine_tuned_on") or ())))[:MAX_FINGERPRINTS]
     if sizes and not self_supervised and step > 0:
         # Where does the thresholded foreground put the edge of the painted objects? segment()
         # grows objects by the best fit (edges.py; docs/method.md).
