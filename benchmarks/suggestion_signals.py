@@ -37,14 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import sparse_accuracy as sa  # noqa: E402
+from tta_views import each_view, saved_models  # noqa: E402
 
 from napari_spoco import inference, segment, segmentation  # noqa: E402
 from napari_spoco.inference import Embedding  # noqa: E402
-from napari_spoco.io import load_model  # noqa: E402
 from napari_spoco.suggestions import instance_signals  # noqa: E402
 
-FOUR = inference.TTA_FLIPS
 LIBRARY = ("spread", "crowding", "foreground", "size")
 
 
@@ -52,15 +50,7 @@ def _embed_with_view_spread(*args, **kwargs) -> Embedding:
     """The four views' mean embedding and foreground (what ``embed(tta=True)`` gives), with the
     views' per-pixel disagreement handed over as a stand-in teacher: ``teacher - embeddings`` is
     the disagreement along the first channel, so the library's ``disagreement`` signal reads it."""
-    kwargs.pop("tta", None)
-    kwargs.pop("with_teacher", None)
-    views = []
-    try:
-        for axes in FOUR:
-            inference.TTA_FLIPS = (axes,)
-            views.append(inference.embed(*args, tta=True, **kwargs))
-    finally:
-        inference.TTA_FLIPS = FOUR
+    views = each_view(*args, **kwargs)
     stack = np.stack([v.embeddings for v in views])
     mean = stack.mean(axis=0)
     rms = np.sqrt(((stack - mean) ** 2).sum(axis=1).mean(axis=0))
@@ -105,31 +95,22 @@ def main() -> int:
     signals = LIBRARY + ("views",)
     combos = [c for r in range(1, len(signals) + 1) for c in itertools.combinations(signals, r)]
     rows = []  # one per predicted instance
-    for split in sa.splits():
-        if split.name not in a.datasets:
-            continue
-        data = None
-        for seed in a.seeds:
-            path = Path(a.models) / f"{split.name}_seed{seed}.spoco.pt"
-            if not path.is_file():
-                continue
-            data = data or sa.Data(split, features=False)
-            model = load_model(path)
-            sizes = [int(n) for m in data.painted(a.fraction, seed) for n in np.bincount(m.ravel())[1:] if n]
-            segmentation.embed = _embed_with_view_spread
-            try:
-                for k, (_stem, img, gt) in enumerate(data.tests):
-                    pred, emb = segment(model, img, device="cpu", return_embedding=True)
-                    sig = instance_signals(pred, emb, sizes)
-                    wrong = wrong_instances(gt, pred)
-                    for label, s in sig.items():
-                        s["views"] = s.pop("disagreement")
-                        rows.append({"dataset": split.name, "seed": seed, "image": k, "label": label,
-                                     "wrong": wrong[label], **s})
-            finally:
-                segmentation.embed = inference.embed
-            n = sum(1 for r in rows if r["dataset"] == split.name and r["seed"] == seed)
-            print(f"{split.name} seed {seed}: {n} instances", flush=True)
+    for split, seed, data, model in saved_models(a.models, a.datasets, a.seeds):
+        sizes = [int(n) for m in data.painted(a.fraction, seed) for n in np.bincount(m.ravel())[1:] if n]
+        segmentation.embed = _embed_with_view_spread
+        try:
+            for k, (_stem, img, gt) in enumerate(data.tests):
+                pred, emb = segment(model, img, device="cpu", return_embedding=True)
+                sig = instance_signals(pred, emb, sizes)
+                wrong = wrong_instances(gt, pred)
+                for label, s in sig.items():
+                    s["views"] = s.pop("disagreement")
+                    rows.append({"dataset": split.name, "seed": seed, "image": k, "label": label,
+                                 "wrong": wrong[label], **s})
+        finally:
+            segmentation.embed = inference.embed
+        n = sum(1 for r in rows if r["dataset"] == split.name and r["seed"] == seed)
+        print(f"{split.name} seed {seed}: {n} instances", flush=True)
     print("\n| data set | wrong share | " + " | ".join(signals) + " | library mean (4) | best combination |")
     print("|---|---|" + "---|" * (len(signals) + 2))
     summary = {}

@@ -60,9 +60,11 @@ def _with_foreground_of_four(*args, **kwargs) -> Embedding:
 PCA = {"on": False}
 
 
-def _views_side_by_side(*args, **kwargs) -> Embedding:
-    """The four views' embeddings concatenated and scaled by 1/sqrt(4), the foreground averaged."""
+def each_view(*args, **kwargs) -> list[Embedding]:
+    """``inference.embed`` of each of the four views on its own (arguments as ``embed``'s; its
+    ``tta`` and ``with_teacher`` are ignored)."""
     kwargs.pop("tta", None)
+    kwargs.pop("with_teacher", None)
     views = []
     try:
         for axes in FOUR:
@@ -70,6 +72,12 @@ def _views_side_by_side(*args, **kwargs) -> Embedding:
             views.append(inference.embed(*args, tta=True, **kwargs))
     finally:
         inference.TTA_FLIPS = FOUR
+    return views
+
+
+def _views_side_by_side(*args, **kwargs) -> Embedding:
+    """The four views' embeddings concatenated and scaled by 1/sqrt(4), the foreground averaged."""
+    views = each_view(*args, **kwargs)
     emb = np.concatenate([v.embeddings for v in views]) / np.sqrt(len(views))
     if PCA["on"]:  # onto the principal axes of as many dimensions as one view has
         flat = emb.reshape(len(emb), -1)
@@ -103,6 +111,21 @@ def score(model, data: sa.Data, variant: str, on: str = "test") -> dict:
             "seconds": time.perf_counter() - t0, **errors}
 
 
+def saved_models(folder, datasets, seeds):
+    """(split, seed, data, model) for each ``{dataset}_seed{N}.spoco.pt`` that ``sparse_accuracy.py
+    --save-dir`` left in ``folder``; ``datasets`` None or empty: the non-optional sets. Each data
+    set's images are read once."""
+    for split in sa.splits():
+        if (datasets and split.name not in datasets) or (not datasets and split.optional):
+            continue
+        data = None
+        for seed in seeds:
+            path = Path(folder) / f"{split.name}_seed{seed}.spoco.pt"
+            if path.is_file():
+                data = data or sa.Data(split, features=False)
+                yield split, seed, data, load_model(path)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="--save-dir of sparse_accuracy.py")
@@ -115,25 +138,16 @@ def main() -> int:
     p.add_argument("--json")
     a = p.parse_args()
     rows = []
-    for split in sa.splits():
-        if (a.datasets and split.name not in a.datasets) or (not a.datasets and split.optional):
-            continue
-        data = None
-        for seed in a.seeds:
-            path = Path(a.models) / f"{split.name}_seed{seed}.spoco.pt"
-            if not path.is_file():
+    for split, seed, data, model in saved_models(a.models, a.datasets, a.seeds):
+        row = {"dataset": split.name, "seed": seed, "on": a.on}
+        for variant in a.variants:
+            if variant == "eight" and model.config.ndim == 2:
                 continue
-            data = data or sa.Data(split, features=False)
-            model = load_model(path)
-            row = {"dataset": split.name, "seed": seed, "on": a.on}
-            for variant in a.variants:
-                if variant == "eight" and model.config.ndim == 2:
-                    continue
-                row[variant] = score(model, data, variant, a.on)
-                r = row[variant]
-                print(f"{split.name:22s} seed {seed}  {variant:10s} AP50 {r['AP50']:.3f}  mAP {r['mAP']:.3f}  "
-                      f"{r['seconds']:.1f} s  merged {r['merged']} split {r['split']} false {r['false']}", flush=True)
-            rows.append(row)
+            row[variant] = score(model, data, variant, a.on)
+            r = row[variant]
+            print(f"{split.name:22s} seed {seed}  {variant:10s} AP50 {r['AP50']:.3f}  mAP {r['mAP']:.3f}  "
+                  f"{r['seconds']:.1f} s  merged {r['merged']} split {r['split']} false {r['false']}", flush=True)
+        rows.append(row)
     print("\n| data set | seeds | " + " | ".join(a.variants) + " |\n|---|---|" + "---|" * len(a.variants))
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
