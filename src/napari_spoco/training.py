@@ -420,7 +420,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     fmt = (torch.channels_last if ndim == 2 else torch.channels_last_3d) if CHANNELS_LAST else torch.contiguous_format
     student.to(memory_format=fmt)
     teacher.to(memory_format=fmt)
-    prints = image_fingerprints(data)
+    prints = [] if self_supervised else image_fingerprints(data)  # only supervised training records them
     if stable:  # protect only a start that already fits these objects (FITS_OBJECTS) ...
         fit = starting_fit(model, data, patch, batch, config, device, fmt)
         model.history["start_fit"] = round(fit, 3)
