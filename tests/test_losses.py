@@ -202,3 +202,94 @@ def test_foreground_consistency_is_smallest_when_the_student_agrees_with_the_tea
     assert agree < disagree
     agree.backward()
     assert torch.allclose(student.grad, torch.zeros(3), atol=1e-6)  # the optimum: p_student = p_teacher
+
+
+def _anchors_one_by_one(e, region, delta_var, max_anchors, stop_fraction, generator):
+    """The definition: each anchor uniform among the pixels still remaining."""
+    remaining = region.clone()
+    total = int(region.sum())
+    anchors = []
+    while len(anchors) < max_anchors:
+        n = int(remaining.sum())
+        if n == 0 or n < stop_fraction * total:
+            break
+        idx = torch.nonzero(remaining).squeeze(1)
+        pick = int(idx[torch.randint(len(idx), (1,), generator=generator).item()])
+        anchors.append(pick)
+        remaining &= ((e - e[:, pick : pick + 1]) ** 2).sum(0) >= delta_var**2
+    return anchors
+
+
+@pytest.mark.parametrize("candidates", [512, 3])
+def test_consistency_anchors_are_drawn_as_one_at_a_time(candidates):
+    # Pixels in 1D embedding space: a tight group of 6, a loose chain of 8, 4 loners, and 2 pixels
+    # outside the region. Which pixels become anchors, and how many, must follow the same law as
+    # drawing one anchor at a time (batches of candidates, the stop rule counted afterwards).
+    x = [0.0, 0.1, 0.2, 0.25, 0.3, 0.35] + [2.0 + 0.3 * i for i in range(8)] + [6.0, 7.5, 9.0, 11.0, 20.0, 30.0]
+    e = torch.tensor([x])
+    region = torch.ones(len(x), dtype=torch.bool)
+    region[-2:] = False
+    runs = 2000
+
+    def law(fn):
+        chosen = torch.zeros(len(x))
+        counts = torch.zeros(7)
+        for seed in range(runs):
+            anchors = [int(a) for a in fn(e, region, 0.5, 6, 0.3, torch.Generator().manual_seed(seed))]
+            assert len(set(anchors)) == len(anchors) and all(region[a] for a in anchors)
+            chosen[anchors] += 1
+            counts[len(anchors)] += 1
+        return chosen / runs, counts / runs
+
+    def batched(*args):
+        return pick_consistency_anchors(*args, candidates=candidates)
+
+    ref_chosen, ref_counts = law(_anchors_one_by_one)
+    new_chosen, new_counts = law(batched)
+    assert (ref_counts > 0.05).sum() >= 2  # the stop rule really varies the count here
+    assert (new_chosen - ref_chosen).abs().max() < 0.06
+    assert (new_counts - ref_counts).abs().max() < 0.06
+
+
+def _plain_consistency(es, et, anchors, delta_var):
+    """The consistency term written with autograd, as the paper states it."""
+    s_f = soft_mask(es, es[:, anchors].T, delta_var)
+    s_g = soft_mask(et.detach(), et.detach()[:, anchors].T, delta_var)
+    return dice_loss(s_f, s_g).mean()
+
+
+def test_consistency_gradient_matches_autograd_of_the_plain_expression():
+    torch.manual_seed(0)
+    # Embeddings laid out as a channels-last network output gives them: (E, P) with stride (1, E).
+    base = torch.randn(300, 4) * 0.8
+    es = base.T.clone().requires_grad_(True)
+    es_strided = base.clone().requires_grad_(True)
+    et = base.T + 0.2 * torch.randn(4, 300)
+    anchors = torch.tensor([3, 4, 50, 120, 299])  # 3 and 4 close to each other or not: both fine
+    want = _plain_consistency(es, et, anchors, 0.5)
+    (want * 1.7).backward()
+    got = consistency_term(es_strided.T, et, anchors, 0.5)
+    (got * 1.7).backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(es_strided.grad.T, es.grad, atol=1e-6, rtol=1e-4)
+    assert es.grad.abs().max() > 1e-3  # a gradient that can differ
+
+
+def test_terms_sharing_one_distance_matrix_give_what_each_gives_alone():
+    torch.manual_seed(1)
+    emb = torch.randn(2, 3, 8, 8, requires_grad=True)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, :3, :3], labels[0, 5:, 5:], labels[1, 2:6, 2:6] = 1, 2, 7
+    bg = torch.zeros(2, 8, 8, dtype=torch.bool)
+    bg[0, 0, 7] = bg[1, 7, 0] = True
+    cfg = LossConfig(consistency_weight=0.0, foreground_weight=0.0)
+    out = spoco_loss(emb, labels, bg, cfg)
+    for name, fn in (("pull", lambda e, m, mu, lab, known: pull_term(e, m, mu, cfg.delta_var)),
+                     ("instance", lambda e, m, mu, lab, known: instance_term(e, m, mu, known, cfg.delta_var)),
+                     ("unlabelled_push", lambda e, m, mu, lab, known: unlabelled_push_term(e, mu, lab == 0, cfg.delta_dist))):
+        alone = []
+        for i in range(2):
+            e, lab = emb[i].reshape(3, -1), labels[i].reshape(-1)
+            m = object_masks(lab)
+            alone.append(fn(e, m, object_means(e, m), lab, (lab > 0) | bg[i].reshape(-1)))
+        assert out[name].item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5), name

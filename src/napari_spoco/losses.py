@@ -59,11 +59,15 @@ def object_means(e: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (masks @ e.T) / masks.sum(1, keepdim=True).clamp_min(1.0)
 
 
-def pull_term(e: torch.Tensor, masks: torch.Tensor, mu: torch.Tensor, delta_var: float) -> torch.Tensor:
-    """Mean over objects of mean over its pixels of max(0, d(e_i, μ_k) − δ_v)²."""
+def pull_term(e: torch.Tensor, masks: torch.Tensor, mu: torch.Tensor, delta_var: float,
+              d2: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over objects of mean over its pixels of max(0, d(e_i, μ_k) − δ_v)².
+
+    ``d2``: ``sq_dist(mu, e)`` when the caller has it (spoco_loss shares one between the terms
+    that measure pixels against the object means)."""
     if masks.shape[0] == 0:
         return e.sum() * 0.0
-    d = torch.sqrt(sq_dist(mu, e) + _EPS)
+    d = torch.sqrt((sq_dist(mu, e) if d2 is None else d2) + _EPS)
     hinge = F.relu(d - delta_var) ** 2
     return ((hinge * masks).sum(1) / masks.sum(1).clamp_min(1.0)).mean()
 
@@ -106,6 +110,7 @@ def instance_term(
     mu: torch.Tensor,
     known: torch.Tensor,
     delta_var: float,
+    d2: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dice between each object's soft mask (anchor = μ_k, as the reference) and its true mask.
 
@@ -115,18 +120,22 @@ def instance_term(
     """
     if masks.shape[0] == 0:
         return e.sum() * 0.0
-    s = soft_mask(e, mu, delta_var)
+    s = soft_mask(e, mu, delta_var) if d2 is None else torch.exp(-d2 / kernel_two_sigma_sq(delta_var))
     return dice_loss(s, masks, known.to(s.dtype)[None, :]).mean()
 
 
 def unlabelled_push_term(
-    e: torch.Tensor, mu: torch.Tensor, unlabelled: torch.Tensor, delta_dist: float
+    e: torch.Tensor, mu: torch.Tensor, unlabelled: torch.Tensor, delta_dist: float,
+    d2: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Push pixels outside every painted object at least δ_d from each object's mean."""
-    if mu.shape[0] == 0 or not bool(unlabelled.any()):
+    """Push pixels outside every painted object at least δ_d from each object's mean (mean over
+    those pixels, then over objects). Measured on all pixels and masked: cheaper than gathering
+    the unlabelled ones, which are most of a patch."""
+    n = int(unlabelled.sum())
+    if mu.shape[0] == 0 or n == 0:
         return e.sum() * 0.0
-    d = torch.sqrt(sq_dist(mu, e[:, unlabelled]) + _EPS)
-    return (F.relu(delta_dist - d) ** 2).mean(1).mean()
+    d = torch.sqrt((sq_dist(mu, e) if d2 is None else d2) + _EPS)
+    return ((F.relu(delta_dist - d) ** 2) * unlabelled.to(d.dtype)).sum(1).mean() / n
 
 
 @torch.no_grad()
@@ -137,22 +146,100 @@ def pick_consistency_anchors(
     max_anchors: int,
     stop_fraction: float,
     generator: torch.Generator,
+    candidates: int = 512,
 ) -> torch.Tensor:
     """Anchor pixels in ``region``: each one removes its δ_v-neighbourhood (in ``e``) from
-    the remaining region; stop after ``max_anchors`` or once < ``stop_fraction`` remains."""
-    remaining = region.clone()
-    total = int(region.sum())
-    anchors: list[int] = []
-    while len(anchors) < max_anchors:
-        n = int(remaining.sum())
+    the remaining region; stop after ``max_anchors`` or once < ``stop_fraction`` remains.
+
+    Drawn as the sequential definition draws them (each anchor uniform among the pixels still
+    remaining), in batches: the first eligible pixel of a random order of the remaining ones is
+    uniform among them, so a batch of ``candidates`` in random order is picked from with their
+    own distances alone, and one product with all remaining pixels then counts what each anchor
+    removed (for the stop rule). One pass over a patch instead of one per anchor: 20 passes over
+    131 072 pixels were a tenth of a 3D training step (docs/benchmarks.md, "Training speed")."""
+    dv2 = delta_var**2
+    rest = torch.nonzero(region).squeeze(1)  # the remaining pixels
+    total = len(rest)
+    anchors: list[torch.Tensor] = []
+    count = 0
+    while count < max_anchors:
+        n = len(rest)
         if n == 0 or n < stop_fraction * total:
             break
-        idx = torch.nonzero(remaining).squeeze(1)
-        pick = idx[torch.randint(len(idx), (1,), generator=generator).item()]
-        anchors.append(int(pick))
-        d2 = sq_dist(e[:, pick][None, :], e)[0]
-        remaining &= d2 >= delta_var**2
-    return torch.tensor(anchors, dtype=torch.long, device=e.device)
+        cand = rest[torch.randperm(n, generator=generator, device=generator.device)[:candidates].to(rest.device)]
+        c = e[:, cand].T  # (M, E)
+        close = (sq_dist(c, c.T) < dv2).cpu().numpy()
+        blocked = close[0] & False
+        picked = []
+        for j in range(len(cand)):
+            if blocked[j]:
+                continue
+            picked.append(j)
+            if count + len(picked) == max_anchors:
+                break
+            blocked |= close[j]
+        new = cand[torch.as_tensor(picked, device=cand.device)]
+        # which of the new anchors removes each remaining pixel first (len(new): none)
+        near = sq_dist(e[:, new].T, e[:, rest]) < dv2  # (A, n)
+        near[torch.arange(len(new), device=near.device), torch.searchsorted(rest, new)] = True
+        small = torch.uint8 if len(new) < 256 else torch.int16
+        rank = torch.arange(len(new), 0, -1, dtype=small, device=near.device)[:, None]
+        first = len(new) - (near.to(small) * rank).amax(0).long()  # argmax(0) is 5x slower
+        removed = torch.bincount(first, minlength=len(new) + 1)[:-1].cumsum(0)
+        before = n - torch.cat([removed.new_zeros(1), removed[:-1]])  # remaining before each anchor
+        keep = int(((before > 0) & (before >= stop_fraction * total)).sum())  # non-increasing: a prefix
+        anchors.append(new[:keep])
+        count += keep
+        if keep < len(new):
+            break
+        rest = rest[first >= keep]
+    if not anchors:
+        return torch.zeros(0, dtype=torch.long, device=e.device)
+    return torch.cat(anchors).to(e.device)
+
+
+def _soft_masks_fused(e: torch.Tensor, anchors: torch.Tensor, delta_var: float) -> torch.Tensor:
+    """:func:`soft_mask` around the embeddings of the ``anchors`` pixels, without autograd and
+    in place on one (K, P) buffer (the consistency term's own backward is analytic)."""
+    a = e[:, anchors].T  # (K, E)
+    d2 = torch.addmm((e * e).sum(0, keepdim=True), a, e, alpha=-2.0)
+    d2.add_((a * a).sum(1, keepdim=True)).clamp_min_(0.0)
+    return d2.mul_(-1.0 / kernel_two_sigma_sq(delta_var)).exp_()
+
+
+class _ConsistencyDice(torch.autograd.Function):
+    """Mean over anchors of the Dice loss between the student's soft masks and the teacher's
+    (a constant), with the gradient written out: autograd's graph of the same expression keeps
+    and revisits half a dozen (K, P) intermediates and was most of a 3D training step's loss
+    time. d(Dice)/dS, times dS/d(d²) = −S/2σ², then d(d²)/de for the pixels and the anchors."""
+
+    @staticmethod
+    def forward(ctx, e, teacher_masks, anchors, delta_var):
+        with torch.no_grad():
+            s = _soft_masks_fused(e, anchors, delta_var)
+            t = teacher_masks
+            inter = torch.linalg.vecdot(s, t, dim=1)
+            denom = (torch.linalg.vecdot(s, s, dim=1) + torch.linalg.vecdot(t, t, dim=1)).clamp_min(_EPS)
+            loss = (1.0 - 2.0 * inter / denom).mean()
+        ctx.save_for_backward(e, s, t, anchors, inter, denom)
+        ctx.delta_var = delta_var
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        e, s, t, anchors, inter, denom = ctx.saved_tensors
+        k = s.shape[0]
+        two_sigma_sq = kernel_two_sigma_sq(ctx.delta_var)
+        # dL/dS = -(2/K)(T/D - 2 I S / D²); G = dL/d(d²) = dL/dS * (-S / 2σ²)
+        g = t * (1.0 / denom)[:, None]
+        g.addcmul_(s, (2.0 * inter / denom**2)[:, None], value=-1.0)
+        g.mul_(s).mul_(float(grad_out) * 2.0 / (k * two_sigma_sq))
+        a = e[:, anchors].T  # (K, E)
+        # d² = |a|² - 2 a·e + |e|²: d/de_p = 2 (e_p - a_k), d/da_k = 2 (a_k - e_p)
+        grad_e = torch.addmm(e * (2.0 * g.sum(0))[None, :], a.T, g, alpha=-2.0)
+        grad_a = a * (2.0 * g.sum(1))[:, None] - 2.0 * (g @ e.T)
+        grad_e.index_add_(1, anchors, grad_a.T)
+        return grad_e, None, None, None
 
 
 def consistency_term(
@@ -165,10 +252,9 @@ def consistency_term(
     pixels (each around its own embedding of that pixel). The teacher is treated as a constant."""
     if anchors.numel() == 0:
         return e_student.sum() * 0.0
-    e_teacher = e_teacher.detach()
-    s_f = soft_mask(e_student, e_student[:, anchors].T, delta_var)
-    s_g = soft_mask(e_teacher, e_teacher[:, anchors].T, delta_var)
-    return dice_loss(s_f, s_g).mean()
+    with torch.no_grad():
+        s_g = _soft_masks_fused(e_teacher.detach(), anchors, delta_var)
+    return _ConsistencyDice.apply(e_student, s_g, anchors, delta_var)
 
 
 def foreground_term(
@@ -236,11 +322,12 @@ def spoco_loss(
         masks = object_masks(lab)
         mu = object_means(e, masks)
         known = (lab > 0) | bg
-        terms["pull"].append(pull_term(e, masks, mu, config.delta_var))
+        d2 = sq_dist(mu, e) if mu.shape[0] else None  # pixels against object means, shared
+        terms["pull"].append(pull_term(e, masks, mu, config.delta_var, d2))
         terms["push"].append(push_term(mu, config.delta_dist))
         terms["reg"].append(regularizer_term(mu))
-        terms["instance"].append(instance_term(e, masks, mu, known, config.delta_var))
-        terms["unlabelled_push"].append(unlabelled_push_term(e, mu, lab == 0, config.delta_dist))
+        terms["instance"].append(instance_term(e, masks, mu, known, config.delta_var, d2))
+        terms["unlabelled_push"].append(unlabelled_push_term(e, mu, lab == 0, config.delta_dist, d2))
         if teacher_emb is not None and config.consistency_weight > 0:
             region = (lab == 0) & ~bg
             anchors = pick_consistency_anchors(
