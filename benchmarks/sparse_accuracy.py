@@ -226,7 +226,7 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
-             save_dir: Path | None = None, precision: str = "float32", voxel_size: tuple | None = None,
+             save_dir: Path | None = None, precision: str = "auto", voxel_size: tuple | None = None,
              loss: dict | None = None) -> dict:
     import torch
 
@@ -414,8 +414,9 @@ def parse_args() -> argparse.Namespace:
                         help="each seed picks the painted objects, and seeds SPOCO's training and the forest")
     parser.add_argument("--seed", type=int, help="one seed (the same as --seeds N)")
     parser.add_argument("--datasets", nargs="*")
-    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
-                        help="number format of SPOCO's training steps (TrainConfig.precision; default float32)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="number format of SPOCO's training steps (TrainConfig.precision; default auto, "
+                        "the library's: bfloat16 for 3D networks where native)")
     parser.add_argument("--voxel-size", default="known", choices=("known", "none", "cubic"),
                         help="known: train with the voxel size a data set's metadata would give (the generated "
                         "3D set's z-step; the shared sets are isotropic); none: give none, as for files that "

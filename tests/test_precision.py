@@ -24,7 +24,7 @@ def _toy():
 
 
 def test_auto_follows_the_hardware_and_explicit_choices_are_kept():
-    assert TrainConfig().precision == "float32"  # until bfloat16 trains as well (docs/method.md)
+    assert TrainConfig().precision == "auto"  # 3D in bfloat16 where native (docs/method.md, "Number format")
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bfloat16" if native_bfloat16(cpu) else "float32")
     assert resolve_precision("auto", cpu, 3) == resolve_precision("auto", cpu)  # 3D: as the hardware allows

@@ -221,10 +221,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="float32", choices=PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="number format of the network while training: 'bfloat16' convolutions are faster where "
-                   "the CPU or GPU has them natively (weights stay float32), 'auto' uses them there for 3D "
-                   "networks and float32 elsewhere (docs/method.md, Number format). Default: float32")
+                   "the CPU or GPU has them natively (weights stay float32); 'auto' (the default) uses them "
+                   "there for 3D networks and float32 elsewhere (docs/method.md, Number format)")
 
 
 def _add_network(p: argparse.ArgumentParser) -> None:
