@@ -66,10 +66,34 @@ def test_the_cli_passes_the_choice_on_and_refuses_an_unknown_one(folders, capsys
     model = load_model(out)
     assert model.history["precision"] == "float32"
     assert model.history["train_config"]["precision"] == "float32"
+    assert "bfloat16" not in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
               "--out", str(folders / "n.pt"), "--steps", "2", "--precision", "fp8"])
     assert "invalid choice" in capsys.readouterr().err
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(folders / "b.pt"), "--steps", "1", "--device", "cpu", "--precision", "bfloat16"]) == 0
+    assert "The network trains in bfloat16 (as asked" in capsys.readouterr().err
+
+
+def test_the_cli_names_bfloat16_when_auto_picks_it_for_a_volume(tmp_path, capsys):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.1, 0.02, (8, 32, 32)).astype(np.float32)
+    labels = np.zeros((8, 32, 32), np.uint16)
+    for i, (y, x) in enumerate([(8, 8), (8, 24), (24, 16)], start=1):
+        volume[2:6, y - 3:y + 3, x - 3:x + 3] += 1.0
+        labels[2:6, y - 3:y + 3, x - 3:x + 3] = i
+    for sub, data in (("images", volume), ("labels", labels)):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / "v.tif", data)
+    assert main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--out", str(tmp_path / "m.pt"), "--steps", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    native = native_bfloat16(torch.device("cpu"))
+    assert ("The network trains in bfloat16 (the hardware has it natively" in err) == native
+    assert load_model(tmp_path / "m.pt").history["precision"] == ("bfloat16" if native else "float32")
 
 
 def test_segmenting_in_bfloat16_stays_close_to_float32_and_reaches_predict(folders, tmp_path):

@@ -227,6 +227,22 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
                    "there for 3D networks and float32 elsewhere (docs/method.md, Number format)")
 
 
+def _say_precision(precision: str, device: str, ndim: int) -> None:
+    """Name the number format when training will not run in float32 (``auto`` picks bfloat16 for a
+    3D network where the hardware has it natively; docs/method.md, "Number format")."""
+    from .model import select_device
+    from .precision import resolve_precision
+
+    try:
+        used = resolve_precision(precision, select_device(device), ndim)
+    except SpocoError:
+        return  # the device itself is refused later, with its own message
+    if used == "bfloat16":
+        how = "the hardware has it natively" if precision == "auto" else "as asked"
+        print(f"The network trains in bfloat16 ({how}; weights stay float32); --precision float32 "
+              "trains in float32.", file=sys.stderr)
+
+
 def _add_network(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="auto", choices=NETWORK_CHOICES,
                    help="network of a new model: 'small' (the CPU default), 'large' (the paper's six levels, for a "
@@ -582,6 +598,7 @@ def cmd_train(args) -> int:
         voxel_size=voxel_size,
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
+    _say_precision(args.precision, args.device, labels[0].ndim)
     model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
                                                 channel_axis=args.channel_axis, model_config=model_config)
     return _save_trained(model, out, trained, code)
