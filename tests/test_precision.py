@@ -94,6 +94,9 @@ def test_the_cli_names_bfloat16_when_auto_picks_it_for_a_volume(tmp_path, capsys
     native = native_bfloat16(torch.device("cpu"))
     assert ("The network trains in bfloat16 (the hardware has it natively" in err) == native
     assert load_model(tmp_path / "m.pt").history["precision"] == ("bfloat16" if native else "float32")
+    assert main(["pretrain", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p.pt"),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    assert ("The network trains in bfloat16 (the hardware has it natively" in capsys.readouterr().err) == native
 
 
 def test_segmenting_in_bfloat16_stays_close_to_float32_and_reaches_predict(folders, tmp_path):

@@ -623,6 +623,7 @@ def cmd_pretrain(args) -> int:
     config = pretrain_config(steps=steps, minutes=args.minutes, device=args.device, seed=args.seed,
                              precision=args.precision)
     print(f"Self-supervised pretraining on {len(images)} unlabelled image(s).", file=sys.stderr)
+    _say_precision(args.precision, args.device, np.ndim(images[0]) - (args.channel_axis is not None))
     model, trained, code = _train_with_progress(images, None, config, model=init, names=names, self_supervised=True,
                                                 channel_axis=args.channel_axis, model_config=model_config)
     code = _save_trained(model, out, trained, code)
