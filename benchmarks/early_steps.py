@@ -2,7 +2,7 @@
 
     python benchmarks/early_steps.py [--steps 1 5 20 100 300] [--seeds 0 1 2] [--compare]
                                      [--problem sample|bbbc039] [--data DIR] [--init default|none]
-                                     [--threads N] [--json FILE]
+                                     [--threads N] [--precision auto|float32|bfloat16] [--json FILE]
 
 Fine-tunes the shipped 2D model (``napari_spoco.pretrained.load_default_model(2)``) on sparse
 labels and segments (default mean-shift ``segment``) after each step count in ``--steps``, for
@@ -23,7 +23,8 @@ Rule (issue 5): at every step count, the lowest AP50 over the seeds must not fal
 the teacher follows the student from the first step and the model predicts with the student).
 ``--init none`` trains from scratch instead (no zero-shot row, no verdict): both behaviours
 must then be identical, since the fix only concerns starting from a trained model.
-Step counts, not minutes, so the numbers do not depend on the machine's load.
+Step counts, not minutes, so the numbers do not depend on the machine's load. ``--precision``:
+training's number format (``TrainConfig.precision``; segmentation keeps its default).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def main() -> int:
     ap.add_argument("--compare", action="store_true", help="also run the behaviour before the fix")
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="training's number format (segmentation keeps its default)")
     ap.add_argument("--json", type=Path, help="also save the scores here")
     args = ap.parse_args()
     import os
@@ -120,7 +123,7 @@ def main() -> int:
         zero = ap50(load_default_model(2), targets) if args.init == "default" else None
         for mode in modes:
             start = load_default_model(2) if args.init == "default" else None
-            config = TrainConfig(seed=seed, device="cpu", **MODES[mode])
+            config = TrainConfig(seed=seed, device="cpu", precision=args.precision, **MODES[mode])
             snaps = run(images, labels, config, start, checkpoints)
             scores[mode][seed] = {0: zero} if zero is not None else {}
             for step, snap in snaps.items():
@@ -130,7 +133,7 @@ def main() -> int:
                 file=sys.stderr, flush=True)
     meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "data": args.problem,
-            "init": args.init, "seeds": args.seeds, "margin": args.margin,
+            "init": args.init, "seeds": args.seeds, "precision": args.precision, "margin": args.margin,
             "minutes": round((time.perf_counter() - t0) / 60, 1)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

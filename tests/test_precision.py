@@ -24,11 +24,14 @@ def _toy():
 
 
 def test_auto_follows_the_hardware_and_explicit_choices_are_kept():
-    assert TrainConfig().precision == "auto"  # 3D in bfloat16 where native (docs/method.md, "Number format")
+    assert TrainConfig().precision == "auto"  # bfloat16 where native (docs/method.md, "Number format")
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bfloat16" if native_bfloat16(cpu) else "float32")
     assert resolve_precision("auto", cpu, 3) == resolve_precision("auto", cpu)  # 3D: as the hardware allows
-    assert resolve_precision("auto", cpu, 2) == "float32"  # 2D: clustering dominates, single objects flipped
+    # segmenting with a 2D network: clustering dominates, single objects flipped; training it: as the hardware allows
+    assert resolve_precision("auto", cpu, 2) == "float32"
+    assert resolve_precision("auto", cpu, 2, training=True) == resolve_precision("auto", cpu)
+    assert resolve_precision("float32", cpu, 2, training=True) == "float32"
     assert resolve_precision("bfloat16", cpu, 2) == "bfloat16"
     assert resolve_precision("float32", cpu) == "float32"
     assert resolve_precision("bfloat16", cpu) == "bfloat16"
@@ -74,6 +77,12 @@ def test_the_cli_passes_the_choice_on_and_refuses_an_unknown_one(folders, capsys
     assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
                  "--out", str(folders / "b.pt"), "--steps", "1", "--device", "cpu", "--precision", "bfloat16"]) == 0
     assert "The network trains in bfloat16 (as asked" in capsys.readouterr().err
+    # auto: a 2D network trains in bfloat16 where the CPU has it natively, and says so
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(folders / "a.pt"), "--steps", "1", "--device", "cpu"]) == 0
+    native = native_bfloat16(torch.device("cpu"))
+    assert ("The network trains in bfloat16 (the hardware has it natively" in capsys.readouterr().err) == native
+    assert load_model(folders / "a.pt").history["precision"] == ("bfloat16" if native else "float32")
 
 
 def test_the_cli_names_bfloat16_when_auto_picks_it_for_a_volume(tmp_path, capsys):

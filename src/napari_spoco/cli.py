@@ -224,17 +224,17 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="number format of the network while training: 'bfloat16' convolutions are faster where "
                    "the CPU or GPU has them natively (weights stay float32); 'auto' (the default) uses them "
-                   "there for 3D networks and float32 elsewhere (docs/method.md, Number format)")
+                   "there and float32 elsewhere (docs/method.md, Number format)")
 
 
 def _say_precision(precision: str, device: str, ndim: int) -> None:
-    """Name the number format when training will not run in float32 (``auto`` picks bfloat16 for a
-    3D network where the hardware has it natively; docs/method.md, "Number format")."""
+    """Name the number format when training will not run in float32 (``auto`` picks bfloat16
+    where the hardware has it natively; docs/method.md, "Number format")."""
     from .model import select_device
     from .precision import resolve_precision
 
     try:
-        used = resolve_precision(precision, select_device(device), ndim)
+        used = resolve_precision(precision, select_device(device), ndim, training=True)
     except SpocoError:
         return  # the device itself is refused later, with its own message
     if used == "bfloat16":

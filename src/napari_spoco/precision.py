@@ -9,8 +9,9 @@ also keeps float32 for 2D networks, where a Segment is mostly clustering and bfl
 5-17 % of it while its rounding flipped single objects on small crops.
 Segmentation defaults to ``auto`` (:data:`INFERENCE_PRECISION`): a 3D volume takes half the
 time with the same objects, and a forward pass needs 0.42x the memory, so its tiles may be
-twice as large (:func:`tile_voxels`). Training defaults to ``auto`` too: a 3D network makes 1.8x
-the steps in a time budget and trained as well over three seeds on two 3D sets.
+twice as large (:func:`tile_voxels`). Training defaults to ``auto`` too, and there it means
+bfloat16 for 2D networks as well: a 3D network makes 1.8x the steps in a time budget, a 2D one
+1.4x, and both trained as well or better over three seeds per data set.
 docs/method.md, "Number format", gives the measurements.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 from .errors import SpocoError
 
-#: ``auto``: bfloat16 for 3D networks where the device runs it natively, else float32.
+#: ``auto``: bfloat16 where the device runs it natively (for 2D networks in training only), else float32.
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: What segmentation uses unless told otherwise (training: ``TrainConfig.precision``, also auto).
 INFERENCE_PRECISION = "auto"
@@ -47,14 +48,15 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def resolve_precision(precision: str, device: torch.device, ndim: int | None = None) -> str:
+def resolve_precision(precision: str, device: torch.device, ndim: int | None = None, training: bool = False) -> str:
     """``float32`` or ``bfloat16``: what ``precision`` means on ``device`` for a network of
-    ``ndim`` spatial axes (``auto`` is float32 for 2D ones; None: any). An explicit
+    ``ndim`` spatial axes (None: any). ``auto`` is bfloat16 where the device has it natively,
+    except for segmenting with a 2D network (``training=False``), which keeps float32. An explicit
     ``bfloat16`` is honoured even where it is emulated (slow, but the user asked for it);
     devices without bfloat16 autocast (MPS) get float32."""
     precision = check_precision(precision)
     if precision == "auto":
-        return "bfloat16" if native_bfloat16(device) and ndim != 2 else "float32"
+        return "bfloat16" if native_bfloat16(device) and (training or ndim != 2) else "float32"
     if precision == "bfloat16" and device.type not in ("cpu", "cuda"):
         return "float32"
     return precision
