@@ -416,7 +416,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="number format of SPOCO's training steps (TrainConfig.precision; default auto, "
-                        "the library's: bfloat16 for 3D networks where native)")
+                        "the library's: bfloat16 where native)")
     parser.add_argument("--voxel-size", default="known", choices=("known", "none", "cubic"),
                         help="known: train with the voxel size a data set's metadata would give (the generated "
                         "3D set's z-step; the shared sets are isotropic); none: give none, as for files that "

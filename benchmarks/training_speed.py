@@ -8,8 +8,8 @@ Variants (each fine-tunes a fresh copy of the shipped 2D or 3D model with the de
 
 * ``current``            — bfloat16 convolutions where the CPU has them natively
   (napari_spoco.precision.native_bfloat16), float32 elsewhere;
-* ``float32``            — ``precision="float32"`` (the library's default is ``auto``: float32 for
-  2D networks, bfloat16 for 3D ones where native);
+* ``float32``            — ``precision="float32"`` (the library's default is ``auto``: bfloat16
+  where native, 2D and 3D);
 * ``no channels-last``  — convolutions in the default (contiguous) memory format;
 * ``1 thread``           — torch limited to one thread.
 
