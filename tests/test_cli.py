@@ -135,6 +135,15 @@ def test_demo_runs_the_whole_loop_on_the_shipped_sample(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "shipped 2D model" in printed.err
     assert "nuclei_heldout" in printed.out and "Trained 3 steps" in printed.out
+    # the demo trains with train's defaults, so it names bfloat16 as train does (iff native)
+    import torch
+
+    from napari_spoco.io import load_model
+    from napari_spoco.precision import native_bfloat16
+
+    native = load_model(out / "model.spoco.pt").history["precision"] == "bfloat16"
+    assert native == native_bfloat16(torch.device("cpu"))
+    assert ("The network trains in bfloat16 (the hardware has it natively" in printed.err) == native
     for name in ("model.spoco.pt", "nuclei_train_pred.tif", "nuclei_heldout_pred.tif",
                  "nuclei_train_overlay.png", "nuclei_heldout_overlay.png"):
         assert (out / name).is_file(), name

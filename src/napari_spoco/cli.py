@@ -930,6 +930,7 @@ def cmd_demo(args) -> int:
     data = sample.load_sample()
     print("napari-spoco demo: U2OS nuclei (BBBC039, CC0), 256x256 crops; "
           f"{data.n_painted} of {data.n_train_objects} nuclei painted in the training crop.", file=sys.stderr)
+    _say_precision("auto", args.device, data.train_image.ndim)
     steps = args.steps or 0
     config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device)
     init = _initial_model(args.init, [data.train_image])
