@@ -63,6 +63,23 @@ def test_planned_tiles_cover_the_image_within_budget_with_less_work_than_fixed_t
         assert work(plan) <= work(old)
 
 
+def test_a_network_whose_overlaps_nearly_fill_a_tile_gets_few_tiles_not_thousands():
+    # The large preset: receptive radius 252 px (overlap 504), size divisor 32. No tile that
+    # keeps anything fits 512² px, and the smallest tiles there are once meant 29 x 29 tiles of
+    # 544² for a 256² image with its margins (768²): 841 forward passes instead of one.
+    from napari_spoco.model import REFERENCE
+
+    ov, div = 2 * REFERENCE.receptive_radius, REFERENCE.size_divisor
+    assert plan_tiles((768, 768), 512 * 512, ov, div) == [(768, [0]), (768, [0])]
+    for n in (1536, 4608):
+        plan = plan_tiles((n, n), 512 * 512, ov, div)
+        for t, starts in plan:
+            assert t >= 2 * ov + div and starts[0] == 0 and starts[-1] + t == n
+            assert all(b - a <= t - ov for a, b in zip(starts, starts[1:]))  # overlap >= ov
+        work = math.prod(t * len(st) for t, st in plan)
+        assert work <= 4 * n * n, (n, plan)  # at most a few times the image, not hundreds
+
+
 def test_planned_3d_tiles_reproduce_the_whole_volume_exactly():
     image = np.random.default_rng(5).normal(size=(24, 90, 80)).astype(np.float32)
     model = _model(3)

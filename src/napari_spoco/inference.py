@@ -131,6 +131,20 @@ def plan_tiles(padded: tuple[int, ...], max_voxels: int, overlap: int, div: int)
                 break  # a tile must keep something beyond its share of the overlaps
             opts.setdefault(tile, (tile, starts))
         options.append(list(opts.values()))
+    best = _least_work(options, max_voxels)
+    if math.prod(t for t, _ in best) > max_voxels:
+        # Nothing fits the budget: the smallest tiles there are would be mostly overlap for a
+        # network whose overlaps nearly fill a tile (the large preset, 504 px: 29 × 29 tiles of
+        # 544² for a 256² image with its margins, instead of one). Tiles then keep at least as
+        # much as their overlaps take (half of them, or the whole axis), beyond the budget.
+        useful = [[o for o in opts if o[0] >= min(n, 2 * overlap + div)] for n, opts in zip(padded, options)]
+        best = _least_work(useful, max_voxels)
+    return best
+
+
+def _least_work(options: list[list[tuple[int, list[int]]]], max_voxels: int) -> list[tuple[int, list[int]]]:
+    """Among per-axis options, the tiles within ``max_voxels`` with the least work, then the
+    fewest tiles; when none is within it, the smallest tiles there are."""
     # Options run from one tile to many; along an axis more tiles always mean more work (each
     # adds an overlap), so for each choice on the other axes the last axis takes its fewest
     # tiles that fit the budget.
