@@ -276,13 +276,19 @@ def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes, choo
     # The click adds the (empty) result layer, and napari draws it on the next turn of the
     # event loop: that is the click's response; from the first tick on the job runs.
     widget.segment_panel.start_segmentation()
+    placed = []  # when the result reaches its layer: main-thread work by design
+    viewer.layers["big instances"].events.data.connect(lambda e: placed.append(time.perf_counter()))
     timer.start(50)
     wait_idle(qtbot, widget)
     qtbot.wait(100)  # ticks after the result was placed
     timer.stop()
-    assert viewer.layers["big instances"].data.max() >= 50 and not notes["error"]
+    assert viewer.layers["big instances"].data.max() >= 50 and not notes["error"] and placed
+    ticks = np.array(ticks)
     gaps = np.diff(ticks)
+    working = gaps[ticks[1:] < placed[0]]  # while the worker ran
     print(f"segmentation: click answered in {ticks[0] - clicked:.3f} s (50 ms timer included), "
           f"then {len(gaps)} gaps, max {gaps.max():.3f} s at {ticks[gaps.argmax() + 1] - ticks[0]:.2f} of "
-          f"{ticks[-1] - ticks[0]:.2f} s")
-    assert len(gaps) > 10 and gaps.max() <= 0.15, f"GUI blocked for {gaps.max():.3f} s"
+          f"{ticks[-1] - ticks[0]:.2f} s; result placed at {placed[0] - ticks[0]:.2f} s")
+    assert len(working) > 10 and working.max() <= 0.15, f"GUI blocked for {working.max():.3f} s while segmenting"
+    # placing a 768² result in napari takes the main thread a moment, longer on a slow CPU
+    assert gaps.max() <= 0.5, f"GUI blocked for {gaps.max():.3f} s"
