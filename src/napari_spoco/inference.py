@@ -116,7 +116,8 @@ def _axis_layout(n: int, max_tile: int, overlap: int, div: int) -> tuple[int, li
 
 def plan_tiles(padded: tuple[int, ...], max_voxels: int, overlap: int, div: int) -> list[tuple[int, list[int]]]:
     """Per-axis (tile length, starts) for tiles of at most ``max_voxels`` that cover ``padded``
-    with the least total work (tiles × tile volume).
+    with the least total work (tiles × tile volume); beyond ``max_voxels`` only where no tile
+    keeping as much as its overlaps take fits in it (networks of very wide reach).
 
     A fixed tile shape wastes most of its work on overlaps when the image is thin along one
     axis (a 60-slice stack in 64×160×160 tiles overlapping by 56 voxels needs four tiles in Z);
