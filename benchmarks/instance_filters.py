@@ -14,9 +14,13 @@ The rules a user's data could support are calibrated on the **painted objects on
 training images are segmented too, and the predicted instances matching a painted object
 (IoU > 0.5) give the painted objects' foreground, size and spread. Each rule drops the held-out
 instances beyond a threshold taken from them (e.g. smaller than half the 5th percentile of
-the painted sizes) and the AP50 is scored again, side by side with no rule. The painted objects
-are re-drawn exactly as ``sparse_accuracy.py`` drew them for that seed. Results:
-docs/benchmarks.md, "Dropping instances by what the painted objects look like".
+the painted sizes) and the AP50 is scored again, side by side with no rule. The "saved median"
+rules use only the painted masks' median size that training stores in the model (what
+``segment`` could apply by itself); the "merge-or-drop" rules re-segment with ``min_size``
+(small pieces join the neighbour they touch most, isolated ones vanish) at a fraction of that
+median instead of the default 15 %. The painted objects are re-drawn exactly as
+``sparse_accuracy.py`` drew them for that seed. Results: docs/benchmarks.md, "Dropping
+instances by what the painted objects look like".
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ from bench_data import add_data_argument, use_data_dir  # noqa: E402
 from sparse_accuracy import Data, splits  # noqa: E402
 
 from napari_spoco import segment  # noqa: E402
+from napari_spoco.clustering import ClusterConfig  # noqa: E402
 from napari_spoco.io import load_model  # noqa: E402
 from napari_spoco.metrics import evaluate  # noqa: E402
+
+#: Sizes (fractions of the saved painted median) at which ``min_size``'s merge-or-drop is also
+#: tried: the default is 0.15 (``segmentation.auto_min_size``).
+ABSORB_FRACTIONS = (0.25, 0.33)
 
 #: Training images segmented to find the painted objects' predicted instances (time, not need).
 CALIBRATION_IMAGES = 3
@@ -69,10 +78,14 @@ def matches(labels: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return best, table[:, 0] / np.maximum(sizes, 1)
 
 
-def thresholds(painted: np.ndarray) -> dict[str, tuple[str, str, float]]:
-    """Rules from the painted objects' (foreground, size, spread) rows: name -> (number, side, value)."""
+def thresholds(painted: np.ndarray, model_median: float | None = None) -> dict[str, tuple[str, str, float]]:
+    """Rules from the painted objects' (foreground, size, spread) rows: name -> (number, side, value).
+    ``model_median``: the painted masks' median size that training saved in the model, in the
+    image's pixels (what the library itself knows at segmentation time)."""
     fg, size, spread = painted.T
-    return {
+    saved = {} if not model_median else {
+        f"size < saved median × {f}": ("size", "below", float(model_median * f)) for f in (0.2, 0.25, 0.33)}
+    return {**saved,
         "foreground < painted min": ("foreground", "below", float(fg.min())),
         "foreground < painted 5 %": ("foreground", "below", float(np.quantile(fg, 0.05))),
         "size < painted min / 2": ("size", "below", float(size.min() / 2)),
@@ -106,7 +119,9 @@ def one_model(data: Data, seed: int, model_path: Path) -> dict:
                 kinds[kind].append([float(v[i]) for v in numbers])
         held_out.append((labels, truth, numbers))
     columns = {"size": 0, "foreground": 1, "spread": 2}
-    rules = {"none": None, **thresholds(painted)}
+    median = model.history.get("object_size_median")
+    median = median / float(np.prod(model.network_factors())) if median else None  # network -> image pixels
+    rules = {"none": None, **thresholds(painted, median)}
     ap50 = {}
     for name, rule in rules.items():
         scores = []
@@ -118,6 +133,12 @@ def one_model(data: Data, seed: int, model_path: Path) -> dict:
             keep[0] = False
             scores.append(evaluate(truth, np.where(keep[labels], labels, 0))["AP50"])
         ap50[name] = float(np.mean(scores))
+    if median:  # the existing merge-or-drop of small pieces (segment's min_size) at a larger size
+        for f in ABSORB_FRACTIONS:
+            config = ClusterConfig(min_size=max(1, int(round(f * median))))
+            ap50[f"merge-or-drop < saved median × {f}"] = float(np.mean(
+                [evaluate(truth, segment(model, image, config=config, device="cpu"))["AP50"]
+                 for _, image, truth in data.tests]))
     summary = {k: {"n": len(v), **({f"{c} median": float(np.median(np.array(v)[:, j])) for c, j in
                                     (("size", 0), ("foreground", 1), ("spread", 2))} if v else {})}
                for k, v in kinds.items()}
