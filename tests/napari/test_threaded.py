@@ -289,6 +289,10 @@ def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes, choo
     print(f"segmentation: click answered in {ticks[0] - clicked:.3f} s (50 ms timer included), "
           f"then {len(gaps)} gaps, max {gaps.max():.3f} s at {ticks[gaps.argmax() + 1] - ticks[0]:.2f} of "
           f"{ticks[-1] - ticks[0]:.2f} s; result placed at {placed[0] - ticks[0]:.2f} s")
-    assert len(working) > 10 and working.max() <= 0.15, f"GUI blocked for {working.max():.3f} s while segmenting"
+    # 0.25 s: on 2 vCPUs the worker's last phase (Python post-processing of ~2 000 fragments
+    # while torch's thread pool winds down) has cost the GUI up to 0.156 s (a fresh-clone CI run;
+    # 0.08-0.13 s in most runs, 0.055 s measured headless). A segmentation on the GUI thread
+    # blocks it for the whole 3-8 s run, so the bound still tells the two apart.
+    assert len(working) > 10 and working.max() <= 0.25, f"GUI blocked for {working.max():.3f} s while segmenting"
     # placing a 768² result in napari takes the main thread a moment, longer on a slow CPU
     assert gaps.max() <= 0.5, f"GUI blocked for {gaps.max():.3f} s"
