@@ -4,6 +4,7 @@
     .venv/bin/python scripts/train_default_model.py --ndim 3 --minutes 25           # 3D
     .venv/bin/python scripts/train_default_model.py --ndim 2 --without usiigaci-phc --out m.spoco.pt
     .venv/bin/python scripts/train_default_model.py --evaluate m.spoco.pt           # zero-shot only
+    .venv/bin/python scripts/train_default_model.py --depth 4 --out d4.spoco.pt     # a deeper candidate
 
 The CPU-default network (16 features, 3 levels) trained with the SPOCO loss on *dense* labels of
 the redistributable data (docs/models.md): BBBC039 fluorescent nuclei (CC0), Usiigaci
@@ -24,6 +25,9 @@ The shipped 2D model is older than this recipe: it was made by this script as of
 
 ``--without SET`` leaves a data set out (the benchmarks' leave-one-dataset-out starting models).
 ``--evaluate MODEL`` prints the zero-shot scores of a model file on the held-out images.
+``--depth 4`` trains the four-level network (receptive radius 60 px instead of 28), the candidate
+that docs/benchmarks.md ("Network depth") found better from scratch and that needs a start of
+its own before it can be compared with the shipped model.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 6 (2D) or 2 (3D)")
     ap.add_argument("--out", default=None, help="default: src/napari_spoco/_models/default_{2,3}d.spoco.pt")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=ModelConfig().depth,
+                    help="UNet levels (default: the small preset's); ignored with --init")
     ap.add_argument("--init", metavar="MODEL", help="continue training this model file (same data, same recipe)")
     ap.add_argument("--no-eval", action="store_true", help="skip the zero-shot scores")
     ap.add_argument("--evaluate", metavar="MODEL", help="only print MODEL's zero-shot scores")
@@ -181,7 +187,8 @@ def main() -> None:
         before = start.history.get("seconds", 0.0)
         config.stable_start = False
     t0 = time.perf_counter()
-    model = train(images, labels, config, model=start, model_config=ModelConfig(ndim=args.ndim), names=names)
+    model = train(images, labels, config, model=start, model_config=ModelConfig(ndim=args.ndim, depth=args.depth),
+                  names=names)
     seconds = time.perf_counter() - t0 + before
     print(f"{model.history['steps']} steps in {seconds:.0f} s", flush=True)
     # Ship one set of weights, the EMA teacher's (an average over the last ~1000 steps): the
