@@ -1,7 +1,7 @@
 """Early fine-tuning steps: does fine-tuning the shipped 2D model start by unlearning?
 
     python benchmarks/early_steps.py [--steps 1 5 20 100 300] [--seeds 0 1 2] [--compare]
-                                     [--problem sample|bbbc039] [--data DIR] [--init default|none]
+                                     [--problem sample|bbbc039] [--data DIR] [--init default|none|FILE]
                                      [--threads N] [--precision auto|float32|bfloat16] [--json FILE]
 
 Fine-tunes the shipped 2D model (``napari_spoco.pretrained.load_default_model(2)``) on sparse
@@ -22,7 +22,9 @@ Rule (issue 5): at every step count, the lowest AP50 over the seeds must not fal
 ``--compare`` runs the behaviour before the fix side by side (``TrainConfig(stable_start=False)``:
 the teacher follows the student from the first step and the model predicts with the student).
 ``--init none`` trains from scratch instead (no zero-shot row, no verdict): both behaviours
-must then be identical, since the fix only concerns starting from a trained model.
+must then be identical, since the fix only concerns starting from a trained model. ``--init
+FILE`` starts from a model file instead of the shipped model (a candidate start, checked
+against the same rule before it is shipped).
 Step counts, not minutes, so the numbers do not depend on the machine's load. ``--precision``:
 training's number format (``TrainConfig.precision``; segmentation keeps its default).
 """
@@ -94,7 +96,8 @@ def main() -> int:
     from bench_data import add_data_argument, use_data_dir
 
     add_data_argument(ap)
-    ap.add_argument("--init", choices=["default", "none"], default="default")
+    ap.add_argument("--init", default="default", metavar="default|none|FILE",
+                    help="the shipped 2D model, a new network, or a model file")
     ap.add_argument("--compare", action="store_true", help="also run the behaviour before the fix")
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -120,9 +123,9 @@ def main() -> int:
     for seed in args.seeds:
         images, labels, targets = PROBLEMS[args.problem](seed)
         names = [n for n, _, _ in targets]
-        zero = ap50(load_default_model(2), targets) if args.init == "default" else None
+        zero = ap50(load_start(args.init), targets) if args.init != "none" else None
         for mode in modes:
-            start = load_default_model(2) if args.init == "default" else None
+            start = load_start(args.init)
             config = TrainConfig(seed=seed, device="cpu", precision=args.precision, **MODES[mode])
             snaps = run(images, labels, config, start, checkpoints)
             scores[mode][seed] = {0: zero} if zero is not None else {}
@@ -142,12 +145,24 @@ def main() -> int:
     return 0 if ok or args.init == "none" else 1
 
 
+def load_start(init: str):
+    """The starting model of ``--init``: the shipped one, none (a new network) or a file."""
+    if init == "default":
+        return load_default_model(2)
+    if init == "none":
+        return None
+    from napari_spoco.io import load_model
+
+    return load_model(Path(init))
+
+
 def report(scores, names, meta) -> bool:
     """Print the table (mean and min over seeds per scored image) and the verdicts."""
     modes = list(scores)
     seeds = list(next(iter(scores.values())))
     steps = sorted({st for m in modes for s in seeds for st in scores[m][s]})
-    print(f"Data: {meta['data']}, start: {'shipped 2D model' if meta['init'] == 'default' else 'new network'}, "
+    start = {"default": "shipped 2D model", "none": "new network"}.get(meta["init"], meta["init"])
+    print(f"Data: {meta['data']}, start: {start}, "
           f"seeds {', '.join(map(str, seeds))}. AP50 (mean-shift segment), mean / min over seeds. "
           f"{meta['machine']}, {meta['threads']} torch threads, torch {meta['torch']}, {meta['date']}.")
     head = "| steps |"
@@ -156,7 +171,7 @@ def report(scores, names, meta) -> bool:
         for n in names:
             head += f" {m}: {n} mean / min |"
             rule += "---|"
-        if meta["init"] == "default":
+        if meta["init"] != "none":
             head += f" {m}: verdict |"
             rule += "---|"
     print("\n" + head + "\n" + rule)
@@ -167,7 +182,7 @@ def report(scores, names, meta) -> bool:
             vals = np.array([scores[m][s][st] for s in seeds])  # (seeds, images)
             for j in range(len(names)):
                 line += f" {vals[:, j].mean():.3f} / {vals[:, j].min():.3f} |"
-            if meta["init"] == "default":
+            if meta["init"] != "none":
                 if st == 0:
                     line += " zero-shot |"
                 else:
@@ -177,7 +192,7 @@ def report(scores, names, meta) -> bool:
                     all_ok &= ok if m == "after" else True
                     line += f" {'ok' if ok else 'DROP'} ({worst:+.3f}) |"
         print(line)
-    if meta["init"] == "default":
+    if meta["init"] != "none":
         print(f"\nverdict: ({'after' if 'after' in modes else modes[0]}) "
               f"{'no' if all_ok else 'a'} drop of more than {meta['margin']} below zero-shot "
               "at any step count, seed and image" + ("" if all_ok else " (see DROP)"))
