@@ -197,8 +197,12 @@ def main() -> None:
     model.student.load_state_dict(model.teacher.state_dict())
     held = {} if args.no_eval else zero_shot(model, args.ndim, eval_device)
 
-    # A small file: keep the training record, not every step's losses.
-    model.history.pop("losses", None)
+    # A small file: keep the training record, not every step's losses. Nor the fingerprints of
+    # its training images, or the stable-start record of this run: a user's first Train on one of
+    # those images (our benchmarks' training fields) would count as "continuing on the same
+    # images" and be protected, which no other image gets (docs/method.md).
+    for key in ("losses", "fine_tuned_on", "stable_start", "start_fit", "stable_reason"):
+        model.history.pop(key, None)
     model.history["trained_on"] = {
         "data": record,
         "left_out": args.without,

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("bioimageio.core")
 
-from napari_spoco.bioimageio_export import HALO, export_bioimageio, validate_bioimageio  # noqa: E402
+from napari_spoco.bioimageio_export import export_bioimageio, export_halo, validate_bioimageio  # noqa: E402
 from napari_spoco.cli import main  # noqa: E402
 from napari_spoco.errors import SpocoError  # noqa: E402
 from napari_spoco.model import ModelConfig, SpocoModel  # noqa: E402
@@ -23,9 +23,24 @@ def test_exported_2d_package_passes_bioimageio_test_and_documents_its_output(tmp
         rdf = z.read("rdf.yaml").decode()
     assert {"rdf.yaml", "README.md", "weights.torchscript.pt", "test_input.npy", "test_output.npy"} <= names
     assert "not** a label image" in readme and "mean-shift" in readme
-    assert "A. Tester" in rdf and "scale_range" in rdf and f"halo: {HALO}" in rdf
+    # the shipped 2D start is the medium network: its 60-px reach, on its 8-px grid, is cropped
+    assert "A. Tester" in rdf and "scale_range" in rdf and "halo: 64" in rdf and "crop 64 pixels" in readme
     # refuses to overwrite
     assert main(["export", "--model", "default", "--out", str(out)]) == 2
+
+
+def test_halo_covers_the_reach_on_the_size_grid_and_tiles_cropped_by_it_match_the_whole_image():
+    import torch
+
+    from napari_spoco.model import NETWORKS
+
+    assert [export_halo(NETWORKS[n]) for n in ("small", "medium", "large")] == [28, 64, 64]  # large: capped
+    model = SpocoModel.new(ModelConfig(base_features=4, depth=3)).predictor.eval()
+    halo, x = export_halo(ModelConfig(depth=3)), torch.randn(1, 1, 96, 128)
+    with torch.no_grad():
+        whole, left = model(x), model(x[..., :64])
+    assert torch.allclose(left[..., : 64 - halo], whole[..., : 64 - halo], atol=1e-5)  # kept part: exact
+    assert not torch.allclose(left[..., 60:], whole[..., 60:64], atol=1e-3)  # the seam itself differs
 
 
 def test_exported_3d_package_passes_too(tmp_path):

@@ -191,9 +191,13 @@ def test_network_choice_builds_the_asked_network_and_refuses_a_mismatched_file(f
     assert main(base + ["--out", str(large), "--network", "large"]) == 0
     assert "training a new large network" in capsys.readouterr().err
     assert network_name(load_model(large).config) == "large"
-    auto = folders / "auto.spoco.pt"  # auto on a CPU: the shipped (small) model is fine-tuned
+    auto = folders / "auto.spoco.pt"  # auto on a CPU: the shipped (medium) 2D model is fine-tuned
     assert main(base + ["--out", str(auto)]) == 0
-    assert network_name(load_model(auto).config) == "small"
+    assert network_name(load_model(auto).config) == "medium" and load_model(auto).history["steps"] > 1000
+    small = folders / "small.spoco.pt"  # another preset than the shipped model's: a new network
+    assert main(base + ["--out", str(small), "--network", "small"]) == 0
+    assert "shipped 2D starting model is a medium network: training a new small network" in capsys.readouterr().err
+    assert network_name(load_model(small).config) == "small" and load_model(small).history["steps"] == 1
     assert main(base + ["--out", str(folders / "x.spoco.pt"), "--init", str(large), "--network", "small"]) == 2
     assert "holds a large network, not a small one" in capsys.readouterr().err
     fresh = folders / "fresh.spoco.pt"

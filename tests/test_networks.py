@@ -1,4 +1,5 @@
-"""Network presets: ``small`` (CPU default), ``large`` (the paper's six levels), ``auto`` by device."""
+"""Network presets: ``small`` (CPU default), ``medium`` (one level more: the shipped 2D start),
+``large`` (the paper's six levels), ``auto`` by device."""
 
 import numpy as np
 import pytest
@@ -11,12 +12,14 @@ from napari_spoco.training import TrainConfig, train
 
 
 def test_presets_and_auto_by_device():
-    assert NETWORK_CHOICES == ("auto", "small", "large")
+    assert NETWORK_CHOICES == ("auto", "small", "medium", "large")
     assert network_config("auto", "cpu") == NETWORKS["small"] == ModelConfig()
+    medium = network_config("medium", "cpu")
+    assert medium.depth == 4 and 2 * ModelConfig().receptive_radius < medium.receptive_radius < 100
     assert network_config("auto", torch.device("cuda")) == NETWORKS["large"]  # no GPU needed to decide
     large = network_config("large", "cpu")
     assert large.depth == 6 and large.receptive_radius > 8 * ModelConfig().receptive_radius
-    with pytest.raises(SpocoError, match="not one of auto, small, large"):
+    with pytest.raises(SpocoError, match="not one of auto, small, medium, large"):
         network_config("huge")
 
 

@@ -20,16 +20,34 @@ import torch
 
 from .data import check_image, normalize
 from .errors import SpocoError
-from .model import SpocoModel
+from .model import ModelConfig, SpocoModel
 
 SPOCO_PAPER = (
     "Wolny, Yu, Pape, Kreshuk: Sparse object-level supervision for instance segmentation with "
     "pixel embeddings. CVPR 2022."
 )
 SPOCO_URL = "https://arxiv.org/abs/2103.14572"
-#: Output pixels this close to a tile border differ from whole-image inference (the network's
-#: reach); tools that tile the input should crop them (bioimage.io "halo").
-HALO = 16
+
+
+#: The largest halo declared, per dimensionality: the large network's full reach (252 px)
+#: would ask for tiles (and a test image) over 500 px a side, and 3D test volumes grow as its cube.
+MAX_HALO = {2: 64, 3: 32}
+
+
+def export_halo(config: ModelConfig) -> int:
+    """Pixels to crop at each tile border (bioimage.io "halo"): the network's receptive radius
+    on its size grid (28 small, 64 medium), beyond which a tile's output equals the whole
+    image's exactly; at most :data:`MAX_HALO` (the large network). Measured on the shipped 2D
+    models, outputs 16-20 px from a cut differ by up to 4 embedding units (objects are 4 apart),
+    so a smaller halo would merge or split objects at tile seams (docs/models.md)."""
+    div = config.size_divisor
+    return min(MAX_HALO[config.ndim], div * -(-config.receptive_radius // div))
+
+
+def min_tile_side(config: ModelConfig) -> int:
+    """The smallest input side the package accepts: more than two halos, on the size grid."""
+    div = config.size_divisor
+    return div * -(-(2 * export_halo(config) + 1) // div)
 
 
 def _require_spec():
@@ -53,15 +71,19 @@ def _scripted(model: SpocoModel) -> torch.jit.ScriptModule:
 def _default_test_image(model: SpocoModel) -> np.ndarray:
     """A real crop of the shipped sample for 2D models; smooth synthetic blobs for 3D; as
     ``(C, *spatial)`` copies for models of several channels."""
+    side = min_tile_side(model.config)
     if model.config.ndim == 2:
         from .sample import load_sample
 
-        image = load_sample().test_image[:128, :128]
+        image = load_sample().test_image  # 256 x 256
+        image = np.pad(image, [(0, max(0, side - n)) for n in image.shape], mode="reflect")
+        image = image[: max(128, side), : max(128, side)]
     else:
         rng = np.random.default_rng(0)
         from scipy import ndimage as ndi
 
-        vol = ndi.gaussian_filter(rng.random((48, 64, 64)).astype(np.float32), 3)
+        shape = (max(48, side), max(64, side), max(64, side))
+        vol = ndi.gaussian_filter(rng.random(shape).astype(np.float32), 3)
         image = (vol > np.percentile(vol, 80)).astype(np.float32) * 1000 + rng.normal(100, 10, vol.shape).astype(np.float32)
     c = model.config.in_channels
     return image if c == 1 else np.stack([image] * c)
@@ -69,7 +91,9 @@ def _default_test_image(model: SpocoModel) -> np.ndarray:
 
 def _readme(model: SpocoModel, name: str) -> str:
     e = model.config.embedding_dim
-    div = model.config.size_divisor
+    halo, radius = export_halo(model.config), model.config.receptive_radius
+    reach = ("" if halo >= radius else f" (the network reaches {radius} pixels: outputs within that "
+             "distance of a seam can differ from whole-image ones; overlap tiles by that much to avoid it)")
     fg = f"\nChannel {e} is a foreground logit (sigmoid > 0.5: object)." if model.config.foreground_head else ""
     axes = "z, y, x" if model.config.ndim == 3 else "y, x"
     c = model.config.in_channels
@@ -88,7 +112,7 @@ A SPOCO embedding network exported by napari-spoco ({model.config.ndim}D UNet,
 ## What it computes
 
 Input `raw`: {channels}, axes batch, channel, {axes}; each side a multiple of
-{model.config.size_divisor}, at least {div * -(-(2 * HALO + 1) // div)}. Preprocessing (in this package): per-image percentile scaling, 1st
+{model.config.size_divisor}, at least {min_tile_side(model.config)}. Preprocessing (in this package): per-image percentile scaling, 1st
 percentile to 0 and 99.8th to 1.{resize}
 
 Output `embeddings`: channels 0–{e - 1} are a {e}-D embedding vector per pixel. Pixels of one
@@ -99,8 +123,8 @@ The output is **not** a label image. To get instances, cluster the embeddings of
 pixels: mean-shift with bandwidth 0.5, split clusters into connected components, merge touching
 pieces whose mean embeddings are closer than 2.0. napari-spoco does this with
 `napari_spoco.cluster_embeddings(embeddings, foreground_probability)` or
-`napari-spoco predict` on the original `.spoco.pt` model. When tiling, crop {HALO} pixels
-from each tile border.
+`napari-spoco predict` on the original `.spoco.pt` model. When tiling, crop {halo} pixels
+from each tile border{reach}.
 
 ## Validation
 
@@ -174,7 +198,7 @@ def export_bioimageio(
         raise SpocoError(f"The test image is {image.ndim - 1}D but the model is {cfg.ndim}D.")
     crop = (slice(None),) + tuple(slice(0, (n // div) * div) for n in image.shape[1:])
     image = np.ascontiguousarray(image[crop], dtype=np.float32)
-    min_side = div * -(-(2 * HALO + 1) // div)  # tiles must be larger than their two halos
+    halo, min_side = export_halo(cfg), min_tile_side(cfg)  # tiles must be larger than their two halos
     if min(image.shape[1:]) < min_side:
         raise SpocoError(f"The test image must be at least {min_side} pixels on each side.")
 
@@ -219,7 +243,7 @@ def export_bioimageio(
                 description="per-pixel embedding vectors (and the foreground logit); cluster them into instances",
                 axes=[BatchAxis(), ChannelAxis(channel_names=channels)]
                 + [
-                    SpaceOutputAxisWithHalo(id=AxisId(a), size=SizeReference(tensor_id=raw, axis_id=AxisId(a)), halo=HALO)
+                    SpaceOutputAxisWithHalo(id=AxisId(a), size=SizeReference(tensor_id=raw, axis_id=AxisId(a)), halo=halo)
                     for a in spatial
                 ],
                 test_tensor=FileDescr(source=tmp / "test_output.npy"),

@@ -245,9 +245,10 @@ def _say_precision(precision: str, device: str, ndim: int) -> None:
 
 def _add_network(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", default="auto", choices=NETWORK_CHOICES,
-                   help="network of a new model: 'small' (the CPU default), 'large' (the paper's six levels, for a "
-                   "GPU) or 'auto' (large on a GPU, small on a CPU). A starting model keeps its own network; the "
-                   "shipped ones are small, so 'large' starts a new network. Default: auto")
+                   help="network of a new model: 'small' (3 levels, the CPU default), 'medium' (4 levels), 'large' "
+                   "(the paper's six levels, for a GPU) or 'auto' (large on a GPU, small on a CPU). A starting model "
+                   "keeps its own network; the shipped 2D model is medium and the 3D one small, so another preset "
+                   "with --init default starts a new network. Default: auto")
 
 
 def _out_file(path: str, overwrite: bool, inputs=()) -> Path:
@@ -477,27 +478,28 @@ def _save_trained(model, out: Path, steps: int, exit_code: int) -> int:
 def _initial_model(init: str | None, images, channel_axis: int | None = None, network: str = "auto"):
     """``--init``: 'default' → the shipped model for the images' dimensionality, 'none' → a new
     network, anything else → a model file. ``--network`` other than 'auto' asks for a preset:
-    the shipped models are small, so 'large' with 'default' starts a new network, and a model
-    file of another preset is refused."""
+    with 'default' another preset than the shipped model's starts a new network (the shipped
+    2D model is medium, the 3D one small), and a model file of another preset is refused."""
     from .data import channel_count
     from .io import load_model
     from .model import network_name
-    from .pretrained import has_default_model, load_default_model
+    from .pretrained import DEFAULT_NETWORKS, fine_tunes_default, has_default_model, load_default_model
 
     if init in (None, "", "none"):
-        return None
-    if init == "default" and network == "large":
-        print("The shipped starting models are small networks: training a new large network "
-              "(--network small or auto to fine-tune the shipped one).", file=sys.stderr)
         return None
     if init == "default":
         has_channels = bool(images) and (channel_count(images[0], channel_axis) > 1 or channel_axis is not None)
         ndim = images[0].ndim - int(has_channels) if images else 2
-        if has_default_model(ndim):
-            print(f"Starting from the shipped {ndim}D model (--init none to start from scratch).", file=sys.stderr)
-            return load_default_model(ndim)
-        print(f"No shipped {ndim}D starting model: training a new network.", file=sys.stderr)
-        return None
+        if not has_default_model(ndim):
+            print(f"No shipped {ndim}D starting model: training a new network.", file=sys.stderr)
+            return None
+        if not fine_tunes_default(ndim, network):
+            shipped = DEFAULT_NETWORKS[ndim]
+            print(f"The shipped {ndim}D starting model is a {shipped} network: training a new {network} "
+                  f"network (--network {shipped} or auto to fine-tune the shipped one).", file=sys.stderr)
+            return None
+        print(f"Starting from the shipped {ndim}D model (--init none to start from scratch).", file=sys.stderr)
+        return load_default_model(ndim)
     model = load_model(init)
     if network != "auto" and network_name(model.config) != network:
         raise SpocoError(f"{init} holds a {network_name(model.config)} network, not a {network} one: leave "

@@ -92,19 +92,21 @@ class ModelConfig:
             raise ValueError(f"model config field 'foreground_head' is {self.foreground_head!r}; expected true or false")
 
 
-#: The interactive CPU default and the reference-size network of the paper.
+#: The interactive CPU default, one level deeper, and the reference-size network of the paper.
 CPU_DEFAULT = ModelConfig()
+MEDIUM = ModelConfig(depth=4)
 REFERENCE = ModelConfig(base_features=16, depth=6)
 
-#: Network presets (``--network`` and the GUI's choice): ``small`` is the CPU default, ``large``
-#: the paper's six-level network (receptive radius 252 px instead of 28; 7.9 M parameters in 2D
-#: instead of 0.12 M, for a GPU). ``auto`` picks by device. docs/method.md, "Network".
-NETWORKS: dict[str, ModelConfig] = {"small": CPU_DEFAULT, "large": REFERENCE}
+#: Network presets (``--network`` and the GUI's choice): ``small`` is the CPU default for a new
+#: network (receptive radius 28 px, 0.12 M parameters in 2D); ``medium`` has one more level (60 px,
+#: 0.49 M; the shipped 2D starting model's shape); ``large`` is the paper's six-level network
+#: (252 px, 7.9 M, for a GPU). ``auto`` picks by device. docs/method.md, "Network".
+NETWORKS: dict[str, ModelConfig] = {"small": CPU_DEFAULT, "medium": MEDIUM, "large": REFERENCE}
 NETWORK_CHOICES = ("auto", *NETWORKS)
 
 
 def network_name(config: ModelConfig) -> str:
-    """The preset a configuration was built from (``small``, ``large``), else ``custom``."""
+    """The preset a configuration was built from (``small``, ``medium``, ``large``), else ``custom``."""
     for name, preset in NETWORKS.items():
         if (config.base_features, config.depth, config.embedding_dim) == (
                 preset.base_features, preset.depth, preset.embedding_dim):

@@ -10,6 +10,16 @@ from .io import load_model
 from .model import SpocoModel
 
 DEFAULT_MODELS = {2: "default_2d.spoco.pt", 3: "default_3d.spoco.pt"}
+#: The network preset (``model.NETWORKS``) of each shipped model, known without loading it:
+#: the 2D start has one level more than a new CPU network (docs/models.md).
+DEFAULT_NETWORKS = {2: "medium", 3: "small"}
+
+
+def fine_tunes_default(ndim: int, network: str = "auto") -> bool:
+    """Whether a first training with the network choice ``network`` (``auto`` or a preset) on
+    ``ndim``-D images fine-tunes the shipped model: only ``auto`` and the shipped model's own
+    preset do; any other preset asks for a new network of that shape."""
+    return has_default_model(ndim) and network in ("auto", DEFAULT_NETWORKS.get(ndim))
 
 
 def has_default_model(ndim: int = 2) -> bool:

@@ -66,13 +66,18 @@ def test_network_choice_gives_a_new_network_its_preset(spoco, notes, monkeypatch
     assert train.network_box.isEnabled() and train.network_box.currentText() == "auto"
     train.network_box.setCurrentText("large")
     assert state.network == "large" and "new large network" in widget.model_panel.model_label.text()
-    train.train_btn.click()  # large: the shipped (small) model is skipped
+    train.train_btn.click()  # large: the shipped (medium) 2D model is skipped
     assert jobs[-1].model is None and network_name(jobs[-1].model_config) == "large"
     train.network_box.setCurrentText("small")
-    train.train_btn.click()  # small (or auto on a CPU): fine-tunes the shipped model
+    assert "new small network" in widget.model_panel.model_label.text()
+    train.train_btn.click()  # small: not the shipped model's preset either
+    assert jobs[-1].model is None and network_name(jobs[-1].model_config) == "small"
+    train.network_box.setCurrentText("medium")
+    assert "fine-tunes the shipped 2D starting model (a medium network)" in widget.model_panel.model_label.text()
+    train.train_btn.click()  # medium (or auto): fine-tunes the shipped model
     assert jobs[-1].model is state.current and state.source is ModelSource.DEFAULT
     # With a model, the box shows its network and is disabled: training keeps the network.
-    assert not train.network_box.isEnabled() and "small network" in train.network_box.toolTip()
+    assert not train.network_box.isEnabled() and "medium network" in train.network_box.toolTip()
 
 
 def test_a_large_network_trains_and_is_named_in_the_model_line(spoco, notes):

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from ..io import load_model, save_model
 from ..model import network_name
-from ..pretrained import has_default_model, load_default_model
+from ..pretrained import DEFAULT_NETWORKS, has_default_model, load_default_model
 from .data_panel import DataPanel
 from .dialogs import MODEL_FILTER, error_message
 from .state import ModelSource, SpocoState
@@ -70,7 +70,8 @@ class ModelPanel(QGroupBox):
         if model is None:
             ndim = self.data.model_ndim
             if state.starts_from_default(ndim):
-                return f"No model yet: Train fine-tunes the shipped {ndim}D starting model (a small network)."
+                return (f"No model yet: Train fine-tunes the shipped {ndim}D starting model "
+                        f"(a {DEFAULT_NETWORKS[ndim]} network).")
             network = "" if state.network == "auto" else f"{state.network} "
             return f"No model yet: Train starts a new {network}network."
         kind = f"{model.config.ndim}D {network_name(model.config)} model"

@@ -18,7 +18,7 @@ from psygnal import Signal
 
 from ..model import SpocoModel
 from ..out_of_core import ScratchStores
-from ..pretrained import has_default_model
+from ..pretrained import fine_tunes_default
 
 
 class ModelSource(Enum):
@@ -49,17 +49,16 @@ class ModelState:
         self.unsaved = False  # holds training that was never saved: ask before replacing it
         self.run_step: int | None = None  # the running training's last step, None when idle
         # With no model, a first Train fine-tunes the shipped model for the images' dimensionality
-        # (unless New, or a large network is asked for: the shipped models are small).
+        # (unless New, or another preset than the shipped model's is asked for).
         self.start_from_default = start_from_default
         self.network = "auto"  # the network a new model gets: model.NETWORK_CHOICES (Train panel)
 
     def starts_from_default(self, ndim: int) -> bool:
         """Whether the next Train or Adapt on ``ndim``-D images starts from a shipped model."""
-        return (self.current is None and self.start_from_default and self.network != "large"
-                and has_default_model(ndim))
+        return self.current is None and self.start_from_default and fine_tunes_default(ndim, self.network)
 
     def choose_network(self, name: str) -> None:
-        """The preset of the next new network ("auto", "small", "large")."""
+        """The preset of the next new network ("auto", "small", "medium", "large")."""
         self.network = name
         self.changed.emit()
 

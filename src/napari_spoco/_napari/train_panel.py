@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
-from ..pretrained import load_default_model
+from ..pretrained import DEFAULT_NETWORKS, load_default_model
 from ..scaling import explain_voxel_estimate, scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
@@ -207,8 +207,10 @@ class TrainPanel(QGroupBox):
         # A network's preset applies to a new one; a model keeps its own (the Network box says so).
         new_config = network_config(model.network, config.device)
         if model.current is None:
+            shipped = DEFAULT_NETWORKS.get(ndim)
             message += f" New {network_name(new_config)} network" + (
-                " (the shipped starting models are small)." if model.start_from_default else ".")
+                f" (the shipped {ndim}D starting model is {shipped})."
+                if model.start_from_default and shipped else ".")
         self.job = workers.TrainJob(
             images=images,
             labels=labels,

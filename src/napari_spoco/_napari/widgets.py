@@ -113,10 +113,11 @@ class NetworkBox(QComboBox):
         self.setEnabled(model is None and self.state.job.idle)
         if model is None:
             self.setToolTip(
-                "The size of a new network. small: 3 levels, fast on a CPU. large: the paper's 6-level "
-                "network, which sees more context around each pixel; for a GPU. auto: large on a GPU, "
-                "small on a CPU. The shipped starting models are small: with large, Train starts a new "
-                "network instead of fine-tuning them."
+                "The size of a new network. small: 3 levels, fast on a CPU. medium: 4 levels, more "
+                "context around each pixel at about the same cost per step. large: the paper's 6-level "
+                "network; for a GPU. auto: large on a GPU, small on a CPU. auto fine-tunes the shipped "
+                "starting model (2D: medium, 3D: small), as does that model's own preset; any other "
+                "makes Train start a new network instead."
             )
         else:
             self.setToolTip(f"The current model is a {shown} network; training goes on with it. New "
