@@ -37,9 +37,10 @@ MAX_HALO = {2: 64, 3: 32}
 def export_halo(config: ModelConfig) -> int:
     """Pixels to crop at each tile border (bioimage.io "halo"): the network's receptive radius
     on its size grid (28 small, 64 medium), beyond which a tile's output equals the whole
-    image's exactly; at most :data:`MAX_HALO` (the large network). Measured on the shipped 2D
-    models, outputs 16-20 px from a cut differ by up to 4 embedding units (objects are 4 apart),
-    so a smaller halo would merge or split objects at tile seams (docs/models.md)."""
+    image's exactly; at most :data:`MAX_HALO` (the large network). Measured on the three- and
+    four-level 2D starts, outputs 16-20 px from a cut differ by up to 4 and 7 embedding units
+    (objects are 4 apart), so a smaller halo would merge or split objects at tile seams
+    (docs/models.md)."""
     div = config.size_divisor
     return min(MAX_HALO[config.ndim], div * -(-config.receptive_radius // div))
 
