@@ -72,7 +72,7 @@ def test_a_constant_core_is_left_as_background(tmp_path):
 def test_cores_lie_on_the_network_grid_and_regions_hold_its_reach():
     model = load_default_model(3)
     div, ctx = model.config.size_divisor, embedding_store.context(model)
-    assert ctx % div == 0 and ctx >= model.config.receptive_radius
+    assert ctx % div == 0 and ctx >= model.config.tile_reach
     shape = (60, 1000, 700)
     core = embedding_store.plan_cores(shape, model, 4_500_000)
     assert all(c % div == 0 or c == n for c, n in zip(core, shape))

@@ -35,11 +35,11 @@ def test_tiled_embedding_matches_whole_image(shape, tile):
     assert err.max() < 0.05 * scale, (err.max(), scale)
 
 
-def test_tiles_overlapping_by_twice_the_receptive_radius_reproduce_the_whole_image_exactly():
+def test_tiles_overlapping_by_twice_the_tile_reach_reproduce_the_whole_image_exactly():
     image = np.random.default_rng(3).normal(size=(300, 260)).astype(np.float32)
     model = _model(2)
     whole = embed(model, image, tile_shape=(512, 512), device="cpu")
-    tiled = embed(model, image, tile_shape=(128, 128), device="cpu")  # default overlap: 2 × 28 px
+    tiled = embed(model, image, tile_shape=(128, 128), device="cpu")  # default overlap: 2 × 22 px (tile_reach)
     scale = np.abs(whole.embeddings).mean()
     assert np.abs(whole.embeddings - tiled.embeddings).max() < 1e-5 * scale
     assert np.abs(whole.foreground - tiled.foreground).max() < 1e-5
@@ -145,3 +145,32 @@ def test_rgb_images_are_segmented_as_grey():
     rgb = np.random.default_rng(2).integers(0, 255, size=(40, 48, 3)).astype(np.uint8)
     labels = segment(_model(), rgb, device="cpu")
     assert labels.shape == (40, 48)
+
+
+@pytest.mark.parametrize("ndim,depth", [(2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (3, 2), (3, 3)])
+def test_tile_reach_is_exactly_how_far_an_aligned_cut_changes_the_output(ndim, depth):
+    # A crop starting and ending on the size grid, against the same pixels of the whole image:
+    # identical from tile_reach pixels inside the cut on, different one pixel closer.
+    import torch
+
+    torch.manual_seed(depth)
+    config = ModelConfig(ndim=ndim, base_features=8, depth=depth)
+    model = SpocoModel.new(config, seed=depth)
+    net = model.student.eval().double()  # float64: the smallest differences stand out of rounding
+    for mod in net.modules():
+        if hasattr(mod, "running_var"):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+    reach, div = config.tile_reach, config.size_divisor
+    lead = (max(8, config.size_divisor),) * (ndim - 1)
+    lo = -(-(reach + 8) // div) * div  # the cut, on the grid, with room for the reach on both sides
+    width = 4 * lo
+    image = torch.from_numpy(np.random.default_rng(depth).normal(size=(1, 1, *lead, width)))
+    with torch.inference_mode():
+        whole = net(image)[..., lo:3 * lo]
+        crop = net(image[..., lo:3 * lo].contiguous())
+    diff = (whole - crop).abs().amax(dim=tuple(range(whole.ndim - 1))).numpy()  # per X position
+    scale = float(whole.abs().mean())
+    inside = np.minimum(np.arange(2 * lo), np.arange(2 * lo)[::-1])  # distance from the nearer cut
+    assert diff[inside >= reach].max() < 1e-14 * scale
+    assert diff[inside == reach - 1].max() > 1e-13 * scale, (reach, diff[: reach + 2])

@@ -167,3 +167,29 @@ def test_one_segment_call_checks_the_image_and_takes_its_range_once(monkeypatch,
     given = ((0.0, 1.0),) * 3 if model.config.in_channels > 1 else (0.0, 1.0)
     segment(model, image, device="cpu", tile_shape=(64, 64), value_range=given)
     assert (len(checks), len(ranges)) == (2, 1)  # a given range is used as it is
+
+
+def test_a_multi_tile_segment_embeds_the_whole_image_once_when_it_fits(monkeypatch):
+    from napari_spoco import segmentation
+    from napari_spoco.inference import embed
+    from napari_spoco.segmentation import segment
+
+    calls = []
+    real = segmentation.embed
+    monkeypatch.setattr(segmentation, "embed", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=3), seed=0)
+    image = np.random.default_rng(2).random((150, 130)).astype(np.float32)
+    seen = []
+    labels, emb = segment(model, image, device="cpu", tile_shape=(64, 64), return_embedding=True,
+                          progress=lambda done, total: seen.append((done, total)))
+    assert calls == [image.shape]  # one pass of the network over the whole image
+    whole = embed(model, image, device="cpu")
+    assert np.array_equal(emb.embeddings, whole.embeddings) and np.array_equal(emb.foreground, whole.foreground)
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and {t for _, t in seen} == {len(seen)}
+    assert len(seen) > 4  # the network's tiles, then the clustering's
+    # Too large to embed first: each segmentation tile embeds its region and halo.
+    calls.clear()
+    monkeypatch.setattr(segmentation, "EMBED_FIRST_MAX_BYTES", 0)
+    tiled, _ = segment(model, image, device="cpu", tile_shape=(64, 64), return_embedding=True)
+    assert len(calls) > 1 and all(c != image.shape for c in calls)
+    assert labels.shape == tiled.shape == image.shape

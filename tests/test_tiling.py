@@ -2,6 +2,7 @@
 once, and the result matches whole-image segmentation."""
 
 import numpy as np
+import pytest
 
 from napari_spoco import evaluate
 from napari_spoco.pretrained import load_default_model
@@ -45,7 +46,14 @@ def test_an_object_found_by_two_tiles_is_pasted_once():
     assert nxt == 2 and set(np.unique(out)) == {0, 1}
 
 
-def test_tiled_segmentation_matches_whole_image_segmentation():
+@pytest.mark.parametrize("embed_first", [True, False])
+def test_tiled_segmentation_matches_whole_image_segmentation(monkeypatch, embed_first):
+    # Both ways of a multi-tile Segment: the whole image embedded once and clustered tile by
+    # tile, and (for embeddings too large for that) each tile embedded with its halo.
+    from napari_spoco import segmentation
+
+    if not embed_first:
+        monkeypatch.setattr(segmentation, "EMBED_FIRST_MAX_BYTES", 0)
     s = load_sample()
     model = load_default_model(2)
     whole = segment(model, s.test_image, device="cpu")

@@ -6,7 +6,8 @@ every halo (a block of a 3D mosaic reads about twice its core) and on the networ
 around it, which made 3D block-wise segmentation cost 2-3x the in-memory path
 (docs/benchmarks.md, "Images larger than memory"). Here the image is instead cut into *embedding
 cores* on a grid aligned to the network's size divisor; each task embeds its core with the
-network's receptive radius of real context around it (reflected only at the image's own edges)
+network's reach on that grid of real context around it (``ModelConfig.tile_reach``, rounded up to
+the divisor; reflected only at the image's own edges)
 and writes the core's embedding and foreground probability to a float16 zarr array. Aligned
 cores with that much context give the embedding the whole image would have (the tiling argument
 of :func:`napari_spoco.inference.embed`; tested), so blocks then read and cluster exact
@@ -44,10 +45,11 @@ def applies(model: SpocoModel, factors: Sequence[float], method: str) -> bool:
 
 
 def context(model: SpocoModel) -> int:
-    """Real context around an embedding core, per side: the receptive radius rounded up to the
-    size divisor, so that regions start where the whole image's tiles would be aligned."""
+    """Real context around an embedding core, per side: the network's reach on its size grid
+    (``ModelConfig.tile_reach``) rounded up to the size divisor, so that regions start on the
+    grid of the whole image's tiles and their cores get the whole image's embedding."""
     div = model.config.size_divisor
-    return int(math.ceil(model.config.receptive_radius / div) * div)
+    return int(math.ceil(model.config.tile_reach / div) * div)
 
 
 def plan_cores(shape: Sequence[int], model: SpocoModel, budget: int) -> tuple[int, ...]:

@@ -1,8 +1,9 @@
 """Embedding whole images of any size: tiles with overlap, blended without seams.
 
 Tiles start on multiples of the network's size divisor, and the network (BatchNorm in eval
-mode) is translation-equivariant, so overlapping tiles agree exactly farther than the receptive
-radius from their borders; each tile hands over to its neighbour in the middle of their overlap.
+mode) is translation-equivariant on that grid, so overlapping tiles agree exactly farther than the
+network's reach on aligned tiles (``ModelConfig.tile_reach``) from their borders; each tile hands
+over to its neighbour in the middle of their overlap.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def _least_work(options: list[list[tuple[int, list[int]]]], max_voxels: int) -> 
 
 def _kept(tile: int, overlap: int, at_start: bool, at_end: bool) -> tuple[int, int]:
     """The part of a tile it hands on, along one axis: all but the outer half of each overlap
-    with a neighbouring tile. With overlaps of at least twice the network's receptive radius,
-    those pixels are out of reach of the tile's zero-padded border, so neighbouring tiles hand
+    with a neighbouring tile. With overlaps of at least twice the network's reach on aligned
+    tiles (``ModelConfig.tile_reach``), those pixels are out of reach of the tile's zero-padded border, so neighbouring tiles hand
     over exactly and each pixel is simply copied from one tile (a linear ramp over the whole
     overlap, as at first, let border errors of up to 1.9 embedding units leak into the result;
     weighted sums of 0/1 ramps, as then, cost memory-bound passes over every channel)."""
@@ -241,7 +242,8 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     ``tile_shape`` is the largest tile along each axis; by default tiles of at most
     ``max_tile_voxels`` (default :func:`default_tile_voxels`) are shaped by :func:`plan_tiles`
     for the least total work. Either way the tile bounds the memory of one forward pass. ``overlap`` defaults to twice the
-    network's receptive radius, beyond which tiles agree exactly. ``margin`` is the reflected
+    network's reach on tiles aligned to its size grid (``ModelConfig.tile_reach``: 44 px for the
+    small network, 92 for the medium one), beyond which tiles agree exactly. ``margin`` is the reflected
     context added around the image (default :func:`default_margin`); ``edges`` (per axis, before
     and after) says which sides are the edges of the whole image and get it: a block of a larger
     image (:mod:`napari_spoco.blockwise`) has real context on its other sides. ``progress(done, total)``
@@ -283,7 +285,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     padded = tuple(_round_up(n, div) for n in x.shape[1:])
     dev = select_device(device)
     number_format = resolve_precision(precision, dev, len(image_shape))
-    ov = overlap if overlap is not None else 2 * model.config.receptive_radius
+    ov = overlap if overlap is not None else 2 * model.config.tile_reach
     ov_r = _round_up(ov, div) if ov else 0
     if tile_shape is None:
         budget = max_tile_voxels or tile_voxels(default_tile_voxels(len(image_shape)), number_format)

@@ -62,9 +62,28 @@ class ModelConfig:
     def receptive_radius(self) -> int:
         """How far (pixels) an input pixel can influence the output: the encoder's and the
         decoder's 3×3 convolutions at each scale, plus pooling and upsampling offsets (an upper
-        bound; 28 for the CPU default). Tiles overlapping by twice this agree in the middle."""
+        bound; 28 for the CPU default). Tiles overlapping by twice this agree in the middle wherever
+        they start; tiles on the network's size grid need only :attr:`tile_reach`."""
         d = self.depth
         return 2 * (2**d - 1) + 2 * (2 ** (d - 1) - 1) + 2**d
+
+    @property
+    def tile_reach(self) -> int:
+        """How far (pixels) from a tile's zero-padded border its output can differ from the whole
+        image's, for tiles that start and end on multiples of :attr:`size_divisor`: then the
+        pooling windows line up with the whole image's and add no offsets, so the reach is what
+        the 3×3 convolutions spread, halved by each pooling and doubled by each upsampling
+        (22 px for the CPU default, 46 for the medium network, against receptive radii of 28
+        and 60). Aligned tiles overlapping by twice this agree exactly in the middle
+        (:func:`napari_spoco.inference.embed`; tests/test_inference.py measures it)."""
+        wrong = []  # border pixels an encoder level gets wrong, in that level's pixels
+        for _ in range(self.depth):
+            carried = -(-wrong[-1] // 2) if wrong else 0  # max pooling: a window with one wrong pixel
+            wrong.append(carried + 2)  # two 3x3 convolutions with zero padding
+        reach = wrong[-1]
+        for level in range(self.depth - 2, -1, -1):  # upsample, concatenate the skip, two convolutions
+            reach = max(2 * reach, wrong[level]) + 2
+        return reach
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,16 +35,19 @@ def auto_max_size(model: SpocoModel, shape: tuple[int, ...]) -> int | None:
 
 
 def segment_tile_shape(ndim: int) -> tuple[int, ...]:
-    """Largest block embedded and clustered at once: 1024² in 2D, 64×384×384 in 3D (about
-    half a GB of working memory either way)."""
+    """Largest block clustered at once (and embedded at once, where the whole image's embedding
+    is too large to compute first): 1024² in 2D, 64×384×384 in 3D (about half a GB of working
+    memory either way)."""
     return (1024, 1024) if ndim == 2 else (64, 384, 384)
 
 
 def object_halo(model: SpocoModel, ndim: int) -> int:
     """Context around each segmentation tile: four object diameters (from the median painted
-    object), and at least one diameter plus twice the network's reach, so that an object
-    claimed by a tile (centre within half a halo of its core) lies whole inside the tile and
-    away from its border effects; at most 256 pixels."""
+    object), and at least one diameter plus twice the network's receptive radius, so that an
+    object claimed by a tile (centre within half a halo of its core) lies whole inside the tile
+    and, where each tile embeds its own region, away from its border effects (the halo of an
+    image embedded first is the same: 2048² BBBC039 mosaics took as long with four diameters
+    alone, docs/benchmarks.md); at most 256 pixels."""
     median = model.history.get("object_size_median") or (600.0 if ndim == 2 else 4000.0)
     diameter = 2.0 * object_radius(median, ndim)
     return int(min(256, max(4 * diameter, diameter + 2 * model.config.receptive_radius)))
@@ -97,8 +100,10 @@ def segment(
     "Anisotropic volumes").
 
     Images larger than ``tile_shape`` (default :func:`segment_tile_shape`, in the network's
-    pixels) are segmented tile by tile with a halo of context (:mod:`napari_spoco.tiling`), so
-    memory stays bounded by the tile; ``progress(done, total)`` counts tiles.
+    pixels) are clustered tile by tile with a halo of context (:mod:`napari_spoco.tiling`); the
+    embedding is computed once for the whole image when it fits :data:`EMBED_FIRST_MAX_BYTES`
+    (:func:`embeds_first`), else tile by tile with the same halo, so that memory stays bounded
+    by the tile. ``progress(done, total)`` counts the network's tiles, then the clustering's.
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
     take memory in proportion to the image). ``precision``: the network's number format:
     ``auto`` (bfloat16 for a 3D model where the CPU or GPU has it natively, else float32), ``float32`` or
@@ -219,16 +224,36 @@ def _segment_at_network_scale(
     tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
     halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
+    with_teacher = config.method == "consistency"
+    # one tile is embedded whole either way
+    first = len(blocks) > 1 and embeds_first(model, spatial, with_teacher)
     out = np.zeros(spatial, dtype=np.int64)
     whole = None
     next_id = 1
+    done = 0  # progress: the network's tiles count first when the whole image is embedded at once
+    if first:
+        t0 = time.perf_counter()
+
+        def embedding_progress(i: int, n: int) -> None:
+            nonlocal done
+            done = i
+            if progress is not None:
+                progress(i, n + len(blocks))
+
+        whole = embed(model, image, device=device, with_teacher=with_teacher, edges=edges,
+                      max_tile_voxels=tile_voxels, precision=precision, tta=tta, progress=embedding_progress)
+        if _timing is not None:
+            _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
     for k, (core, region) in enumerate(blocks):
         block = image.crop(region)
         cfg = config if config.max_size is not None else replace(config, max_size=auto_max_size(model, block.shape))
         t0 = time.perf_counter()
-        emb = embed(model, block, device=device, with_teacher=config.method == "consistency",
-                    edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision,
-                    tta=tta)
+        if first:
+            emb = _crop_embedding(whole, region)
+        else:
+            emb = embed(model, block, device=device, with_teacher=with_teacher,
+                        edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision,
+                        tta=tta)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
@@ -236,15 +261,39 @@ def _segment_at_network_scale(
             out = labels.astype(np.int64)
         else:
             next_id = paste_claimed(out, labels, core, region, next_id, margin=halo / 2)
-        if return_embedding:
+        if return_embedding and not first:
             whole = _paste_embedding(whole, emb, core, region, spatial)
         del emb
         if progress is not None:
-            progress(k + 1, len(blocks))
+            progress(done + k + 1, done + len(blocks))
     if len(blocks) > 1:
         out = relabel_sequential(out)
     out = as_label_image(out)
     return (out, whole) if return_embedding else out
+
+
+#: Largest whole-image embedding (bytes, float32) computed in one pass before a multi-tile
+#: Segment clusters tile by tile: 2048² with the medium network's 17 channels takes 285 MB.
+#: Beyond it each segmentation tile embeds its own region and halo (memory bounded by the tile).
+EMBED_FIRST_MAX_BYTES = 640 * 2**20
+
+
+def embeds_first(model: SpocoModel, spatial: tuple[int, ...], with_teacher: bool = False) -> bool:
+    """Whether :func:`segment` embeds the whole image once and then clusters tile by tile,
+    rather than embedding each tile with its halo. Embedding first computes each pixel once
+    (tiles of the network overlap by its reach, not by the clustering's halo of object
+    diameters: 0.65x the network's work on a 2048² image, docs/benchmarks.md), at the memory
+    of the whole embedding (:data:`EMBED_FIRST_MAX_BYTES`)."""
+    channels = model.config.out_channels + (model.config.embedding_dim if with_teacher else 0)
+    return 4 * channels * int(np.prod(spatial)) <= EMBED_FIRST_MAX_BYTES
+
+
+def _crop_embedding(emb: Embedding, region: tuple[slice, ...]) -> Embedding:
+    """The part of a whole-image :class:`Embedding` inside ``region`` (contiguous copies)."""
+    lead = (slice(None),) + tuple(region)
+    take = lambda a, sl: None if a is None else np.ascontiguousarray(a[sl])  # noqa: E731
+    return Embedding(take(emb.embeddings, lead), take(emb.foreground, tuple(region)),
+                     take(emb.teacher_embeddings, lead))
 
 
 def _tile_edges(edges, region: tuple[slice, ...], spatial: tuple[int, ...]) -> tuple[tuple[bool, bool], ...]:
