@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 from napari.utils import progress
+from qtpy.QtGui import QMovie
 
 from napari_spoco._napari.state import Job, JobState, ModelSource, ModelState
 from napari_spoco._napari.widget import SpocoWidget
@@ -211,16 +212,20 @@ def _open_spoco_progress():
     return [p for p in progress._all_instances if str(p.desc).startswith("SPOCO")]
 
 
-def test_training_and_segmentation_show_in_napari_activity_dock(spoco):
+def test_training_and_segmentation_show_in_napari_activity_dock(spoco, qtbot):
     viewer, widget = spoco
     train = widget.train_panel
     seen = []  # what napari's activity dock showed at each step of the run
     original = train._on_train_yield
 
+    indicator = viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator
+    animated = []  # napari's "in progress" indicator: shown, its animation paused (it costs steps)
+
     def on_yield(item):
         original(item)
         bar = _activity_bars(viewer).get("SPOCO training")
         seen.append((item.step, bar.qt_progress_bar.value(), bar.qt_progress_bar.maximum()) if bar else None)
+        animated.append((not indicator.isHidden(), indicator.movie().state() == QMovie.MovieState.Running))
 
     train._on_train_yield = on_yield
     train.steps_spin.setValue(3)
@@ -229,6 +234,11 @@ def test_training_and_segmentation_show_in_napari_activity_dock(spoco):
     assert seen[0] == (1, 1, 3) and seen[-1] == (3, 3, 3) and len(seen) == 3
     assert all(value <= step for step, value, _ in seen) and sorted(seen) == seen
     assert train.activity.closed and not _open_spoco_progress()  # closed when the run ends
+    assert animated == [(True, False)] * 3
+    # after the run (napari hides its indicator once the bar is deleted), it animates again only
+    # for other open progress objects
+    qtbot.waitUntil(lambda: indicator.isHidden() or bool(len(progress._all_instances)), timeout=10_000)
+    assert (indicator.movie().state() == QMovie.MovieState.Running) == bool(len(progress._all_instances))
 
     segment = widget.segment_panel
     during = []

@@ -72,7 +72,7 @@ class BlockwiseRun(QObject):
         self.state.closing.stop = self.job.stop  # closing the panel or the viewer stops it
         self.state.job.start(Job.SEGMENT)
         self.activity = workers.Activity(f"SPOCO segmenting '{image.name}' block by block", total,
-                                         on_cancel=self.stop)
+                                         on_cancel=self.stop, widget=self.panel)
         workers.launch(workers.blockwise_job, self.job, on_return=self._on_done, on_error=self._on_error,
                        on_finish=self._on_finish, sync=self.state.sync)
 

@@ -98,7 +98,7 @@ class ExportPanel(QGroupBox):
         self.state.stores.hold(store)  # a new segmentation must not delete what is being copied
         self._copying = True
         self.update_buttons()
-        activity = workers.Activity(f"SPOCO exporting '{name}'")
+        activity = workers.Activity(f"SPOCO exporting '{name}'", widget=self)
 
         def finished() -> None:
             activity.close()

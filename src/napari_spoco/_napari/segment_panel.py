@@ -204,7 +204,7 @@ class SegmentPanel(QGroupBox):
         self.segment_label.setText(f"Segmenting '{image.name}' ({config.method}{self._note})…")
         self.busy_bar.setVisible(True)
         self.state.job.start(Job.SEGMENT)
-        self.activity = workers.Activity(f"SPOCO segmenting '{image.name}'")
+        self.activity = workers.Activity(f"SPOCO segmenting '{image.name}'", widget=self)
         workers.launch(
             workers.segment_job,
             job,

@@ -230,7 +230,8 @@ class TrainPanel(QGroupBox):
         self.progress_bar.setValue(0)
         self.train_label.setText(message)
         self.state.job.start(kind)
-        self.activity = workers.Activity(f"SPOCO {kind.value.lower()}", config.steps, on_cancel=self.stop_training)
+        self.activity = workers.Activity(f"SPOCO {kind.value.lower()}", config.steps, on_cancel=self.stop_training,
+                                         widget=self)
         self.worker = workers.launch(
             workers.training_job,
             self.job,

@@ -265,11 +265,20 @@ class Activity:
 
     Create it after the job is marked as running: napari's dock turns the event loop while it
     adds the bar, and a click on a still-enabled button would be processed then.
+
+    With ``widget`` (a panel docked in napari's window), the animated "in progress" indicator
+    in the window's status bar is paused while the bar is open (it keeps its text and frame):
+    each of its frames repaints the window on the GUI thread, which under software OpenGL
+    (Xvfb, remote desktops) cut training on 2 cores from about 1.6 to 0.3-0.8 steps/s
+    (docs/benchmarks.md, "Training in the panel"). It is found through Qt's widget tree (the
+    status bar's labels that play a movie), not napari's private attributes; where there is
+    none, nothing changes.
     """
 
     MIN_INTERVAL = 0.5  # seconds
 
-    def __init__(self, description: str, total: int = 0, on_cancel: Callable[[], None] | None = None) -> None:
+    def __init__(self, description: str, total: int = 0, on_cancel: Callable[[], None] | None = None,
+                 widget=None) -> None:
         from napari.utils import cancelable_progress, progress
 
         # napari's dock shows what follows the last '|' next to the bar: a short "150/300,
@@ -290,6 +299,9 @@ class Activity:
             self.progress = _Stoppable(**kwargs)
         self.closed = False
         self._moved = 0.0  # when the bar last moved
+        self._indicators = _status_bar_movies(widget)
+        for label in self._indicators:
+            label.movie().stop()  # napari started it as the bar was added
 
     def to(self, n: int) -> None:
         """Move the bar to ``n`` steps done: the first and the last step, and otherwise at
@@ -307,3 +319,20 @@ class Activity:
         if not self.closed:
             self.closed = True
             self.progress.close()
+            for label in self._indicators:  # napari hides it when no bar is left, else it goes on
+                try:
+                    if not label.isHidden():
+                        label.movie().start()
+                except RuntimeError:  # the window is gone
+                    pass
+
+
+def _status_bar_movies(widget) -> list:
+    """The labels that play a movie in the status bar of ``widget``'s main window (napari's
+    "in progress" indicator); empty when the widget is not in a main window."""
+    from qtpy.QtWidgets import QLabel, QMainWindow
+
+    top = widget.window() if widget is not None else None
+    if not isinstance(top, QMainWindow):
+        return []
+    return [label for label in top.statusBar().findChildren(QLabel) if label.movie() is not None]
