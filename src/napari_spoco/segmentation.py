@@ -282,8 +282,8 @@ def embeds_first(model: SpocoModel, spatial: tuple[int, ...], with_teacher: bool
     """Whether :func:`segment` embeds the whole image once and then clusters tile by tile,
     rather than embedding each tile with its halo. Embedding first computes each pixel once
     (tiles of the network overlap by its reach, not by the clustering's halo of object
-    diameters: 0.65x the network's work on a 2048² image, docs/benchmarks.md), at the memory
-    of the whole embedding (:data:`EMBED_FIRST_MAX_BYTES`)."""
+    diameters: 0.65x the embedding time of a 2048² image, docs/benchmarks.md "Embedding
+    once"), at the memory of the whole embedding (:data:`EMBED_FIRST_MAX_BYTES`)."""
     channels = model.config.out_channels + (model.config.embedding_dim if with_teacher else 0)
     return 4 * channels * int(np.prod(spatial)) <= EMBED_FIRST_MAX_BYTES
 
