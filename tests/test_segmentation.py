@@ -193,3 +193,18 @@ def test_a_multi_tile_segment_embeds_the_whole_image_once_when_it_fits(monkeypat
     tiled, _ = segment(model, image, device="cpu", tile_shape=(64, 64), return_embedding=True)
     assert len(calls) > 1 and all(c != image.shape for c in calls)
     assert labels.shape == tiled.shape == image.shape
+
+
+def test_embedding_first_gives_way_to_tiles_when_memory_is_short(monkeypatch):
+    from napari_spoco import inference
+    from napari_spoco.segmentation import embeds_first
+
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=3), seed=0)
+    need = 4 * model.config.out_channels * 2048 * 2048  # 285 MB
+    monkeypatch.setattr(inference, "_available_bytes", lambda: 4 * need)
+    assert embeds_first(model, (2048, 2048))
+    assert not embeds_first(model, (8192, 8192))  # beyond EMBED_FIRST_MAX_BYTES
+    monkeypatch.setattr(inference, "_available_bytes", lambda: need)  # free, but not twice over
+    assert not embeds_first(model, (2048, 2048))
+    monkeypatch.setattr(inference, "_available_bytes", lambda: None)  # unknown: by size alone
+    assert embeds_first(model, (2048, 2048))

@@ -283,9 +283,17 @@ def embeds_first(model: SpocoModel, spatial: tuple[int, ...], with_teacher: bool
     rather than embedding each tile with its halo. Embedding first computes each pixel once
     (tiles of the network overlap by its reach, not by the clustering's halo of object
     diameters: 0.65x the embedding time of a 2048² image, docs/benchmarks.md "Embedding
-    once"), at the memory of the whole embedding (:data:`EMBED_FIRST_MAX_BYTES`)."""
+    once"), at the memory of the whole embedding (:data:`EMBED_FIRST_MAX_BYTES`, and at most
+    half the memory free now: on a machine short of memory the tiles embed their own regions,
+    as :func:`napari_spoco.inference.embed` would refuse the whole image there)."""
+    from . import inference
+
     channels = model.config.out_channels + (model.config.embedding_dim if with_teacher else 0)
-    return 4 * channels * int(np.prod(spatial)) <= EMBED_FIRST_MAX_BYTES
+    need = 4 * channels * int(np.prod(spatial))
+    if need > EMBED_FIRST_MAX_BYTES:
+        return False
+    free = inference._available_bytes()
+    return free is None or need <= 0.5 * free
 
 
 def _crop_embedding(emb: Embedding, region: tuple[slice, ...]) -> Embedding:
