@@ -208,3 +208,32 @@ def test_embedding_first_gives_way_to_tiles_when_memory_is_short(monkeypatch):
     assert not embeds_first(model, (2048, 2048))
     monkeypatch.setattr(inference, "_available_bytes", lambda: None)  # unknown: by size alone
     assert embeds_first(model, (2048, 2048))
+
+
+
+def test_the_fragment_floor_comes_down_to_the_images_pieces_when_the_painting_is_skewed():
+    """Painting mostly large objects (what a user corrects, or what suggestions point to) moves
+    the painted median; the fragment floor must not follow it over the image's true objects
+    (docs/method.md, "Inference and clustering")."""
+    from napari_spoco.clustering import ClusterConfig, adapted_min_size, postprocess
+    from napari_spoco.segmentation import model_cluster_config
+
+    labels = np.zeros((120, 120), np.int64)
+    for k in range(16):  # sixteen separate objects of 300 px
+        r, c = divmod(k, 4)
+        labels[5 + 28 * r : 20 + 28 * r, 5 + 28 * c : 25 + 28 * c] = k + 1
+    labels[20:25, 5:25] = 17  # a 100-px fragment under object 1
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=2))
+    model.history["object_size_median"] = 3000.0  # the painting: mostly large objects
+    fixed = model_cluster_config(model, ClusterConfig(min_size=450))
+    assert not fixed.adaptive_min_size  # a floor the user sets is kept
+    cfg = model_cluster_config(model)
+    assert cfg.min_size == 450 and cfg.adaptive_min_size and cfg.object_size == 3000.0
+    assert postprocess(labels, cfg.min_size).max() == 0  # the painted median's floor: every object gone
+    kept = postprocess(labels, cfg.min_size, adaptive=(cfg.object_size, 16))
+    assert kept.max() == 16 and (kept[20:25, 5:25] == kept[10, 10]).all()  # the fragment joined its object
+    # 15 % of the median piece, down to 15 % of half the painted median, never above the floor given
+    assert adapted_min_size(labels, 450, 3000.0, 16) == 225
+    assert adapted_min_size(labels, 450, 500.0, 16) == 45
+    assert adapted_min_size(labels, 30, 500.0, 16) == 30
+    assert adapted_min_size(np.zeros((8, 8), np.int64), 450, 3000.0, 16) == 450

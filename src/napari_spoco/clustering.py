@@ -35,6 +35,11 @@ class ClusterConfig:
     bandwidth: float = 0.5  # δ_v
     foreground_threshold: float = 0.5
     min_size: int | None = None  # default 16 px (2D) / 64 voxels (3D)
+    # segment() sets this where it filled min_size from the painted median (docs/method.md): the
+    # floor then comes down to 15 % of the median piece the image itself holds, when that is
+    # smaller, but no lower than half the painted median's share. A painting skewed towards large
+    # objects moves the painted median; the image's pieces do not follow it.
+    adaptive_min_size: bool = False
     max_size: int | None = None  # connected pieces larger than this are background (segment() sets it)
     split_components: bool = True
     # δ_d: touching pieces whose mean embeddings are closer than this are one object (measured:
@@ -87,7 +92,7 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
                     optional=True)
-        for name in ("shape_split", "boundary_merge", "calibrated_edge"):
+        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
         check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
@@ -394,8 +399,27 @@ def cluster_embeddings(
     boundary = None
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
+    adaptive = (config.object_size, 16 if ndim == 2 else 64) if config.adaptive_min_size and config.object_size else None
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance, config.max_size, shape, boundary, foreground)
+                       embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive)
+
+
+#: Pieces under this share of an object's size are fragments (``segmentation.auto_min_size``).
+FRAGMENT_SHARE = 0.15
+
+
+def adapted_min_size(labels: np.ndarray, min_size: int, painted_median: float, lowest: int) -> int:
+    """The fragment floor from the image's own pieces: 15 % of the median piece (pieces of at
+    least ``lowest`` pixels) where that is below ``min_size``, never below 15 % of half the
+    painted median. Users paint, and suggestions point to, large objects more often than small
+    ones; the painted median then moves and a floor that follows it removes true small objects
+    (measured on EM: docs/benchmarks.md, "The fragment floor when the painting is skewed")."""
+    sizes = np.bincount(labels.ravel())[1:]
+    pieces = sizes[sizes >= lowest]
+    if pieces.size == 0:
+        return min_size
+    reference = max(float(np.median(pieces)), 0.5 * painted_median)
+    return max(lowest, min(min_size, int(FRAGMENT_SHARE * reference)))
 
 
 def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -532,6 +556,7 @@ def postprocess(
     shape: tuple[float, float] | None = None,
     boundary: tuple[np.ndarray, float] | None = None,
     foreground: np.ndarray | None = None,
+    adaptive: tuple[float, int] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
@@ -539,7 +564,9 @@ def postprocess(
     is given), drop pieces over ``max_size`` (background), merge touching
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
-    them), optionally grow instances by ``expand`` pixels into the background, and relabel 1..N.
+    them; with ``adaptive = (painted median, lowest floor)`` the floor may come down to the
+    pieces' own scale, :func:`adapted_min_size`), optionally grow instances by ``expand`` pixels
+    into the background, and relabel 1..N.
 
     The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
     gives look-alike objects far apart the same embedding, so one cluster can hold dozens of
@@ -571,6 +598,8 @@ def postprocess(
         from .boundaries import merge_unseparated
 
         labels = merge_unseparated(labels, boundary[0], boundary[1])
+    if adaptive is not None and labels.max() > 0:
+        min_size = adapted_min_size(labels, min_size, adaptive[0], adaptive[1])
     if min_size > 1 and labels.max() > 0:
         labels = absorb_small(labels, min_size)
         sizes = np.bincount(labels.ravel())

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .clustering import ClusterConfig, cluster_embeddings
+from .clustering import FRAGMENT_SHARE, ClusterConfig, cluster_embeddings
 from .data import relabel_sequential
 from .errors import SpocoError
 from .inference import Embedding, PreparedImage, embed, prepare_image
@@ -19,10 +19,11 @@ from .shapes import object_radius
 
 def auto_min_size(model: SpocoModel, ndim: int) -> int:
     """Pieces smaller than 15 % of the median painted object are fragments, not objects
-    (at least 16 pixels in 2D, 64 voxels in 3D)."""
+    (at least 16 pixels in 2D, 64 voxels in 3D); :func:`segment` lets the floor come down to the
+    image's own pieces (``ClusterConfig.adaptive_min_size``)."""
     floor = 16 if ndim == 2 else 64
     median = model.history.get("object_size_median")
-    return max(floor, int(0.15 * median)) if median else floor
+    return max(floor, int(FRAGMENT_SHARE * median)) if median else floor
 
 
 def auto_max_size(model: SpocoModel, shape: tuple[int, ...]) -> int | None:
@@ -89,8 +90,10 @@ def segment(
     ``config`` holds the clustering method (``meanshift`` by default, ``hdbscan`` or
     ``consistency``) and its parameters; ``method``, when given, is a shortcut that sets
     ``config.method`` (``segment(model, image, method="hdbscan")``). Without an explicit
-    ``min_size``, pieces under 15 % of the median painted object's size are merged into their
-    neighbour or dropped; connected pieces above :func:`auto_max_size` count as background.
+    ``min_size``, pieces under 15 % of the median painted object's size (or of the image's
+    median piece, where that is smaller, down to half of it: ``ClusterConfig.adaptive_min_size``)
+    are merged into their neighbour or dropped; connected pieces above :func:`auto_max_size`
+    count as background.
 
     A model trained at a ``pixel_scale`` other than 1 (large objects, :mod:`napari_spoco.scaling`)
     sees the image resized by that factor; labels (and the embedding) come back at the image's
@@ -187,7 +190,8 @@ def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None)
 
     config = config or ClusterConfig()
     if config.min_size is None:
-        config = replace(config, min_size=auto_min_size(model, model.config.ndim))
+        config = replace(config, min_size=auto_min_size(model, model.config.ndim),
+                         adaptive_min_size=bool(model.history.get("object_size_median")))
     if config.object_size is None and config.shape_reference is None:
         config = replace(config, object_size=model.history.get("object_size_median"),
                          shape_reference=model.history.get("object_solidity"))
