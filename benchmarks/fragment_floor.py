@@ -43,11 +43,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_data import add_data_argument, use_data_dir  # noqa: E402
-from sparse_accuracy import Data, splits  # noqa: E402
+from sparse_accuracy import Data, saved_models  # noqa: E402
 
 from napari_spoco import segmentation  # noqa: E402
 from napari_spoco.clustering import ClusterConfig  # noqa: E402
-from napari_spoco.io import load_model  # noqa: E402
 from napari_spoco.metrics import evaluate  # noqa: E402
 from napari_spoco.scaling import resize_labels, scaled_shape  # noqa: E402
 
@@ -114,38 +113,33 @@ def main() -> int:
     use_data_dir(args.data)
     real_embed = segmentation.embed
     rows = []
-    for split in splits():
-        if (args.datasets and split.name not in args.datasets) or split.crop != (Ellipsis,):
+    for data, seed, model in saved_models(args.models, args.datasets, args.seeds):
+        split = data.split
+        if model.config.ndim != 2:  # the 2D sets (a painting of a cropped volume is another matter)
             continue
-        data = None
-        for seed in args.seeds:
-            path = args.models / f"{split.name}_seed{seed}.spoco.pt"
-            if not path.is_file():
-                continue
-            data = data or Data(split, features=False)
-            model = load_model(path)
-            def embed_once(m, image, memo={}, **kw):  # the same image's embedding for every floor  # noqa: B006
-                key = (image.shape, hashlib.md5(np.ascontiguousarray(image.data).tobytes()).hexdigest())
-                if key not in memo:
-                    memo[key] = real_embed(m, image, **kw)
-                return memo[key]
 
-            segmentation.embed = embed_once  # a new memo per model (a new function, a new default)
-            painted = data.painted(args.fraction, seed)
-            row = {"dataset": split.name, "seed": seed}
-            cache: dict = {}
-            for painting, masks in (("as trained", painted), ("skewed", skewed(data, painted, seed)),
-                                    ("skewed x3", skewed(data, painted, seed, times=3))):
-                sizes = painted_sizes(masks, model.pixel_scale)
-                median = float(np.median(sizes))
-                row[painting] = {"n": int(len(sizes)), "size_median": median,
-                                 **{rule: score(model, data, median, rule, cache) for rule in RULES}}
-            segmentation.embed = real_embed
-            rows.append(row)
-            print(f"{split.name:15s} seed {seed}  " + "  ".join(
-                f"{p}: median {row[p]['size_median']:.0f} -> " + ", ".join(
-                    f"{r} AP50 {row[p][r]['AP50']:.3f}" for r in RULES)
-                for p in PAINTINGS), flush=True)
+        def embed_once(m, image, memo={}, **kw):  # the same image's embedding for every floor  # noqa: B006
+            key = (image.shape, hashlib.md5(np.ascontiguousarray(image.data).tobytes()).hexdigest())
+            if key not in memo:
+                memo[key] = real_embed(m, image, **kw)
+            return memo[key]
+
+        segmentation.embed = embed_once  # a new memo per model (a new function, a new default)
+        painted = data.painted(args.fraction, seed)
+        row = {"dataset": split.name, "seed": seed}
+        cache: dict = {}
+        for painting, masks in (("as trained", painted), ("skewed", skewed(data, painted, seed)),
+                                ("skewed x3", skewed(data, painted, seed, times=3))):
+            sizes = painted_sizes(masks, model.pixel_scale)
+            median = float(np.median(sizes))
+            row[painting] = {"n": int(len(sizes)), "size_median": median,
+                             **{rule: score(model, data, median, rule, cache) for rule in RULES}}
+        segmentation.embed = real_embed
+        rows.append(row)
+        print(f"{split.name:15s} seed {seed}  " + "  ".join(
+            f"{p}: median {row[p]['size_median']:.0f} -> " + ", ".join(
+                f"{r} AP50 {row[p][r]['AP50']:.3f}" for r in RULES)
+            for p in PAINTINGS), flush=True)
     print("\n| data set | painting | painted median (px) | floor: 15 % of it (before) | AP50 before | AP50 now "
           "(the floor may come down to the image's pieces) |")
     print("|---|---|---|---|---|---|")

@@ -36,7 +36,6 @@ import sparse_accuracy as sa  # noqa: E402
 
 from napari_spoco import evaluate, segment, shapes  # noqa: E402
 from napari_spoco.clustering import ClusterConfig  # noqa: E402
-from napari_spoco.io import load_model  # noqa: E402
 from napari_spoco.metrics import _overlaps  # noqa: E402
 
 
@@ -130,40 +129,32 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
-    for split in sa.splits():
-        if args.datasets and split.name not in args.datasets:
-            continue
-        data = None
-        for seed in args.seeds:
-            path = args.models / f"{split.name}_seed{seed}.spoco.pt"
-            if not path.is_file():
-                continue
-            data = data or sa.Data(split, features=False)
-            model = load_model(path)
-            if model.history.get("object_solidity") is None:
-                model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
-            if model.history.get("edge_expand") is None:
-                model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
-            row = {"dataset": split.name, "seed": seed, "step": args.step,
-                   "reference": model.history["object_solidity"]}
-            variants = ([(f"{v:g}", v) for v in args.values] if args.step == "peak_spacing"
-                        else [("without", False), ("with", True)])
-            for name, on in variants:
-                if args.step == "peak_spacing":
-                    shapes.PEAK_SPACING, config = on, ClusterConfig()
-                else:
-                    config = replace(ClusterConfig(), **{args.step: on})
-                row[name], row["foreground"] = score_tests(model, data, config)
-            rows.append(row)
+    for data, seed, model in sa.saved_models(args.models, args.datasets, args.seeds):
+        split = data.split
+        if model.history.get("object_solidity") is None:
+            model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
+        if model.history.get("edge_expand") is None:
+            model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
+        row = {"dataset": split.name, "seed": seed, "step": args.step,
+               "reference": model.history["object_solidity"]}
+        variants = ([(f"{v:g}", v) for v in args.values] if args.step == "peak_spacing"
+                    else [("without", False), ("with", True)])
+        for name, on in variants:
             if args.step == "peak_spacing":
-                print(f"{split.name:15s} seed {seed}  size {model.history.get('object_size_median', 0):.0f}  "
-                      + "  ".join(f"{k}: AP50 {row[k]['AP50']:.3f} mAP {row[k]['mAP']:.3f} merged {row[k]['merged']} "
-                                  f"split {row[k]['split']}" for k, _ in variants), flush=True)
-                continue
-            w, s = row["without"], row["with"]
-            print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
-                  f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  mAP {w['mAP']:.3f} -> {s['mAP']:.3f}  merged {w['merged']} -> {s['merged']}  "
-                  f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
+                shapes.PEAK_SPACING, config = on, ClusterConfig()
+            else:
+                config = replace(ClusterConfig(), **{args.step: on})
+            row[name], row["foreground"] = score_tests(model, data, config)
+        rows.append(row)
+        if args.step == "peak_spacing":
+            print(f"{split.name:15s} seed {seed}  size {model.history.get('object_size_median', 0):.0f}  "
+                  + "  ".join(f"{k}: AP50 {row[k]['AP50']:.3f} mAP {row[k]['mAP']:.3f} merged {row[k]['merged']} "
+                              f"split {row[k]['split']}" for k, _ in variants), flush=True)
+            continue
+        w, s = row["without"], row["with"]
+        print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
+              f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  mAP {w['mAP']:.3f} -> {s['mAP']:.3f}  merged {w['merged']} -> {s['merged']}  "
+              f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
     if args.step == "peak_spacing":
         values_table(rows, [f"{v:g}" for v in args.values])
         if args.json:

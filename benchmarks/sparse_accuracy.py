@@ -190,6 +190,22 @@ class Data:
         return [sparsify(m, fraction, paint_seed(seed, i)) for i, m in enumerate(self.train_masks)]
 
 
+def saved_models(models: Path, datasets: list[str] | None, seeds: list[int]):
+    """``(data, seed, model)`` for each model that ``--save-dir`` saved in ``models``
+    (``<dataset>_seed<S>.spoco.pt``), each data set's images read once (no forest features)."""
+    from napari_spoco.io import load_model
+
+    for split in splits():
+        if datasets and split.name not in datasets:
+            continue
+        data = None
+        for seed in seeds:
+            path = models / f"{split.name}_seed{seed}.spoco.pt"
+            if path.is_file():
+                data = data or Data(split, features=False)
+                yield data, seed, load_model(path)
+
+
 def run_classical(data: Data, save_dir: Path | None = None) -> dict:
     per: dict[str, list] = {}
     for stem, img, gt in data.tests:
