@@ -85,7 +85,10 @@ class SegmentPanel(QGroupBox):
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 10_000_000)
         self.min_size_spin.setSpecialValueText("auto")
-        self.min_size_spin.setToolTip("Smaller pieces are merged into a neighbour or dropped (auto: from painted sizes).")
+        self.min_size_spin.setToolTip(
+            "Smaller pieces are merged into a neighbour or dropped (auto: from the painted sizes, "
+            "and lower where the image's own objects are smaller)."
+        )
         form.addRow("Min size (px)", self.min_size_spin)
         self.layout_box = QComboBox()
         self.layout_box.addItems(list(LAYOUTS))
