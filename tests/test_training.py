@@ -153,3 +153,34 @@ def test_training_from_scratch_is_untouched_by_the_stable_fine_tuning_start(tiny
         for x, y, z in zip(getattr(a, net).state_dict().values(), getattr(b, net).state_dict().values(),
                            getattr(c, net).state_dict().values()):
             assert torch.equal(x, y) and torch.equal(x, z)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_never_reaches_the_weights(tiny_pair, monkeypatch):
+    """A finite loss can still give NaN/inf gradients (a bfloat16 backward that overflows); one
+    Adam step with them would leave NaN weights behind. Such a step is skipped, and several in
+    a row end training with a clear message, the weights as they were."""
+    import napari_spoco.training as tr
+
+    image, sparse, _ = tiny_pair
+    real_loss = tr.spoco_loss
+    bad = {1, 2}  # the steps (counted from 0) whose gradients are poisoned
+
+    def poisoned(emb, *args, **kwargs):
+        losses = real_loss(emb, *args, **kwargs)
+        if poisoned.calls in bad:  # sqrt at 0: the value stays 0, its gradient is not finite
+            losses["total"] = losses["total"] + torch.sqrt((emb * 0).abs()).sum()
+        poisoned.calls += 1
+        return losses
+
+    poisoned.calls = 0
+    monkeypatch.setattr(tr, "spoco_loss", poisoned)
+    cfg = TrainConfig(steps=4, batch_size=2, patch_shape=(32, 32), device="cpu", precision="float32")
+    model = train([image], [sparse], cfg, model_config=ModelConfig(base_features=4, depth=2))
+    assert len(model.history["losses"]) == 4
+    assert all(torch.isfinite(p).all() for p in model.student.parameters())
+    assert all(torch.isfinite(p).all() for p in model.teacher.parameters())
+
+    bad.update(range(2, 100))
+    poisoned.calls = 0
+    with pytest.raises(SpocoError, match="NaN/inf gradients"):
+        train([image], [sparse], TrainConfig(**{**cfg.__dict__, "steps": 20}), model_config=ModelConfig(base_features=4, depth=2))

@@ -28,6 +28,16 @@ from .precision import PRECISIONS, autocast, resolve_precision
 from .scaling import check_scale, check_voxel_size, estimate_voxel_size, training_scale
 from .shapes import painted_solidity
 
+#: Steps in a row whose gradients are not finite (skipped) before training counts as diverged.
+MAX_BAD_STEPS = 5
+
+
+def gradients_finite(net: torch.nn.Module) -> bool:
+    """Whether every gradient of ``net`` is finite (one reduction, one sync)."""
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
 #: Train in channels-last memory format (faster convolutions on CPU; benchmarks/training_speed.py
 #: switches it off to measure by how much).
 CHANNELS_LAST = True
@@ -471,6 +481,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
                 for mod in net.modules():
                     if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                         mod.eval()
+        bad_steps = 0
         while step < total_steps:
             elapsed = time.perf_counter() - start
             if seconds is not None and elapsed >= seconds:
@@ -510,7 +521,20 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
                 losses["total"] = losses["total"] + losses["foreground"]
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
-            opt.step()
+            # A finite loss can still give non-finite gradients (a bfloat16 backward that
+            # overflows); one Adam step with them turns every weight it touches into NaN and the
+            # model is lost. Such a step is skipped; several in a row count as divergence.
+            if gradients_finite(student):
+                opt.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise SpocoError(
+                        f"Training diverged ({bad_steps} steps in a row gave NaN/inf gradients; the "
+                        "weights were kept as they were before). Try --precision float32, a lower "
+                        "learning rate, or check the images for extreme values."
+                    )
             ema_update(teacher, student, momentum(step))
             step += 1
 
