@@ -362,7 +362,8 @@ def cluster_embeddings(
         raise SpocoError(f"Unknown clustering method {config.method!r}; choose one of {', '.join(METHODS)}.")
     spatial = embeddings.shape[1:]
     ndim = len(spatial)
-    min_size = config.min_size if config.min_size is not None else (16 if ndim == 2 else 64)
+    lowest = smallest_piece(ndim)
+    min_size = config.min_size if config.min_size is not None else lowest
     if foreground is not None:
         mask = foreground >= config.foreground_threshold
     else:
@@ -399,13 +400,18 @@ def cluster_embeddings(
     boundary = None
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
-    adaptive = (config.object_size, 16 if ndim == 2 else 64) if config.adaptive_min_size and config.object_size else None
+    adaptive = (config.object_size, lowest) if config.adaptive_min_size and config.object_size else None
     return postprocess(labels, min_size, config.split_components, config.expand,
                        embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive)
 
 
 #: Pieces under this share of an object's size are fragments (``segmentation.auto_min_size``).
 FRAGMENT_SHARE = 0.15
+
+
+def smallest_piece(ndim: int) -> int:
+    """The fragment floor where nothing else sets one: 16 pixels in 2D, 64 voxels in 3D."""
+    return 16 if ndim == 2 else 64
 
 
 def adapted_min_size(labels: np.ndarray, min_size: int, painted_median: float, lowest: int) -> int:

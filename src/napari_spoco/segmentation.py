@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .clustering import FRAGMENT_SHARE, ClusterConfig, cluster_embeddings
+from .clustering import FRAGMENT_SHARE, ClusterConfig, cluster_embeddings, smallest_piece
 from .data import relabel_sequential
 from .errors import SpocoError
 from .inference import Embedding, PreparedImage, embed, prepare_image
@@ -21,7 +21,7 @@ def auto_min_size(model: SpocoModel, ndim: int) -> int:
     """Pieces smaller than 15 % of the median painted object are fragments, not objects
     (at least 16 pixels in 2D, 64 voxels in 3D); :func:`segment` lets the floor come down to the
     image's own pieces (``ClusterConfig.adaptive_min_size``)."""
-    floor = 16 if ndim == 2 else 64
+    floor = smallest_piece(ndim)
     median = model.history.get("object_size_median")
     return max(floor, int(FRAGMENT_SHARE * median)) if median else floor
 
