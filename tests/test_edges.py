@@ -99,3 +99,13 @@ def test_unusable_edge_records_and_settings_are_refused(tmp_path):
         load_model(path)
     with pytest.raises(SpocoError, match="calibrated_edge"):
         ClusterConfig(calibrated_edge=1)
+
+
+def test_objects_share_one_embedded_window_only_when_it_is_no_larger_than_their_crops():
+    from napari_spoco.edges import _windows
+
+    near = [(1, (slice(0, 40), slice(0, 40))), (2, (slice(10, 50), slice(10, 50)))]
+    (window, members), = _windows(near, (500, 500))
+    assert window == (slice(0, 50), slice(0, 50)) and [i for i, _ in members] == [1, 2]
+    far = [(1, (slice(0, 40), slice(0, 40))), (2, (slice(400, 440), slice(400, 440)))]
+    assert [w for w, _ in _windows(far, (500, 500))] == [r for _, r in far]

@@ -102,7 +102,8 @@ def test_stop_ends_training_within_a_step_and_keeps_model_usable(spoco, qtbot):
     clicked = time.perf_counter()
     widget.train_panel.stop_btn.click()
     qtbot.waitUntil(lambda: not widget.state.job.training, timeout=20_000)
-    assert time.perf_counter() - clicked < 5
+    latency = time.perf_counter() - clicked  # the last step, then the edge and layout measurements
+    assert latency < 5, f"{latency:.1f} s from Stop to the end of the run"
     steps = widget.train_panel.last_progress.step
     assert 3 <= steps < 100_000 and widget.state.model.current is not None
     widget.sync = True

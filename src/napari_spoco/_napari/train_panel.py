@@ -245,7 +245,9 @@ class TrainPanel(QGroupBox):
     def stop_training(self) -> None:
         if self.job is not None and self.state.job.training:
             self.job.stop.set()
-            self.train_label.setText(self.train_label.text() + " — stopping after this step…")
+            # a supervised run then measures the painted objects' edges and layout (about a second)
+            self.train_label.setText(self.train_label.text() + " — stopping after this step, then measuring "
+                                     "the painted objects…")
 
     # ------------------------------------------------------------------ what the run reports
     def _on_train_yield(self, item) -> None:
