@@ -80,7 +80,8 @@ def edge_expand(model, data: list, foreground_threshold: float = 0.5, seed: int 
 def _windows(group: list, shape: tuple[int, ...]) -> list[tuple[tuple[slice, ...], list]]:
     """The crops to embed for one image's objects (``(id, region)`` pairs): one window around
     all of them when it holds no more pixels than their regions together (one network pass
-    instead of many, about half the time after a short training), else each region alone."""
+    instead of many: a fifth to a third of the time on the shared sets, docs/method.md), else
+    each region alone."""
     window = tuple(slice(min(r[a].start for _, r in group), max(r[a].stop for _, r in group)) for a in range(len(shape)))
     area = int(np.prod([w.stop - w.start for w in window]))
     if len(group) > 1 and area <= sum(int(np.prod([s.stop - s.start for s in r])) for _, r in group):
