@@ -58,3 +58,58 @@ def test_batchnorm_folded_for_inference_computes_the_same_and_leaves_the_network
         expected = net.eval()(x)
         got = folded(x)
     assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max()))
+
+
+def _concatenating_forward(net, x):
+    """The UNet as written in the paper's reference: upsample, concatenate, convolve."""
+    skips = []
+    for i, enc in enumerate(net.encoders):
+        x = enc(net.pool(x) if i > 0 else x)
+        skips.append(x)
+    skips.pop()
+    for dec in net.decoders:
+        skip = skips.pop()
+        x = dec(torch.cat([skip, torch.nn.functional.interpolate(x, size=skip.shape[2:], mode="nearest")], dim=1))
+    return net.head(x)
+
+
+def _same(a, b, tol=1e-10):
+    """Equal up to float64 rounding, relative to the larger values (random weights make them large)."""
+    return float((a - b).abs().max()) <= tol * float(b.abs().max())
+
+
+@pytest.mark.parametrize("ndim,shape", [(2, (2, 3, 32, 48)), (3, (2, 1, 8, 16, 24))])
+def test_the_decoder_without_concatenation_is_the_same_function_with_the_same_gradients(ndim, shape):
+    """The decoder splits its first convolution by input channel and convolves the upsampled
+    part at the low resolution, one 2-tap kernel per output parity (model._decode); in float64
+    values and gradients must equal the concatenating form's, including at the zero-padded
+    borders, in training mode (batch statistics) and in the exported (scripted) form."""
+    import copy
+
+    from napari_spoco.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(ndim=ndim, in_channels=shape[1], depth=3)).double().train()
+    for p in net.parameters():  # random, not the initial constants, so that every tap matters
+        p.data.normal_()
+    reference = copy.deepcopy(net)
+    x = torch.randn(shape, dtype=torch.float64)
+    ours, theirs = net(x), _concatenating_forward(reference, x)
+    assert _same(ours, theirs)
+    (ours * theirs.detach()).sum().backward()
+    (theirs * theirs.detach()).sum().backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        assert _same(p.grad, q.grad, 1e-9), name
+    scripted = torch.jit.script(net.eval())
+    assert _same(scripted(x), _concatenating_forward(reference.eval(), x))
+
+
+def test_the_decoder_falls_back_to_upsampling_when_the_sizes_do_not_double():
+    from napari_spoco.model import UNet, _decode
+
+    torch.manual_seed(1)
+    net = UNet(ModelConfig(ndim=2, depth=2)).double().eval()
+    dec = net.decoders[0]
+    skip, low = torch.randn(1, 16, 13, 10, dtype=torch.float64), torch.randn(1, 32, 6, 5, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(low, size=(13, 10), mode="nearest")
+    assert _same(_decode(dec, skip, low), dec(torch.cat([skip, up], dim=1)))
