@@ -214,7 +214,7 @@ def _decode(dec: nn.Sequential, skip: torch.Tensor, low: torch.Tensor) -> torch.
     where the upsampling doubles every axis, without the upsampled copy: the first
     convolution's weights are split by input channel, the skip's part is one convolution and
     the upsampled part is :func:`_add_upsampled_conv`. The same function of the same
-    parameters, with fewer operations (docs/benchmarks.md, "Training speed")."""
+    parameters, with fewer operations (docs/benchmarks.md, "The decoder without concatenation")."""
     conv = dec[0]
     c = skip.shape[1]
     out = conv._conv_forward(skip, conv.weight[:, :c], conv.bias)
@@ -311,7 +311,6 @@ class _Interleave(torch.autograd.Function):
         for parity, window, target in _parity_slices(nd, n):
             grouped[(slice(None),) + parity][window] = grad[target]
         return result, None
-
 
 
 def split_output(out: torch.Tensor, config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
