@@ -8,6 +8,7 @@ import torch
 from napari_spoco.distances import kernel_two_sigma_sq
 from napari_spoco.losses import (
     LossConfig,
+    _soft_masks_fused,
     consistency_term,
     dice_loss,
     foreground_term,
@@ -72,6 +73,19 @@ def test_soft_mask_is_half_at_delta_var():
     assert s[1].item() == pytest.approx(0.5, rel=1e-5)
     assert s[2].item() == pytest.approx(0.5**4, rel=1e-4)
     assert kernel_two_sigma_sq(delta) == pytest.approx(delta**2 / math.log(2))
+
+
+def test_fused_soft_masks_floor_far_pixels_without_changing_the_masks():
+    # Far pixels are most of the consistency term's matrix; their exponent is floored (e^-80,
+    # not a subnormal or 0) because x86's vectorised exp is about 10x slower on underflow.
+    torch.manual_seed(0)
+    e = torch.randn(4, 500) * 3.0  # distances from well inside δ_v to far beyond e^-87
+    anchors = torch.tensor([0, 7, 250])
+    plain = soft_mask(e, e[:, anchors].T, 0.5)
+    fused = _soft_masks_fused(e, anchors, 0.5)
+    assert (plain < 1e-38).float().mean() > 0.3  # the case occurs here
+    assert torch.allclose(fused, plain, rtol=1e-4, atol=1e-6)
+    assert fused.min() > 0 and fused.min() == pytest.approx(math.exp(-80.0), rel=1e-4)
 
 
 def test_dice_loss_zero_for_identical_and_one_for_disjoint():

@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from .distances import kernel_two_sigma_sq, sq_dist
 
 _EPS = 1e-8
+# The soft masks' exponent is floored here: e^-80 ≈ 2e-35 is zero to every sum it enters, and x86's
+# vectorised exp computes arguments below about -87 (results that underflow to subnormals or 0)
+# about 10x slower; far anchors are most of a consistency term's (K, P) matrix
+# (docs/benchmarks.md, "Training speed").
+_MIN_EXPONENT = -80.0
 
 
 @dataclass
@@ -203,8 +208,9 @@ def _soft_masks_fused(e: torch.Tensor, anchors: torch.Tensor, delta_var: float) 
     in place on one (K, P) buffer (the consistency term's own backward is analytic)."""
     a = e[:, anchors].T  # (K, E)
     d2 = torch.addmm((e * e).sum(0, keepdim=True), a, e, alpha=-2.0)
-    d2.add_((a * a).sum(1, keepdim=True)).clamp_min_(0.0)
-    return d2.mul_(-1.0 / kernel_two_sigma_sq(delta_var)).exp_()
+    two_sigma_sq = kernel_two_sigma_sq(delta_var)
+    d2.add_((a * a).sum(1, keepdim=True)).clamp_(0.0, -_MIN_EXPONENT * two_sigma_sq)
+    return d2.mul_(-1.0 / two_sigma_sq).exp_()
 
 
 class _ConsistencyDice(torch.autograd.Function):
