@@ -28,8 +28,8 @@ def test_auto_follows_the_hardware_and_explicit_choices_are_kept():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bfloat16" if native_bfloat16(cpu) else "float32")
     assert resolve_precision("auto", cpu, 3) == resolve_precision("auto", cpu)  # 3D: as the hardware allows
-    # segmenting with a 2D network: clustering dominates, single objects flipped; training it: as the hardware allows
-    assert resolve_precision("auto", cpu, 2) == "float32"
+    # segmenting with a 2D network too (four views: 0.53-0.63x the time, the same objects; docs/method.md)
+    assert resolve_precision("auto", cpu, 2) == resolve_precision("auto", cpu)
     assert resolve_precision("auto", cpu, 2, training=True) == resolve_precision("auto", cpu)
     assert resolve_precision("float32", cpu, 2, training=True) == "float32"
     assert resolve_precision("bfloat16", cpu, 2) == "bfloat16"

@@ -155,10 +155,10 @@ def _parser() -> argparse.ArgumentParser:
                     "training (model history edge_expand; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
-                    help="number format of the network: 'auto' runs a 3D model's convolutions in bfloat16 where "
-                    "the CPU or GPU has them natively (half the time, the same objects, larger tiles at less "
-                    "memory) and 2D models, or any model elsewhere, in float32; 'bfloat16' and 'float32' "
-                    "always (docs/method.md, Number format). Default: auto")
+                    help="number format of the network: 'auto' runs its convolutions in bfloat16 where "
+                    "the CPU or GPU has them natively (about half the time, the same objects, larger tiles at "
+                    "less memory) and in float32 elsewhere; 'bfloat16' and 'float32' always (docs/method.md, "
+                    "Number format). Default: auto")
     pr.add_argument("--no-tta", dest="tta", action="store_false",
                     help="run the network once per tile instead of averaging its output over the tile and its "
                     "mirror images in Y and X (test-time augmentation: four forward passes, 2-3x the time, "

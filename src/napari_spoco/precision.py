@@ -4,14 +4,13 @@ A CPU with native bfloat16 instructions (AVX-512 BF16 or AMX, as on recent AMD E
 Xeon) or a GPU that supports it runs the network's convolutions in bfloat16 under
 ``torch.autocast``, in a fraction of the time (and, for inference, of the memory); the weights, the optimiser
 and the loss stay in float32, so nothing a model file holds changes. Where the instructions are
-missing, bfloat16 is emulated and slower than float32, so ``auto`` keeps float32 there; it
-also keeps float32 for 2D networks, where a Segment is mostly clustering and bfloat16 saved
-5-17 % of it while its rounding flipped single objects on small crops.
+missing, bfloat16 is emulated and slower than float32, so ``auto`` keeps float32 there.
 Segmentation defaults to ``auto`` (:data:`INFERENCE_PRECISION`): a 3D volume takes half the
 time with the same objects, and a forward pass needs 0.42x the memory, so its tiles may be
-twice as large (:func:`tile_voxels`). Training defaults to ``auto`` too, and there it means
-bfloat16 for 2D networks as well: a 3D network makes 1.8x the steps in a time budget, a 2D one
-1.4x, and both trained as well or better over three seeds per data set.
+twice as large (:func:`tile_voxels`); a 2D Segment with its four mirrored views takes 0.53-0.63x
+the time with the same objects (agreement 0.997-1.000; 2D kept float32 until the views made the
+network most of a Segment). Training defaults to ``auto`` too: a 3D network makes 1.8x the steps
+in a time budget, a 2D one 1.4x, and both trained as well or better over three seeds per data set.
 docs/method.md, "Number format", gives the measurements.
 """
 
@@ -23,7 +22,7 @@ import torch
 
 from .errors import SpocoError
 
-#: ``auto``: bfloat16 where the device runs it natively (for 2D networks in training only), else float32.
+#: ``auto``: bfloat16 where the device runs it natively, else float32.
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: What segmentation uses unless told otherwise (training: ``TrainConfig.precision``, also auto).
 INFERENCE_PRECISION = "auto"
@@ -50,13 +49,14 @@ def check_precision(precision: str) -> str:
 
 def resolve_precision(precision: str, device: torch.device, ndim: int | None = None, training: bool = False) -> str:
     """``float32`` or ``bfloat16``: what ``precision`` means on ``device`` for a network of
-    ``ndim`` spatial axes (None: any). ``auto`` is bfloat16 where the device has it natively,
-    except for segmenting with a 2D network (``training=False``), which keeps float32. An explicit
+    ``ndim`` spatial axes (None: any), for training or segmentation (the two agree since
+    2026-12-03; until then a 2D network segmented in float32). ``auto`` is bfloat16 where the
+    device has it natively. An explicit
     ``bfloat16`` is honoured even where it is emulated (slow, but the user asked for it);
     devices without bfloat16 autocast (MPS) get float32."""
     precision = check_precision(precision)
     if precision == "auto":
-        return "bfloat16" if native_bfloat16(device) and (training or ndim != 2) else "float32"
+        return "bfloat16" if native_bfloat16(device) else "float32"
     if precision == "bfloat16" and device.type not in ("cpu", "cuda"):
         return "float32"
     return precision

@@ -62,8 +62,8 @@ class SegmentPanel(QGroupBox):
         self.precision_box.addItems(list(PRECISIONS))
         self.precision_box.setCurrentText(INFERENCE_PRECISION)
         self.precision_box.setToolTip(
-            "auto: a 3D model runs in bfloat16 where the CPU or GPU has it natively (about half the time, "
-            "the same objects); 2D models run in float32. float32 / bfloat16: always that format."
+            "auto: the model runs in bfloat16 where the CPU or GPU has it natively (about half the time, "
+            "the same objects), else in float32. float32 / bfloat16: always that format."
         )
         form.addRow("Number format", self.precision_box)
         self.tta_check = QCheckBox("average mirrored views")
