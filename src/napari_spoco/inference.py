@@ -255,7 +255,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     (colour ``(Y, X, 3|4)`` needs none). A :class:`PreparedImage` (of :func:`prepare_image`)
     is used as it is: it carries its checked data and range already. ``precision``: the
     number format of the network's convolutions (:mod:`napari_spoco.precision`; ``auto``:
-    bfloat16 for a 3D model where the CPU or GPU has it, about half the time of float32, and
+    bfloat16 where the CPU or GPU has it, about half the time of float32, and
     default tiles twice as large at less memory; docs/method.md, "Number format"). ``tta``:
     average each tile's output over its mirror images in Y and X (:data:`TTA_FLIPS`: four
     forward passes instead of one; docs/method.md, "Test-time augmentation").

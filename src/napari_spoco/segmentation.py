@@ -109,7 +109,7 @@ def segment(
     by the tile. ``progress(done, total)`` counts the network's tiles, then the clustering's.
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
     take memory in proportion to the image). ``precision``: the network's number format:
-    ``auto`` (bfloat16 for a 3D model where the CPU or GPU has it natively, else float32), ``float32`` or
+    ``auto`` (bfloat16 where the CPU or GPU has it natively, else float32), ``float32`` or
     ``bfloat16`` (:func:`napari_spoco.inference.embed`; docs/method.md, "Number format").
     ``tta`` (test-time augmentation): the network's output is averaged over the image and its
     mirror images in Y and X (four forward passes: 2-3x the time of a Segment, for AP50 gained
