@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -157,36 +158,42 @@ def pick_consistency_anchors(
     the remaining region; stop after ``max_anchors`` or once < ``stop_fraction`` remains.
 
     Drawn as the sequential definition draws them (each anchor uniform among the pixels still
-    remaining), in batches: the first eligible pixel of a random order of the remaining ones is
-    uniform among them, so a batch of ``candidates`` in random order is picked from with their
-    own distances alone, and one product with all remaining pixels then counts what each anchor
-    removed (for the stop rule). One pass over a patch instead of one per anchor: 20 passes over
-    131 072 pixels were a tenth of a 3D training step (docs/benchmarks.md, "Training speed")."""
+    remaining), in batches: the first eligible pixel of a sequence of uniform draws from the
+    remaining ones is uniform among the eligible, so a batch of ``candidates`` draws is picked
+    from with their own distances alone, and one product with all pixels then counts what each
+    anchor removed (for the stop rule). One pass over a patch instead of one per anchor, and
+    over the whole patch with a mask rather than a gathered copy of the remaining pixels (the
+    region is most of a patch): docs/benchmarks.md, "Training speed"."""
     dv2 = delta_var**2
-    rest = torch.nonzero(region).squeeze(1)  # the remaining pixels
-    total = len(rest)
+    e = e.float()
+    alive = region.clone()
+    total = int(alive.sum())
+    e_sq = (e * e).sum(0, keepdim=True)  # (1, P)
     anchors: list[torch.Tensor] = []
     count = 0
+    n = total
     while count < max_anchors:
-        n = len(rest)
         if n == 0 or n < stop_fraction * total:
             break
-        cand = rest[torch.randperm(n, generator=generator, device=generator.device)[:candidates].to(rest.device)]
-        c = e[:, cand].T  # (M, E)
-        close = (sq_dist(c, c.T) < dv2).cpu().numpy()
-        blocked = close[0] & False
-        picked = []
-        for j in range(len(cand)):
-            if blocked[j]:
-                continue
-            picked.append(j)
-            if count + len(picked) == max_anchors:
+        rest = torch.nonzero(alive).squeeze(1)
+        draws = torch.randint(n, (candidates,), generator=generator, device=generator.device)
+        cand = rest[draws.to(rest.device)]
+        c = e[:, cand].T.cpu().numpy()  # (M, E)
+        blocked = np.zeros(len(cand), dtype=bool)
+        picked: list[int] = []
+        while count + len(picked) < max_anchors:
+            free = np.flatnonzero(~blocked)
+            if free.size == 0:
                 break
-            blocked |= close[j]
+            j = int(free[0])
+            picked.append(j)
+            blocked |= ((c - c[j]) ** 2).sum(1) < dv2  # a draw blocks itself and its repeats
         new = cand[torch.as_tensor(picked, device=cand.device)]
         # which of the new anchors removes each remaining pixel first (len(new): none)
-        near = sq_dist(e[:, new].T, e[:, rest]) < dv2  # (A, n)
-        near[torch.arange(len(new), device=near.device), torch.searchsorted(rest, new)] = True
+        a = e[:, new].T  # (A, E)
+        d2 = torch.addmm(e_sq, a, e, alpha=-2.0).add_((a * a).sum(1, keepdim=True))
+        near = (d2 < dv2).logical_and_(alive)
+        near[torch.arange(len(new), device=near.device), new] = True
         small = torch.uint8 if len(new) < 256 else torch.int16
         rank = torch.arange(len(new), 0, -1, dtype=small, device=near.device)[:, None]
         first = len(new) - (near.to(small) * rank).amax(0).long()  # argmax(0) is 5x slower
@@ -197,7 +204,8 @@ def pick_consistency_anchors(
         count += keep
         if keep < len(new):
             break
-        rest = rest[first >= keep]
+        alive &= first >= keep
+        n -= int(removed[-1]) if len(new) else 0
     if not anchors:
         return torch.zeros(0, dtype=torch.long, device=e.device)
     return torch.cat(anchors).to(e.device)
