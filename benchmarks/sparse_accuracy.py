@@ -243,7 +243,7 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
              save_dir: Path | None = None, precision: str = "auto", voxel_size: tuple | None = None,
-             loss: dict | None = None) -> dict:
+             loss: dict | None = None, ring_width: int | None = None) -> dict:
     import torch
 
     t0 = time.perf_counter()
@@ -253,6 +253,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
                          voxel_size=voxel_size)
     if loss:
         config = replace(config, loss=replace(config.loss, **loss))
+    if ring_width is not None:
+        config = replace(config, ring_width=ring_width)
     model = train(data.train_images, sparse, config, model=start)
     train_s = time.perf_counter() - t0
     scores, seg_s = [], []
@@ -293,7 +295,7 @@ def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
             voxel_size = {"known": split.voxel_size, "none": None,
                           "cubic": (1.0,) * ndim if ndim == 3 else None}[args.voxel_size]
             row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir, args.precision,
-                                   voxel_size, args.loss)
+                                   voxel_size, args.loss, args.ring_width)
         print(f"   {row}", file=sys.stderr, flush=True)
         result["seeds"].append(row)
     return result
@@ -452,6 +454,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                         help="change one of the loss's settings for SPOCO's training (LossConfig, e.g. "
                         "foreground_unlabelled_weight=0.1), to compare a variant with the defaults; repeatable")
+    parser.add_argument("--ring-width", type=int, default=None, metavar="N",
+                        help="width of the foreground head's negative ring around painted objects (TrainConfig."
+                        "ring_width; default: the library's), to compare a variant with the defaults")
     args = parser.parse_args()
     args.loss = parse_loss_settings(parser, args.loss)
     if args.seed is not None:
@@ -485,7 +490,7 @@ def main() -> int:
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sklearn": sklearn.__version__,
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
-            "voxel_size": args.voxel_size, "loss": args.loss}
+            "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width}
     text = report(results, meta)
     print(text)
     if args.out:

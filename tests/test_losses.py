@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_spoco.distances import kernel_two_sigma_sq
 from napari_spoco.losses import (
@@ -307,3 +308,25 @@ def test_terms_sharing_one_distance_matrix_give_what_each_gives_alone():
             m = object_masks(lab)
             alone.append(fn(e, m, object_means(e, m), lab, (lab > 0) | bg[i].reshape(-1)))
         assert out[name].item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-5), name
+
+
+def test_foreground_term_per_object_weighs_each_painted_object_alike():
+    # Two batch items; id 1 in both is two different objects. Item 0: a large object (id 1)
+    # predicted right and a small one (id 2) predicted wrong; item 1: a mid-size object (id 1).
+    objects = torch.zeros(2, 12, 12, dtype=torch.long)
+    objects[0, :10, :10] = 1
+    objects[0, 11:, 11:] = 2
+    objects[1, 3:7, 3:7] = 1
+    negatives = torch.zeros(2, 12, 12, dtype=torch.bool)
+    negatives[:, 10, :4] = True
+    logits = torch.full((2, 12, 12), -4.0)
+    logits[objects > 0] = 4.0
+    logits[0, 11:, 11:] = -4.0  # the small object missed
+    bce = F.binary_cross_entropy_with_logits(logits, (objects > 0).float(), reduction="none")
+    per_object = [bce[0][objects[0] == 1].mean(), bce[0][objects[0] == 2].mean(), bce[1][objects[1] == 1].mean()]
+    neg = 0.75 * bce[negatives].mean() + 0.25 * bce[(objects == 0) & ~negatives].mean()
+    got = foreground_term(logits, objects, negatives, per_object=True)
+    assert got.item() == pytest.approx((0.5 * torch.stack(per_object).mean() + 0.5 * neg).item(), rel=1e-5)
+    by_pixel = foreground_term(logits, objects, negatives)
+    assert by_pixel.item() == pytest.approx((0.5 * bce[objects > 0].mean() + 0.5 * neg).item(), rel=1e-5)
+    assert got > 3 * by_pixel  # the missed one-pixel object weighs a third, not 1/117

@@ -44,6 +44,10 @@ class LossConfig:
     #: Our addition: positive-vs-unlabelled foreground head (docs/method.md).
     foreground_weight: float = 3.0
     foreground_unlabelled_weight: float = 0.25
+    #: Weigh the head's positives per painted object (each object's pixels share one object's
+    #: weight) instead of per pixel. Measured and not adopted (lower on Usiigaci on every seed:
+    #: docs/benchmarks.md, "Usiigaci variants").
+    foreground_per_object: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -276,6 +280,7 @@ def foreground_term(
     objects: torch.Tensor,
     negatives: torch.Tensor,
     unlabelled_weight: float = 0.25,
+    per_object: bool = False,
 ) -> torch.Tensor:
     """BCE of the foreground head: painted objects are 1; ``negatives`` (background scribbles
     and the rings just outside painted objects) are 0; the remaining unlabelled pixels count as 0
@@ -292,10 +297,17 @@ def foreground_term(
         return logits.sum() * 0.0
     bce = F.binary_cross_entropy_with_logits(logits, pos.to(logits.dtype), reduction="none")
     zero = logits.sum() * 0.0
+    if per_object:  # each painted object (per batch item) weighs the same, whatever its size
+        batch = torch.arange(objects.shape[0], device=objects.device).view(-1, *([1] * (objects.dim() - 1)))
+        uid = (objects.long() + batch * (int(objects.max()) + 1))[pos]
+        _, inverse, counts = torch.unique(uid, return_inverse=True, return_counts=True)
+        pos_term = (bce[pos] / counts[inverse].to(bce.dtype)).sum() / len(counts)
+    else:
+        pos_term = bce[pos].mean()
     neg_known = bce[neg].mean() if bool(neg.any()) else zero
     neg_unl = bce[unl].mean() if bool(unl.any()) else zero
     w = unlabelled_weight if bool(neg.any()) else 1.0
-    return 0.5 * bce[pos].mean() + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
+    return 0.5 * pos_term + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
 
 
 def foreground_consistency_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -356,7 +368,7 @@ def spoco_loss(
     if fg_logits is not None and config.foreground_weight > 0:
         out["foreground"] = foreground_term(
             fg_logits, objects, background if negatives is None else negatives,
-            config.foreground_unlabelled_weight,
+            config.foreground_unlabelled_weight, config.foreground_per_object,
         )
     else:
         out["foreground"] = emb.sum() * 0.0
