@@ -63,6 +63,19 @@ def test_rings_lie_just_outside_painted_objects():
     assert ring.sum() == 4 and not ring[4, 4]
 
 
+def test_default_negatives_are_background_and_the_pixels_touching_a_painted_object():
+    """The foreground head's known negatives by default: painted background plus a 1-px ring
+    (docs/method.md), so a pixel two steps from a painted object stays unlabelled."""
+    image = np.random.default_rng(0).random((20, 20))
+    lab = np.zeros((20, 20), int)
+    lab[4:7, 4:7], lab[12:15, 12:15], lab[0, 19] = 1, 2, 9
+    (prepared,) = prepare_training_data([image], [lab], background_label=9)
+    assert prepared.negatives[0, 19] and prepared.negatives[7, 5] and prepared.negatives[11, 13]
+    assert not prepared.negatives[8, 5] and not prepared.negatives[7, 7]  # two steps; a diagonal
+    assert not (prepared.negatives & (prepared.objects > 0)).any()
+    assert prepared.negatives.sum() == 1 + 2 * 12
+
+
 def test_relabel_sequential_keeps_zero_and_compacts_ids():
     out = relabel_sequential(np.array([[0, 7], [3, 7]]))
     assert out.tolist() == [[0, 2], [1, 2]] and out.dtype == np.uint16

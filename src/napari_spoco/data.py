@@ -304,7 +304,7 @@ def prepare_training_data(
     labels: list[np.ndarray],
     background_label: int | None = None,
     names: list[str] | None = None,
-    ring_width: int = 3,
+    ring_width: int = 1,
     require_objects: bool = True,
     scale: float = 1.0,
     channels: int = 1,
