@@ -286,6 +286,11 @@ class TrainingImage:
         return len(self.boxes)
 
 
+#: Width in pixels of the foreground head's known negatives around painted objects (1 measured
+#: level or better than 3 on every set: docs/method.md, "Background"); TrainConfig's default.
+RING_WIDTH = 1
+
+
 def object_rings(objects: np.ndarray, width: int) -> np.ndarray:
     """Pixels within ``width`` of a painted object but outside every painted object.
 
@@ -304,7 +309,7 @@ def prepare_training_data(
     labels: list[np.ndarray],
     background_label: int | None = None,
     names: list[str] | None = None,
-    ring_width: int = 1,
+    ring_width: int = RING_WIDTH,
     require_objects: bool = True,
     scale: float = 1.0,
     channels: int = 1,

@@ -20,7 +20,7 @@ import torch
 
 from .augment import random_geometry, random_intensity
 from .checks import check_field, is_whole
-from .data import PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
+from .data import RING_WIDTH, PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
@@ -98,9 +98,7 @@ class TrainConfig:
     ema_momentum: float = 0.999
     consistency_warmup_steps: int = 100
     object_fraction: float = 0.8
-    # Foreground-head negatives just outside painted objects, in pixels: 1 measured better than 3 on
-    # the packed and phase-contrast sets and level elsewhere (docs/method.md, "Background").
-    ring_width: int = 1
+    ring_width: int = RING_WIDTH  # foreground-head negatives just outside painted objects (data.py)
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
