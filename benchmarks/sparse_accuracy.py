@@ -21,12 +21,14 @@ packed nuclei in anisotropic volumes, a case none of the shared sets has); it ru
 named. So does ``synthetic-leaves-rgb`` (benchmarks/synthetic_leaves.py: colour photographs of
 plant rosettes, the paper's headline case). ``--voxel-size known`` (default) trains with the voxel size its metadata would give;
 ``none`` gives none, as for files that record none (training then estimates it from the painted objects' shape);
-``cubic`` gives 1 × 1 × 1.
+``cubic`` gives 1 × 1 × 1. ``--one-image N`` replaces each split by its first N held-out images,
+each on its own: trained on its painted objects and scored on all of its objects (one row per
+image), the user who paints a few objects of one image and segments that image.
 
 Usage:  python benchmarks/sparse_accuracy.py [--data DIR] [--minutes 5] [--seeds 0 1 2]
                                             [--datasets bbbc039-nuclei ...] [--peers-only]
                                             [--init default|none|without|FILE] [--threads N] [--scale auto|F]
-                                            [--voxel-size known|none|cubic]
+                                            [--voxel-size known|none|cubic] [--one-image N]
                                             [--json FILE] [--out FILE] [--save-dir DIR]
         python benchmarks/sparse_accuracy.py --from-json FILE    # the table again, no computing
 Writes the markdown table to stdout (and to --out if given).
@@ -98,6 +100,20 @@ class Split:
     voxel_size: tuple | None = None  # what the files' metadata would say (Z, Y, X); --voxel-size known passes it
     optional: bool = False  # run only when named in --datasets
     rgb: bool = False  # colour images (Y, X, 3): the forest reads the channels, classical adds excess green
+    source: str = ""  # the data set the images come from, where the name is not one (--one-image rows)
+
+    @property
+    def dataset(self) -> str:
+        return self.source or self.name
+
+
+def one_image_splits(split: Split, n: int) -> list[Split]:
+    """The first ``n`` held-out images of ``split``, each on its own: painted, trained on and
+    scored (every object, painted or not) — a user who paints a few objects of one image and
+    segments that image."""
+    return [replace(split, name=f"{split.name}-one{i}", train=[stem], test=[stem], source=split.dataset,
+                    note=f"image {stem} alone: trained on its painted objects, scored on all of its objects")
+            for i, stem in enumerate(split.test[:n])]
 
 
 def splits() -> list[Split]:
@@ -171,7 +187,7 @@ class Data:
     """A split's images and masks, read once, and the forest's features of each image."""
 
     def __init__(self, split: Split, features: bool = True):
-        ds = split.name
+        ds = split.dataset
         self.split = split
         c = split.crop
         self.train_images = [read(ds, s, "images")[c] for s in split.train]
@@ -247,7 +263,7 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
     import torch
 
     t0 = time.perf_counter()
-    start = start_model(init, data.train_images[0].ndim - data.split.rgb, data.split.name)  # colour: 2D
+    start = start_model(init, data.train_images[0].ndim - data.split.rgb, data.split.dataset)  # colour: 2D
     steps_before = start.history.get("steps", 0) if start is not None else 0
     config = TrainConfig(steps=0, minutes=minutes, seed=seed, device="cpu", scale=scale, precision=precision,
                          voxel_size=voxel_size)
@@ -454,6 +470,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--loss", action="append", default=[], metavar="NAME=VALUE",
                         help="change one of the loss's settings for SPOCO's training (LossConfig, e.g. "
                         "foreground_unlabelled_weight=0.1), to compare a variant with the defaults; repeatable")
+    parser.add_argument("--one-image", type=int, default=0, metavar="N",
+                        help="instead of the split: each of the first N held-out images on its own, trained on "
+                        "(its painted objects) and scored (all of its objects), one row per image")
     parser.add_argument("--ring-width", type=int, default=None, metavar="N",
                         help="width of the foreground head's negative ring around painted objects (TrainConfig."
                         "ring_width; default: the library's), to compare a variant with the defaults")
@@ -484,13 +503,15 @@ def main() -> int:
     for split in splits():
         if (args.datasets or split.optional) and split.name not in (args.datasets or ()):
             continue
-        print(f"== {split.name}", file=sys.stderr, flush=True)
-        results.append(run(split, args, scale))
+        for part in one_image_splits(split, args.one_image) if args.one_image else [split]:
+            print(f"== {part.name}", file=sys.stderr, flush=True)
+            results.append(run(part, args, scale))
     meta = {"machine": cpu_name(), "cpus": CPUS,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "sklearn": sklearn.__version__,
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
-            "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width}
+            "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width,
+            "one_image": args.one_image}
     text = report(results, meta)
     print(text)
     if args.out:
