@@ -178,6 +178,41 @@ def test_foreground_term_uses_painted_positives_and_known_negatives():
     assert foreground_term(flip_unl, objects, negatives) < foreground_term(flip_neg, objects, negatives)
 
 
+def test_unlabelled_pixels_follow_a_given_target_instead_of_background():
+    """Fine-tuning: an unpainted object the start calls foreground is pulled towards foreground,
+    not background; painted positives and known negatives keep their 0/1 targets."""
+    objects = torch.tensor([[1, 1, 0, 0, 0]])
+    negatives = torch.tensor([[False, False, True, False, False]])
+    teacher = torch.tensor([[0.99, 0.99, 0.01, 0.99, 0.02]])  # pixel 3: an unpainted object
+    logits = torch.zeros(1, 5, requires_grad=True)
+    foreground_term(logits, objects, negatives, unlabelled_target=teacher).backward()
+    assert logits.grad[0, 3] < 0 < logits.grad[0, 4]  # descent raises pixel 3, lowers pixel 4
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 2]
+    logits.grad = None
+    foreground_term(logits, objects, negatives).backward()
+    assert logits.grad[0, 3] > 0  # without a target every unlabelled pixel is pushed to background
+    # at the teacher's own logits the unlabelled pixels' gradient vanishes
+    at_teacher = torch.logit(teacher).requires_grad_(True)
+    foreground_term(at_teacher, objects, negatives, unlabelled_target=teacher).backward()
+    assert torch.allclose(at_teacher.grad[0, 3:], torch.zeros(2), atol=1e-7)
+
+
+def test_spoco_loss_gives_the_teacher_foreground_as_target_only_when_asked():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 1:3, 1:3] = 1
+    labels[0, 5:7, 5:7] = 2
+    bg = torch.zeros(1, 8, 8, dtype=torch.bool)
+    emb = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    fg = torch.full((1, 8, 8), -2.0)
+    teacher_fg = torch.full((1, 8, 8), 6.0)
+    plain = spoco_loss(emb, labels, bg, LossConfig(), None, fg)["foreground"]
+    followed = spoco_loss(emb, labels, bg, LossConfig(), None, fg, teacher_fg_logits=teacher_fg)["foreground"]
+    off = spoco_loss(emb, labels, bg, LossConfig(foreground_unlabelled_teacher=False), None, fg,
+                     teacher_fg_logits=teacher_fg)["foreground"]
+    assert torch.allclose(off, plain)
+    assert not torch.allclose(followed, plain)
+
+
 def test_spoco_loss_runs_on_a_model_batch_and_backpropagates_to_the_student_only():
     model = SpocoModel.new(ModelConfig(base_features=4, depth=2))
     x = torch.randn(2, 1, 16, 16)

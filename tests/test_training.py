@@ -155,6 +155,32 @@ def test_training_from_scratch_is_untouched_by_the_stable_fine_tuning_start(tiny
             assert torch.equal(x, y) and torch.equal(x, z)
 
 
+def test_the_foreground_target_of_unpainted_pixels_comes_from_the_teacher_only_after_a_trained_start(
+        tiny_pair, monkeypatch):
+    # Unpainted pixels are unknown: a trained start's teacher says what they are (docs/method.md,
+    # "Background"); a new network knows nothing, so there they count as background, as before.
+    import napari_spoco.training as tr
+
+    image, sparse, _ = tiny_pair
+    real_loss = tr.spoco_loss
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(args[8] if len(args) > 8 else kwargs.get("teacher_fg_logits"))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "spoco_loss", recording)
+    trained = train([image], [sparse], _quick(2), model_config=SMALL)
+    assert seen and all(t is None for t in seen)
+    seen.clear()
+    train([image], [sparse], _quick(2), model=SpocoModel.new(SMALL))
+    assert seen and all(t is None for t in seen)
+    seen.clear()
+    train([image], [sparse], _quick(2), model=trained)
+    # (the calls before the two steps measure how well the start fits: embeddings only)
+    assert len(seen) >= 2 and all(t is not None and t.shape[0] == 2 for t in seen[-2:])
+
+
 def test_a_step_with_non_finite_gradients_is_skipped_and_never_reaches_the_weights(tiny_pair, monkeypatch):
     """A finite loss can still give NaN/inf gradients (a bfloat16 backward that overflows); one
     Adam step with them would leave NaN weights behind. Such a step is skipped, and several in

@@ -48,6 +48,10 @@ class LossConfig:
     #: weight) instead of per pixel. Measured and not adopted (lower on Usiigaci on every seed:
     #: docs/benchmarks.md, "Usiigaci variants").
     foreground_per_object: bool = False
+    #: Training a 2D network started from a trained model: the unlabelled pixels' target is the
+    #: EMA teacher's foreground probability instead of 0, so that unpainted objects are not learnt as
+    #: background (docs/method.md, "Background"). False: always 0, as from a new network.
+    foreground_unlabelled_teacher: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,6 +285,7 @@ def foreground_term(
     negatives: torch.Tensor,
     unlabelled_weight: float = 0.25,
     per_object: bool = False,
+    unlabelled_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE of the foreground head: painted objects are 1; ``negatives`` (background scribbles
     and the rings just outside painted objects) are 0; the remaining unlabelled pixels count as 0
@@ -289,6 +294,8 @@ def foreground_term(
     The small share teaches "far from anything painted, and unlike painted objects, is
     background" without letting the many unpainted objects outvote the painted ones. Positives
     and negatives are balanced, so a few scribbles weigh as much as a large background.
+    ``unlabelled_target`` (probabilities, shaped like ``logits``) replaces the unlabelled pixels'
+    0: a fine-tuned head then keeps its start's opinion where nothing was painted.
     """
     pos = objects > 0
     neg = negatives & ~pos
@@ -305,7 +312,12 @@ def foreground_term(
     else:
         pos_term = bce[pos].mean()
     neg_known = bce[neg].mean() if bool(neg.any()) else zero
-    neg_unl = bce[unl].mean() if bool(unl.any()) else zero
+    if not bool(unl.any()):
+        neg_unl = zero
+    elif unlabelled_target is None:
+        neg_unl = bce[unl].mean()
+    else:
+        neg_unl = F.binary_cross_entropy_with_logits(logits[unl], unlabelled_target[unl].to(logits.dtype))
     w = unlabelled_weight if bool(neg.any()) else 1.0
     return 0.5 * pos_term + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
 
@@ -329,12 +341,15 @@ def spoco_loss(
     fg_logits: torch.Tensor | None = None,
     negatives: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    teacher_fg_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All terms, averaged over the batch, and their weighted sum under ``"total"``.
 
     ``emb``/``teacher_emb``: (B, E, *spatial); ``objects``: (B, *spatial) int;
     ``background``: (B, *spatial) bool; ``fg_logits``: (B, *spatial) or None;
-    ``negatives``: (B, *spatial) bool, the foreground head's negatives (default: ``background``).
+    ``negatives``: (B, *spatial) bool, the foreground head's negatives (default: ``background``);
+    ``teacher_fg_logits``: (B, *spatial), given when training started from a trained model: the
+    unlabelled pixels' foreground target (``LossConfig.foreground_unlabelled_teacher``).
     """
     generator = generator or torch.Generator().manual_seed(0)
     b, e_dim = emb.shape[:2]
@@ -369,6 +384,8 @@ def spoco_loss(
         out["foreground"] = foreground_term(
             fg_logits, objects, background if negatives is None else negatives,
             config.foreground_unlabelled_weight, config.foreground_per_object,
+            torch.sigmoid(teacher_fg_logits.detach())
+            if teacher_fg_logits is not None and config.foreground_unlabelled_teacher else None,
         )
     else:
         out["foreground"] = emb.sum() * 0.0
