@@ -197,6 +197,25 @@ def test_unlabelled_pixels_follow_a_given_target_instead_of_background():
     assert torch.allclose(at_teacher.grad[0, 3:], torch.zeros(2), atol=1e-7)
 
 
+def test_a_confidence_turns_the_teachers_foreground_into_hard_targets_where_it_is_sure():
+    objects = torch.tensor([[1, 0, 0, 0, 0]])
+    negatives = torch.tensor([[False, True, False, False, False]])
+    teacher = torch.tensor([[0.5, 0.5, 0.95, 0.6, 0.02]])  # pixels 2-4 unlabelled; 3 unsure
+    logits = torch.zeros(1, 5, requires_grad=True)
+    foreground_term(logits, objects, negatives, unlabelled_target=teacher, confidence=0.9).backward()
+    assert logits.grad[0, 3] == 0  # no target where the teacher is unsure
+    assert logits.grad[0, 2] < 0 < logits.grad[0, 4]  # hard 1 and hard 0 where it is sure
+    # a hard target keeps pulling past the teacher's own probability; the soft one does not
+    at_teacher = torch.logit(teacher).requires_grad_(True)
+    foreground_term(at_teacher, objects, negatives, unlabelled_target=teacher, confidence=0.9).backward()
+    assert at_teacher.grad[0, 2] < 0 < at_teacher.grad[0, 4]
+    # nobody sure: the unlabelled share adds nothing
+    logits.grad = None
+    unsure = torch.full((1, 5), 0.5)
+    foreground_term(logits, objects, negatives, unlabelled_target=unsure, confidence=0.9).backward()
+    assert torch.all(logits.grad[0, 2:] == 0)
+
+
 def test_spoco_loss_gives_the_teacher_foreground_as_target_only_when_asked():
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[0, 1:3, 1:3] = 1

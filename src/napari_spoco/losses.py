@@ -52,6 +52,9 @@ class LossConfig:
     #: EMA teacher's foreground probability instead of 0, so that unpainted objects are not learnt as
     #: background (docs/method.md, "Background"). False: always 0, as from a new network.
     foreground_unlabelled_teacher: bool = True
+    #: With the teacher's target: 0 = its probability as it is; c > 0 = a hard 0/1 target where the
+    #: teacher is at least c sure (max(p, 1 - p) >= c), no target elsewhere.
+    foreground_teacher_confidence: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,6 +289,7 @@ def foreground_term(
     unlabelled_weight: float = 0.25,
     per_object: bool = False,
     unlabelled_target: torch.Tensor | None = None,
+    confidence: float = 0.0,
 ) -> torch.Tensor:
     """BCE of the foreground head: painted objects are 1; ``negatives`` (background scribbles
     and the rings just outside painted objects) are 0; the remaining unlabelled pixels count as 0
@@ -316,8 +320,13 @@ def foreground_term(
         neg_unl = zero
     elif unlabelled_target is None:
         neg_unl = bce[unl].mean()
-    else:
+    elif confidence <= 0:
         neg_unl = F.binary_cross_entropy_with_logits(logits[unl], unlabelled_target[unl].to(logits.dtype))
+    else:
+        t = unlabelled_target[unl]
+        sure = torch.maximum(t, 1 - t) >= confidence
+        neg_unl = (F.binary_cross_entropy_with_logits(logits[unl][sure], (t[sure] > 0.5).to(logits.dtype))
+                   if bool(sure.any()) else zero)
     w = unlabelled_weight if bool(neg.any()) else 1.0
     return 0.5 * pos_term + 0.5 * ((1.0 - w) * neg_known + w * neg_unl)
 
@@ -386,6 +395,7 @@ def spoco_loss(
             config.foreground_unlabelled_weight, config.foreground_per_object,
             torch.sigmoid(teacher_fg_logits.detach())
             if teacher_fg_logits is not None and config.foreground_unlabelled_teacher else None,
+            config.foreground_teacher_confidence,
         )
     else:
         out["foreground"] = emb.sum() * 0.0
