@@ -299,7 +299,9 @@ def foreground_term(
     background" without letting the many unpainted objects outvote the painted ones. Positives
     and negatives are balanced, so a few scribbles weigh as much as a large background.
     ``unlabelled_target`` (probabilities, shaped like ``logits``) replaces the unlabelled pixels'
-    0: a fine-tuned head then keeps its start's opinion where nothing was painted.
+    0: a fine-tuned head then keeps its start's opinion where nothing was painted. ``confidence``
+    > 0 makes that target hard (0/1) where the teacher is at least that sure and drops the rest,
+    so the edge of an unpainted object cannot drift with the teacher (docs/method.md).
     """
     pos = objects > 0
     neg = negatives & ~pos
