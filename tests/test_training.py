@@ -181,6 +181,36 @@ def test_the_foreground_target_of_unpainted_pixels_comes_from_the_teacher_only_a
     assert len(seen) >= 2 and all(t is not None and t.shape[0] == 2 for t in seen[-2:])
 
 
+def test_a_3d_fine_tuning_takes_the_teachers_foreground_target_only_when_asked(monkeypatch):
+    # Off by default in 3D (measured lower on packed nuclei: docs/benchmarks.md); the switch
+    # LossConfig.foreground_teacher_3d turns it on, so that variants can be measured.
+    from dataclasses import replace
+
+    import napari_spoco.training as tr
+    from napari_spoco.losses import LossConfig
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(8, 24, 24)).astype(np.float32)
+    lab = np.zeros((8, 24, 24), np.uint16)
+    lab[2:6, 3:9, 3:9] = 1
+    lab[2:6, 14:20, 14:20] = 2
+    real_loss = tr.spoco_loss
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(args[8] if len(args) > 8 else kwargs.get("teacher_fg_logits"))
+        return real_loss(*args, **kwargs)
+
+    cfg = TrainConfig(steps=2, batch_size=1, patch_shape=(8, 16, 16), device="cpu")
+    trained = train([vol], [lab], cfg, model_config=SMALL)
+    monkeypatch.setattr(tr, "spoco_loss", recording)
+    train([vol], [lab], cfg, model=trained)
+    assert seen and all(t is None for t in seen)
+    seen.clear()
+    train([vol], [lab], replace(cfg, loss=LossConfig(foreground_teacher_3d=True)), model=trained)
+    assert len(seen) >= 2 and all(t is not None and t.shape[0] == 1 and t.ndim == 4 for t in seen[-2:])
+
+
 def test_a_step_with_non_finite_gradients_is_skipped_and_never_reaches_the_weights(tiny_pair, monkeypatch):
     """A finite loss can still give NaN/inf gradients (a bfloat16 backward that overflows); one
     Adam step with them would leave NaN weights behind. Such a step is skipped, and several in

@@ -52,9 +52,14 @@ class LossConfig:
     #: EMA teacher's foreground probability instead of 0, so that unpainted objects are not learnt as
     #: background (docs/method.md, "Background"). False: always 0, as from a new network.
     foreground_unlabelled_teacher: bool = True
-    #: With the teacher's target: 0 = its probability as it is; c > 0 = a hard 0/1 target where the
-    #: teacher is at least c sure (max(p, 1 - p) >= c), no target elsewhere.
-    foreground_teacher_confidence: float = 0.0
+    #: With the teacher's target: 0 = its probability as it is (a soft target, which let one
+    #: BBBC039 seed's edges drift 11 % outwards); c > 0 = a hard 0/1 target where the teacher is at
+    #: least c sure (max(p, 1 - p) >= c), no target elsewhere. 0.9 measured on every 2D set
+    #: (docs/benchmarks.md, "Hard targets where the teacher is sure").
+    foreground_teacher_confidence: float = 0.9
+    #: The teacher's target for 3D networks too. Off: on the packed 3D nuclei its soft form scored
+    #: lower (docs/benchmarks.md, "The teacher's target"); a switch so that variants can be measured.
+    foreground_teacher_3d: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
