@@ -57,8 +57,9 @@ class LossConfig:
     #: least c sure (max(p, 1 - p) >= c), no target elsewhere. 0.9 measured on every 2D set
     #: (docs/benchmarks.md, "Hard targets where the teacher is sure").
     foreground_teacher_confidence: float = 0.9
-    #: The teacher's target for 3D networks too. Off: on the packed 3D nuclei its soft form scored
-    #: lower (docs/benchmarks.md, "The teacher's target"); a switch so that variants can be measured.
+    #: The teacher's target for 3D networks too. Off: on the packed 3D nuclei both forms scored
+    #: lower than the negatives (docs/benchmarks.md, "Hard targets where the teacher is sure"); a
+    #: switch so that variants can be measured.
     foreground_teacher_3d: bool = False
 
     def to_dict(self) -> dict:

@@ -386,8 +386,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     started_from_model = model is not None
     # a trained start knows what an unpainted object looks like: its teacher gives the
     # foreground head's target where nothing is painted (docs/method.md, "Background"); 2D unless
-    # asked for, as measured: on the packed 3D nuclei its soft form scored lower (0.754 against
-    # 0.774, three seeds)
+    # asked for, as measured: on the packed 3D nuclei both forms scored lower (soft 0.754, hard
+    # 0.756, against 0.774 without; three seeds)
     from_trained = (not self_supervised and model is not None and model.history.get("steps", 0) > 0
                     and (ndim == 2 or config.loss.foreground_teacher_3d))
     # Fine-tuning a trained model (not a new or untrained one handed in): docs/method.md.
