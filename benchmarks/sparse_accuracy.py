@@ -21,7 +21,8 @@ packed nuclei in anisotropic volumes, a case none of the shared sets has); it ru
 named. So does ``synthetic-leaves-rgb`` (benchmarks/synthetic_leaves.py: colour photographs of
 plant rosettes, the paper's headline case). ``--voxel-size known`` (default) trains with the voxel size its metadata would give;
 ``none`` gives none, as for files that record none (training then estimates it from the painted objects' shape);
-``cubic`` gives 1 × 1 × 1. ``--one-image N`` replaces each split by its first N held-out images,
+``cubic`` gives 1 × 1 × 1. ``--zoom F`` resizes the 2D sets' images and masks by F in Y and X (rows
+``DATASET@F``): the same objects at another lab's magnification. ``--one-image N`` replaces each split by its first N held-out images,
 each on its own: trained on its painted objects and scored on all of its objects (one row per
 image), the user who paints a few objects of one image and segments that image.
 
@@ -101,6 +102,7 @@ class Split:
     optional: bool = False  # run only when named in --datasets
     rgb: bool = False  # colour images (Y, X, 3): the forest reads the channels, classical adds excess green
     source: str = ""  # the data set the images come from, where the name is not one (--one-image rows)
+    zoom: float = 1.0  # Y and X resized by this factor (--zoom): the same objects at another magnification
 
     @property
     def dataset(self) -> str:
@@ -114,6 +116,32 @@ def one_image_splits(split: Split, n: int) -> list[Split]:
     return [replace(split, name=f"{split.name}-one{i}", train=[stem], test=[stem], source=split.dataset,
                     note=f"image {stem} alone: trained on its painted objects, scored on all of its objects")
             for i, stem in enumerate(split.test[:n])]
+
+
+def zoomed_split(split: Split, zoom: float) -> Split:
+    """``split`` with its images (linear, anti-aliased when shrinking) and masks (nearest) resized by
+    ``zoom`` in Y and X, named ``<data set>@<zoom>``: the same objects at another magnification, as
+    another lab's microscope would record them (2D sets only)."""
+    if zoom == 1.0:
+        return split
+    return replace(split, name=f"{split.name}@{zoom:g}", source=split.dataset, zoom=zoom,
+                   note=(split.note + "; " if split.note else "") + f"images and masks resized {zoom:g}× in Y and X")
+
+
+def resize_yx(array: np.ndarray, zoom: float, mask: bool, rgb: bool = False) -> np.ndarray:
+    """One image or mask of a 2D set at ``zoom`` times its size in Y and X."""
+    from skimage.transform import rescale
+
+    if zoom == 1.0:
+        return array
+    if mask:
+        return rescale(array, zoom, order=0, preserve_range=True, anti_aliasing=False).astype(array.dtype)
+    out = rescale(array.astype(np.float32), zoom, order=1, preserve_range=True, anti_aliasing=zoom < 1,
+                  channel_axis=-1 if rgb else None)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(array.dtype)
 
 
 def splits() -> list[Split]:
@@ -189,10 +217,17 @@ class Data:
     def __init__(self, split: Split, features: bool = True):
         ds = split.dataset
         self.split = split
-        c = split.crop
-        self.train_images = [read(ds, s, "images")[c] for s in split.train]
-        self.train_masks = [read(ds, s, "masks")[c] for s in split.train]
-        self.tests = [(s, read(ds, s, "images")[c], read(ds, s, "masks")[c]) for s in split.test]
+        c, z, rgb = split.crop, split.zoom, split.rgb
+
+        def image(stem: str) -> np.ndarray:
+            return resize_yx(read(ds, stem, "images")[c], z, mask=False, rgb=rgb)
+
+        def mask(stem: str) -> np.ndarray:
+            return resize_yx(read(ds, stem, "masks")[c], z, mask=True)
+
+        self.train_images = [image(s) for s in split.train]
+        self.train_masks = [mask(s) for s in split.train]
+        self.tests = [(s, image(s), mask(s)) for s in split.test]
         self.features: dict[str, np.ndarray] = {}
         self.features_s = 0.0
         if features:
@@ -473,6 +508,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--one-image", type=int, default=0, metavar="N",
                         help="instead of the split: each of the first N held-out images on its own, trained on "
                         "(its painted objects) and scored (all of its objects), one row per image")
+    parser.add_argument("--zoom", type=float, default=1.0, metavar="F",
+                        help="resize every image and mask of the (2D) data sets by F in Y and X, rows named "
+                        "DATASET@F: the same objects at another magnification (the classical pipelines keep "
+                        "their fixed sizes; the forest and SPOCO take theirs from the painted objects)")
     parser.add_argument("--ring-width", type=int, default=None, metavar="N",
                         help="width of the foreground head's negative ring around painted objects (TrainConfig."
                         "ring_width; default: the library's), to compare a variant with the defaults")
@@ -480,6 +519,8 @@ def parse_args() -> argparse.Namespace:
     args.loss = parse_loss_settings(parser, args.loss)
     if args.seed is not None:
         args.seeds = [args.seed]
+    if not 0.1 <= args.zoom <= 4:
+        parser.error(f"--zoom {args.zoom:g}: give a factor between 0.1 and 4")
     return args
 
 
@@ -503,6 +544,11 @@ def main() -> int:
     for split in splits():
         if (args.datasets or split.optional) and split.name not in (args.datasets or ()):
             continue
+        if args.zoom != 1.0:
+            if split.name in ("cells3d-nuclei", SYNTHETIC_3D):
+                print(f"== {split.name}: skipped, --zoom is for the 2D sets", file=sys.stderr, flush=True)
+                continue
+            split = zoomed_split(split, args.zoom)
         for part in one_image_splits(split, args.one_image) if args.one_image else [split]:
             print(f"== {part.name}", file=sys.stderr, flush=True)
             results.append(run(part, args, scale))
@@ -511,7 +557,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
             "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width,
-            "one_image": args.one_image}
+            "one_image": args.one_image, "zoom": args.zoom}
     text = report(results, meta)
     print(text)
     if args.out:
