@@ -29,7 +29,7 @@ image), the user who paints a few objects of one image and segments that image.
 Usage:  python benchmarks/sparse_accuracy.py [--data DIR] [--minutes 5] [--seeds 0 1 2]
                                             [--datasets bbbc039-nuclei ...] [--peers-only]
                                             [--init default|none|without|FILE] [--threads N] [--scale auto|F]
-                                            [--voxel-size known|none|cubic] [--one-image N]
+                                            [--voxel-size known|none|cubic] [--one-image N] [--zoom F]
                                             [--json FILE] [--out FILE] [--save-dir DIR]
         python benchmarks/sparse_accuracy.py --from-json FILE    # the table again, no computing
 Writes the markdown table to stdout (and to --out if given).
@@ -103,6 +103,7 @@ class Split:
     rgb: bool = False  # colour images (Y, X, 3): the forest reads the channels, classical adds excess green
     source: str = ""  # the data set the images come from, where the name is not one (--one-image rows)
     zoom: float = 1.0  # Y and X resized by this factor (--zoom): the same objects at another magnification
+    ndim: int = 2  # spatial axes of the images (--zoom resizes only the 2D sets)
 
     @property
     def dataset(self) -> str:
@@ -154,11 +155,11 @@ def splits() -> list[Split]:
         Split("isbi2012-em", em[:10], em[-4:]),
         Split("cells3d-nuclei", ["cells3d_nuclei"], ["cells3d_nuclei"],
               "one volume, its half x ≥ 128 (the shipped 3D model trained on the other half): trained on "
-              "10 % of that half's nuclei, scored on all of them", crop=np.s_[..., CELLS3D_SPLIT:]),
+              "10 % of that half's nuclei, scored on all of them", crop=np.s_[..., CELLS3D_SPLIT:], ndim=3),
         Split(SYNTHETIC_3D, stems(SYNTHETIC_3D)[:1], stems(SYNTHETIC_3D)[1:],
               "generated (benchmarks/synthetic_nuclei.py): about 800 packed nuclei of 6×14×14 voxels per "
               "40×160×160 volume, z-step 2× the pixel size; one volume trained on, another scored",
-              voxel_size=SYNTHETIC_VOXEL_SIZE, optional=True),
+              voxel_size=SYNTHETIC_VOXEL_SIZE, optional=True, ndim=3),
         Split(SYNTHETIC_LEAVES, stems(SYNTHETIC_LEAVES)[:N_LEAVES_TRAIN], stems(SYNTHETIC_LEAVES)[N_LEAVES_TRAIN:],
               "generated (benchmarks/synthetic_leaves.py): colour photographs of plant rosettes, 10–20 leaves "
               "each, up to 180 px long (54 px across, median), younger leaves over older ones, soil about as bright as the leaves; "
@@ -241,14 +242,31 @@ class Data:
         return [sparsify(m, fraction, paint_seed(seed, i)) for i, m in enumerate(self.train_masks)]
 
 
+def saved_splits(models: Path, datasets: list[str] | None) -> list[Split]:
+    """The splits whose models ``--save-dir`` may have left in ``models``: each set under its own name
+    and, for each zoom found there (``<set>@<F>_seed<S>.spoco.pt``), that zoomed split. ``datasets``
+    (names as saved, e.g. ``bbbc039-nuclei@0.5``) None or empty: all of them."""
+    found = []
+    for split in splits():
+        parts = [split]
+        zooms = {path.name[len(split.name) + 1:].rsplit("_seed", 1)[0]
+                 for path in models.glob(f"{split.name}@*_seed*.spoco.pt")}
+        for zoom in sorted(zooms):
+            try:
+                parts.append(zoomed_split(split, float(zoom)))
+            except ValueError:  # not a factor: a file of some other naming
+                continue
+        found += [part for part in parts if not datasets or part.name in datasets]
+    return found
+
+
 def saved_models(models: Path, datasets: list[str] | None, seeds: list[int]):
     """``(data, seed, model)`` for each model that ``--save-dir`` saved in ``models``
-    (``<dataset>_seed<S>.spoco.pt``), each data set's images read once (no forest features)."""
+    (``<dataset>_seed<S>.spoco.pt``, zoomed sets ``<dataset>@<F>_seed<S>.spoco.pt``), each data
+    set's images read once (no forest features)."""
     from napari_spoco.io import load_model
 
-    for split in splits():
-        if datasets and split.name not in datasets:
-            continue
+    for split in saved_splits(models, datasets):
         data = None
         for seed in seeds:
             path = models / f"{split.name}_seed{seed}.spoco.pt"
@@ -545,7 +563,7 @@ def main() -> int:
         if (args.datasets or split.optional) and split.name not in (args.datasets or ()):
             continue
         if args.zoom != 1.0:
-            if split.name in ("cells3d-nuclei", SYNTHETIC_3D):
+            if split.ndim != 2:
                 print(f"== {split.name}: skipped, --zoom is for the 2D sets", file=sys.stderr, flush=True)
                 continue
             split = zoomed_split(split, args.zoom)

@@ -112,11 +112,11 @@ def score(model, data: sa.Data, variant: str, on: str = "test") -> dict:
 
 
 def saved_models(folder, datasets, seeds):
-    """(split, seed, data, model) for each ``{dataset}_seed{N}.spoco.pt`` that ``sparse_accuracy.py
-    --save-dir`` left in ``folder``; ``datasets`` None or empty: the non-optional sets. Each data
-    set's images are read once."""
-    for split in sa.splits():
-        if (datasets and split.name not in datasets) or (not datasets and split.optional):
+    """(split, seed, data, model) for each ``{dataset}_seed{N}.spoco.pt`` (zoomed sets
+    ``{dataset}@{F}_seed{N}.spoco.pt``) that ``sparse_accuracy.py --save-dir`` left in ``folder``;
+    ``datasets`` None or empty: the non-optional sets. Each data set's images are read once."""
+    for split in sa.saved_splits(Path(folder), datasets):
+        if not datasets and split.optional:
             continue
         data = None
         for seed in seeds:
