@@ -44,13 +44,20 @@ def test_median_diameter_is_that_of_a_disk_of_the_median_area():
     assert median_diameter([np.zeros((5, 5), int)]) is None
 
 
-def test_auto_scale_shrinks_only_large_2d_objects():
-    _, sparse_big, _ = _big_disks(radius=35)  # 70 px across
+def test_auto_scale_brings_large_and_small_2d_objects_towards_30_px():
+    _, sparse_big, _ = _big_disks(radius=35)  # 70 px across: shrunk
     assert auto_scale([sparse_big]) == pytest.approx(30 / 70, abs=0.01)
-    _, sparse_small, _ = _big_disks(radius=12)  # 24 px: left alone
-    assert auto_scale([sparse_small]) == 1.0
+    _, sparse_mid, _ = _big_disks(radius=12)  # 24 px: left alone
+    assert auto_scale([sparse_mid]) == 1.0
+    _, sparse_small, _ = _big_disks(radius=8)  # 16 px: doubled (a whole factor)
+    assert auto_scale([sparse_small]) == 2.0
+    _, sparse_tiny, _ = _big_disks(radius=3)  # 6 px: doubled too, not more (4x the time already)
+    assert auto_scale([sparse_tiny]) == 2.0
     assert auto_scale([np.zeros((64, 64), int)]) == 1.0  # nothing painted
     assert auto_scale([np.ones((8, 64, 64), int)]) == 1.0  # 3D: left to the user
+    tiny_3d = np.zeros((16, 64, 64), int)
+    tiny_3d[4:7, 10:13, 10:13] = 1
+    assert auto_scale([tiny_3d]) == 1.0  # small 3D objects too (8x the time)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 10, float("nan"), "half"])
@@ -87,6 +94,16 @@ def test_training_picks_the_scale_from_painted_objects_and_the_file_keeps_it(tmp
     assert loaded.pixel_scale == model.pixel_scale
     fixed = train([image], [sparse], TrainConfig(**{**cfg.__dict__, "scale": 1.0}), model_config=SMALL)
     assert fixed.pixel_scale == 1.0
+
+
+def test_small_painted_objects_train_at_scale_2_and_come_back_at_the_images_size():
+    image, sparse, _ = _big_disks(radius=7)  # 14 px across
+    cfg = TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu")
+    model = train([image], [sparse], cfg, model_config=SMALL)
+    assert model.pixel_scale == 2.0
+    assert model.history["object_size_median"] == pytest.approx(np.pi * 7**2 * 4, rel=0.15)
+    labels = segment(model, image, device="cpu")
+    assert labels.shape == image.shape
 
 
 def test_fine_tuning_keeps_the_starting_models_scale():

@@ -102,7 +102,8 @@ def _readme(model: SpocoModel, name: str) -> str:
     scale = model.pixel_scale
     resize = (
         f"\n\n**Resize first:** this model was trained on images resized by {scale:g} per axis (its\n"
-        "objects were large). Resize input images by the same factor, and the label image back."
+        f"objects were {'large' if scale < 1 else 'small'}). Resize input images by the same factor, and the label "
+        "image back."
         if scale != 1.0 else ""
     )
     return f"""# {name}

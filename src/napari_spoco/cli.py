@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="patch shape, one value per image axis (default 96 96 in 2D, 32 64 64 in 3D)")
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
-                   "'auto' (default) brings 2D objects wider than 45 px to ~30 px. The model file keeps it.")
+                   "'auto' (default) brings 2D objects wider than 45 px to ~30 px and doubles those narrower than 20 px. "
+                   "The model file keeps it.")
     t.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
                    help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
                    "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else cubic")

@@ -95,7 +95,7 @@ def segment(
     are merged into their neighbour or dropped; connected pieces above :func:`auto_max_size`
     count as background.
 
-    A model trained at a ``pixel_scale`` other than 1 (large objects, :mod:`napari_spoco.scaling`)
+    A model trained at a ``pixel_scale`` other than 1 (large or small objects, :mod:`napari_spoco.scaling`)
     sees the image resized by that factor; labels (and the embedding) come back at the image's
     shape, and ``min_size``, ``max_size`` and ``expand`` stay in the image's pixels.
     ``voxel_size`` (one spacing per spatial axis; default: the model's training voxel size, or

@@ -102,7 +102,8 @@ class TrainConfig:
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
-    # brought to about 30 px; a self-supervised run keeps the starting model's scale.
+    # brought to about 30 px and those narrower than 20 px doubled; a
+    # self-supervised run keeps the starting model's scale.
     scale: float | None = None
     # Spacing of the images' pixels per spatial axis (Z, Y, X or Y, X; any unit): coarse axes
     # are interpolated up to cubic voxels (docs/method.md, "Anisotropic volumes"). None: the

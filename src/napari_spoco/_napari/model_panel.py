@@ -81,7 +81,8 @@ class ModelPanel(QGroupBox):
             steps = model.history.get("steps", 0)
             text = f"{kind} ({state.describe()}), {steps} steps trained; Train fine-tunes it."
         if model.pixel_scale != 1.0:
-            text += f" Works at scale {model.pixel_scale:g} (large objects)."
+            size = "large" if model.pixel_scale < 1.0 else "small"
+            text += f" Works at scale {model.pixel_scale:g} ({size} objects)."
         return text
 
     # ------------------------------------------------------------------ actions
