@@ -55,6 +55,41 @@ def test_edge_expand_measures_how_far_the_foreground_falls_short(monkeypatch, sh
     assert grow == expected and len(scores) == MAX_EXPAND + 1
 
 
+@pytest.mark.parametrize("instance_shrink", [0, 2])
+def test_edge_expand_follows_the_instances_segment_returns_not_the_raw_foreground(monkeypatch, instance_shrink):
+    """The foreground reaches the edge exactly; the clustering returns the objects shrunk by
+    ``instance_shrink`` pixels (as fragment absorption or a split can). The growth is what the
+    returned objects need, not what the thresholded foreground would."""
+    import napari_spoco.clustering as clustering
+    import napari_spoco.inference as inference
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    image, labels = painted_scene()
+    data = prepare_training_data([image], [labels])
+
+    def fake_embed(model, prepared, **kwargs):
+        mask = prepared.data > 0.5
+        return Embedding(np.zeros((2,) + mask.shape, np.float32), mask.astype(np.float32))
+
+    real = clustering.cluster_embeddings
+    seen = []
+
+    def shrunk_instances(embeddings, foreground, config, *rest):
+        seen.append(config.expand)
+        out = real(embeddings, foreground, config, *rest)
+        if not instance_shrink:
+            return out
+        return np.where(ndi.binary_erosion(out > 0, iterations=instance_shrink), out, 0)
+
+    monkeypatch.setattr(inference, "embed", fake_embed)
+    monkeypatch.setattr(clustering, "cluster_embeddings", shrunk_instances)
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=8, depth=2))
+    model.history["edge_expand"] = 3  # a growth recorded before is not part of what is measured
+    grow, scores = edge_expand(model, data)
+    assert grow == instance_shrink
+    assert seen and set(seen) == {0}
+
+
 def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
     from napari_spoco import TrainConfig, segment, train
     from napari_spoco.io import load_model, save_model
@@ -86,6 +121,38 @@ def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
     finally:
         segmentation.cluster_embeddings = real
     assert seen == [2, 0, 3]  # the calibrated growth comes on top of the user's
+
+
+def test_training_measures_the_layout_first_and_the_edge_with_it(monkeypatch):
+    """The edge is measured on the objects segment() will return, so after the layout that
+    shapes them; the layout itself is measured without an earlier training's growth."""
+    import napari_spoco.clustering as clustering
+    import napari_spoco.layout as layout
+    from napari_spoco import TrainConfig, train
+    from napari_spoco.model import ModelConfig
+
+    image, labels = painted_scene()
+    config = TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu")
+    model = train([image], [labels], config, model_config=ModelConfig(base_features=8, depth=2))
+    model.history["edge_expand"] = 3  # as an earlier training may have left it
+    seen_growth, seen_layouts = [], []
+
+    def fake_layout(model, data, seed=0):
+        seen_growth.append(model.history.get("edge_expand"))
+        return "separate", {"separate": 1.0, "tiled": 0.0, "objects": 3}
+
+    real = clustering.cluster_embeddings
+
+    def spy(embeddings, foreground, config, *rest):
+        seen_layouts.append(config.layout)
+        return real(embeddings, foreground, config, *rest)
+
+    monkeypatch.setattr(layout, "measure_layout", fake_layout)
+    monkeypatch.setattr(clustering, "cluster_embeddings", spy)
+    model = train([image], [labels], config, model=model)
+    assert seen_growth == [None]
+    assert seen_layouts and set(seen_layouts) == {"separate"}
+    assert model.history["layout"] == "separate" and model.history["edge_expand"] in range(MAX_EXPAND + 1)
 
 
 def test_unusable_edge_records_and_settings_are_refused(tmp_path):

@@ -578,21 +578,24 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if not self_supervised and step > 0:  # what the next train() on these images continues from
         model.history["fine_tuned_on"] = list(dict.fromkeys(prints + list(model.history.get("fine_tuned_on") or ())))[:MAX_FINGERPRINTS]
     if sizes and not self_supervised and step > 0:
-        # Where does the thresholded foreground put the edge of the painted objects? segment()
-        # grows objects by the best fit (edges.py; docs/method.md).
-        from .edges import edge_expand
-
-        model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
         # Do the objects stand on background or fill the image? Both post-processings tried on
-        # crops around the painted objects (layout.py; docs/method.md).
+        # crops around the painted objects (layout.py; docs/method.md). Measured first, without
+        # any growth (an earlier training's is dropped), because the edge below is measured on
+        # the objects segment() returns, which the layout shapes.
+        from .edges import edge_expand
         from .layout import measure_layout
 
+        model.history.pop("edge_expand", None)
+        model.history.pop("edge_scores", None)
         try:
             model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, seed=config.seed)
         except Exception as exc:  # noqa: BLE001  a failed measurement must not cost the trained model
             warnings.warn(f"Could not measure how the objects lie ({type(exc).__name__}: {exc}); segmenting "
                           "decides by the foreground fraction.", stacklevel=2)
             model.history["layout"], model.history["layout_scores"] = None, {}
+        # Where do the objects segment() returns put the edge of the painted objects? segment()
+        # grows objects by the best fit (edges.py; docs/method.md).
+        model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
     return model
 
 
