@@ -176,3 +176,21 @@ def test_objects_share_one_embedded_window_only_when_it_is_no_larger_than_their_
     assert window == (slice(0, 50), slice(0, 50)) and [i for i, _ in members] == [1, 2]
     far = [(1, (slice(0, 40), slice(0, 40))), (2, (slice(400, 440), slice(400, 440)))]
     assert [w for w, _ in _windows(far, (500, 500))] == [r for _, r in far]
+
+
+def test_a_failed_edge_measurement_keeps_the_trained_model_and_grows_nothing(monkeypatch, tmp_path):
+    import napari_spoco.edges as edges
+    from napari_spoco import TrainConfig, train
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room to cluster")
+
+    monkeypatch.setattr(edges, "edge_expand", broken)
+    image, labels = painted_scene()
+    with pytest.warns(UserWarning, match="edge to the painted ones"):
+        model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                      model_config=ModelConfig(base_features=8, depth=2))
+    assert model.history["steps"] == 2 and model.history["edge_expand"] == 0
+    assert load_model(save_model(model, tmp_path / "m.spoco.pt")).history["edge_expand"] == 0

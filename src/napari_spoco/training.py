@@ -595,7 +595,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
             model.history["layout"], model.history["layout_scores"] = None, {}
         # Where do the objects segment() returns put the edge of the painted objects? segment()
         # grows objects by the best fit (edges.py; docs/method.md).
-        model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
+        try:
+            model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
+        except Exception as exc:  # noqa: BLE001  as above: the trained model comes back either way
+            warnings.warn(f"Could not fit the objects' edge to the painted ones ({type(exc).__name__}: {exc}); "
+                          "segmenting does not grow objects.", stacklevel=2)
+            model.history["edge_expand"], model.history["edge_scores"] = 0, []
     return model
 
 
