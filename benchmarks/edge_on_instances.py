@@ -1,11 +1,19 @@
-"""The object edge calibrated on the clustered instances against the connected thresholded foreground.
+"""The object edge calibrated three ways, side by side on saved models.
 
-``train`` ends by measuring how far the objects must grow to fit the painted ones (edges.py). Until
-2026-12-04 the object of a painted object was the connected foreground (probability >= 0.5)
-overlapping it most; now it is the instance that ``segment``'s clustering returns. This script takes
-the models that ``sparse_accuracy.py --save-dir DIR`` saved, recomputes both calibrations from the
-same painted labels (``data.painted(fraction, seed)``, at the model's scale), times them, and where
-they choose differently segments the held-out images with each growth, side by side.
+``train`` ends by measuring how far the objects must grow to fit the painted ones (edges.py):
+
+* ``foreground`` (until 2026-12-04 noon): the object of a painted object is the connected
+  thresholded foreground (probability >= 0.5) overlapping it most, in windows of its own: each
+  sampled painted object with the network's context around it, joined where that is no larger;
+* ``instances`` (c69bb0c): the instance that ``segment``'s clustering returns, in those windows;
+* ``shared`` (now): that instance, in the windows the layout is measured on
+  (layout.segment_windows): one network pass per window for both measurements, and at most
+  layout.MAX_PIXELS pixels however large the images or the scale.
+
+This script takes the models that ``sparse_accuracy.py --save-dir DIR`` saved, recomputes the
+calibrations from the same painted labels (``data.painted(fraction, seed)``, at the model's
+scale), times the end of training each way (layout + edge), and where the growths differ
+segments the held-out images with each, side by side.
 
 Usage:  python benchmarks/edge_on_instances.py --models DIR [DIR ...] [--datasets ...] [--seeds 0 1 2]
             [--threads 2] [--json FILE]
@@ -29,29 +37,80 @@ import sparse_accuracy as sa  # noqa: E402
 
 from napari_spoco import evaluate, segment  # noqa: E402
 from napari_spoco.data import prepare_training_data  # noqa: E402
-from napari_spoco.edges import (  # noqa: E402
-    MAX_EXPAND,
-    best_growth,
-    calibration_windows,
-    edge_expand,
-    score_members,
-    window_embedding,
-)
+from napari_spoco.edges import MAX_EXPAND, best_growth, edge_expand, score_members  # noqa: E402
+from napari_spoco.layout import measure_layout, segment_windows  # noqa: E402
+
+#: Painted objects the calibration sampled until now (edges.MAX_OBJECTS was 48).
+OWN_MAX_OBJECTS = 48
 
 
-def connected_foreground_expand(model, data: list, seed: int = 0) -> tuple[int, list[float]]:
-    """The calibration as it was until 2026-12-04: the piece of a painted object is the connected
-    foreground (>= 0.5) in its crop overlapping it most, in the same crops and windows as now."""
+def own_windows(model, data: list, seed: int = 0) -> tuple[int, list[tuple]]:
+    """The windows the edge was measured in until now: ``OWN_MAX_OBJECTS`` sampled painted objects,
+    each with the network's context around it, joined per image into one window where that holds
+    no more pixels than their crops together. Returns the number of objects and
+    ``(training image, window, [(id, crop), ...])`` triples."""
+    objects = [(k, i, box) for k, d in enumerate(data) for i, box in enumerate(d.boxes, start=1) if box is not None]
+    rng = np.random.default_rng(seed)
+    if len(objects) > OWN_MAX_OBJECTS:
+        objects = [objects[j] for j in sorted(rng.choice(len(objects), OWN_MAX_OBJECTS, replace=False))]
+    context = int(model.config.receptive_radius) + MAX_EXPAND + 1
+    by_image: dict[int, list] = {}
+    for k, i, box in objects:
+        shape = data[k].objects.shape
+        region = tuple(slice(max(0, s.start - context), min(n, s.stop + context)) for s, n in zip(box, shape))
+        by_image.setdefault(k, []).append((i, region))
+    out = []
+    for k, group in by_image.items():
+        shape = data[k].objects.shape
+        window = tuple(slice(min(r[a].start for _, r in group), max(r[a].stop for _, r in group)) for a in range(len(shape)))
+        area = int(np.prod([w.stop - w.start for w in window]))
+        if len(group) > 1 and area <= sum(int(np.prod([s.stop - s.start for s in r])) for _, r in group):
+            out.append((data[k], window, group))
+        else:
+            out += [(data[k], region, [(i, region)]) for i, region in group]
+    return len(objects), out
+
+
+def window_embedding(model, d, window: tuple[slice, ...]):
+    """The model's outputs in ``window``, with the reflected margin only at the image's own edges."""
+    from napari_spoco.inference import PreparedImage, embed
+
+    channels = d.image.shape[0]
+    image = d.image[(slice(None),) + window] if channels > 1 else d.image[0][window]
+    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
+    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
+    return embed(model, PreparedImage(image, value_range, channels), device="cpu", edges=edges)
+
+
+def own_window_expand(model, data: list, seed: int, instances: bool) -> tuple[int, list[float]]:
+    """The calibration in windows of its own: on the connected thresholded foreground
+    (``instances`` False) or on the clustered instances (True), as segment() clusters."""
+    from dataclasses import replace
+
     from scipy import ndimage as ndi
 
-    count, windows = calibration_windows(model, data, seed)
+    from napari_spoco.clustering import ClusterConfig, cluster_embeddings
+    from napari_spoco.segmentation import auto_max_size, model_cluster_config
+
+    count, windows = own_windows(model, data, seed)
     if not count:
         return 0, []
     total = np.zeros(MAX_EXPAND + 1)
     for d, window, members in windows:
-        mask = window_embedding(model, d, window).foreground >= 0.5
-        total += score_members(lambda inner, mask=mask: ndi.label(mask[inner])[0], d, window, members)
+        emb = window_embedding(model, d, window)
+        if instances:
+            shape = tuple(w.stop - w.start for w in window)
+            config = model_cluster_config(model, ClusterConfig(calibrated_edge=False))
+            config = replace(config, expand=0, max_size=auto_max_size(model, shape))
+            labels = np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings))
+            total += score_members(labels.__getitem__, d, window, members)
+        else:
+            mask = emb.foreground >= 0.5
+            total += score_members(lambda inner, mask=mask: ndi.label(mask[inner])[0], d, window, members)
     return best_growth(total, count)
+
+
+RULES = ("foreground", "instances", "shared")
 
 
 def held_out(model, data: sa.Data, grow: int) -> dict:
@@ -80,24 +139,37 @@ def main() -> int:
         for data, seed, model in sa.saved_models(folder, args.datasets, args.seeds):
             prepared = prepare_training_data(data.train_images, data.painted(args.fraction, seed), scale=model.pixel_scale,
                                              channels=model.config.in_channels, voxel_size=model.voxel_size)
+            recorded = model.history.get("layout")
+            model.history.pop("edge_expand", None)
+            row = {"models": str(folder), "dataset": data.split.name, "seed": seed, "layout_recorded": recorded}
+            # the end of training as it was: the layout in its windows, then the edge in its own
             t = time.perf_counter()
-            before, before_scores = connected_foreground_expand(model, prepared, seed)
-            t_before = time.perf_counter() - t
+            layout, _ = measure_layout(model, prepared, seed)
+            t_layout = time.perf_counter() - t
+            model.history["layout"] = layout
+            for rule in ("foreground", "instances"):
+                t = time.perf_counter()
+                grow, scores = own_window_expand(model, prepared, seed, instances=rule == "instances")
+                row[rule] = {"grow": grow, "scores": scores, "seconds": round(time.perf_counter() - t + t_layout, 2)}
+            # now: one set of windows for both
             t = time.perf_counter()
-            now, now_scores = edge_expand(model, prepared, seed=seed)
-            t_now = time.perf_counter() - t
-            row = {"models": str(folder), "dataset": data.split.name, "seed": seed,
-                   "foreground": {"grow": before, "scores": before_scores, "seconds": round(t_before, 2)},
-                   "instances": {"grow": now, "scores": now_scores, "seconds": round(t_now, 2)}}
-            if before != now:
-                row["foreground"].update(held_out(model, data, before))
-                row["instances"].update(held_out(model, data, now))
+            windows = segment_windows(model, prepared, seed)
+            layout_now, _ = measure_layout(model, prepared, seed, windows)
+            model.history["layout"] = layout_now
+            grow, scores = edge_expand(model, prepared, seed, windows)
+            row["shared"] = {"grow": grow, "scores": scores, "seconds": round(time.perf_counter() - t, 2),
+                             "windows": len(windows), "objects": sum(len(w.ids) for w in windows)}
+            row["layout"] = layout_now
+            grows = {row[r]["grow"] for r in RULES}
+            if len(grows) > 1:
+                held = {g: held_out(model, data, g) for g in sorted(grows)}
+                for r in RULES:
+                    row[r].update(held[row[r]["grow"]])
             rows.append(row)
-            f, i = row["foreground"], row["instances"]
-            change = (f"AP50 {f['AP50']:.3f} -> {i['AP50']:.3f}, mAP {f['mAP']:.3f} -> {i['mAP']:.3f}"
-                      if before != now else "same choice")
-            print(f"{data.split.name:22s} seed {seed}  grow {before} -> {now}  ({t_before:.1f} s -> {t_now:.1f} s)  {change}",
-                  flush=True)
+            text = "  ".join(f"{r} {row[r]['grow']} px {row[r]['seconds']:.1f} s"
+                             + (f" AP50 {row[r]['AP50']:.3f} mAP {row[r]['mAP']:.3f}" if "AP50" in row[r] else "")
+                             for r in RULES)
+            print(f"{data.split.name:22s} seed {seed}  layout {recorded} -> {layout_now}  {text}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -123,9 +123,22 @@ def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
     assert seen == [2, 0, 3]  # the calibrated growth comes on top of the user's
 
 
-def test_training_measures_the_layout_first_and_the_edge_with_it(monkeypatch):
-    """The edge is measured on the objects segment() will return, so after the layout that
-    shapes them; the layout itself is measured without an earlier training's growth."""
+def fake_discs_network(monkeypatch):
+    """A network whose foreground is exactly the bright discs (and one embedding for all)."""
+    import napari_spoco.inference as inference
+
+    def fake_embed(model, prepared, **kwargs):
+        mask = prepared.data > 0.5
+        return Embedding(np.zeros((2,) + mask.shape, np.float32), mask.astype(np.float32))
+
+    monkeypatch.setattr(inference, "embed", fake_embed)
+
+
+@pytest.mark.parametrize("layout_chosen, expected", [("separate", 0), ("tiled", 2)])
+def test_training_measures_the_layout_first_and_the_edge_under_it(monkeypatch, layout_chosen, expected):
+    """The edge is measured on the objects segment() will return, so under the layout measured
+    before it (here the "tiled" post-processing returns the discs 2 px short, the "separate" one
+    exact); the layout itself is measured without an earlier training's growth."""
     import napari_spoco.clustering as clustering
     import napari_spoco.layout as layout
     from napari_spoco import TrainConfig, train
@@ -135,24 +148,56 @@ def test_training_measures_the_layout_first_and_the_edge_with_it(monkeypatch):
     config = TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu")
     model = train([image], [labels], config, model_config=ModelConfig(base_features=8, depth=2))
     model.history["edge_expand"] = 3  # as an earlier training may have left it
-    seen_growth, seen_layouts = [], []
+    seen_growth = []
 
-    def fake_layout(model, data, seed=0):
+    def fake_layout(model, data, seed=0, windows=None):
         seen_growth.append(model.history.get("edge_expand"))
-        return "separate", {"separate": 1.0, "tiled": 0.0, "objects": 3}
+        return layout_chosen, {"separate": 1.0, "tiled": 0.0, "objects": 3}
 
     real = clustering.cluster_embeddings
 
-    def spy(embeddings, foreground, config, *rest):
-        seen_layouts.append(config.layout)
-        return real(embeddings, foreground, config, *rest)
+    def short_when_tiled(embeddings, foreground, config, *rest):
+        out = real(embeddings, foreground, config, *rest)
+        return np.where(ndi.binary_erosion(out > 0, iterations=2), out, 0) if config.layout == "tiled" else out
 
+    fake_discs_network(monkeypatch)
     monkeypatch.setattr(layout, "measure_layout", fake_layout)
-    monkeypatch.setattr(clustering, "cluster_embeddings", spy)
+    monkeypatch.setattr(clustering, "cluster_embeddings", short_when_tiled)
     model = train([image], [labels], config, model=model)
     assert seen_growth == [None]
-    assert seen_layouts and set(seen_layouts) == {"separate"}
-    assert model.history["layout"] == "separate" and model.history["edge_expand"] in range(MAX_EXPAND + 1)
+    assert model.history["layout"] == layout_chosen and model.history["edge_expand"] == expected
+
+
+def test_the_measurements_share_windows_of_bounded_size_embedded_once(monkeypatch):
+    """However large the volume and however many objects are painted, the end of training embeds
+    at most ``MAX_PIXELS`` voxels, once: the edge reuses the layout's windows. (Separate windows
+    of the network's context around each painted object once joined into the whole of a packed
+    volume at scale 2 and exhausted 24 GB.)"""
+    import napari_spoco.inference as inference
+    from napari_spoco.layout import MAX_PIXELS, measure_layout, segment_windows
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    shape = (24, 256, 256)  # 1.6 M voxels, over the 1 M budget
+    image = np.full(shape, 0.1, np.float32)
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    for y in range(16, 256, 32):
+        for x in range(16, 256, 32):
+            k += 1
+            ball = disc(shape, (12, y, x), 7)
+            image[ball], labels[ball] = 1.0, k
+    data = prepare_training_data([image], [labels])
+    fake_discs_network(monkeypatch)
+    embedded = []
+    fake = inference.embed
+    monkeypatch.setattr(inference, "embed", lambda m, p, **kw: embedded.append(int(np.prod(p.shape))) or fake(m, p, **kw))
+    model = SpocoModel.new(ModelConfig(ndim=3, base_features=8, depth=2))
+    windows = segment_windows(model, data)
+    assert windows and len(embedded) == len(windows) and sum(embedded) <= MAX_PIXELS[3]
+    layout, shares = measure_layout(model, data, windows=windows)
+    grow, scores = edge_expand(model, data, windows=windows)
+    assert len(embedded) == len(windows)  # neither measurement embedded anything more
+    assert shares["objects"] >= 8 and grow == 0 and scores[0] > 0.95
 
 
 def test_unusable_edge_records_and_settings_are_refused(tmp_path):
@@ -176,6 +221,38 @@ def test_objects_share_one_embedded_window_only_when_it_is_no_larger_than_their_
     assert window == (slice(0, 50), slice(0, 50)) and [i for i, _ in members] == [1, 2]
     far = [(1, (slice(0, 40), slice(0, 40))), (2, (slice(400, 440), slice(400, 440)))]
     assert [w for w, _ in _windows(far, (500, 500))] == [r for _, r in far]
+
+
+def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size(monkeypatch):
+    """Large objects painted sparsely in a volume leave the layout's window with fewer than
+    ``MIN_OBJECTS``: the edge segments crops of its own around further painted objects, and
+    those hold at most ``MAX_CROP_PIXELS`` voxels in all."""
+    import napari_spoco.edges as edges
+    import napari_spoco.inference as inference
+    from napari_spoco.layout import MAX_PIXELS, segment_windows
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    shape = (40, 400, 400)  # 6.4 M voxels
+    image = np.full(shape, 0.1, np.float32)
+    labels = np.zeros(shape, np.int32)
+    for k, (y, x) in enumerate([(40, 40), (40, 360), (360, 40), (360, 360), (200, 200), (120, 280)], start=1):
+        ball = disc(shape, (20, y, x), 12)
+        image[ball], labels[ball] = 1.0, k
+    data = prepare_training_data([image], [labels])
+    fake_discs_network(monkeypatch)
+    embedded = []
+    fake = inference.embed
+    monkeypatch.setattr(inference, "embed", lambda m, p, **kw: embedded.append(int(np.prod(p.shape))) or fake(m, p, **kw))
+    monkeypatch.setattr(edges, "MAX_CROP_PIXELS", {3: 1_000_000})
+    model = SpocoModel.new(ModelConfig(ndim=3, base_features=8, depth=2))
+    windows = segment_windows(model, data)
+    in_windows = sum(len(w.ids) for w in windows)
+    assert in_windows < edges.MIN_OBJECTS
+    n = len(embedded)
+    grow, scores = edge_expand(model, data, windows=windows)
+    crops = embedded[n:]
+    assert crops and sum(crops) <= 1_000_000 and sum(embedded[:n]) <= MAX_PIXELS[3]
+    assert grow == 0 and scores[0] > 0.95
 
 
 def test_a_failed_edge_measurement_keeps_the_trained_model_and_grows_nothing(monkeypatch, tmp_path):

@@ -10,7 +10,10 @@ overlap the painted object best? ``train`` records the answer in ``history["edge
 ``segment`` grows objects by it (docs/method.md, "Calibrating the object edge on the painted
 objects"). Measured on the instances, not on the connected thresholded foreground: that
 stand-in asked for a pixel more on nuclei whose instances already reached their edge (one
-model in three on BBBC039, mAP 0.69 instead of 0.79; docs/benchmarks.md).
+model in three on BBBC039, mAP 0.69 instead of 0.79; docs/benchmarks.md). Measured in the
+windows the layout is measured on (layout.segment_windows), bounded in size, instead of windows
+of its own: those embedded the network's full context around each sampled object, and on a
+packed 3D volume at scale 2 they joined into one window of the whole volume that exhausted 24 GB.
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ import numpy as np
 
 #: The largest growth considered, in pixels at the network's scale.
 MAX_EXPAND = 3
-#: Painted objects checked (a random sample of them when there are more): enough for a stable
-#: mean, few enough to take seconds in 3D.
-MAX_OBJECTS = 48
+#: Painted objects checked (a seeded sample of those in the layout's windows when there are
+#: more): every one on the shared sets, whose scores sit within 0.005 of each other for
+#: neighbouring growths on some models, so that a sample of 48 chose by chance; the distance
+#: transform runs on each object's own box, so this costs little even in 3D.
+MAX_OBJECTS = 200
+#: Fewer painted objects than this in the layout's windows (a few large objects painted in a
+#: volume: one cells3d nucleus in its 1 M voxels) and the edge looks at crops of its own too ...
+MIN_OBJECTS = 8
+#: ... of at most this many pixels (voxels) in all: an image's crops once joined into one window
+#: of a whole packed volume at scale 2 (160 x 320 x 320) and exhausted 24 GB.
+MAX_CROP_PIXELS = {2: 1_500_000, 3: 3_000_000}
 
 
 def expand_scores(piece: np.ndarray, painted: np.ndarray, max_expand: int = MAX_EXPAND) -> np.ndarray:
@@ -39,42 +50,105 @@ def expand_scores(piece: np.ndarray, painted: np.ndarray, max_expand: int = MAX_
     return np.asarray(scores)
 
 
-def edge_expand(model, data: list, foreground_threshold: float = 0.5, seed: int = 0) -> tuple[int, list[float]]:
+def edge_expand(model, data: list, seed: int = 0, windows: list | None = None) -> tuple[int, list[float]]:
     """The growth (pixels at the network's scale) that best matches the predicted objects to the
     painted objects of ``data`` (``TrainingImage`` list, at the network's scale), and the mean
     IoU for each growth 0..``MAX_EXPAND``. The predicted object of a painted object is the
-    instance overlapping it most, as ``segment`` clusters a crop with the network's context
-    around it (the model's own clustering settings, no growth)."""
-    count, windows = calibration_windows(model, data, seed)
-    if not count:
+    instance overlapping it most in the windows that the layout is measured on
+    (:func:`napari_spoco.layout.segment_windows`, computed here unless given), under the layout
+    ``segment`` will use (the model's recorded one, else the foreground-fraction rule): no
+    network pass of its own. Where those windows hold fewer than ``MIN_OBJECTS`` painted objects
+    (a few large objects painted in a volume), crops of its own around further painted objects
+    are segmented too, ``MAX_CROP_PIXELS`` in all."""
+    from .layout import segment_windows
+
+    if not model.config.foreground_head:  # the edge is where the foreground head puts it
         return 0, []
-    total = np.zeros(MAX_EXPAND + 1)
-    for d, window, members in windows:
-        labels = _instances(model, d, window, foreground_threshold)
-        if labels is None:
-            return 0, []
-        # each object's own crop of the window: the instance is cut where its crop ends
-        total += score_members(labels.__getitem__, d, window, members)
-    return best_growth(total, count)
-
-
-def calibration_windows(model, data: list, seed: int = 0) -> tuple[int, list[tuple]]:
-    """The painted objects the calibration looks at (``MAX_OBJECTS`` at most, a seeded sample):
-    their number, and ``(training image, window to embed, [(id, its crop with the network's
-    context), ...])`` triples."""
-    objects = [(k, i, box) for k, d in enumerate(data) for i, box in enumerate(d.boxes, start=1) if box is not None]
+    windows = segment_windows(model, data, seed) if windows is None else windows
+    objects = [(w, i) for w in windows for i in w.ids]
     rng = np.random.default_rng(seed)
     if len(objects) > MAX_OBJECTS:
         objects = [objects[j] for j in sorted(rng.choice(len(objects), MAX_OBJECTS, replace=False))]
     context = int(model.config.receptive_radius) + MAX_EXPAND + 1
-    by_image: dict[int, list] = {}
-    for k, i, box in objects:
-        shape = data[k].objects.shape
-        region = tuple(slice(max(0, s.start - context), min(n, s.stop + context)) for s, n in zip(box, shape))
-        by_image.setdefault(k, []).append((i, region))
-    windows = [(data[k], window, members) for k, group in by_image.items()
-               for window, members in _windows(group, data[k].objects.shape)]
-    return len(objects), windows
+    layout = model.history.get("layout")
+    total = np.zeros(MAX_EXPAND + 1)
+    for w in windows:
+        members = [(i, _crop(w.image.boxes[i - 1], w.region, context)) for v, i in objects if v is w]
+        if members:
+            # each object's own crop of the window: the instance is cut where its crop ends
+            total += score_members(w.segmented(layout).__getitem__, w.image, w.region, members)
+    count = len(objects)
+    if count < MIN_OBJECTS:
+        seen = {(id(w.image), i) for w, i in objects}
+        more, n = _own_crops(model, data, seed, context, seen)
+        total, count = total + more, count + n
+    return best_growth(total, count) if count else (0, [])
+
+
+def _own_crops(model, data: list, seed: int, context: int, seen: set) -> tuple[np.ndarray, int]:
+    """Summed scores and number of further painted objects (not in ``seen``), each segmented in
+    a crop with the network's ``context`` around it (one window around an image's objects where
+    that holds no more pixels than their crops), a seeded sample while ``MAX_CROP_PIXELS`` last."""
+    budget = MAX_CROP_PIXELS.get(model.config.ndim, MAX_CROP_PIXELS[3])
+    candidates = [(d, i, box) for d in data for i, box in enumerate(d.boxes, start=1)
+                  if box is not None and (id(d), i) not in seen]
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    by_image: dict[int, tuple] = {}
+    for j in order[:MAX_OBJECTS]:
+        d, i, box = candidates[j]
+        shape = d.objects.shape
+        crop = tuple(slice(max(0, b.start - context), min(n, b.stop + context)) for b, n in zip(box, shape))
+        group = by_image.get(id(d), (d, []))[1] + [(i, crop)]
+        others = sum(_pixels(_windows(g, e.objects.shape)) for key, (e, g) in by_image.items() if key != id(d))
+        if by_image and others + _pixels(_windows(group, shape)) > budget:
+            break
+        by_image[id(d)] = (d, group)
+    total, count = np.zeros(MAX_EXPAND + 1), 0
+    for d, group in by_image.values():
+        for window, members in _windows(group, d.objects.shape):
+            labels = _instances(model, d, window)
+            total += score_members(labels.__getitem__, d, window, members)
+            count += len(members)
+    return total, count
+
+
+def _windows(group: list, shape: tuple[int, ...]) -> list[tuple[tuple[slice, ...], list]]:
+    """The crops to segment for one image's objects (``(id, crop)`` pairs): one window around all
+    of them where it holds no more pixels than their crops together, else each crop alone."""
+    window = tuple(slice(min(r[a].start for _, r in group), max(r[a].stop for _, r in group)) for a in range(len(shape)))
+    if len(group) > 1 and _pixels([(window, group)]) <= _pixels([(crop, None) for _, crop in group]):
+        return [(window, group)]
+    return [(crop, [(i, crop)]) for i, crop in group]
+
+
+def _pixels(windows: list) -> int:
+    return sum(int(np.prod([s.stop - s.start for s in w])) for w, _ in windows)
+
+
+def _instances(model, d, window: tuple[slice, ...]) -> np.ndarray:
+    """The instances ``segment`` would return in ``window`` of a training image, before any
+    growth: embedded with the reflected margin only where the window meets the image's edge
+    (elsewhere it holds real context) and clustered with the model's own settings."""
+    from dataclasses import replace
+
+    from .clustering import ClusterConfig, cluster_embeddings
+    from .inference import PreparedImage, embed
+    from .segmentation import auto_max_size, model_cluster_config
+
+    channels = d.image.shape[0]
+    image = d.image[(slice(None),) + window] if channels > 1 else d.image[0][window]
+    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
+    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
+    emb = embed(model, PreparedImage(image, value_range, channels), device="cpu", edges=edges)
+    shape = tuple(w.stop - w.start for w in window)
+    config = model_cluster_config(model, ClusterConfig(calibrated_edge=False))
+    config = replace(config, expand=0, max_size=auto_max_size(model, shape))
+    return np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings))
+
+
+def _crop(box: tuple[slice, ...], window: tuple[slice, ...], context: int) -> tuple[slice, ...]:
+    """An object's box and ``context`` pixels around it, within ``window``."""
+    return tuple(slice(max(w.start, b.start - context), min(w.stop, b.stop + context)) for b, w in zip(box, window))
 
 
 def score_members(pieces, d, window: tuple[slice, ...], members: list) -> np.ndarray:
@@ -89,8 +163,21 @@ def score_members(pieces, d, window: tuple[slice, ...], members: list) -> np.nda
         ids = crop[painted]
         ids = ids[ids > 0]
         piece = crop == np.bincount(ids).argmax() if ids.size else np.zeros_like(painted)
-        total += expand_scores(piece, painted)
+        total += expand_scores(*_around(piece, painted))
     return total
+
+
+def _around(piece: np.ndarray, painted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``piece`` and ``painted`` cut to the box that holds both and ``MAX_EXPAND`` + 1 pixels
+    around: the IoUs of every growth are the same, and the distance transform runs on the
+    object's size instead of its crop's (a 3D crop with the network's context holds 100x more)."""
+    where = np.argwhere(piece | painted)
+    if not where.size:
+        return piece, painted
+    lo = np.maximum(where.min(0) - MAX_EXPAND - 1, 0)
+    hi = np.minimum(where.max(0) + MAX_EXPAND + 2, piece.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return piece[box], painted[box]
 
 
 def best_growth(total: np.ndarray, count: int) -> tuple[int, list[float]]:
@@ -99,44 +186,3 @@ def best_growth(total: np.ndarray, count: int) -> tuple[int, list[float]]:
     scores = total / count
     best = int(np.flatnonzero(scores >= scores.max() - 0.005)[0])
     return best, [round(float(s), 4) for s in scores]
-
-
-def _windows(group: list, shape: tuple[int, ...]) -> list[tuple[tuple[slice, ...], list]]:
-    """The crops to embed for one image's objects (``(id, region)`` pairs): one window around
-    all of them when it holds no more pixels than their regions together (one network pass
-    instead of many: a fifth to a third of the time on the shared sets, docs/method.md), else
-    each region alone."""
-    window = tuple(slice(min(r[a].start for _, r in group), max(r[a].stop for _, r in group)) for a in range(len(shape)))
-    area = int(np.prod([w.stop - w.start for w in window]))
-    if len(group) > 1 and area <= sum(int(np.prod([s.stop - s.start for s in r])) for _, r in group):
-        return [(window, group)]
-    return [(region, [(i, region)]) for i, region in group]
-
-
-def window_embedding(model, d, window: tuple[slice, ...]):
-    """The model's outputs in ``window`` of a training image, with the reflected margin only where
-    the window meets the image's own edge (elsewhere it holds real context)."""
-    from .inference import PreparedImage, embed
-
-    channels = d.image.shape[0]
-    image = d.image[(slice(None),) + window] if channels > 1 else d.image[0][window]
-    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
-    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
-    return embed(model, PreparedImage(image, value_range, channels), device="cpu", edges=edges)
-
-
-def _instances(model, d, window: tuple[slice, ...], foreground_threshold: float) -> np.ndarray | None:
-    """The instances ``segment`` would return in ``window`` of a training image, before any
-    growth: clustered with the model's own settings; None without a foreground head."""
-    from dataclasses import replace
-
-    from .clustering import ClusterConfig, cluster_embeddings
-    from .segmentation import auto_max_size, model_cluster_config
-
-    emb = window_embedding(model, d, window)
-    if emb.foreground is None:
-        return None
-    shape = tuple(w.stop - w.start for w in window)
-    config = model_cluster_config(model, ClusterConfig(calibrated_edge=False, foreground_threshold=foreground_threshold))
-    config = replace(config, expand=0, max_size=auto_max_size(model, shape))
-    return np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings))

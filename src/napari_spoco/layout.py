@@ -10,12 +10,19 @@ the volume foreground and the boundary merge joined hundreds of nuclei into a ha
 (AP50 0.01, against 0.34 with the shape split). So at the end of training, the model segments
 crops around the painted objects both ways and keeps the layout that recovers more painted
 objects (IoU >= 0.5) beyond chance; otherwise the foreground-fraction rule stays (docs/method.md, "Which
-post-processing: measured on the painted objects").
+post-processing: measured on the painted objects"). The edge calibration (edges.py) is scored
+in the same segmentations, so each window is embedded once for both.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+#: The two post-processings a measured layout chooses between (ClusterConfig.layout).
+LAYOUTS = ("separate", "tiled")
 
 #: Training images looked at (a seeded sample where there are more).
 MAX_IMAGES = 6
@@ -61,14 +68,34 @@ def recovered(labels: np.ndarray, painted: np.ndarray, ids: list[int]) -> np.nda
     return out
 
 
-def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[str, float]]:
-    """("separate" | "tiled" | None, share of scored painted objects recovered at IoU >= 0.5 per
-    layout) for a trained ``model`` and its ``TrainingImage`` list (at the network's scale).
+@dataclass
+class Window:
+    """A crop around painted objects of one training image, segmented as ``segment`` would, both
+    ways and without any growth: what the layout and the edge are measured on."""
 
-    Each of up to ``MAX_IMAGES`` images (a seeded sample) is segmented both ways in a window
-    around its painted objects, an object's width beyond them (``MAX_PIXELS`` in all); every
-    painted object inside a window and clear of its edges is scored. None when neither layout
-    recovers more beyond chance (then segment() keeps its foreground-fraction rule)."""
+    image: Any  # the TrainingImage (data.py) it was cut from, at the network's scale
+    region: tuple[slice, ...]  # where, in that image
+    ids: list[int]  # the painted objects inside it, clear of its edges (except the image's own)
+    labels: dict[str, np.ndarray]  # "separate" / "tiled": the instances each layout returns
+    foreground_fraction: float  # of the window: what the fraction rule of segment() reads
+
+    def segmented(self, layout: str | None) -> np.ndarray:
+        """The instances under ``layout``; None or "auto": the one the foreground-fraction rule
+        picks for this window (boundaries.applies), as segment() does without a measured layout."""
+        if layout not in LAYOUTS:
+            from .boundaries import applies
+
+            layout = "tiled" if applies(self.foreground_fraction) else "separate"
+        return self.labels[layout]
+
+
+def segment_windows(model, data: list, seed: int = 0) -> list[Window]:
+    """Each of up to ``MAX_IMAGES`` training images (a seeded sample of those with painted
+    objects) cut to a window around its painted objects, an object's width beyond them
+    (``MAX_PIXELS`` in all, however large the images or the scale), embedded once and clustered
+    once per layout with the model's own settings and no growth. Windows with no painted object
+    clear of their edges are left out. Shared by :func:`measure_layout` and
+    :func:`napari_spoco.edges.edge_expand`, so that training's end costs one network pass per window."""
     from dataclasses import replace
 
     from scipy import ndimage as ndi
@@ -79,11 +106,11 @@ def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[s
 
     painted = [k for k, d in enumerate(data) if any(b is not None for b in d.boxes)]
     if not painted:
-        return None, {}
+        return []
     rng = np.random.default_rng(seed)
     images = sorted(rng.choice(painted, min(len(painted), MAX_IMAGES), replace=False).tolist())
     share_pixels = MAX_PIXELS.get(model.config.ndim, MAX_PIXELS[3]) // len(images)
-    scores: dict[str, list[bool]] = {"separate": [], "tiled": []}
+    windows = []
     for k in images:
         d = data[k]
         width = int(np.median([max(s.stop - s.start for s in b) for b in d.boxes if b is not None]))
@@ -97,13 +124,31 @@ def measure_layout(model, data: list, seed: int = 0) -> tuple[str | None, dict[s
         channels = d.image.shape[0]
         image = d.image[(slice(None),) + region] if channels > 1 else d.image[0][region]
         value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
-        prepared = PreparedImage(image, value_range, channels)
-        emb = embed(model, prepared, device="cpu")  # once: the layouts differ only after clustering
-        for layout in scores:
-            config = model_cluster_config(model, ClusterConfig(layout=layout))
-            config = replace(config, max_size=auto_max_size(model, objects.shape))
-            labels = cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings)
-            scores[layout].extend((recovered(np.asarray(labels), objects, ids) >= 0.5).tolist())
+        emb = embed(model, PreparedImage(image, value_range, channels), device="cpu")  # once for both layouts
+        labels = {}
+        for layout in LAYOUTS:
+            config = model_cluster_config(model, ClusterConfig(layout=layout, calibrated_edge=False))
+            config = replace(config, expand=0, max_size=auto_max_size(model, objects.shape))
+            labels[layout] = np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config,
+                                                           emb.teacher_embeddings))
+        fraction = float(np.mean(emb.foreground >= ClusterConfig().foreground_threshold)) if emb.foreground is not None else 0.0
+        windows.append(Window(d, region, ids, labels, fraction))
+    return windows
+
+
+def measure_layout(model, data: list, seed: int = 0, windows: list[Window] | None = None) -> tuple[str | None, dict[str, float]]:
+    """("separate" | "tiled" | None, share of scored painted objects recovered at IoU >= 0.5 per
+    layout) for a trained ``model`` and its ``TrainingImage`` list (at the network's scale).
+
+    Every painted object in the windows of :func:`segment_windows` (computed here unless given)
+    is scored both ways. None when neither layout recovers more beyond chance (then segment()
+    keeps its foreground-fraction rule)."""
+    windows = segment_windows(model, data, seed) if windows is None else windows
+    scores: dict[str, list[bool]] = {layout: [] for layout in LAYOUTS}
+    for w in windows:
+        objects = w.image.objects[w.region]
+        for layout in LAYOUTS:
+            scores[layout].extend((recovered(w.labels[layout], objects, w.ids) >= 0.5).tolist())
     if not scores["separate"]:
         return None, {}
     share = {layout: round(float(np.mean(v)), 4) for layout, v in scores.items()}

@@ -583,20 +583,24 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         # any growth (an earlier training's is dropped), because the edge below is measured on
         # the objects segment() returns, which the layout shapes.
         from .edges import edge_expand
-        from .layout import measure_layout
+        from .layout import measure_layout, segment_windows
 
         model.history.pop("edge_expand", None)
         model.history.pop("edge_scores", None)
+        windows = None  # crops around painted objects, embedded once for both measurements
         try:
-            model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, seed=config.seed)
+            windows = segment_windows(model, data, seed=config.seed)
+            model.history["layout"], model.history["layout_scores"] = measure_layout(model, data, config.seed, windows)
         except Exception as exc:  # noqa: BLE001  a failed measurement must not cost the trained model
+            also = "" if windows is not None else " and does not grow objects"  # nothing segmented to fit the edge on
             warnings.warn(f"Could not measure how the objects lie ({type(exc).__name__}: {exc}); segmenting "
-                          "decides by the foreground fraction.", stacklevel=2)
+                          f"decides by the foreground fraction{also}.", stacklevel=2)
             model.history["layout"], model.history["layout_scores"] = None, {}
+            windows = [] if windows is None else windows
         # Where do the objects segment() returns put the edge of the painted objects? segment()
         # grows objects by the best fit (edges.py; docs/method.md).
         try:
-            model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, seed=config.seed)
+            model.history["edge_expand"], model.history["edge_scores"] = edge_expand(model, data, config.seed, windows)
         except Exception as exc:  # noqa: BLE001  as above: the trained model comes back either way
             warnings.warn(f"Could not fit the objects' edge to the painted ones ({type(exc).__name__}: {exc}); "
                           "segmenting does not grow objects.", stacklevel=2)
