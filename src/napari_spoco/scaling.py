@@ -75,7 +75,9 @@ def auto_scale(labels: Sequence[np.ndarray], background_label: int | None = None
     time to segment); 1.0 in between.
 
     Only in 2D: 3D volumes are often anisotropic, and enlarging them costs the cube of the factor,
-    so their scale is left to the user (and their voxel size to :func:`anisotropy`).
+    so their scale is left to the user (and their voxel size to :func:`anisotropy`). Measured on
+    packed 13-voxel nuclei, x2 lost AP50 and mAP and took 15-40x as long to segment
+    (docs/method.md, "Object scale").
     """
     arrays = [np.asarray(lab) for lab in labels if lab is not None]
     if not arrays or any(a.ndim != 2 for a in arrays):
