@@ -134,6 +134,27 @@ def fake_discs_network(monkeypatch):
     monkeypatch.setattr(inference, "embed", fake_embed)
 
 
+def counted_embedding(monkeypatch) -> list:
+    """:func:`fake_discs_network`, and the list of the sizes (voxels) of every window it embeds."""
+    import napari_spoco.inference as inference
+
+    fake_discs_network(monkeypatch)
+    embedded = []
+    fake = inference.embed
+    monkeypatch.setattr(inference, "embed", lambda m, p, **kw: embedded.append(int(np.prod(p.shape))) or fake(m, p, **kw))
+    return embedded
+
+
+def balls(shape, centres, radius):
+    """A volume of bright balls on a dim background, and the balls painted as objects 1..N."""
+    image = np.full(shape, 0.1, np.float32)
+    labels = np.zeros(shape, np.int32)
+    for k, centre in enumerate(centres, start=1):
+        ball = disc(shape, centre, radius)
+        image[ball], labels[ball] = 1.0, k
+    return image, labels
+
+
 @pytest.mark.parametrize("layout_chosen, expected", [("separate", 0), ("tiled", 2)])
 def test_training_measures_the_layout_first_and_the_edge_under_it(monkeypatch, layout_chosen, expected):
     """The edge is measured on the objects segment() will return, so under the layout measured
@@ -173,24 +194,13 @@ def test_the_measurements_share_windows_of_bounded_size_embedded_once(monkeypatc
     at most ``MAX_PIXELS`` voxels, once: the edge reuses the layout's windows. (Separate windows
     of the network's context around each painted object once joined into the whole of a packed
     volume at scale 2 and exhausted 24 GB.)"""
-    import napari_spoco.inference as inference
     from napari_spoco.layout import MAX_PIXELS, measure_layout, segment_windows
     from napari_spoco.model import ModelConfig, SpocoModel
 
-    shape = (24, 256, 256)  # 1.6 M voxels, over the 1 M budget
-    image = np.full(shape, 0.1, np.float32)
-    labels = np.zeros(shape, np.int32)
-    k = 0
-    for y in range(16, 256, 32):
-        for x in range(16, 256, 32):
-            k += 1
-            ball = disc(shape, (12, y, x), 7)
-            image[ball], labels[ball] = 1.0, k
+    # 1.6 M voxels, over the 1 M budget
+    image, labels = balls((24, 256, 256), [(12, y, x) for y in range(16, 256, 32) for x in range(16, 256, 32)], 7)
     data = prepare_training_data([image], [labels])
-    fake_discs_network(monkeypatch)
-    embedded = []
-    fake = inference.embed
-    monkeypatch.setattr(inference, "embed", lambda m, p, **kw: embedded.append(int(np.prod(p.shape))) or fake(m, p, **kw))
+    embedded = counted_embedding(monkeypatch)
     model = SpocoModel.new(ModelConfig(ndim=3, base_features=8, depth=2))
     windows = segment_windows(model, data)
     assert windows and len(embedded) == len(windows) and sum(embedded) <= MAX_PIXELS[3]
@@ -228,21 +238,14 @@ def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size
     ``MIN_OBJECTS``: the edge segments crops of its own around further painted objects, and
     those hold at most ``MAX_CROP_PIXELS`` voxels in all."""
     import napari_spoco.edges as edges
-    import napari_spoco.inference as inference
     from napari_spoco.layout import MAX_PIXELS, segment_windows
     from napari_spoco.model import ModelConfig, SpocoModel
 
-    shape = (40, 400, 400)  # 6.4 M voxels
-    image = np.full(shape, 0.1, np.float32)
-    labels = np.zeros(shape, np.int32)
-    for k, (y, x) in enumerate([(40, 40), (40, 360), (360, 40), (360, 360), (200, 200), (120, 280)], start=1):
-        ball = disc(shape, (20, y, x), 12)
-        image[ball], labels[ball] = 1.0, k
+    # 6.4 M voxels
+    centres = [(20, y, x) for y, x in [(40, 40), (40, 360), (360, 40), (360, 360), (200, 200), (120, 280)]]
+    image, labels = balls((40, 400, 400), centres, 12)
     data = prepare_training_data([image], [labels])
-    fake_discs_network(monkeypatch)
-    embedded = []
-    fake = inference.embed
-    monkeypatch.setattr(inference, "embed", lambda m, p, **kw: embedded.append(int(np.prod(p.shape))) or fake(m, p, **kw))
+    embedded = counted_embedding(monkeypatch)
     monkeypatch.setattr(edges, "MAX_CROP_PIXELS", {3: 1_000_000})
     model = SpocoModel.new(ModelConfig(ndim=3, base_features=8, depth=2))
     windows = segment_windows(model, data)
