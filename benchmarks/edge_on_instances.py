@@ -71,26 +71,14 @@ def own_windows(model, data: list, seed: int = 0) -> tuple[int, list[tuple]]:
     return len(objects), out
 
 
-def window_embedding(model, d, window: tuple[slice, ...]):
-    """The model's outputs in ``window``, with the reflected margin only at the image's own edges."""
-    from napari_spoco.inference import PreparedImage, embed
-
-    channels = d.image.shape[0]
-    image = d.image[(slice(None),) + window] if channels > 1 else d.image[0][window]
-    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
-    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
-    return embed(model, PreparedImage(image, value_range, channels), device="cpu", edges=edges)
-
-
 def own_window_expand(model, data: list, seed: int, instances: bool) -> tuple[int, list[float]]:
     """The calibration in windows of its own: on the connected thresholded foreground
     (``instances`` False) or on the clustered instances (True), as segment() clusters."""
-    from dataclasses import replace
-
     from scipy import ndimage as ndi
 
-    from napari_spoco.clustering import ClusterConfig, cluster_embeddings
-    from napari_spoco.segmentation import auto_max_size, model_cluster_config
+    from napari_spoco.clustering import cluster_embeddings
+    from napari_spoco.edges import window_embedding
+    from napari_spoco.layout import unexpanded_config
 
     count, windows = own_windows(model, data, seed)
     if not count:
@@ -99,9 +87,7 @@ def own_window_expand(model, data: list, seed: int, instances: bool) -> tuple[in
     for d, window, members in windows:
         emb = window_embedding(model, d, window)
         if instances:
-            shape = tuple(w.stop - w.start for w in window)
-            config = model_cluster_config(model, ClusterConfig(calibrated_edge=False))
-            config = replace(config, expand=0, max_size=auto_max_size(model, shape))
+            config = unexpanded_config(model, tuple(w.stop - w.start for w in window))
             labels = np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings))
             total += score_members(labels.__getitem__, d, window, members)
         else:

@@ -129,21 +129,22 @@ def _instances(model, d, window: tuple[slice, ...]) -> np.ndarray:
     """The instances ``segment`` would return in ``window`` of a training image, before any
     growth: embedded with the reflected margin only where the window meets the image's edge
     (elsewhere it holds real context) and clustered with the model's own settings."""
-    from dataclasses import replace
+    from .clustering import cluster_embeddings
+    from .layout import unexpanded_config
 
-    from .clustering import ClusterConfig, cluster_embeddings
-    from .inference import PreparedImage, embed
-    from .segmentation import auto_max_size, model_cluster_config
-
-    channels = d.image.shape[0]
-    image = d.image[(slice(None),) + window] if channels > 1 else d.image[0][window]
-    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
-    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
-    emb = embed(model, PreparedImage(image, value_range, channels), device="cpu", edges=edges)
-    shape = tuple(w.stop - w.start for w in window)
-    config = model_cluster_config(model, ClusterConfig(calibrated_edge=False))
-    config = replace(config, expand=0, max_size=auto_max_size(model, shape))
+    emb = window_embedding(model, d, window)
+    config = unexpanded_config(model, tuple(w.stop - w.start for w in window))
     return np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config, emb.teacher_embeddings))
+
+
+def window_embedding(model, d, window: tuple[slice, ...]):
+    """The model's outputs in ``window`` of a training image, with the reflected margin only where
+    the window meets the image's own edge (elsewhere it holds real context)."""
+    from .inference import embed
+    from .layout import window_image
+
+    edges = tuple((w.start == 0, w.stop == n) for w, n in zip(window, d.objects.shape))
+    return embed(model, window_image(d, window), device="cpu", edges=edges)
 
 
 def _crop(box: tuple[slice, ...], window: tuple[slice, ...], context: int) -> tuple[slice, ...]:

@@ -89,6 +89,29 @@ class Window:
         return self.labels[layout]
 
 
+def window_image(d, region: tuple[slice, ...]):
+    """``region`` of a training image (``TrainingImage``, already normalised to 0-1 per channel)
+    as the network's input."""
+    from .inference import PreparedImage
+
+    channels = d.image.shape[0]
+    image = d.image[(slice(None),) + region] if channels > 1 else d.image[0][region]
+    value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
+    return PreparedImage(image, value_range, channels)
+
+
+def unexpanded_config(model, shape: tuple[int, ...], layout: str = "auto"):
+    """The clustering settings ``segment`` uses for this model in a crop of ``shape``, with
+    ``layout`` and without any growth: what the end-of-training measurements score."""
+    from dataclasses import replace
+
+    from .clustering import ClusterConfig
+    from .segmentation import auto_max_size, model_cluster_config
+
+    config = model_cluster_config(model, ClusterConfig(layout=layout, calibrated_edge=False))
+    return replace(config, expand=0, max_size=auto_max_size(model, shape))
+
+
 def segment_windows(model, data: list, seed: int = 0) -> list[Window]:
     """Each of up to ``MAX_IMAGES`` training images (a seeded sample of those with painted
     objects) cut to a window around its painted objects, an object's width beyond them
@@ -96,13 +119,10 @@ def segment_windows(model, data: list, seed: int = 0) -> list[Window]:
     once per layout with the model's own settings and no growth. Windows with no painted object
     clear of their edges are left out. Shared by :func:`measure_layout` and
     :func:`napari_spoco.edges.edge_expand`, so that training's end costs one network pass per window."""
-    from dataclasses import replace
-
     from scipy import ndimage as ndi
 
     from .clustering import ClusterConfig, cluster_embeddings
-    from .inference import PreparedImage, embed
-    from .segmentation import auto_max_size, model_cluster_config
+    from .inference import embed
 
     painted = [k for k, d in enumerate(data) if any(b is not None for b in d.boxes)]
     if not painted:
@@ -121,16 +141,11 @@ def segment_windows(model, data: list, seed: int = 0) -> list[Window]:
                                         for s, n, r, m in zip(b, objects.shape, region, d.objects.shape))]
         if not ids:
             continue
-        channels = d.image.shape[0]
-        image = d.image[(slice(None),) + region] if channels > 1 else d.image[0][region]
-        value_range = tuple((0.0, 1.0) for _ in range(channels)) if channels > 1 else (0.0, 1.0)
-        emb = embed(model, PreparedImage(image, value_range, channels), device="cpu")  # once for both layouts
-        labels = {}
-        for layout in LAYOUTS:
-            config = model_cluster_config(model, ClusterConfig(layout=layout, calibrated_edge=False))
-            config = replace(config, expand=0, max_size=auto_max_size(model, objects.shape))
-            labels[layout] = np.asarray(cluster_embeddings(emb.embeddings, emb.foreground, config,
-                                                           emb.teacher_embeddings))
+        emb = embed(model, window_image(d, region), device="cpu")  # once for both layouts
+        labels = {layout: np.asarray(cluster_embeddings(emb.embeddings, emb.foreground,
+                                                        unexpanded_config(model, objects.shape, layout),
+                                                        emb.teacher_embeddings))
+                  for layout in LAYOUTS}
         fraction = float(np.mean(emb.foreground >= ClusterConfig().foreground_threshold)) if emb.foreground is not None else 0.0
         windows.append(Window(d, region, ids, labels, fraction))
     return windows
