@@ -317,6 +317,31 @@ def test_neighbour_merge_merges_the_closest_pair_first_as_the_slow_way_does(seed
     assert len(set(zip(fast.ravel().tolist(), slow.ravel().tolist()))) == len(np.unique(fast)) == len(np.unique(slow))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_neighbour_merge_of_a_mass_ringed_by_specks_is_the_slow_way_too(seed):
+    """A packed mass held whole by one cluster touches many one-pixel specks (the case that made
+    the merge slow in 3D): the nearest-neighbour heap must still merge closest pair first."""
+    from napari_spoco.clustering import merge_similar_neighbours
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((40, 40), int)
+    labels[8:32, 8:32] = 1  # the mass
+    labels[8:32, 20:32] = 2  # a second, touching piece with its own embedding
+    ring = [(8 + i, 7) for i in range(24)] + [(7, 8 + i) for i in range(24)] + [(32, 8 + i) for i in range(24)]
+    for k, (y, x) in enumerate(ring):
+        labels[y, x] = 3 + k  # one-pixel specks along three sides
+    centres = rng.normal(scale=0.5, size=(labels.max() + 1, 4)).astype(np.float32)
+    centres[2] += 1.5  # the second piece is far from the mass, some specks are near either
+    emb = np.moveaxis(centres[labels], -1, 0) + rng.normal(scale=0.05, size=(4,) + labels.shape).astype(np.float32)
+    fast = merge_similar_neighbours(labels, emb, 0.8)
+    slow = _closest_pair_first(labels, emb, 0.8)
+    assert 2 < len(np.unique(fast)) < len(np.unique(labels))  # some specks merged, not all
+    assert len(set(zip(fast.ravel().tolist(), slow.ravel().tolist()))) == len(np.unique(fast)) == len(np.unique(slow))
+    # each fragment keeps the smallest id among its pieces
+    for i in np.unique(fast)[1:]:
+        assert i == labels[fast == i].min()
+
+
 def test_nearest_mode_is_the_brute_force_nearest():
     import torch
 

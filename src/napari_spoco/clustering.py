@@ -459,6 +459,15 @@ def merge_similar_neighbours(
     drifts across its extent (as after a few minutes of CPU training) comes out in touching
     pieces whose means are still close. Distinct touching objects are pushed 2δ_d apart by
     training; the default ``max_distance`` (ClusterConfig) is half that, δ_d.
+
+    The heap holds one entry per fragment, its nearest neighbour, not one per touching pair: a
+    packed mass that one cluster holds whole touches thousands of one-voxel specks, and
+    re-pushing every neighbour of the mass at each merge cost 14-40 s per 3D block
+    (docs/benchmarks.md, "A hub of specks in the neighbour merge"). An entry is exact while
+    neither side has changed; one whose neighbour has changed is a lower bound (the neighbour
+    pushed its own nearest when it changed) and is recomputed when popped. The result is the
+    closest-pair-first partition (tests/test_clustering.py); each fragment takes the smallest
+    original id among its pieces.
     """
     import heapq
 
@@ -482,28 +491,48 @@ def merge_similar_neighbours(
     for a, b in pairs.tolist():
         neighbours[a].add(b)
         neighbours[b].add(a)
-
     means = sums / np.maximum(size, 1.0)[:, None]
+    version = [0] * (n + 1)  # bumped when a fragment grows: entries made before are stale
+
+    # every fragment's nearest neighbour at the start, for all pairs at once
     d0 = np.linalg.norm(means[pairs[:, 0]] - means[pairs[:, 1]], axis=1)
-    # Pairs at or beyond the threshold are left out of the heap: the loop stops at the first
-    # one it would pop, and a pair is met again (pushed anew) whenever one side grows.
-    close = d0 < max_distance
-    version = [0] * (n + 1)  # bumped when a fragment grows: older entries are stale
-    heap = [(d, a, b, 0, 0) for d, (a, b) in zip(d0[close].tolist(), pairs[close].tolist())]
+    src, dst = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+    dd = np.concatenate([d0, d0])
+    order = np.lexsort((dd, src))
+    first = order[np.r_[True, src[order][1:] != src[order][:-1]]]
+    first = first[dd[first] < max_distance]
+    heap = [(d, x, y, 0, 0) for d, x, y in zip(dd[first].tolist(), src[first].tolist(), dst[first].tolist())]
     heapq.heapify(heap)
     push, pop = heapq.heappush, heapq.heappop
+
+    def push_nearest(x: int) -> None:
+        others = list(neighbours[x])
+        if not others:
+            return
+        diff = means[others] - means[x]
+        d2 = np.einsum("ij,ij->i", diff, diff)
+        k = int(d2.argmin())
+        d = float(np.sqrt(d2[k]))
+        if d < max_distance:
+            y = others[k]
+            push(heap, (d, x, y, version[x], version[y]))
+
     while heap:
-        d, a, b, va, vb = pop(heap)
+        d, x, y, vx, vy = pop(heap)
         if d >= max_distance:
-            break
-        if version[a] != va or version[b] != vb or parent[a] != a or parent[b] != b:
-            continue  # stale entry: one side was merged or has grown since
+            break  # every entry is at most the distance of the pair it stands for
+        if parent[x] != x or version[x] != vx:
+            continue  # x was merged away, or has grown and pushed a newer entry
+        if parent[y] != y or version[y] != vy:
+            push_nearest(x)  # the neighbour changed since: x's nearest, again
+            continue
+        # the fragment with more neighbours stays, so that fewer neighbour sets are rewritten
+        a, b = (x, y) if len(neighbours[x]) >= len(neighbours[y]) else (y, x)
         parent[b] = a
-        version[a] = va = va + 1
+        version[a] += 1
         sums[a] += sums[b]
         sizes[a] += sizes[b]
-        mean = sums[a] / sizes[a]
-        means[a] = mean
+        means[a] = sums[a] / sizes[a]
         nb_a, nb_b = neighbours[a], neighbours[b]
         neighbours[b] = None
         nb_a.discard(b)
@@ -513,21 +542,16 @@ def merge_similar_neighbours(
             links.discard(b)
             links.add(a)
         nb_a |= nb_b
-        if not nb_a:
-            continue
-        # the grown fragment's distance to each neighbour, in one vectorised step
-        others = list(nb_a)
-        diff = means[others] - mean
-        near = np.sqrt((diff * diff).sum(1))
-        for c, dc in zip(others, near.tolist()):
-            if dc < max_distance:
-                push(heap, (dc, a, c, va, version[c]))
-    for i in range(n + 1):  # point every fragment at its final root
-        j = i
-        while parent[j] != j:
-            j = parent[j]
-        parent[i] = j
-    return np.asarray(parent)[labels]
+        push_nearest(a)
+    root = np.asarray(parent)
+    while True:  # point every fragment at its final root
+        up = root[root]
+        if np.array_equal(up, root):
+            break
+        root = up
+    smallest = np.full(n + 1, n + 1, np.int64)
+    np.minimum.at(smallest, root, np.arange(n + 1))
+    return smallest[root][labels]
 
 
 def absorb_small(labels: np.ndarray, min_size: int) -> np.ndarray:
