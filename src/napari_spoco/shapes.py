@@ -33,6 +33,13 @@ def solidity(mask: np.ndarray) -> float:
     edge = mask & ~ndi.binary_erosion(mask)
     pts = np.argwhere(edge).astype(np.float64)
     corners = np.array(np.meshgrid(*[(-0.5, 0.5)] * mask.ndim, indexing="ij")).reshape(mask.ndim, -1).T
+    try:
+        # The hull of the pixels' corners is the hull of the corners of the pixels on the hull of
+        # their centres: the corners of those few only (a packed 3D mass of 3 M voxels: 4x fewer
+        # points for the second hull, the same volume).
+        pts = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):
+        pass  # flat or tiny: every pixel's corners
     pts = (pts[:, None, :] + corners[None]).reshape(-1, mask.ndim)
     try:
         hull = ConvexHull(pts)
