@@ -133,16 +133,20 @@ def _mean_shift_modes(
     h2 = bandwidth * bandwidth
     st = sample.T.contiguous()
     ss = (sample * sample).sum(1)[None, :]
+    # a column of ones: the product with the 0/1 matrix below gives each seed's count beside its
+    # sum, without a pass of its own over the (seeds × sample) matrix
+    ones = torch.cat([sample, torch.ones(sample.shape[0], 1, dtype=sample.dtype)], 1)
     active = torch.ones(seeds.shape[0], dtype=torch.bool)
     for _ in range(max_iter):
         if not active.any():
             break
         a = seeds[active]
-        # |a − s|² ≤ h² as |s|² − 2 a·s ≤ h² − |a|²: one fused product and one comparison over
-        # the (seeds × sample) matrix instead of five passes
-        within = (torch.addmm(ss, a, st, alpha=-2.0) <= h2 - (a * a).sum(1, keepdim=True)).to(sample.dtype)
-        count = within.sum(1, keepdim=True)
-        new = torch.where(count > 0, within @ sample / count.clamp_min(1.0), a)
+        # |a − s|² ≤ h² as |s|² − 2 a·s ≤ h² − |a|²: one fused product, then the comparison in
+        # place (0.0/1.0 in the product's own memory: no boolean copy and no conversion)
+        within = torch.addmm(ss, a, st, alpha=-2.0).le_(h2 - (a * a).sum(1, keepdim=True))
+        summed = within @ ones
+        count = summed[:, -1:]
+        new = torch.where(count > 0, summed[:, :-1] / count.clamp_min(1.0), a)
         moved = ((new - a) ** 2).sum(1) > (1e-2 * bandwidth) ** 2
         seeds[active] = new
         idx = torch.nonzero(active).squeeze(1)
