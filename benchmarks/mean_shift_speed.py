@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_data import add_data_argument, use_data_dir  # noqa: E402
 
 import napari_spoco.clustering as clustering  # noqa: E402
-from napari_spoco.distances import sq_dist  # noqa: E402
 
 
 def modes_before(sample: torch.Tensor, seeds: torch.Tensor, bandwidth: float, merge_radius: float,
@@ -52,18 +51,7 @@ def modes_before(sample: torch.Tensor, seeds: torch.Tensor, bandwidth: float, me
         seeds[active] = new
         idx = torch.nonzero(active).squeeze(1)
         active[idx[~moved]] = False
-    support = (sq_dist(seeds, st) <= h2).sum(1)
-    order = torch.argsort(support, descending=True)
-    seeds, support = seeds[order], support[order]
-    close = (sq_dist(seeds, seeds.T) < merge_radius**2).numpy()
-    suppressed = (support == 0).numpy()
-    keep = []
-    for i in range(seeds.shape[0]):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= close[i]
-    return seeds[keep], support[keep]
+    return clustering.strongest_modes(seeds, st, h2, merge_radius)
 
 
 def with_modes(fn, call, *args, **kwargs):

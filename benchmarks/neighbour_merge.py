@@ -75,18 +75,10 @@ def pair_heap_merge(labels: np.ndarray, embeddings: np.ndarray, max_distance: fl
         sizes[a] += sizes[b]
         mean = sums[a] / sizes[a]
         means[a] = mean
-        nb_a, nb_b = neighbours[a], neighbours[b]
-        neighbours[b] = None
-        nb_a.discard(b)
-        nb_b.discard(a)
-        for c in nb_b:
-            links = neighbours[c]
-            links.discard(b)
-            links.add(a)
-        nb_a |= nb_b
-        if not nb_a:
+        clustering.join_neighbours(neighbours, a, b)
+        if not neighbours[a]:
             continue
-        others = list(nb_a)
+        others = list(neighbours[a])
         diff = means[others] - mean
         near = np.sqrt((diff * diff).sum(1))
         for c, dc in zip(others, near.tolist()):

@@ -151,10 +151,16 @@ def _mean_shift_modes(
         seeds[active] = new
         idx = torch.nonzero(active).squeeze(1)
         active[idx[~moved]] = False
+    return strongest_modes(seeds, st, h2, merge_radius)
+
+
+def strongest_modes(seeds: torch.Tensor, st: torch.Tensor, h2: float, merge_radius: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Converged ``seeds`` to modes: each one's support (sample columns ``st`` within √h2), then
+    greedy suppression, strongest first, of seeds within ``merge_radius`` of a kept one."""
     support = (sq_dist(seeds, st) <= h2).sum(1)
     order = torch.argsort(support, descending=True)
     seeds, support = seeds[order], support[order]
-    # Greedy suppression, strongest first, on the (seeds × seeds) distance matrix.
     close = (sq_dist(seeds, seeds.T) < merge_radius**2).numpy()
     suppressed = (support == 0).numpy()
     keep = []
@@ -453,6 +459,19 @@ def adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([uniq // (n + 1), uniq % (n + 1)], 1), counts
 
 
+def join_neighbours(neighbours: list, a: int, b: int) -> None:
+    """Fragment ``b`` merged into ``a``: ``a`` takes ``b``'s neighbours, and they point at ``a``."""
+    nb_a, nb_b = neighbours[a], neighbours[b]
+    neighbours[b] = None
+    nb_a.discard(b)
+    nb_b.discard(a)
+    for c in nb_b:
+        links = neighbours[c]
+        links.discard(b)
+        links.add(a)
+    nb_a |= nb_b
+
+
 def merge_similar_neighbours(
     labels: np.ndarray, embeddings: np.ndarray, max_distance: float
 ) -> np.ndarray:
@@ -537,15 +556,7 @@ def merge_similar_neighbours(
         sums[a] += sums[b]
         sizes[a] += sizes[b]
         means[a] = sums[a] / sizes[a]
-        nb_a, nb_b = neighbours[a], neighbours[b]
-        neighbours[b] = None
-        nb_a.discard(b)
-        nb_b.discard(a)
-        for c in nb_b:
-            links = neighbours[c]
-            links.discard(b)
-            links.add(a)
-        nb_a |= nb_b
+        join_neighbours(neighbours, a, b)
         push_nearest(a)
     root = np.asarray(parent)
     while True:  # point every fragment at its final root
