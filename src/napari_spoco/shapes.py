@@ -35,8 +35,8 @@ def solidity(mask: np.ndarray) -> float:
     corners = np.array(np.meshgrid(*[(-0.5, 0.5)] * mask.ndim, indexing="ij")).reshape(mask.ndim, -1).T
     try:
         # The hull of the pixels' corners is the hull of the corners of the pixels on the hull of
-        # their centres: the corners of those few only (a packed 3D mass of 3 M voxels: 4x fewer
-        # points for the second hull, the same volume).
+        # their centres: the corners of those few only (the same volume; the masks of a packed
+        # 3D volume 2x faster, docs/benchmarks.md "A hub of specks in the neighbour merge").
         pts = pts[ConvexHull(pts).vertices]
     except (QhullError, ValueError):
         pass  # flat or tiny: every pixel's corners
