@@ -485,7 +485,7 @@ def merge_similar_neighbours(
 
     The heap holds one entry per fragment, its nearest neighbour, not one per touching pair: a
     packed mass that one cluster holds whole touches thousands of one-voxel specks, and
-    re-pushing every neighbour of the mass at each merge cost 14-40 s per 3D block
+    re-pushing every neighbour of the mass at each merge cost 3-41 s per 3D block
     (docs/benchmarks.md, "A hub of specks in the neighbour merge"). An entry is exact while
     neither side has changed; one whose neighbour has changed is a lower bound (the neighbour
     pushed its own nearest when it changed) and is recomputed when popped. The result is the
