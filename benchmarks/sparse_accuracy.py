@@ -24,13 +24,14 @@ plant rosettes, the paper's headline case). ``--voxel-size known`` (default) tra
 ``cubic`` gives 1 × 1 × 1. ``--zoom F`` resizes the 2D sets' images and masks by F in Y and X (rows
 ``DATASET@F``): the same objects at another lab's magnification. ``--one-image N`` replaces each split by its first N held-out images,
 each on its own: trained on its painted objects and scored on all of its objects (one row per
-image), the user who paints a few objects of one image and segments that image.
+image), the user who paints a few objects of one image and segments that image. ``--train-images N``
+trains on each split's first N training images only (rows ``DATASET-trainN``): a lab with a handful of images.
 
 Usage:  python benchmarks/sparse_accuracy.py [--data DIR] [--minutes 5] [--seeds 0 1 2]
                                             [--datasets bbbc039-nuclei ...] [--peers-only]
                                             [--init default|none|without|FILE] [--threads N] [--scale auto|F]
                                             [--voxel-size known|none|cubic] [--one-image N] [--zoom F]
-                                            [--json FILE] [--out FILE] [--save-dir DIR]
+                                            [--train-images N] [--json FILE] [--out FILE] [--save-dir DIR]
         python benchmarks/sparse_accuracy.py --from-json FILE    # the table again, no computing
 Writes the markdown table to stdout (and to --out if given).
 """
@@ -117,6 +118,16 @@ def one_image_splits(split: Split, n: int) -> list[Split]:
     return [replace(split, name=f"{split.name}-one{i}", train=[stem], test=[stem], source=split.dataset,
                     note=f"image {stem} alone: trained on its painted objects, scored on all of its objects")
             for i, stem in enumerate(split.test[:n])]
+
+
+def fewer_train_split(split: Split, n: int) -> Split:
+    """``split`` trained on its first ``n`` training images only, named ``<data set>-train<n>``:
+    fewer painted objects and less variety, as a lab with a handful of images has (the held-out
+    images and the painting of each kept image are the same as the whole split's)."""
+    if n <= 0 or n >= len(split.train):
+        return split
+    return replace(split, name=f"{split.name}-train{n}", train=split.train[:n], source=split.dataset,
+                   note=(split.note + "; " if split.note else "") + f"the first {n} training images only")
 
 
 def zoomed_split(split: Split, zoom: float) -> Split:
@@ -244,8 +255,9 @@ class Data:
 
 def saved_splits(models: Path, datasets: list[str] | None) -> list[Split]:
     """The splits whose models ``--save-dir`` may have left in ``models``: each set under its own name
-    and, for each zoom found there (``<set>@<F>_seed<S>.spoco.pt``), that zoomed split. ``datasets``
-    (names as saved, e.g. ``bbbc039-nuclei@0.5``) None or empty: all of them."""
+    and, for each zoom found there (``<set>@<F>_seed<S>.spoco.pt``) or count of training images
+    (``<set>-train<N>_seed<S>.spoco.pt``), that split. ``datasets`` (names as saved, e.g.
+    ``bbbc039-nuclei@0.5``) None or empty: all of them."""
     found = []
     for split in splits():
         parts = [split]
@@ -256,6 +268,9 @@ def saved_splits(models: Path, datasets: list[str] | None) -> list[Split]:
                 parts.append(zoomed_split(split, float(zoom)))
             except ValueError:  # not a factor: a file of some other naming
                 continue
+        counts = {path.name[len(split.name) + 6:].rsplit("_seed", 1)[0]
+                  for path in models.glob(f"{split.name}-train*_seed*.spoco.pt")}
+        parts += [fewer_train_split(split, int(n)) for n in sorted(counts) if n.isdigit()]
         found += [part for part in parts if not datasets or part.name in datasets]
     return found
 
@@ -530,6 +545,10 @@ def parse_args() -> argparse.Namespace:
                         help="resize every image and mask of the (2D) data sets by F in Y and X, rows named "
                         "DATASET@F: the same objects at another magnification (the classical pipelines keep "
                         "their fixed sizes; the forest and SPOCO take theirs from the painted objects)")
+    parser.add_argument("--train-images", type=int, default=0, metavar="N",
+                        help="train on the first N training images of each split only (rows named "
+                        "DATASET-trainN; the held-out images are the same): the data-poor case of a lab "
+                        "with a handful of images")
     parser.add_argument("--ring-width", type=int, default=None, metavar="N",
                         help="width of the foreground head's negative ring around painted objects (TrainConfig."
                         "ring_width; default: the library's), to compare a variant with the defaults")
@@ -567,6 +586,7 @@ def main() -> int:
                 print(f"== {split.name}: skipped, --zoom is for the 2D sets", file=sys.stderr, flush=True)
                 continue
             split = zoomed_split(split, args.zoom)
+        split = fewer_train_split(split, args.train_images)
         for part in one_image_splits(split, args.one_image) if args.one_image else [split]:
             print(f"== {part.name}", file=sys.stderr, flush=True)
             results.append(run(part, args, scale))
@@ -575,7 +595,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
             "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width,
-            "one_image": args.one_image, "zoom": args.zoom}
+            "one_image": args.one_image, "zoom": args.zoom, "train_images": args.train_images}
     text = report(results, meta)
     print(text)
     if args.out:
