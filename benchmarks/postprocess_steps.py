@@ -11,9 +11,12 @@ fraction of the image the foreground head calls foreground is printed too (the s
 applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
 ``--step peak_spacing --values 0.6 0.8 1.0`` segments with each value of ``shapes.PEAK_SPACING``
-(how far apart, in painted radii, the shape split's seeds must be) instead.
+(how far apart, in painted radii, the shape split's seeds must be) instead. ``--step enlarge``
+compares how labels found at a reduced scale come back to the image's size: by nearest neighbour
+("without") or with smooth edges (``scaling.enlarge_labels``, "with"; models at scale 1 do not
+differ).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge|enlarge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sparse_accuracy as sa  # noqa: E402
 
-from napari_spoco import evaluate, segment, shapes  # noqa: E402
+from napari_spoco import evaluate, scaling, segment, shapes  # noqa: E402
 from napari_spoco.clustering import ClusterConfig  # noqa: E402
 from napari_spoco.metrics import _overlaps  # noqa: E402
 
@@ -121,14 +124,16 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
-                        choices=["shape_split", "boundary_merge", "calibrated_edge", "peak_spacing"],
+                        choices=["shape_split", "boundary_merge", "calibrated_edge", "peak_spacing", "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
-                             "shapes.PEAK_SPACING at each of --values")
+                             "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "
+                             "enlarged by nearest neighbour (without) or with smooth edges (with)")
     parser.add_argument("--values", type=float, nargs="+", default=[0.6, 0.8, 1.0],
                         help="with --step peak_spacing: the values compared")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
+    smooth_enlarge = scaling.enlarge_labels
     for data, seed, model in sa.saved_models(args.models, args.datasets, args.seeds):
         split = data.split
         if model.history.get("object_solidity") is None:
@@ -142,6 +147,8 @@ def main() -> int:
         for name, on in variants:
             if args.step == "peak_spacing":
                 shapes.PEAK_SPACING, config = on, ClusterConfig()
+            elif args.step == "enlarge":  # segmentation looks the function up at each call
+                scaling.enlarge_labels, config = (smooth_enlarge if on else scaling.resize_labels), ClusterConfig()
             else:
                 config = replace(ClusterConfig(), **{args.step: on})
             row[name], row["foreground"] = score_tests(model, data, config)
@@ -161,8 +168,8 @@ def main() -> int:
             args.json.write_text(json.dumps(rows, indent=1))
         return 0
     print(f"\n{args.step}:\n| data set | painted convexity (p10) | foreground | AP50 without | AP50 with "
-          "| with − without | merged | split |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| with − without | mAP without → with | merged | split |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
         d = [r["with"]["AP50"] - r["without"]["AP50"] for r in rs]
@@ -170,6 +177,7 @@ def main() -> int:
               f"| {np.mean([r['foreground'] for r in rs]):.2f} "
               f"| {np.mean([r['without']['AP50'] for r in rs]):.3f} | {np.mean([r['with']['AP50'] for r in rs]):.3f} "
               f"| {np.mean(d):+.3f} ({min(d):+.3f} … {max(d):+.3f}) "
+              f"| {np.mean([r['without']['mAP'] for r in rs]):.3f} → {np.mean([r['with']['mAP'] for r in rs]):.3f} "
               f"| {sum(r['without']['merged'] for r in rs)} → {sum(r['with']['merged'] for r in rs)} "
               f"| {sum(r['without']['split'] for r in rs)} → {sum(r['with']['split'] for r in rs)} |")
     if args.json:

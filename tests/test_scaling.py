@@ -10,6 +10,7 @@ from napari_spoco.model import ModelConfig, SpocoModel
 from napari_spoco.scaling import (
     auto_scale,
     check_scale,
+    enlarge_labels,
     median_diameter,
     resize_image,
     resize_labels,
@@ -75,6 +76,48 @@ def test_resize_labels_keeps_ids_and_restores_the_shape():
     assert (back == truth).mean() > 0.97  # only boundary pixels move
 
 
+def _smoothed_and_interpolated(labels, shape, sigma):
+    """enlarge_labels' definition computed the slow way: every id's smoothed mask interpolated
+    over the whole image, then the highest score per pixel."""
+    import torch
+    from scipy import ndimage as ndi
+
+    ids = np.unique(labels)
+    mode = "bilinear" if labels.ndim == 2 else "trilinear"
+    scores = []
+    for i in ids:
+        mask = ndi.gaussian_filter((labels == i).astype(np.float32), sigma, mode="nearest")
+        scores.append(torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None], size=shape, mode=mode,
+                                                      align_corners=False)[0, 0].numpy())
+    return ids[np.argmax(np.stack(scores), axis=0)]
+
+
+def test_enlarge_labels_is_each_smoothed_mask_interpolated_over_the_whole_image():
+    rng = np.random.default_rng(3)
+    from scipy import ndimage as ndi
+
+    flat = ndi.label(ndi.gaussian_filter(rng.random((48, 40)), 2) > 0.52)[0]  # blobs, some on the border
+    assert flat.max() >= 4 and (flat[0] > 0).any() | (flat[-1] > 0).any() | (flat[:, 0] > 0).any()
+    for shape in [(91, 75), (100, 80), (60, 150)]:
+        np.testing.assert_array_equal(enlarge_labels(flat, shape), _smoothed_and_interpolated(flat, shape, 0.75))
+    vol = ndi.label(ndi.gaussian_filter(rng.random((10, 24, 20)), 1.5) > 0.53)[0].astype(np.uint16)
+    assert vol.max() >= 3
+    out = enlarge_labels(vol, (17, 50, 38))  # Z enlarged less than Y and X, as for anisotropic voxels
+    assert out.dtype == vol.dtype
+    np.testing.assert_array_equal(out, _smoothed_and_interpolated(vol, (17, 50, 38), 0.75))
+    assert enlarge_labels(flat, flat.shape) is flat
+
+
+def test_enlarge_labels_smooths_the_staircase_that_nearest_neighbour_leaves():
+    _, _, truth = _big_disks()
+    for n in (100, 136, 150):  # shrunk to 0.39-0.59 of its size, as objects wider than 45 px are
+        small = resize_labels(truth, (n, n))
+        nearest = (resize_labels(small, truth.shape) != truth).sum()
+        smooth = enlarge_labels(small, truth.shape)
+        assert set(np.unique(smooth)) == set(np.unique(truth))
+        assert (smooth != truth).sum() < 0.85 * nearest
+
+
 def test_resize_image_averages_when_shrinking():
     img = np.arange(16, dtype=np.float32).reshape(4, 4)
     small = resize_image(img, (2, 2))
@@ -125,11 +168,11 @@ def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():
     assert emb.foreground.shape == image.shape
 
     native = SpocoModel(model.config, model.student, model.teacher, {"object_size_median": 900.0})
-    from napari_spoco.data import intensity_range
+    from napari_spoco.data import intensity_range, relabel_sequential
 
     small = resize_image(image, (128, 128))
     expected = segment(native, small, device="cpu", value_range=intensity_range(image))
-    np.testing.assert_array_equal(labels, resize_labels(expected, image.shape))
+    np.testing.assert_array_equal(labels, relabel_sequential(enlarge_labels(expected, image.shape)))
 
     from napari_spoco.segmentation import preview_box, segment_preview
 

@@ -151,7 +151,7 @@ def _segment_prepared(
     :func:`napari_spoco.inference.embed`'s."""
     from dataclasses import replace
 
-    from .scaling import check_voxel_size, resize_image, resize_labels, scaled_shape
+    from .scaling import check_voxel_size, enlarge_labels, resize_image, resize_labels, scaled_shape
 
     factors = model.network_factors(check_voxel_size(voxel_size, model.config.ndim))
     if all(f == 1.0 for f in factors):
@@ -172,9 +172,10 @@ def _segment_prepared(
     result = _segment_at_network_scale(model, small, config, tile_shape, device, progress, return_embedding, _timing,
                                        edges, tile_voxels, precision, tta)
     labels, emb = result if return_embedding else (result, None)
-    labels = resize_labels(labels, shape)
-    if any(f > 1.0 for f in factors):  # shrinking the labels back may lose an object of a pixel or two
-        labels = relabel_sequential(labels)
+    # enlarged back with smooth edges (not the staircase of nearest neighbour) where the network
+    # saw the image shrunk; either way an object of a pixel or two may be lost
+    labels = enlarge_labels(labels, shape) if any(f < 1.0 for f in factors) else resize_labels(labels, shape)
+    labels = relabel_sequential(labels)
     labels = as_label_image(labels)
     if emb is None:
         return labels
