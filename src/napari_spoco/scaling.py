@@ -292,9 +292,9 @@ def _axis_weights(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _interpolate(values: np.ndarray, axes: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
     """``values`` linearly interpolated at the points ``axes`` give (per axis, of
-    :func:`_axis_weights`), by gathering the 2**ndim corners: no BLAS and no torch, whose
-    worker threads would go on spinning into the network's next pass (on 2 cores a 384²
-    Segment took 0.05 s longer after a matrix product here)."""
+    :func:`_axis_weights`), by gathering the 2**ndim corners. Not by a matrix product: BLAS's
+    threads went on spinning into the network's next pass (on 2 cores a Segment of a 384²
+    image took 0.05 s longer with one here)."""
     shape = tuple(len(a[0]) for a in axes)
     out = np.zeros(shape, np.float32)
     rows = max(1, 2**20 // max(1, int(np.prod(shape[1:]))))  # bounded temporaries
