@@ -1,4 +1,4 @@
-"""One post-processing step (the shape split, the boundary merge, the calibrated edge): the same trained models
+"""One post-processing step (the shape split, the boundary merge, the calibrated edge, the hole fill): the same trained models
 segmented with and without it; or one setting of a step at several values (``--step peak_spacing --values``).
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
@@ -16,7 +16,7 @@ compares how labels found at a reduced scale come back to the image's size: by n
 ("without") or with smooth edges (``scaling.enlarge_labels``, "with"; models at scale 1 do not
 differ).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge|enlarge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge|fill_holes|enlarge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
@@ -124,7 +124,7 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
-                        choices=["shape_split", "boundary_merge", "calibrated_edge", "peak_spacing", "enlarge"],
+                        choices=["shape_split", "boundary_merge", "calibrated_edge", "fill_holes", "peak_spacing", "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
                              "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "
                              "enlarged by nearest neighbour (without) or with smooth edges (with)")

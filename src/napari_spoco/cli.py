@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-calibrated-edge", dest="calibrated_edge", action="store_false",
                     help="do not grow objects by the edge growth fitted on the painted objects at the end of "
                     "training (model history edge_expand; docs/method.md)")
+    pr.add_argument("--no-fill-holes", dest="fill_holes", action="store_false",
+                    help="leave background enclosed by one object (a nucleolus, a dark organelle) as background "
+                    "(by default it is part of the object; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
                     help="number format of the network: 'auto' runs its convolutions in bfloat16 where "
@@ -700,6 +703,7 @@ def cmd_predict(args) -> int:
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
         boundary_merge=args.boundary_merge, calibrated_edge=args.calibrated_edge, layout=args.layout,
+        fill_holes=args.fill_holes,
     )
     options = PredictOptions(config, args.device, args.channel_axis,
                              tuple(args.voxel_size) if args.voxel_size else None, args.suggest,

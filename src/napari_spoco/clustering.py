@@ -59,6 +59,9 @@ class ClusterConfig:
     # Grow objects by the growth that best fitted the predicted pieces to the painted objects at
     # the end of training (edges.py; model.history["edge_expand"]), on top of ``expand``.
     calibrated_edge: bool = True
+    # Background enclosed by one object (a nucleolus, a dark organelle) is part of it (holes.py;
+    # docs/method.md, "Holes inside objects").
+    fill_holes: bool = True
     object_size: float | None = None
     shape_reference: float | None = None
     # How objects lie: "separate" (on background: the shape split), "tiled" (filling the
@@ -92,7 +95,7 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
                     optional=True)
-        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size"):
+        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
         check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
@@ -412,7 +415,8 @@ def cluster_embeddings(
         boundary = (foreground, config.boundary_tolerance)
     adaptive = (config.object_size, lowest) if config.adaptive_min_size and config.object_size else None
     return postprocess(labels, min_size, config.split_components, config.expand,
-                       embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive)
+                       embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive,
+                       config.fill_holes)
 
 
 #: Pieces under this share of an object's size are fragments (``segmentation.auto_min_size``).
@@ -602,6 +606,7 @@ def postprocess(
     boundary: tuple[np.ndarray, float] | None = None,
     foreground: np.ndarray | None = None,
     adaptive: tuple[float, int] | None = None,
+    fill_holes: bool = False,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
@@ -610,7 +615,8 @@ def postprocess(
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them; with ``adaptive = (painted median, lowest floor)`` the floor may come down to the
-    pieces' own scale, :func:`adapted_min_size`), optionally grow instances by ``expand`` pixels
+    pieces' own scale, :func:`adapted_min_size`), with ``fill_holes`` give the background
+    enclosed by one instance to it (holes.py), optionally grow instances by ``expand`` pixels
     into the background, and relabel 1..N.
 
     The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
@@ -651,6 +657,10 @@ def postprocess(
         small = sizes < min_size
         small[0] = False
         labels = np.where(small[labels], 0, labels)
+    if fill_holes and labels.max() > 0:
+        from .holes import fill_holes as fill
+
+        labels = fill(labels)
     if expand > 0:
         from skimage.segmentation import expand_labels
 

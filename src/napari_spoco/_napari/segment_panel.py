@@ -110,6 +110,9 @@ class SegmentPanel(QGroupBox):
             ("calibrated_edge", "Grow objects to the edge fitted on painted objects",
              "At the end of training the model measures how far its objects stop short of the edges "
              "you painted (0-3 pixels) and grows them by that much."),
+            ("fill_holes", "Fill holes inside objects",
+             "Background enclosed by one object (a dark nucleolus or organelle) becomes part of it; "
+             "holes larger than half the object stay open."),
         ):
             box = QCheckBox(text)
             box.setChecked(getattr(defaults, name))
