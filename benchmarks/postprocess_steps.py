@@ -1,4 +1,4 @@
-"""One post-processing step (the shape split, the boundary merge, the calibrated edge, the hole fill): the same trained models
+"""One post-processing step (shape split, boundary merge, convex merge, calibrated edge, hole fill): the same trained models
 segmented with and without it; or one setting of a step at several values (``--step peak_spacing --values``).
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
@@ -14,9 +14,12 @@ applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 (how far apart, in painted radii, the shape split's seeds must be) instead. ``--step enlarge``
 compares how labels found at a reduced scale come back to the image's size: by nearest neighbour
 ("without") or with smooth edges (``scaling.enlarge_labels``, "with"; models at scale 1 do not
-differ).
+differ). ``--step convex_merge`` compares segmenting without and with the median painted
+object's solidity (``history["object_solidity_median"]``, computed from the painted labels for
+models trained before it was recorded), which turns on the convex merge where objects stand on
+background (boundaries.merge_convex_unseparated).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|calibrated_edge|fill_holes|enlarge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|enlarge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
@@ -65,8 +68,9 @@ def anatomy(gt: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     return out
 
 
-def convexity(model, data: sa.Data, seed: int, fraction: float) -> float | None:
-    """What ``train`` records from these painted objects (at the model's pixel scale)."""
+def convexity(model, data: sa.Data, seed: int, fraction: float, percentile: float = 10) -> float | None:
+    """What ``train`` records from these painted objects (at the model's pixel scale): the
+    ``percentile``-th percentile of their solidity."""
     from napari_spoco.scaling import resize_labels, scaled_shape
     from napari_spoco.shapes import painted_solidity
 
@@ -74,7 +78,7 @@ def convexity(model, data: sa.Data, seed: int, fraction: float) -> float | None:
     scale = model.pixel_scale
     if scale != 1.0:
         painted = [resize_labels(p, scaled_shape(p.shape, (scale,) * p.ndim)) for p in painted]
-    return painted_solidity(painted)
+    return painted_solidity(painted, percentile)
 
 
 def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
@@ -124,7 +128,8 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
-                        choices=["shape_split", "boundary_merge", "calibrated_edge", "fill_holes", "peak_spacing", "enlarge"],
+                        choices=["shape_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "peak_spacing",
+                                 "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
                              "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "
                              "enlarged by nearest neighbour (without) or with smooth edges (with)")
@@ -138,15 +143,21 @@ def main() -> int:
         split = data.split
         if model.history.get("object_solidity") is None:
             model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
+        if model.history.get("object_solidity_median") is None:
+            model.history["object_solidity_median"] = convexity(model, data, seed, args.fraction, 50)
         if model.history.get("edge_expand") is None:
             model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
         row = {"dataset": split.name, "seed": seed, "step": args.step,
                "reference": model.history["object_solidity"]}
+        median = model.history["object_solidity_median"]
         variants = ([(f"{v:g}", v) for v in args.values] if args.step == "peak_spacing"
                     else [("without", False), ("with", True)])
         for name, on in variants:
             if args.step == "peak_spacing":
                 shapes.PEAK_SPACING, config = on, ClusterConfig()
+            elif args.step == "convex_merge":  # the median's record is what turns it on
+                model.history["object_solidity_median"] = median if on else None
+                config = ClusterConfig()
             elif args.step == "enlarge":  # segmentation looks the function up at each call
                 scaling.enlarge_labels, config = (smooth_enlarge if on else scaling.resize_labels), ClusterConfig()
             else:

@@ -85,3 +85,39 @@ def test_config_refuses_unusable_values():
         ClusterConfig(boundary_merge="no")
     with pytest.raises(SpocoError, match="boundary_tolerance"):
         ClusterConfig(boundary_tolerance=-0.1)
+
+
+def test_convex_merge_joins_halves_of_one_object_but_not_two_touching_discs():
+    from napari_spoco.boundaries import merge_convex_unseparated
+
+    yy, xx = np.mgrid[:40, :80]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 < 12**2
+    halves = np.where(disc, np.where(xx < 20, 1, 2), 0)  # one disc cut in two by the embedding
+    left = (yy - 20) ** 2 + (xx - 48) ** 2 < 10**2
+    right = (yy - 20) ** 2 + (xx - 67) ** 2 < 10**2
+    pair = np.where(left, 3, np.where(right, 4, 0))  # two discs touching at a waist
+    labels = halves + pair
+    fg = (labels > 0).astype(float)  # no dark contact anywhere: the head marks no boundary
+    out = merge_convex_unseparated(labels, fg, 0.05, reference=0.9)
+    assert out[20, 10] == out[20, 30]  # the halves are one convex object
+    assert out[20, 48] != out[20, 67]  # the touching discs would make a waisted one
+    dark = fg.copy()
+    dark[:, 19:21] = 0.1  # a boundary learned between the halves: they stay apart
+    kept = merge_convex_unseparated(labels, dark, 0.05, reference=0.9)
+    assert kept[20, 10] != kept[20, 30]
+
+
+def test_clustering_uses_the_convex_merge_only_where_the_model_recorded_the_median():
+    from napari_spoco.clustering import ClusterConfig, cluster_embeddings
+
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 < 14**2
+    emb = np.zeros((2, 60, 60), np.float32)
+    emb[0][disc & (xx >= 30)] = 5.0  # far apart in the embedding: mean-shift gives two clusters
+    fg = disc.astype(np.float32)
+    base = dict(min_size=4, object_size=float(disc.sum()), shape_reference=0.8, layout="separate", fill_holes=False)
+    two = cluster_embeddings(emb, fg, ClusterConfig(**base))
+    one = cluster_embeddings(emb, fg, ClusterConfig(**base, convex_reference=0.9))
+    off = cluster_embeddings(emb, fg, ClusterConfig(**base, convex_reference=0.9, boundary_merge=False))
+    assert len(np.unique(two)) == 3 and len(np.unique(off)) == 3
+    assert len(np.unique(one)) == 2

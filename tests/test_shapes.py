@@ -135,6 +135,10 @@ def test_training_records_the_painted_convexity_and_segment_uses_it(tmp_path):
         segmentation.cluster_embeddings = real
     assert seen["config"].shape_reference == loaded.history["object_solidity"]
     assert seen["config"].object_size == loaded.history["object_size_median"]
+    # the median painted object's convexity, for the convex merge (boundaries.py)
+    median = loaded.history["object_solidity_median"]
+    assert loaded.history["object_solidity"] <= median <= 1.0
+    assert seen["config"].convex_reference == median
 
 
 def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
@@ -145,6 +149,11 @@ def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
     model.history["object_solidity"] = 3.0
     path = save_model(model, tmp_path / "m.spoco.pt")
     with pytest.raises(SpocoError, match="object_solidity"):
+        load_model(path)
+    model.history["object_solidity"] = 0.9
+    model.history["object_solidity_median"] = "round"
+    path = save_model(model, tmp_path / "m2.spoco.pt")
+    with pytest.raises(SpocoError, match="object_solidity_median"):
         load_model(path)
 
 

@@ -78,3 +78,57 @@ def merge_unseparated(labels: np.ndarray, foreground: np.ndarray, tolerance: flo
     first = np.full(component.max() + 1, n + 1)
     np.minimum.at(first, component, np.arange(n + 1))
     return first[component][labels]
+
+
+def merge_convex_unseparated(labels: np.ndarray, foreground: np.ndarray, tolerance: float,
+                             reference: float) -> np.ndarray:
+    """Where objects stand on background: join touching pieces with no boundary between them
+    (as :func:`merge_unseparated` finds them) only when their union is at least as convex as
+    ``reference`` (the median painted object's solidity, shapes.py). The halves of one nucleus
+    that the embedding cut apart make one convex object; two touching nuclei whose contact the
+    head has not learned make a waisted one and stay apart (on packed 3D nuclei joining every
+    unseparated pair merged four times as many nuclei; docs/benchmarks.md). Pairs are taken in
+    order and a joined group is tested whole against its next partner. Returns labels with
+    joined pieces sharing the lower id (not sequential)."""
+    from scipy import ndimage as ndi
+
+    from .shapes import solidity
+
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    if n < 2:
+        return labels
+    pairs, contact = contact_foreground(labels, foreground)
+    if len(pairs) == 0:
+        return labels
+    flat = labels.ravel()
+    size = np.bincount(flat, minlength=n + 1)
+    inside = np.bincount(flat, weights=np.asarray(foreground, dtype=np.float64).ravel(), minlength=n + 1)
+    inside = inside / np.maximum(size, 1)
+    joined = pairs[contact >= np.minimum(inside[pairs[:, 0]], inside[pairs[:, 1]]) - tolerance]
+    if len(joined) == 0:
+        return labels
+    boxes = ndi.find_objects(labels)
+    root = np.arange(n + 1)
+    members = {}
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for a, b in joined:
+        ra, rb = find(int(a)), find(int(b))
+        if ra == rb or boxes[ra - 1] is None or boxes[rb - 1] is None:
+            continue
+        box = tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(boxes[ra - 1], boxes[rb - 1]))
+        group = members.get(ra, [ra]) + members.get(rb, [rb])
+        if solidity(np.isin(labels[box], group)) < reference:
+            continue
+        low, high = min(ra, rb), max(ra, rb)
+        root[high] = low
+        members[low] = group
+        members.pop(high, None)
+        boxes[low - 1] = box
+    lut = np.array([find(i) for i in range(n + 1)])
+    return lut[labels]

@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
                     "split at their necks where objects stand on background; docs/method.md)")
     pr.add_argument("--no-boundary-merge", dest="boundary_merge", action="store_false",
                     help="keep touching pieces apart even where the foreground head sees no boundary between them "
-                    "(by default they are one object; docs/method.md)")
+                    "(by default they are one object where objects fill the image, and where they stand on "
+                    "background when their union is as convex as the median painted object; docs/method.md)")
     pr.add_argument("--layout", default=CLUSTER.layout, choices=LAYOUTS,
                     help="how the objects lie: 'separate' (on background: merged pieces are split at their necks), "
                     "'tiled' (filling the image: pieces with no boundary between them are joined), or 'auto' "

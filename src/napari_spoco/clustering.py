@@ -64,6 +64,10 @@ class ClusterConfig:
     fill_holes: bool = True
     object_size: float | None = None
     shape_reference: float | None = None
+    # Where objects stand on background, touching pieces with no boundary between them are
+    # joined only when their union is at least this convex (the median painted object's
+    # solidity; segment() fills it from the model; boundaries.merge_convex_unseparated).
+    convex_reference: float | None = None
     # How objects lie: "separate" (on background: the shape split), "tiled" (filling the
     # image: the boundary merge), or "auto": segment() takes what training measured on the
     # painted objects (layout.py; model.history["layout"]), else the predicted foreground
@@ -93,8 +97,8 @@ class ClusterConfig:
         check_field(self, "max_size", "a whole number >= 0, or None", whole=True, low=0, optional=True)
         check_field(self, "expand", "a whole number >= 0", whole=True, low=0)
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
-        check_field(self, "shape_reference", "a number in (0, 1], or None", low=0, high=1, low_open=True,
-                    optional=True)
+        for name in ("shape_reference", "convex_reference"):
+            check_field(self, name, "a number in (0, 1], or None", low=0, high=1, low_open=True, optional=True)
         for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
@@ -410,13 +414,15 @@ def cluster_embeddings(
     if config.shape_split and foreground is not None and not tiled and applies(config.shape_reference,
                                                                               config.object_size):
         shape = (config.shape_reference, config.object_size)
-    boundary = None
+    boundary = convex = None
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
+    elif config.boundary_merge and shape is not None and config.convex_reference:
+        convex = (foreground, config.boundary_tolerance, config.convex_reference)
     adaptive = (config.object_size, lowest) if config.adaptive_min_size and config.object_size else None
     return postprocess(labels, min_size, config.split_components, config.expand,
                        embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive,
-                       config.fill_holes)
+                       config.fill_holes, convex)
 
 
 #: Pieces under this share of an object's size are fragments (``segmentation.auto_min_size``).
@@ -607,6 +613,7 @@ def postprocess(
     foreground: np.ndarray | None = None,
     adaptive: tuple[float, int] | None = None,
     fill_holes: bool = False,
+    convex: tuple[np.ndarray, float, float] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
@@ -615,7 +622,9 @@ def postprocess(
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them; with ``adaptive = (painted median, lowest floor)`` the floor may come down to the
-    pieces' own scale, :func:`adapted_min_size`), with ``fill_holes`` give the background
+    pieces' own scale, :func:`adapted_min_size`), with ``convex = (foreground probability,
+    tolerance, reference solidity)`` join touching pieces with no boundary between them whose
+    union is at least that convex (boundaries.py), with ``fill_holes`` give the background
     enclosed by one instance to it (holes.py), optionally grow instances by ``expand`` pixels
     into the background, and relabel 1..N.
 
@@ -657,6 +666,10 @@ def postprocess(
         small = sizes < min_size
         small[0] = False
         labels = np.where(small[labels], 0, labels)
+    if convex is not None and labels.max() > 1:
+        from .boundaries import merge_convex_unseparated
+
+        labels = merge_convex_unseparated(labels, *convex)
     if fill_holes and labels.max() > 0:
         from .holes import fill_holes as fill
 

@@ -186,11 +186,12 @@ def _check_history(history: dict, damaged: str) -> None:
         isinstance(median, bool) or not isinstance(median, (int, float)) or not (0 < median < float("inf"))
     ):
         raise SpocoError(f"{damaged}: its object_size_median {median!r} is not a positive number.")
-    solid = history.get("object_solidity")
-    if solid is not None and (
-        isinstance(solid, bool) or not isinstance(solid, (int, float)) or not (0 < solid <= 1)
-    ):
-        raise SpocoError(f"{damaged}: its object_solidity {solid!r} is not a number in (0, 1].")
+    for key in ("object_solidity", "object_solidity_median"):
+        solid = history.get(key)
+        if solid is not None and (
+            isinstance(solid, bool) or not isinstance(solid, (int, float)) or not (0 < solid <= 1)
+        ):
+            raise SpocoError(f"{damaged}: its {key} {solid!r} is not a number in (0, 1].")
     grow = history.get("edge_expand")
     if grow is not None and (isinstance(grow, bool) or not isinstance(grow, int) or not 0 <= grow <= MAX_EXPAND):
         raise SpocoError(f"{damaged}: its edge_expand {grow!r} is not a whole number from 0 to {MAX_EXPAND}.")

@@ -195,7 +195,8 @@ def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None)
                          adaptive_min_size=bool(model.history.get("object_size_median")))
     if config.object_size is None and config.shape_reference is None:
         config = replace(config, object_size=model.history.get("object_size_median"),
-                         shape_reference=model.history.get("object_solidity"))
+                         shape_reference=model.history.get("object_solidity"),
+                         convex_reference=model.history.get("object_solidity_median"))
     if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
         config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
     grow = model.history.get("edge_expand") if config.calibrated_edge else None

@@ -48,9 +48,10 @@ def solidity(mask: np.ndarray) -> float:
     return float(min(1.0, n / max(hull.volume, 1e-9)))
 
 
-def painted_solidity(objects: list[np.ndarray]) -> float | None:
-    """Reference convexity of painted label images (0 unpainted): the ``REFERENCE_PERCENTILE``-th
-    percentile of their objects' solidity, None without objects."""
+def painted_solidity(objects: list[np.ndarray], percentile: float = REFERENCE_PERCENTILE) -> float | None:
+    """Reference convexity of painted label images (0 unpainted): the ``percentile``-th
+    percentile of their objects' solidity (``REFERENCE_PERCENTILE`` for the shape split, 50 for
+    the typical object that the convex merge asks of a union), None without objects."""
     from scipy import ndimage as ndi
 
     values = []
@@ -59,7 +60,7 @@ def painted_solidity(objects: list[np.ndarray]) -> float | None:
         for i, box in enumerate(ndi.find_objects(lab), start=1):
             if box is not None:
                 values.append(solidity(lab[box] == i))
-    return float(np.percentile(values, REFERENCE_PERCENTILE)) if values else None
+    return float(np.percentile(values, percentile)) if values else None
 
 
 def object_radius(size: float, ndim: int) -> float:

@@ -469,6 +469,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
         # how convex the painted objects are: segment() splits far less convex pieces (shapes.py)
         model.history["object_solidity"] = painted_solidity([d.objects for d in data])
+        # and how convex the typical one is: touching pieces whose union is as convex are joined
+        model.history["object_solidity_median"] = painted_solidity([d.objects for d in data], 50)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     model.history["voxel_size_estimated"] = estimated

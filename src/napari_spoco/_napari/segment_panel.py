@@ -106,7 +106,8 @@ class SegmentPanel(QGroupBox):
              "stand on background (the Objects choice: not where they fill the image)."),
             ("boundary_merge", "Merge pieces with no boundary between them",
              "Where cells fill the image (the Objects choice), touching pieces are one object when the foreground map shows no "
-             "boundary (membrane) along their contact."),
+             "boundary (membrane) along their contact; where objects stand on background, only when together they are as "
+             "convex as a typical painted object."),
             ("calibrated_edge", "Grow objects to the edge fitted on painted objects",
              "At the end of training the model measures how far its objects stop short of the edges "
              "you painted (0-3 pixels) and grows them by that much."),
