@@ -22,6 +22,12 @@ def test_a_hole_enclosed_by_one_object_is_filled_and_the_input_kept():
     assert (out[30:, 30:] == 0).all()  # the background around the object stays
 
 
+def test_the_only_background_of_a_tile_filled_by_one_object_is_its_hole():
+    lab = np.ones((20, 20), np.uint16)  # a tile inside one large object
+    lab[8:11, 8:11] = 0
+    assert (fill_holes(lab) == 1).all()
+
+
 def test_background_open_to_the_edge_or_between_two_objects_is_not_a_hole():
     lab = np.zeros((20, 30), np.uint16)
     lab[0:10, 0:10] = 1

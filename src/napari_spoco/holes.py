@@ -42,7 +42,7 @@ def _fill(labels: np.ndarray, max_share: float) -> np.ndarray:
     if labels.max(initial=0) == 0:
         return labels
     holes, n = ndimage.label(labels == 0)
-    if n < 2:  # one background region: nothing is enclosed (or it is all of the image's edge)
+    if n == 0:
         return labels
     # background regions that reach the image's edge are not holes
     open_ = np.zeros(n + 1, dtype=bool)
