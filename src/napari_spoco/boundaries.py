@@ -50,6 +50,23 @@ def applies(foreground_fraction: float) -> bool:
     return foreground_fraction > MAX_FOREGROUND_FRACTION
 
 
+def unseparated_pairs(labels: np.ndarray, foreground: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pairs (a < b) of touching pieces whose contact is not darker in ``foreground`` than the
+    less certain of the two by more than ``tolerance`` (mean probability over the contact
+    against the mean inside each piece)."""
+    n = int(labels.max(initial=0))
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    pairs, contact = contact_foreground(labels, foreground)
+    if len(pairs) == 0:
+        return pairs
+    flat = labels.ravel()
+    size = np.bincount(flat, minlength=n + 1)
+    inside = np.bincount(flat, weights=np.asarray(foreground, dtype=np.float64).ravel(), minlength=n + 1)
+    inside = inside / np.maximum(size, 1)
+    return pairs[contact >= np.minimum(inside[pairs[:, 0]], inside[pairs[:, 1]]) - tolerance]
+
+
 def merge_unseparated(labels: np.ndarray, foreground: np.ndarray, tolerance: float) -> np.ndarray:
     """Join touching pieces whose contact is not darker in ``foreground`` than the less certain
     of the two pieces by more than ``tolerance`` (mean probability over the contact against the
@@ -57,16 +74,7 @@ def merge_unseparated(labels: np.ndarray, foreground: np.ndarray, tolerance: flo
     sequential)."""
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
-    if n < 2:
-        return labels
-    pairs, contact = contact_foreground(labels, foreground)
-    if len(pairs) == 0:
-        return labels
-    flat = labels.ravel()
-    size = np.bincount(flat, minlength=n + 1)
-    inside = np.bincount(flat, weights=np.asarray(foreground, dtype=np.float64).ravel(), minlength=n + 1)
-    inside = inside / np.maximum(size, 1)
-    joined = pairs[contact >= np.minimum(inside[pairs[:, 0]], inside[pairs[:, 1]]) - tolerance]
+    joined = unseparated_pairs(labels, foreground, tolerance)
     if len(joined) == 0:
         return labels
     from scipy.sparse import coo_matrix
@@ -96,16 +104,7 @@ def merge_convex_unseparated(labels: np.ndarray, foreground: np.ndarray, toleran
 
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
-    if n < 2:
-        return labels
-    pairs, contact = contact_foreground(labels, foreground)
-    if len(pairs) == 0:
-        return labels
-    flat = labels.ravel()
-    size = np.bincount(flat, minlength=n + 1)
-    inside = np.bincount(flat, weights=np.asarray(foreground, dtype=np.float64).ravel(), minlength=n + 1)
-    inside = inside / np.maximum(size, 1)
-    joined = pairs[contact >= np.minimum(inside[pairs[:, 0]], inside[pairs[:, 1]]) - tolerance]
+    joined = unseparated_pairs(labels, foreground, tolerance)
     if len(joined) == 0:
         return labels
     boxes = ndi.find_objects(labels)
