@@ -5,7 +5,7 @@ import pytest
 
 from napari_spoco.clustering import ClusterConfig, cluster_embeddings
 from napari_spoco.errors import SpocoError
-from napari_spoco.shapes import object_radius, painted_solidity, solidity, split_by_shape
+from napari_spoco.shapes import object_radius, painted_solidities, painted_solidity, solidity, split_by_shape
 
 
 def disc(shape, centre, radius):
@@ -70,6 +70,15 @@ def test_painted_solidity_is_a_low_percentile_of_the_painted_objects():
         lab[disc(lab.shape, (30, x), 10)] = k
     assert painted_solidity([lab]) > 0.9
     assert painted_solidity([np.zeros((10, 10), np.int32)]) is None
+    # a square and a thin L: the percentiles lie between them, measured once or each time
+    lab[5:15, 5:15] = 5
+    lab[40:58, 5:8] = 6
+    lab[55:58, 5:30] = 6
+    values = painted_solidities([lab])
+    assert len(values) == 6 and min(values) < 0.5
+    for q in (10, 50):
+        assert painted_solidity([lab], q, values=values) == painted_solidity([lab], q)
+    assert painted_solidity([lab], 10) < painted_solidity([lab], 50)
     assert object_radius(np.pi * 100, 2) == pytest.approx(10)
 
 

@@ -48,10 +48,8 @@ def solidity(mask: np.ndarray) -> float:
     return float(min(1.0, n / max(hull.volume, 1e-9)))
 
 
-def painted_solidity(objects: list[np.ndarray], percentile: float = REFERENCE_PERCENTILE) -> float | None:
-    """Reference convexity of painted label images (0 unpainted): the ``percentile``-th
-    percentile of their objects' solidity (``REFERENCE_PERCENTILE`` for the shape split, 50 for
-    the typical object that the convex merge asks of a union), None without objects."""
+def painted_solidities(objects: list[np.ndarray]) -> list[float]:
+    """The solidity of every painted object of label images ``objects`` (0 unpainted)."""
     from scipy import ndimage as ndi
 
     values = []
@@ -60,6 +58,16 @@ def painted_solidity(objects: list[np.ndarray], percentile: float = REFERENCE_PE
         for i, box in enumerate(ndi.find_objects(lab), start=1):
             if box is not None:
                 values.append(solidity(lab[box] == i))
+    return values
+
+
+def painted_solidity(objects: list[np.ndarray], percentile: float = REFERENCE_PERCENTILE,
+                     values: list[float] | None = None) -> float | None:
+    """Reference convexity of painted label images (0 unpainted): the ``percentile``-th
+    percentile of their objects' solidity (``REFERENCE_PERCENTILE`` for the shape split, 50 for
+    the typical object that the convex merge asks of a union), None without objects. ``values``
+    (:func:`painted_solidities` of ``objects``) saves measuring them again for a second percentile."""
+    values = painted_solidities(objects) if values is None else values
     return float(np.percentile(values, percentile)) if values else None
 
 

@@ -26,7 +26,7 @@ from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .precision import PRECISIONS, autocast, resolve_precision
 from .scaling import check_scale, check_voxel_size, estimate_voxel_size, training_scale
-from .shapes import painted_solidity
+from .shapes import painted_solidities, painted_solidity
 
 #: Steps in a row whose gradients are not finite (skipped) before training counts as diverged.
 MAX_BAD_STEPS = 5
@@ -468,9 +468,11 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if sizes:  # self-supervised runs keep what the model knew about object sizes
         model.history["object_size_median"] = float(np.median(sizes))  # at the network's scale
         # how convex the painted objects are: segment() splits far less convex pieces (shapes.py)
-        model.history["object_solidity"] = painted_solidity([d.objects for d in data])
+        painted = [d.objects for d in data]
+        values = painted_solidities(painted)  # measured once for both percentiles
+        model.history["object_solidity"] = painted_solidity(painted, values=values)
         # and how convex the typical one is: touching pieces whose union is as convex are joined
-        model.history["object_solidity_median"] = painted_solidity([d.objects for d in data], 50)
+        model.history["object_solidity_median"] = painted_solidity(painted, 50, values=values)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     model.history["voxel_size_estimated"] = estimated
