@@ -1,5 +1,6 @@
-"""One post-processing step (shape split, boundary merge, convex merge, calibrated edge, hole fill): the same trained models
-segmented with and without it; or one setting of a step at several values (``--step peak_spacing --values``).
+"""One post-processing step (shape split, boundary merge, convex merge, calibrated edge, hole fill,
+growth into the uncertain edge): the same trained models segmented with and without it; or one
+setting of a step at several values (``--step peak_spacing --values``).
 
 Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_seed{N}.spoco.pt``),
 segments each data set's held-out images with the step (``--step``, a ClusterConfig switch) on
@@ -19,7 +20,7 @@ object's solidity (``history["object_solidity_median"]``, computed from the pain
 models trained before it was recorded), which turns on the convex merge where objects stand on
 background (boundaries.merge_convex_unseparated).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|enlarge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|edge_growth|enlarge]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
@@ -128,7 +129,7 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
-                        choices=["shape_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "peak_spacing",
+                        choices=["shape_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "edge_growth", "peak_spacing",
                                  "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
                              "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "

@@ -116,7 +116,10 @@ def test_predict_puts_the_method_in_the_cluster_config(folders, monkeypatch):
     assert seen[-1][1].fill_holes  # on by default
     assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
                  "--out", str(folders / "pred6"), "--no-fill-holes"]) == 0
-    assert seen[-1][1].fill_holes is False and seen[-1][1].calibrated_edge
+    assert seen[-1][1].fill_holes is False and seen[-1][1].calibrated_edge and seen[-1][1].edge_growth
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred7"), "--no-edge-growth"]) == 0
+    assert seen[-1][1].edge_growth is False and seen[-1][1].fill_holes
     assert seen[-1][1].layout == "auto"  # the model's measured layout, else the foreground rule
     assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
                  "--out", str(folders / "pred5"), "--layout", "tiled"]) == 0

@@ -274,3 +274,55 @@ def test_a_failed_edge_measurement_keeps_the_trained_model_and_grows_nothing(mon
                       model_config=ModelConfig(base_features=8, depth=2))
     assert model.history["steps"] == 2 and model.history["edge_expand"] == 0
     assert load_model(save_model(model, tmp_path / "m.spoco.pt")).history["edge_expand"] == 0
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def test_objects_grow_into_their_uncertain_edge_only_near_them_and_never_join():
+    from napari_spoco.edges import GROW_PROBABILITY, grow_into_edge
+
+    shape = (60, 120)
+    a, b = _disc(shape, (30, 30), 10), _disc(shape, (30, 52), 10)  # touching at x = 41
+    lab = np.zeros(shape, np.int64)
+    lab[_disc(shape, (30, 30), 9)] = 1
+    lab[_disc(shape, (30, 52), 9)] = 2
+    fg = np.full(shape, 0.05, np.float32)
+    fg[a | b] = 0.3  # the rim the head is unsure of: above GROW_PROBABILITY, below 0.5
+    fg[lab > 0] = 0.9
+    fg[_disc(shape, (30, 100), 8)] = 0.3  # an unsure blob next to no object
+    size = float(np.pi * 20 ** 2)  # painted radius 20: reach 2 px
+    out = grow_into_edge(lab, fg, size)
+    assert (out[a & ~b] == 1).all() and (out[b & ~a] == 2).all()  # the rim is theirs ...
+    assert set(np.unique(out)) == {0, 1, 2}  # ... one each: nothing joined, the far blob left out
+    assert (out[fg < GROW_PROBABILITY] == 0).all()
+    assert (lab[a & ~(lab > 0)] == 0).all()  # the caller's labels are not written into
+    # small painted objects reach less than a pixel: nothing changes
+    assert (grow_into_edge(lab, fg, float(np.pi * 5 ** 2)) == lab).all()
+    # an unsure band wider than the reach is cut at it
+    wide = _disc(shape, (30, 30), 14)
+    fg2 = np.where(wide & (lab == 0), 0.3, fg)
+    grown = grow_into_edge(lab, fg2, size) == 1
+    assert not grown[~_disc(shape, (30, 30), 11) & ~b].any()
+
+
+def test_clustering_grows_the_edge_with_the_painted_size_and_only_when_asked():
+    emb = np.zeros((4, 40, 40), np.float32)
+    fg = np.full((40, 40), 0.05, np.float32)
+    fg[_disc((40, 40), (20, 20), 10)] = 0.3
+    fg[_disc((40, 40), (20, 20), 8)] = 0.9
+    base = dict(min_size=4, shape_split=False, fill_holes=False)
+    from napari_spoco.clustering import cluster_embeddings
+
+    size = float(np.pi * 20 ** 2)
+    grown = cluster_embeddings(emb, fg, ClusterConfig(object_size=size, **base))
+    kept = cluster_embeddings(emb, fg, ClusterConfig(object_size=size, edge_growth=False, **base))
+    unknown = cluster_embeddings(emb, fg, ClusterConfig(**base))  # no painted size: nothing to scale by
+    assert (kept > 0).sum() == (unknown > 0).sum() == _disc((40, 40), (20, 20), 8).sum()
+    # the unsure rim (2 px) is taken within the reach (2 px: a tenth of the painted radius)
+    assert (grown > 0).sum() > (kept > 0).sum() + 80
+    assert not (grown[~_disc((40, 40), (20, 20), 10)]).any()
+    with pytest.raises(SpocoError):
+        ClusterConfig(edge_growth="yes")

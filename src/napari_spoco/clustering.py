@@ -62,6 +62,10 @@ class ClusterConfig:
     # Background enclosed by one object (a nucleolus, a dark organelle) is part of it (holes.py;
     # docs/method.md, "Holes inside objects").
     fill_holes: bool = True
+    # Objects grow into the background next to them that the foreground head still gives 0.2,
+    # up to a tenth of the painted objects' radius (``object_size``) away (edges.grow_into_edge;
+    # docs/method.md, "Growing objects into their uncertain edge").
+    edge_growth: bool = True
     object_size: float | None = None
     shape_reference: float | None = None
     # Where objects stand on background, touching pieces with no boundary between them are
@@ -99,7 +103,8 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         for name in ("shape_reference", "convex_reference"):
             check_field(self, name, "a number in (0, 1], or None", low=0, high=1, low_open=True, optional=True)
-        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes"):
+        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes",
+                     "edge_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
         check_field(self, "boundary_tolerance", "a number in [0, 1]", low=0, high=1)
@@ -420,9 +425,10 @@ def cluster_embeddings(
     elif config.boundary_merge and shape is not None and config.convex_reference:
         convex = (foreground, config.boundary_tolerance, config.convex_reference)
     adaptive = (config.object_size, lowest) if config.adaptive_min_size and config.object_size else None
+    grow = (foreground, config.object_size) if config.edge_growth and foreground is not None and config.object_size else None
     return postprocess(labels, min_size, config.split_components, config.expand,
                        embeddings, config.merge_distance, config.max_size, shape, boundary, foreground, adaptive,
-                       config.fill_holes, convex)
+                       config.fill_holes, convex, grow)
 
 
 #: Pieces under this share of an object's size are fragments (``segmentation.auto_min_size``).
@@ -614,6 +620,7 @@ def postprocess(
     adaptive: tuple[float, int] | None = None,
     fill_holes: bool = False,
     convex: tuple[np.ndarray, float, float] | None = None,
+    grow: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
@@ -626,7 +633,8 @@ def postprocess(
     tolerance, reference solidity)`` join touching pieces with no boundary between them whose
     union is at least that convex (boundaries.py), with ``fill_holes`` give the background
     enclosed by one instance to it (holes.py), optionally grow instances by ``expand`` pixels
-    into the background, and relabel 1..N.
+    into the background, with ``grow = (foreground probability, painted object size)`` grow them
+    into their uncertain edge (edges.grow_into_edge), and relabel 1..N.
 
     The size cap looks at connected pieces, not at whole clusters: a fully convolutional network
     gives look-alike objects far apart the same embedding, so one cluster can hold dozens of
@@ -678,4 +686,8 @@ def postprocess(
         from skimage.segmentation import expand_labels
 
         labels = expand_labels(labels, distance=expand)
+    if grow is not None and labels.max() > 0:
+        from .edges import grow_into_edge
+
+        labels = grow_into_edge(labels, grow[0], grow[1])
     return relabel_sequential(labels)

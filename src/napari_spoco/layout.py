@@ -102,13 +102,14 @@ def window_image(d, region: tuple[slice, ...]):
 
 def unexpanded_config(model, shape: tuple[int, ...], layout: str = "auto"):
     """The clustering settings ``segment`` uses for this model in a crop of ``shape``, with
-    ``layout`` and without any growth: what the end-of-training measurements score."""
+    ``layout`` and without any growth (neither the calibrated one nor the growth into the
+    uncertain edge): what the end-of-training measurements score."""
     from dataclasses import replace
 
     from .clustering import ClusterConfig
     from .segmentation import auto_max_size, model_cluster_config
 
-    config = model_cluster_config(model, ClusterConfig(layout=layout, calibrated_edge=False))
+    config = model_cluster_config(model, ClusterConfig(layout=layout, calibrated_edge=False, edge_growth=False))
     return replace(config, expand=0, max_size=auto_max_size(model, shape))
 
 

@@ -127,12 +127,14 @@ def test_the_segment_panel_sends_its_settings_as_one_cluster_config(spoco, tiny_
     assert config.shape_split is False and config.boundary_merge
     assert panel.edge_check.isChecked() and config.calibrated_edge
     assert panel.step_checks["fill_holes"].isChecked() and config.fill_holes
+    assert panel.step_checks["edge_growth"].isChecked() and config.edge_growth
     panel.boundary_check.setChecked(False)
     panel.edge_check.setChecked(False)
     panel.step_checks["fill_holes"].setChecked(False)
+    panel.step_checks["edge_growth"].setChecked(False)
     panel.segment_btn.click()
     assert seen[-1][1].boundary_merge is False and seen[-1][1].calibrated_edge is False
-    assert seen[-1][1].fill_holes is False
+    assert seen[-1][1].fill_holes is False and seen[-1][1].edge_growth is False
     assert seen[-1][1].layout == "auto" and panel.layout_box.currentText() == "auto"
     panel.layout_box.setCurrentText("separate")  # the user knows better than the measurement
     panel.segment_btn.click()

@@ -114,6 +114,9 @@ class SegmentPanel(QGroupBox):
             ("fill_holes", "Fill holes inside objects",
              "Background enclosed by one object (a dark nucleolus or organelle) becomes part of it; "
              "holes larger than half the object stay open."),
+            ("edge_growth", "Grow objects into their uncertain edge",
+             "Background right next to an object that the foreground map still gives 0.2 or more joins it, "
+             "up to a tenth of the painted objects' radius away; objects never join."),
         ):
             box = QCheckBox(text)
             box.setChecked(getattr(defaults, name))
