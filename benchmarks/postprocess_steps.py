@@ -7,7 +7,9 @@ segments each data set's held-out images with the step (``--step``, a ClusterCon
 and off, everything else at its default, and prints AP50 side by side with what went wrong: true
 objects merged with another, split, missed, and predicted objects over background. Models
 trained before the painted objects' convexity was recorded get it from the same painted labels
-(``data.painted(fraction, seed)``), at the model's pixel scale, as ``train`` records it, and likewise the edge growth (edges.py). The
+(``data.painted(fraction, seed)``), at the model's pixel scale, as ``train`` records it, and likewise the edge growth and
+the check of the growth into the uncertain edge (edges.py; ``--step edge_growth`` then compares
+without it against what segment() does with that record). The
 fraction of the image the foreground head calls foreground is printed too (the shape split
 applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
@@ -94,6 +96,21 @@ def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
     return grow
 
 
+def growth_calibration(model, data: sa.Data, seed: int, fraction: float) -> bool | None:
+    """What ``train`` records at its end about the growth into the uncertain edge
+    (edges.growth_helps), from these painted objects."""
+    from napari_spoco.data import prepare_training_data
+    from napari_spoco.edges import growth_helps
+    from napari_spoco.layout import segment_windows
+
+    prepared = prepare_training_data(data.train_images, data.painted(fraction, seed), scale=model.pixel_scale,
+                                     voxel_size=model.voxel_size, channels=model.config.in_channels,
+                                     channel_axis=-1 if model.config.in_channels > 1 else None)
+    on, scores = growth_helps(model, segment_windows(model, prepared, seed))
+    print(f"   growth check of seed {seed}: {on} ({scores})", flush=True)
+    return on
+
+
 def score_tests(model, data: sa.Data, config: ClusterConfig) -> tuple[dict, float]:
     """Mean AP50 / mAP / SBD over the held-out images, the error counts of :func:`anatomy` summed,
     and the mean fraction the foreground head calls foreground."""
@@ -148,6 +165,8 @@ def main() -> int:
             model.history["object_solidity_median"] = convexity(model, data, seed, args.fraction, 50)
         if model.history.get("edge_expand") is None:
             model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
+        if "edge_growth" not in model.history:
+            model.history["edge_growth"] = growth_calibration(model, data, seed, args.fraction)
         row = {"dataset": split.name, "seed": seed, "step": args.step,
                "reference": model.history["object_solidity"]}
         median = model.history["object_solidity_median"]

@@ -100,8 +100,12 @@ def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
                   model_config=ModelConfig(base_features=8, depth=2))
     assert model.history["edge_expand"] in range(MAX_EXPAND + 1)
     assert len(model.history["edge_scores"]) == MAX_EXPAND + 1
+    # whether growing into the uncertain edge fits the painted objects: recorded, kept on save
+    assert model.history["edge_growth"] in (True, False, None)
+    assert len(model.history["edge_growth_scores"]) in (0, 2)
     loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
     assert loaded.history["edge_expand"] == model.history["edge_expand"]
+    assert loaded.history["edge_growth"] == model.history["edge_growth"]
 
     import napari_spoco.segmentation as segmentation
 
@@ -326,3 +330,43 @@ def test_clustering_grows_the_edge_with_the_painted_size_and_only_when_asked():
     assert not (grown[~_disc((40, 40), (20, 20), 10)]).any()
     with pytest.raises(SpocoError):
         ClusterConfig(edge_growth="yes")
+
+
+def test_the_growth_is_kept_only_where_it_fits_the_painted_objects_better():
+    from types import SimpleNamespace
+
+    from napari_spoco.edges import MIN_OBJECTS, growth_helps
+    from napari_spoco.layout import Window
+    from napari_spoco.segmentation import model_cluster_config
+
+    shape = (60, 60 * MIN_OBJECTS)
+    painted = np.zeros(shape, np.int64)
+    fg = np.full(shape, 0.05, np.float32)
+    short = np.zeros(shape, np.int64)
+    for k in range(MIN_OBJECTS):
+        centre = (30, 30 + 60 * k)
+        painted[_disc(shape, centre, 20)] = k + 1
+        short[_disc(shape, centre, 18)] = k + 1
+        fg[_disc(shape, centre, 20)] = 0.3
+        fg[_disc(shape, centre, 18)] = 0.9
+
+    def windows(labels, n=MIN_OBJECTS):
+        image = SimpleNamespace(objects=painted)
+        region = (slice(0, 60), slice(0, 60 * n))
+        return [Window(image, region, list(range(1, n + 1)), {"separate": labels[region], "tiled": labels[region]},
+                       0.3, fg[region])]
+
+    model = SimpleNamespace(history={"object_size_median": float(np.pi * 20 ** 2), "layout": "separate"})
+    on, scores = growth_helps(model, windows(short))  # objects short of what was painted: grown, they fit
+    assert on is True and scores[1] > scores[0] + 0.05
+    loose = np.where(fg >= 0.3, painted, 0)  # objects already at the painted edge ...
+    fg[(painted == 0) & (fg < 0.2)] = 0.3  # ... with an unsure halo beyond it: grown, too large
+    on, scores = growth_helps(model, windows(loose))
+    assert on is False and scores[1] < scores[0]
+    assert growth_helps(model, windows(short, n=2))[0] is None  # two objects: too few to decide
+    # what segment() does with the record: False turns the step off, True or no record keeps it
+    net = SimpleNamespace(config=SimpleNamespace(ndim=2), history={"edge_growth": False})
+    assert model_cluster_config(net, ClusterConfig(min_size=4)).edge_growth is False
+    for record in (True, None):
+        net.history["edge_growth"] = record
+        assert model_cluster_config(net, ClusterConfig(min_size=4)).edge_growth is True

@@ -78,6 +78,7 @@ class Window:
     ids: list[int]  # the painted objects inside it, clear of its edges (except the image's own)
     labels: dict[str, np.ndarray]  # "separate" / "tiled": the instances each layout returns
     foreground_fraction: float  # of the window: what the fraction rule of segment() reads
+    foreground: np.ndarray | None = None  # the head's probability there (edges.growth_helps)
 
     def segmented(self, layout: str | None) -> np.ndarray:
         """The instances under ``layout``; None or "auto": the one the foreground-fraction rule
@@ -148,7 +149,7 @@ def segment_windows(model, data: list, seed: int = 0) -> list[Window]:
                                                         emb.teacher_embeddings))
                   for layout in LAYOUTS}
         fraction = float(np.mean(emb.foreground >= ClusterConfig().foreground_threshold)) if emb.foreground is not None else 0.0
-        windows.append(Window(d, region, ids, labels, fraction))
+        windows.append(Window(d, region, ids, labels, fraction, emb.foreground))
     return windows
 
 

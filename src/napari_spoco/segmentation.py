@@ -199,6 +199,9 @@ def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None)
                          convex_reference=model.history.get("object_solidity_median"))
     if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
         config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
+    if config.edge_growth and model.history.get("edge_growth") is False:
+        # the painted objects fit worse grown into their uncertain edge (edges.growth_helps)
+        config = replace(config, edge_growth=False)
     grow = model.history.get("edge_expand") if config.calibrated_edge else None
     if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
         config = replace(config, expand=config.expand + int(grow))

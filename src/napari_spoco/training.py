@@ -586,11 +586,11 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         # crops around the painted objects (layout.py; docs/method.md). Measured first, without
         # any growth (an earlier training's is dropped), because the edge below is measured on
         # the objects segment() returns, which the layout shapes.
-        from .edges import edge_expand
+        from .edges import edge_expand, growth_helps
         from .layout import measure_layout, segment_windows
 
-        model.history.pop("edge_expand", None)
-        model.history.pop("edge_scores", None)
+        for key in ("edge_expand", "edge_scores", "edge_growth", "edge_growth_scores"):
+            model.history.pop(key, None)
         windows = None  # crops around painted objects, embedded once for both measurements
         try:
             windows = segment_windows(model, data, seed=config.seed)
@@ -609,6 +609,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
             warnings.warn(f"Could not fit the objects' edge to the painted ones ({type(exc).__name__}: {exc}); "
                           "segmenting does not grow objects.", stacklevel=2)
             model.history["edge_expand"], model.history["edge_scores"] = 0, []
+        # Does growing objects into their uncertain edge fit the painted objects (edges.py)?
+        try:
+            model.history["edge_growth"], model.history["edge_growth_scores"] = growth_helps(model, windows)
+        except Exception as exc:  # noqa: BLE001  as above
+            warnings.warn(f"Could not check the growth into the objects' uncertain edge ({type(exc).__name__}: "
+                          f"{exc}); segmenting applies it.", stacklevel=2)
     return model
 
 
