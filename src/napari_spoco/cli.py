@@ -160,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(by default it is part of the object; docs/method.md)")
     pr.add_argument("--no-edge-growth", dest="edge_growth", action="store_false",
                     help="do not grow objects into the background next to them that the foreground map still "
-                    "gives 0.2 or more, up to a tenth of the painted objects' radius (docs/method.md)")
+                    "gives 0.2 or more, up to a tenth of the painted objects' radius (a model whose painted "
+                    "objects came out worse grown at the end of training never applies it; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
                     help="number format of the network: 'auto' runs its convolutions in bfloat16 where "

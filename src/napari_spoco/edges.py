@@ -25,10 +25,10 @@ MAX_EXPAND = 3
 #: Growth into the uncertain edge (:func:`grow_into_edge`): background pixels next to an object
 #: that the foreground head gives at least this probability ...
 GROW_PROBABILITY = 0.2
-#: ... and no farther from it than this share of the painted objects' radius (whole pixels) join it. Chosen on
-#: the saved models of six data sets, three seeds each (docs/benchmarks.md, "Objects grown into
-#: their uncertain edge"): 0.35 gained less, a reach of 0.2 or more lost on EM, phase contrast
-#: and the packed 3D nuclei.
+#: ... and no farther from it than this share of the painted objects' radius (whole pixels) join
+#: it. Chosen on the saved models of six data sets, three seeds each (docs/benchmarks.md, "Objects
+#: grown into their uncertain edge"): 0.35 gained less where the loss is, a reach of 0.2 lost on
+#: EM and the packed 3D nuclei, the whole radius on phase contrast too.
 GROW_REACH = 0.1
 #: Painted objects checked (a seeded sample of those in the layout's windows when there are
 #: more): every one on the shared sets, whose scores sit within 0.005 of each other for
@@ -207,7 +207,7 @@ def grow_into_edge(labels: np.ndarray, foreground: np.ndarray, object_size: floa
 
     Why: the painted objects' edges are learnt exactly, and the edge calibration on them
     (:func:`edge_expand`) finds no growth to make; but the head's 0.5 falls inside the objects
-    nobody painted (the unpainted pixels are its negatives): on cells3d the unpainted nuclei
+    nobody painted (in 3D the unpainted pixels are its negatives): on cells3d the unpainted nuclei
     lost their blurred top and bottom slices, on BBBC039 a rim (docs/method.md, "Growing
     objects into their uncertain edge"). A few dilations: a watershed or a distance transform
     over the image took 0.4-1.0 s (up to 15 % of a cells3d segmentation)."""

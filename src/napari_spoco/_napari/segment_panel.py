@@ -116,7 +116,8 @@ class SegmentPanel(QGroupBox):
              "holes larger than half the object stay open."),
             ("edge_growth", "Grow objects into their uncertain edge",
              "Background right next to an object that the foreground map still gives 0.2 or more joins it, "
-             "up to a tenth of the painted objects' radius away; objects never join."),
+             "up to a tenth of the painted objects' radius away; objects never join. A model checks it on its "
+             "painted objects at the end of training and leaves it off where they come out worse."),
         ):
             box = QCheckBox(text)
             box.setChecked(getattr(defaults, name))
