@@ -223,6 +223,11 @@ def test_unusable_edge_records_and_settings_are_refused(tmp_path):
     path = save_model(model, tmp_path / "bad.spoco.pt")
     with pytest.raises(SpocoError, match="edge_expand"):
         load_model(path)
+    model.history["edge_expand"] = 1
+    model.history["edge_growth"] = "no"  # would silently have meant "grow"
+    path = save_model(model, tmp_path / "bad2.spoco.pt")
+    with pytest.raises(SpocoError, match="edge_growth"):
+        load_model(path)
     with pytest.raises(SpocoError, match="calibrated_edge"):
         ClusterConfig(calibrated_edge=1)
 
