@@ -160,8 +160,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(by default it is part of the object; docs/method.md)")
     pr.add_argument("--no-edge-growth", dest="edge_growth", action="store_false",
                     help="do not grow objects into the background next to them that the foreground map still "
-                    "gives 0.2 or more, up to a tenth of the painted objects' radius (a model whose painted "
-                    "objects came out worse grown at the end of training never applies it; docs/method.md)")
+                    "gives 0.2 or more, up to a tenth of the painted objects' radius (a model applies it only if its "
+                    "painted objects fit clearly better grown at the end of training; docs/method.md)")
     pr.add_argument("--device", default="auto", choices=DEVICES)
     pr.add_argument("--precision", default=INFERENCE_PRECISION, choices=PRECISIONS,
                     help="number format of the network: 'auto' runs its convolutions in bfloat16 where "
@@ -180,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
                    "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else the model's training voxel size")
     pr.add_argument("--suggest", type=NONNEG_INT, default=0, metavar="K",
                     help="also write suggestions.csv in --out: per image the K predicted objects the model is "
-                    "least sure of (id, centroid, score), the ones worth checking and painting next")
+                    "least sure of, the most doubtful of each of K size classes (image, rank, id, centroid, score, the "
+                    "signals behind it, size in pixels), the ones worth checking and painting next")
     pr.add_argument("--workers", type=POSITIVE_INT, default=1,
                     help="processes to segment with: files of a batch, or blocks of a large image, in parallel "
                     "(torch threads are shared out among them). Default 1")

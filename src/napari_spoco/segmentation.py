@@ -200,7 +200,7 @@ def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None)
     if config.layout == "auto" and model.history.get("layout") in ("separate", "tiled"):
         config = replace(config, layout=model.history["layout"])  # measured on the painted objects (layout.py)
     if config.edge_growth and model.history.get("edge_growth") is False:
-        # the painted objects fit worse grown into their uncertain edge (edges.growth_helps)
+        # the painted objects did not fit clearly better grown into their uncertain edge (edges.growth_helps)
         config = replace(config, edge_growth=False)
     grow = model.history.get("edge_expand") if config.calibrated_edge else None
     if grow:  # the edge fitted on the painted objects at the end of training (edges.py)

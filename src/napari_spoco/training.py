@@ -113,7 +113,8 @@ class TrainConfig:
     device: str = "auto"
     # Number format of the network in training steps (napari_spoco.precision): "auto" (bfloat16
     # convolutions where the device has them natively: 1.8x the steps of float32 in 3D, 1.4x in
-    # 2D, as accurate or more over three seeds per data set; docs/method.md, "Number format"),
+    # 2D, as accurate or more over three seeds on the 2D sets and the packed 3D nuclei, 0.045 AP50
+    # lower on cells3d; docs/method.md, "Number format"),
     # "float32" or "bfloat16".
     precision: str = "auto"
     # Starting from a trained model (docs/method.md, "Fine-tuning a trained model"): the teacher

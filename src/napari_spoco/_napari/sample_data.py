@@ -1,4 +1,4 @@
-"""File ▸ Open Sample ▸ napari-spoco: the shipped BBBC039 nuclei crops (CC0), no download."""
+"""File ▸ Open Sample ▸ SPOCO sparse instance segmentation: the shipped BBBC039 nuclei crops (CC0), no download."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class SegmentPanel(QGroupBox):
             ("edge_growth", "Grow objects into their uncertain edge",
              "Background right next to an object that the foreground map still gives 0.2 or more joins it, "
              "up to a tenth of the painted objects' radius away; objects never join. A model checks it on its "
-             "painted objects at the end of training and leaves it off where they come out worse."),
+             "painted objects at the end of training and keeps it only where they fit clearly better grown."),
         ):
             box = QCheckBox(text)
             box.setChecked(getattr(defaults, name))

@@ -53,7 +53,8 @@ class TrainPanel(QGroupBox):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(300)
-        self.steps_spin.setToolTip("Training steps (about 3 per second on a 2-core CPU in 2D).")
+        self.steps_spin.setToolTip("Training steps: 2D trains at about 1.5-8 steps per second on 2 CPU cores, "
+                                    "depending on the CPU (the progress bar shows the rate).")
         form.addRow("Steps", self.steps_spin)
         self.minutes_spin = QDoubleSpinBox()
         self.minutes_spin.setRange(0, 24 * 60)
