@@ -94,6 +94,7 @@ def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
     from napari_spoco import TrainConfig, segment, train
     from napari_spoco.io import load_model, save_model
     from napari_spoco.model import ModelConfig
+    from napari_spoco.segmentation import model_cluster_config
 
     image, labels = painted_scene()
     model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
@@ -106,6 +107,11 @@ def test_training_records_the_edge_and_segment_grows_objects_by_it(tmp_path):
     loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
     assert loaded.history["edge_expand"] == model.history["edge_expand"]
     assert loaded.history["edge_growth"] == model.history["edge_growth"]
+    for record in (True, False):  # either decision survives the file, and segment() reads it back
+        model.history["edge_growth"] = record
+        again = load_model(save_model(model, tmp_path / f"m_{record}.spoco.pt"))
+        assert again.history["edge_growth"] is record
+        assert model_cluster_config(again).edge_growth is record
 
     import napari_spoco.segmentation as segmentation
 
@@ -208,6 +214,8 @@ def test_the_measurements_share_windows_of_bounded_size_embedded_once(monkeypatc
     model = SpocoModel.new(ModelConfig(ndim=3, base_features=8, depth=2))
     windows = segment_windows(model, data)
     assert windows and len(embedded) == len(windows) and sum(embedded) <= MAX_PIXELS[3]
+    # the head's probability travels with each window: growth_helps reads it (None would mean "grow")
+    assert all(w.foreground is not None and w.foreground.shape == w.labels["separate"].shape for w in windows)
     layout, shares = measure_layout(model, data, windows=windows)
     grow, scores = edge_expand(model, data, windows=windows)
     assert len(embedded) == len(windows)  # neither measurement embedded anything more
@@ -267,6 +275,27 @@ def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size
     assert grow == 0 and scores[0] > 0.95
 
 
+def test_a_failed_growth_check_keeps_the_trained_model_and_leaves_no_record(monkeypatch, tmp_path):
+    import napari_spoco.edges as edges
+    from napari_spoco import TrainConfig, train
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.model import ModelConfig
+    from napari_spoco.segmentation import model_cluster_config
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room to segment")
+
+    monkeypatch.setattr(edges, "growth_helps", broken)
+    image, labels = painted_scene()
+    with pytest.warns(UserWarning, match="uncertain edge"):
+        model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                      model_config=ModelConfig(base_features=8, depth=2))
+    assert model.history["steps"] == 2 and "edge_growth" not in model.history
+    loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
+    assert "edge_growth" not in loaded.history or loaded.history["edge_growth"] is None
+    assert model_cluster_config(loaded).edge_growth is True  # no record: the step applies, as documented
+
+
 def test_a_failed_edge_measurement_keeps_the_trained_model_and_grows_nothing(monkeypatch, tmp_path):
     import napari_spoco.edges as edges
     from napari_spoco import TrainConfig, train
@@ -294,10 +323,11 @@ def test_objects_grow_into_their_uncertain_edge_only_near_them_and_never_join():
     from napari_spoco.edges import GROW_PROBABILITY, grow_into_edge
 
     shape = (60, 120)
-    a, b = _disc(shape, (30, 30), 10), _disc(shape, (30, 52), 10)  # touching at x = 41
+    a, b = _disc(shape, (30, 30), 10), _disc(shape, (30, 50), 10)  # rims meet around x = 40
+    assert (a & b).any()
     lab = np.zeros(shape, np.int64)
     lab[_disc(shape, (30, 30), 9)] = 1
-    lab[_disc(shape, (30, 52), 9)] = 2
+    lab[_disc(shape, (30, 50), 9)] = 2
     fg = np.full(shape, 0.05, np.float32)
     fg[a | b] = 0.3  # the rim the head is unsure of: above GROW_PROBABILITY, below 0.5
     fg[lab > 0] = 0.9
@@ -305,7 +335,9 @@ def test_objects_grow_into_their_uncertain_edge_only_near_them_and_never_join():
     size = float(np.pi * 20 ** 2)  # painted radius 20: reach 2 px
     out = grow_into_edge(lab, fg, size)
     assert (out[a & ~b] == 1).all() and (out[b & ~a] == 2).all()  # the rim is theirs ...
-    assert set(np.unique(out)) == {0, 1, 2}  # ... one each: nothing joined, the far blob left out
+    assert set(np.unique(out)) == {0, 1, 2}  # ... one each: the two never join
+    assert np.isin(out[a & b], [1, 2]).all()  # the shared rim goes to one or the other
+    assert (out[_disc(shape, (30, 100), 8)] == 0).all()  # the unsure blob next to no object stays out
     assert (out[fg < GROW_PROBABILITY] == 0).all()
     assert (lab[a & ~(lab > 0)] == 0).all()  # the caller's labels are not written into
     # small painted objects reach less than a pixel: nothing changes
@@ -315,6 +347,13 @@ def test_objects_grow_into_their_uncertain_edge_only_near_them_and_never_join():
     fg2 = np.where(wide & (lab == 0), 0.3, fg)
     grown = grow_into_edge(lab, fg2, size) == 1
     assert not grown[~_disc(shape, (30, 30), 11) & ~b].any()
+    # growth goes through unsure pixels only: a sure-background ring stops it, unsure beyond it or not
+    fg3 = np.full(shape, 0.05, np.float32)
+    fg3[_disc(shape, (30, 30), 12)] = 0.3
+    fg3[_disc(shape, (30, 30), 10)] = 0.05
+    fg3[lab == 1] = 0.9
+    one = np.where(lab == 1, 1, 0)
+    assert (grow_into_edge(one, fg3, size) == one).all()
 
 
 def test_clustering_grows_the_edge_with_the_painted_size_and_only_when_asked():
@@ -375,3 +414,7 @@ def test_the_growth_is_kept_only_where_it_fits_the_painted_objects_better():
     for record in (True, None):
         net.history["edge_growth"] = record
         assert model_cluster_config(net, ClusterConfig(min_size=4)).edge_growth is True
+    # the user's choice (predict --no-edge-growth, the panel's box) wins over any record
+    for record in (True, None, False):
+        net.history["edge_growth"] = record
+        assert model_cluster_config(net, ClusterConfig(min_size=4, edge_growth=False)).edge_growth is False

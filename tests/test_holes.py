@@ -53,16 +53,19 @@ def test_an_object_inside_another_is_kept():
     out = fill_holes(lab)
     assert (out[13:15, 13:15] == 2).all()
     assert set(np.unique(out)) == {0, 1, 2}
+    ring = lab[12:16, 12:16] == 0  # background between the two: touches both, so no one's hole
+    assert ring.sum() == 12 and (out[12:16, 12:16][ring] == 0).all()
 
 
 def test_3d_holes_open_above_are_filled_slice_by_slice():
     vol = np.zeros((6, 30, 30), np.uint16)
     vol[1:5, 5:25, 5:25] = 1
     vol[0:3, 12:16, 12:16] = 0  # reaches the volume's top: open in 3D, enclosed in slices 1-2
-    vol[0, 12:16, 12:16] = 0
+    before = vol.copy()
     out = fill_holes(vol)
     assert (out[1:3, 12:16, 12:16] == 1).all()
     assert (out[0] == 0).all()  # slice 0 holds no object
+    assert (vol == before).all()  # the caller's volume is not written into
 
 
 def test_postprocess_and_clustering_fill_holes_only_when_asked():
