@@ -239,7 +239,13 @@ def growth_helps(model, windows: list) -> tuple[bool | None, list[float]]:
     (0.005) turns it on. After a short fine-tuning the edges are still loose and the growth makes
     the painted objects too large (the demo sample after 300 steps: 0.810 -> 0.781, mAP of its
     held-out crop 0.673 -> 0.625); after five minutes on BBBC039, Usiigaci and EM it fits them
-    better (+0.009 to +0.039; docs/benchmarks.md, "Objects grown into their uncertain edge")."""
+    better (+0.009 to +0.039; docs/benchmarks.md, "Objects grown into their uncertain edge").
+
+    Scored on the instances as clustered, before the calibrated growth (``edge_expand``) that
+    segment() applies first, on purpose: the question is whether the head's uncertain band
+    belongs to the objects. Scored after it, the painted objects (learnt exactly) already fit
+    and the check turned the growth off on Usiigaci, EM and the leaves, where the objects nobody
+    painted still gained from it (Usiigaci AP50 0.475 -> 0.462 on the table's models; docs/method.md)."""
     from .layout import recovered
 
     size = model.history.get("object_size_median")
