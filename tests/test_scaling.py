@@ -159,6 +159,30 @@ def test_fine_tuning_keeps_the_starting_models_scale():
     assert training_scale([sparse], None, model_scale=1.0) == 1.0
 
 
+def test_a_model_fine_tuned_at_full_size_keeps_it_when_large_objects_are_painted_later():
+    """A later round's large objects must not shrink every image the model learned at 1.0;
+    a start nobody fine-tuned (the shipped ones: no fine_tuned_on) still takes the painted size."""
+    from napari_spoco.scaling import kept_scale_of, scale_note
+
+    image, sparse, _ = _big_disks(radius=35)  # 70 px across: auto asks for 30/70
+    cfg = TrainConfig(steps=1, batch_size=2, patch_shape=(32, 32), device="cpu")
+    def trained_start(**history):
+        start = SpocoModel.new(SMALL)  # train() fine-tunes the model it is given in place
+        start.history.update(steps=10, **history)  # a trained start at 1.0
+        return start
+
+    start = trained_start()  # that no user fine-tuned
+    assert kept_scale_of(start) == (1.0, False)
+    assert train([image], [sparse], cfg, model=start).pixel_scale == 0.43
+    start = trained_start(fine_tuned_on=["another image"])
+    assert kept_scale_of(start) == (1.0, True)
+    assert train([image], [sparse], cfg, model=start).pixel_scale == 1.0
+    note = scale_note(1.0, [sparse], None, *kept_scale_of(start))
+    assert note == "The model works at scale 1; keeping it (the painted objects alone would ask for 0.43)."
+    assert scale_note(0.43, [sparse], None, *kept_scale_of(None)).startswith("Painted objects are about 70 px")
+    assert kept_scale_of(None) == (1.0, False)
+
+
 def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():
     image, _, truth = _big_disks(radius=35)
     model = SpocoModel.new(SMALL)

@@ -91,23 +91,39 @@ def auto_scale(labels: Sequence[np.ndarray], background_label: int | None = None
 
 
 def training_scale(
-    labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0
+    labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0,
+    fine_tuned: bool = False,
 ) -> float:
-    """The automatic choice when training: a model that already works at a scale other than 1
-    keeps it (fine-tuning must not silently change what its weights learned); otherwise
-    :func:`auto_scale` of the painted objects."""
-    return model_scale if model_scale != 1.0 else auto_scale(labels, background_label)
+    """The automatic choice when training: a model that already works at a scale other than 1,
+    or that was fine-tuned on a user's images at any scale (``fine_tuned``: its history's
+    ``fine_tuned_on``), keeps it (fine-tuning must not silently change what its weights learned:
+    a few large objects painted in a later round would otherwise shrink every image the model
+    had learned at full size); otherwise :func:`auto_scale` of the painted objects."""
+    return model_scale if model_scale != 1.0 or fine_tuned else auto_scale(labels, background_label)
+
+
+def kept_scale_of(model) -> tuple[float, bool]:
+    """``(model_scale, fine_tuned)`` of :func:`training_scale` for a starting model (None: a
+    new network)."""
+    if model is None:
+        return 1.0, False
+    return model.pixel_scale, bool(model.history.get("fine_tuned_on"))
 
 
 def scale_note(
-    scale: float, labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0
+    scale: float, labels: Sequence[np.ndarray], background_label: int | None = None, model_scale: float = 1.0,
+    fine_tuned: bool = False,
 ) -> str:
-    """One sentence for the user on why training runs at ``scale`` ("" at 1.0), shared by the
-    CLI and the GUI."""
+    """One sentence for the user on why training runs at ``scale`` ("" at 1.0 when nothing else
+    was asked for), shared by the CLI and the GUI."""
+    if scale == model_scale and (model_scale != 1.0 or fine_tuned):  # kept (training_scale)
+        auto = auto_scale(labels, background_label)
+        if scale == auto == 1.0:
+            return ""
+        other = f" (the painted objects alone would ask for {auto:g})" if auto != scale else ""
+        return f"The model works at scale {scale:g}; keeping it{other}."
     if scale == 1.0:
         return ""
-    if scale == model_scale:
-        return f"The model works at scale {scale:g}; keeping it."
     d = median_diameter(labels, background_label)
     if d is None:
         return f"Training at scale {scale:g}."

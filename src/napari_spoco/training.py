@@ -25,7 +25,7 @@ from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .precision import PRECISIONS, autocast, resolve_precision
-from .scaling import check_scale, check_voxel_size, estimate_voxel_size, training_scale
+from .scaling import check_scale, check_voxel_size, estimate_voxel_size, kept_scale_of, training_scale
 from .shapes import painted_solidities, painted_solidity
 
 #: Steps in a row whose gradients are not finite (skipped) before training counts as diverged.
@@ -378,7 +378,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     elif self_supervised:
         scale = model.pixel_scale if model is not None else 1.0
     else:
-        scale = training_scale(labels, config.background_label, model.pixel_scale if model is not None else 1.0)
+        scale = training_scale(labels, config.background_label, *kept_scale_of(model))
     data = prepare_training_data(
         list(images), list(labels), config.background_label, list(names) if names else None, config.ring_width,
         require_objects=not self_supervised, scale=scale, channels=channels, channel_axis=channel_axis,

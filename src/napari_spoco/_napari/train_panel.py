@@ -28,7 +28,7 @@ from ..layout import layout_note
 from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import DEFAULT_NETWORKS, load_default_model
-from ..scaling import explain_voxel_estimate, scale_note, training_scale
+from ..scaling import explain_voxel_estimate, kept_scale_of, scale_note, training_scale
 from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
@@ -156,9 +156,9 @@ class TrainPanel(QGroupBox):
         else:
             message += self._voxel_message(voxel, mixed)
         # Large objects: the network sees the images at a smaller size (napari_spoco.scaling).
-        model_scale = model.pixel_scale if model else 1.0
-        scale = training_scale(data.labels, config.background_label, model_scale)
-        note = scale_note(scale, data.labels, config.background_label, model_scale)
+        kept = kept_scale_of(model)
+        scale = training_scale(data.labels, config.background_label, *kept)
+        note = scale_note(scale, data.labels, config.background_label, *kept)
         if note:
             message += " " + note
         config = replace(config, scale=scale, voxel_size=voxel)
