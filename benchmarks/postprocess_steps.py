@@ -23,6 +23,7 @@ models trained before it was recorded), which turns on the convex merge where ob
 background (boundaries.merge_convex_unseparated).
 
 Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|edge_growth|enlarge]
+        [--growth-check-after-expand]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
 """
@@ -96,9 +97,10 @@ def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
     return grow
 
 
-def growth_calibration(model, data: sa.Data, seed: int, fraction: float) -> bool | None:
+def growth_calibration(model, data: sa.Data, seed: int, fraction: float, expand: int = 0) -> bool | None:
     """What ``train`` records at its end about the growth into the uncertain edge
-    (edges.growth_helps), from these painted objects."""
+    (edges.growth_helps), from these painted objects; with ``expand``, the instances grown by
+    that many pixels first (the check as it would be scored after the calibrated growth)."""
     from napari_spoco.data import prepare_training_data
     from napari_spoco.edges import growth_helps
     from napari_spoco.layout import segment_windows
@@ -106,9 +108,26 @@ def growth_calibration(model, data: sa.Data, seed: int, fraction: float) -> bool
     prepared = prepare_training_data(data.train_images, data.painted(fraction, seed), scale=model.pixel_scale,
                                      voxel_size=model.voxel_size, channels=model.config.in_channels,
                                      channel_axis=-1 if model.config.in_channels > 1 else None)
-    on, scores = growth_helps(model, segment_windows(model, prepared, seed))
-    print(f"   growth check of seed {seed}: {on} ({scores})", flush=True)
+    on, scores = growth_helps(model, segment_windows(model, prepared, seed), expand=expand)
+    print(f"   growth check of seed {seed}{f' after {expand} px' if expand else ''}: {on} ({scores})", flush=True)
     return on
+
+
+def fill_records(model, data: sa.Data, seed: int, fraction: float, growth_after_expand: bool = False) -> None:
+    """What ``train`` records at its end, computed from the same painted objects for models
+    saved before it was recorded; with ``growth_after_expand`` the growth check is also printed
+    as scored after the calibrated growth."""
+    if model.history.get("object_solidity") is None:
+        model.history["object_solidity"] = convexity(model, data, seed, fraction)
+    if model.history.get("object_solidity_median") is None:
+        model.history["object_solidity_median"] = convexity(model, data, seed, fraction, 50)
+    if model.history.get("edge_expand") is None:
+        model.history["edge_expand"] = edge_calibration(model, data, seed, fraction)
+    if "edge_growth" not in model.history:
+        model.history["edge_growth"] = growth_calibration(model, data, seed, fraction)
+    if growth_after_expand:
+        print(f"   as trained: {model.history['edge_growth']} ({model.history.get('edge_growth_scores')})", flush=True)
+        growth_calibration(model, data, seed, fraction, int(model.history.get("edge_expand") or 0))
 
 
 def score_tests(model, data: sa.Data, config: ClusterConfig) -> tuple[dict, float]:
@@ -153,20 +172,16 @@ def main() -> int:
                              "enlarged by nearest neighbour (without) or with smooth edges (with)")
     parser.add_argument("--values", type=float, nargs="+", default=[0.6, 0.8, 1.0],
                         help="with --step peak_spacing: the values compared")
+    parser.add_argument("--growth-check-after-expand", action="store_true",
+                        help="also print each model's growth check scored after its calibrated growth "
+                             "(history edge_expand; docs/benchmarks.md, 'The growth check after the calibrated growth')")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     smooth_enlarge = scaling.enlarge_labels
     for data, seed, model in sa.saved_models(args.models, args.datasets, args.seeds):
         split = data.split
-        if model.history.get("object_solidity") is None:
-            model.history["object_solidity"] = convexity(model, data, seed, args.fraction)
-        if model.history.get("object_solidity_median") is None:
-            model.history["object_solidity_median"] = convexity(model, data, seed, args.fraction, 50)
-        if model.history.get("edge_expand") is None:
-            model.history["edge_expand"] = edge_calibration(model, data, seed, args.fraction)
-        if "edge_growth" not in model.history:
-            model.history["edge_growth"] = growth_calibration(model, data, seed, args.fraction)
+        fill_records(model, data, seed, args.fraction, args.growth_check_after_expand)
         row = {"dataset": split.name, "seed": seed, "step": args.step,
                "reference": model.history["object_solidity"]}
         median = model.history["object_solidity_median"]

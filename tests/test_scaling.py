@@ -183,6 +183,26 @@ def test_a_model_fine_tuned_at_full_size_keeps_it_when_large_objects_are_painted
     assert kept_scale_of(None) == (1.0, False)
 
 
+def test_train_cli_keeps_the_full_size_of_a_model_trained_before_and_says_so(tmp_path, capsys):
+    import tifffile
+
+    from napari_spoco.cli import main
+    from napari_spoco.io import load_model, save_model
+
+    image, sparse, _ = _big_disks(radius=35)
+    for name, array in (("images", image), ("labels", sparse)):
+        (tmp_path / name).mkdir()
+        tifffile.imwrite(tmp_path / name / "disks.tif", array)
+    before = SpocoModel.new(SMALL)
+    before.history.update(steps=10, fine_tuned_on=["another image"])
+    save_model(before, tmp_path / "before.spoco.pt")
+    assert main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--init", str(tmp_path / "before.spoco.pt"), "--out", str(tmp_path / "after.spoco.pt"),
+                 "--steps", "1", "--device", "cpu", "--patch-size", "32", "32", "--batch-size", "2"]) == 0
+    assert "keeping it (the painted objects alone would ask for 0.43); --scale changes it" in capsys.readouterr().err
+    assert load_model(tmp_path / "after.spoco.pt").pixel_scale == 1.0
+
+
 def test_segment_at_a_scale_is_segmentation_of_the_resized_image_brought_back():
     image, _, truth = _big_disks(radius=35)
     model = SpocoModel.new(SMALL)

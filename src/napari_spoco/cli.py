@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
                    "'auto' (default) brings 2D objects wider than 45 px to ~30 px and doubles those narrower than 20 px. "
-                   "The model file keeps it, and fine-tuning a model keeps the model's factor.")
+                   "The model file keeps it; training a model you trained before (--init FILE) keeps its factor.")
     t.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
                    help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
                    "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else cubic")
@@ -535,8 +535,9 @@ def _init_path(init: str | None) -> Path | None:
 
 
 def _scale(arg: str, labels, background_label, init=None) -> float:
-    """``--scale``: 'auto' (the starting model's scale, or from the painted objects; said aloud
-    when it is not 1) or a number."""
+    """``--scale``: 'auto' (the starting model's scale where it keeps one, else from the painted
+    objects; said aloud when it is not 1 or when the painted objects alone would ask for
+    another) or a number."""
     from .scaling import check_scale, kept_scale_of, scale_note, training_scale
 
     if str(arg).lower() != "auto":

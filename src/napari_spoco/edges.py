@@ -231,7 +231,7 @@ def grow_into_edge(labels: np.ndarray, foreground: np.ndarray, object_size: floa
     return out
 
 
-def growth_helps(model, windows: list) -> tuple[bool | None, list[float]]:
+def growth_helps(model, windows: list, expand: int = 0) -> tuple[bool | None, list[float]]:
     """Does :func:`grow_into_edge` bring the painted objects in the layout's ``windows``
     (:func:`napari_spoco.layout.segment_windows`) closer to what was painted? (True / False, or
     None with fewer than ``MIN_OBJECTS`` of them: too few to decide on, and ``segment`` grows;
@@ -245,7 +245,11 @@ def growth_helps(model, windows: list) -> tuple[bool | None, list[float]]:
     segment() applies first, on purpose: the question is whether the head's uncertain band
     belongs to the objects. Scored after it, the painted objects (learnt exactly) already fit
     and the check turned the growth off on Usiigaci, EM and the leaves, where the objects nobody
-    painted still gained from it (Usiigaci AP50 0.475 -> 0.462 on the table's models; docs/method.md)."""
+    painted still gained from it (Usiigaci AP50 0.475 -> 0.462 on the table's models; docs/method.md).
+    ``expand``: pixels the instances are grown by (Euclidean) before both variants are scored,
+    for that comparison (benchmarks/postprocess_steps.py --growth-check-after-expand); 0 in training."""
+    from skimage.segmentation import expand_labels
+
     from .layout import recovered
 
     size = model.history.get("object_size_median")
@@ -255,6 +259,8 @@ def growth_helps(model, windows: list) -> tuple[bool | None, list[float]]:
         if w.foreground is None or not size:
             continue
         labels = w.segmented(layout)
+        if expand > 0:
+            labels = expand_labels(labels, distance=expand)
         painted = w.image.objects[w.region]
         without += recovered(labels, painted, w.ids).tolist()
         with_growth += recovered(grow_into_edge(labels, w.foreground, size), painted, w.ids).tolist()

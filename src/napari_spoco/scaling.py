@@ -95,10 +95,11 @@ def training_scale(
     fine_tuned: bool = False,
 ) -> float:
     """The automatic choice when training: a model that already works at a scale other than 1,
-    or that was fine-tuned on a user's images at any scale (``fine_tuned``: its history's
-    ``fine_tuned_on``), keeps it (fine-tuning must not silently change what its weights learned:
-    a few large objects painted in a later round would otherwise shrink every image the model
-    had learned at full size); otherwise :func:`auto_scale` of the painted objects."""
+    or that was trained on a user's images before at any scale (``fine_tuned``: its history's
+    ``fine_tuned_on``, also set for a network trained from scratch), keeps it (training on must
+    not silently change what its weights learned: a few large objects painted in a later round
+    would otherwise shrink, or a few small ones enlarge, every image the model had learned at
+    full size); otherwise :func:`auto_scale` of the painted objects."""
     return model_scale if model_scale != 1.0 or fine_tuned else auto_scale(labels, background_label)
 
 

@@ -281,6 +281,25 @@ def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes, choose
     assert viewer.layers["big instances"].data.shape == big.shape
 
 
+def test_a_model_trained_at_full_size_keeps_it_for_large_objects_painted_later(spoco, notes, choose):
+    """The label -> train -> paint more -> train loop: large objects painted in a later round do
+    not shrink the images the model learned at full size (scaling.training_scale)."""
+    viewer, widget = spoco
+    widget.train_panel.steps_spin.setValue(2)
+    widget.train_panel.train_btn.click()  # the nuclei pair: full size
+    assert not notes["error"], notes["error"]
+    assert widget.state.model.current.pixel_scale == 1.0
+    big = np.kron(viewer.layers["nuclei"].data, np.ones((3, 3), np.uint8))  # painted nuclei ~48 px
+    sparse = np.kron(viewer.layers["nuclei sparse labels"].data, np.ones((3, 3), np.uint8))
+    viewer.add_image(big, name="big")
+    viewer.add_labels(sparse.astype(np.uint32), name="big sparse")
+    choose(widget.data_panel.image_box, "big")
+    choose(widget.data_panel.labels_box, "big sparse")
+    widget.train_panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    assert widget.state.model.current.pixel_scale == 1.0
+
+
 def test_writer_saves_labels_layer_as_tiff(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     data = np.zeros((2, 8, 8), np.uint32)
