@@ -47,7 +47,7 @@ Usage:  python benchmarks/active_labelling.py [--data DIR] [--datasets bbbc039-n
                                              [--start 0.05] [--k 2.5%|N] [--rounds 6] [--reference 0.2]
                                              [--initial-steps 300] [--steps-per-round 100]
                                              [--init default|none|FILE] [--stable-start on|off] [--scale auto|F]
-                                             [--threads N]
+                                             [--threads N] [--start-size]
                                              [--json FILE] [--out FILE] [--plot FILE]
         python benchmarks/active_labelling.py --from-json FILE [--plot FILE]   # the table again, no computing
 Writes the markdown tables to stdout (and to --out if given).
@@ -255,6 +255,7 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
     import sparse_accuracy as sa
 
     from napari_spoco import train
+    from napari_spoco.scaling import auto_scale
 
     masks = data.train_masks
     objects = [objects_of(m) for m in masks]
@@ -273,7 +274,8 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
     model0 = train(data.train_images, [sparse_labels(m, p) for m, p in zip(masks, painted0)],
                    train_config(args, seed, 0, args.initial_steps), model=start)
     first = {"round": 0, "painted": n_start, "steps": args.initial_steps, "train_s": time.perf_counter() - t,
-             "stable": model0.history.get("stable_start"), **score(model0, data.tests)}
+             "stable": model0.history.get("stable_start"), "scale": model0.pixel_scale,
+             "size_median": model0.history.get("object_size_median"), **score(model0, data.tests)}
     print(f"   {first}", file=sys.stderr, flush=True)
     curves: dict[str, list[dict]] = {}
     for strategy in args.strategies:
@@ -302,7 +304,18 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
             row["train_s"] = time.perf_counter() - t
             row["steps"] = args.initial_steps + r * args.steps_per_round
             row["stable"] = model.history.get("stable_start")  # the round's start was protected (teacher predicts)
+            # the factor the round trained at, and the one its painted objects alone ask for (a
+            # model trained before keeps its factor since 2026-12-05; before, a round took this)
+            row["scale"], row["painted_scale"] = model.pixel_scale, auto_scale(
+                [sparse_labels(m, p) for m, p in zip(masks, painted)])
+            row["size_median"] = model.history.get("object_size_median")
             row.update(score(model, data.tests))
+            if args.start_size:  # diagnostic: the same model with the shared start's size record
+                record = model.history["object_size_median"]
+                model.history["object_size_median"] = model0.history["object_size_median"]
+                at_start = score(model, data.tests)
+                model.history["object_size_median"] = record
+                row["AP50_start_size"], row["mAP_start_size"] = at_start["AP50"], at_start["mAP"]
             short = {key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()
                      if not isinstance(v, list)}
             print(f"   {strategy} {short}", file=sys.stderr, flush=True)
@@ -525,6 +538,9 @@ def parse_args() -> argparse.Namespace:
                         help="diagnostic: every round after the start trains under the stable start, whatever "
                              "the starting fit (protected_rounds)")
     parser.add_argument("--scale", default="auto", help="object scale: 'auto' (as `napari-spoco train`) or a factor")
+    parser.add_argument("--start-size", action="store_true",
+                        help="diagnostic: also score every round's model with the shared start's painted-size "
+                             "record (history object_size_median): how much of a round's score is the recorded size")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, help="also write the markdown tables here")
     parser.add_argument("--json", type=Path, help="also write every seed's rounds here")
