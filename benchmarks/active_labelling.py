@@ -24,8 +24,11 @@ and for each seed of ``--seeds``:
      object with the largest overlap with the suggested instance that is not painted yet, whole
      (:func:`true_object_under`); a suggestion over nothing unpainted is skipped. It stops at
      ``--k`` new objects.
-   * ``--strategies`` may add **top** (the ranking by score alone, without size strata) and
-     **crowding** (size strata, with the crowding signal in the score as until 2026-12-01).
+   * ``--strategies`` may add **top** (the ranking by score alone, without size strata),
+     **crowding** (size strata, with the crowding signal in the score as until 2026-12-01) and
+     **corrected** (the library's order; the user corrects each suggestion, painting every
+     unpainted true object that makes up at least ``MAKES_UP`` of it — both cells of a merged
+     pair — as "Use selected as labels" in the GUI invites; :func:`objects_under`).
 
 After the start and every round the model segments the held-out test images and AP50 is scored
 (``napari_spoco.evaluate``). The table gives per data set and round the mean (min–max) over
@@ -77,8 +80,12 @@ CPUS = os.cpu_count()  # before --threads narrows what training sees
 DATASETS_2D = ("bbbc039-nuclei", "usiigaci-phc", "isbi2012-em")
 # top: by score alone, what "suggested" was until 2026-11-30; crowding: size strata with crowding in
 # the score, what "suggested" was until 2026-12-01 (suggestions.SCORED)
-STRATEGIES = ("random", "suggested", "top", "crowding")
-SUGGESTING = ("suggested", "top", "crowding")
+STRATEGIES = ("random", "suggested", "top", "crowding", "corrected")
+SUGGESTING = ("suggested", "top", "crowding", "corrected")
+# corrected: the library's order, and the user corrects each suggestion as the GUI's "Use selected
+# as labels" invites: every unpainted true object making up at least this share of it is painted
+# (both cells of a merged pair), not only the largest (objects_under)
+MAKES_UP = 0.2
 WITH_CROWDING = ("spread", "crowding", "foreground", "size", "disagreement")
 SUGGEST_TIME_TARGET = 0.10  # suggestions add at most 10 % to a Segment
 FEWER_TARGET = 0.5  # suggestions reach random's AP50 at --reference with at most half the objects
@@ -129,13 +136,36 @@ def true_object_under(pred: np.ndarray, label: int, truth: np.ndarray, painted: 
     return int(np.argmax(counts)) if counts.max() > 0 else None
 
 
+def objects_under(pred: np.ndarray, label: int, truth: np.ndarray, painted: set[int],
+                  share: float = MAKES_UP) -> list[int]:
+    """The true objects a user correcting the suggested instance ``label`` paints: every one not
+    painted yet that makes up at least ``share`` of it, largest first; where none does, the
+    largest (:func:`true_object_under`), and none over background and painted objects only."""
+    under = np.asarray(truth)[np.asarray(pred) == label].astype(np.int64)
+    total = under.size
+    under = under[under > 0]
+    if under.size == 0:
+        return []
+    counts = np.bincount(under)
+    for q in painted:
+        if q < len(counts):
+            counts[q] = 0
+    order = [int(o) for o in np.argsort(-counts, kind="stable") if counts[o] > 0]
+    if not order:
+        return []
+    return [o for o in order if counts[o] >= share * total] or order[:1]
+
+
 def pick_suggested(ranked: list[tuple[float, int, int]], preds: list[np.ndarray], truths: list[np.ndarray],
-                   painted: list[set[int]], k: int, by_score: bool = True) -> tuple[list[tuple[int, int]], int]:
+                   painted: list[set[int]], k: int, by_score: bool = True,
+                   every_part: bool = False) -> tuple[list[tuple[int, int]], int]:
     """Walk down ``ranked`` — (score, image index, predicted id), over all images; by score, or
     in the given order with ``by_score=False`` — and paint the true object under each
     suggestion (:func:`true_object_under`) until ``k`` new objects are painted. Returns the new
     (image index, true id) pairs and how many suggestions were looked at in all (painted ones
-    plus skipped ones, and those that found an object already chosen this round)."""
+    plus skipped ones, and those that found an object already chosen this round).
+    ``every_part``: the user paints every object making up the suggestion (:func:`objects_under`),
+    up to ``k`` in all."""
     chosen: list[tuple[int, int]] = []
     taken = [set(p) for p in painted]
     looked = 0
@@ -144,8 +174,12 @@ def pick_suggested(ranked: list[tuple[float, int, int]], preds: list[np.ndarray]
         if len(chosen) >= k:
             break
         looked += 1
-        obj = true_object_under(preds[i], label, truths[i], taken[i])
-        if obj is not None:
+        if every_part:
+            objs = objects_under(preds[i], label, truths[i], taken[i])[:k - len(chosen)]
+        else:
+            obj = true_object_under(preds[i], label, truths[i], taken[i])
+            objs = [] if obj is None else [obj]
+        for obj in objs:
             chosen.append((i, obj))
             taken[i].add(obj)
     return chosen, looked
@@ -215,8 +249,8 @@ def score(model, tests: list) -> dict:
 
 
 def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], painted: list[set[int]],
-                  k: int, spread_sizes: bool = True, scored: tuple[str, ...] | None = None
-                  ) -> tuple[list[tuple[int, int]], dict]:
+                  k: int, spread_sizes: bool = True, scored: tuple[str, ...] | None = None,
+                  every_part: bool = False) -> tuple[list[tuple[int, int]], dict]:
     """Segment every training image with its embedding, score its instances by ``suggest`` and
     let the simulated user paint ``k`` objects, walking the instances of all images in the order
     of ``suggestions.spread_order`` over K size strata (``spread_sizes``, what ``suggest`` does
@@ -243,7 +277,8 @@ def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], pain
     ranked.sort(key=lambda r: (-r[0], r[1], r[2]))
     if spread_sizes:
         ranked = [ranked[j] for j in spread_order([r[3] for r in ranked], [r[0] for r in ranked], k)]
-    chosen, looked = pick_suggested([r[:3] for r in ranked], preds, masks, painted, k, by_score=False)
+    chosen, looked = pick_suggested([r[:3] for r in ranked], preds, masks, painted, k, by_score=False,
+                                    every_part=every_part)
     picked = [int(np.count_nonzero(masks[i] == o)) for i, o in chosen]
     return chosen, {"segment_s": seg_s, "suggest_s": sug_s, "looked": looked, "excluded": excluded,
                     "instances": int(sum(len(objects_of(p)) for p in preds)),
@@ -292,7 +327,8 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
             else:
                 new, timing = suggest_round(model, data.train_images, masks, painted, k,
                                             spread_sizes=strategy != "top",
-                                            scored=WITH_CROWDING if strategy == "crowding" else None)
+                                            scored=WITH_CROWDING if strategy == "crowding" else None,
+                                            every_part=strategy == "corrected")
                 row.update(timing)
             for i, o in new:
                 painted[i].add(o)
@@ -483,7 +519,7 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(max(6.0, 4.5 * len(results)), 4.0), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red", "tab:blue", "tab:green")):
+        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red", "tab:blue", "tab:green", "tab:purple")):
             if strategy not in present(r):
                 continue
             x, y = mean_curve(r, strategy)

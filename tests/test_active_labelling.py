@@ -50,6 +50,21 @@ def test_the_user_paints_the_largest_unpainted_object_under_a_suggestion():
     assert al.true_object_under(pred, 8, truth, {1}) == 3
 
 
+def test_a_correcting_user_paints_every_object_making_up_a_suggestion():
+    truth, pred = _scene()  # id 7: 30 px of object 1 (a third), 60 of object 2
+    assert al.objects_under(pred, 7, truth, set()) == [2, 1]
+    assert al.objects_under(pred, 7, truth, set(), share=0.5) == [2]
+    assert al.objects_under(pred, 7, truth, {2}) == [1]
+    assert al.objects_under(pred, 9, truth, set()) == []  # background only
+    assert al.objects_under(pred, 7, truth, set(), share=0.9) == [2]  # no part makes up 90 %: the largest
+    chosen, looked = al.pick_suggested([(0.9, 0, 7), (0.8, 0, 8)], [pred], [truth], [set()], 3,
+                                       by_score=False, every_part=True)
+    assert chosen == [(0, 2), (0, 1), (0, 3)] and looked == 2
+    chosen, _ = al.pick_suggested([(0.9, 0, 7), (0.8, 0, 8)], [pred], [truth], [set()], 1,
+                                  by_score=False, every_part=True)
+    assert chosen == [(0, 2)]  # k bounds the parts too
+
+
 def test_instances_mostly_on_painted_objects_are_excluded():
     truth, pred = _scene()
     assert al.painted_instances(pred, np.isin(truth, [3])) == [8]
