@@ -275,21 +275,28 @@ def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size
     assert grow == 0 and scores[0] > 0.95
 
 
-def test_a_failed_growth_check_keeps_the_trained_model_and_leaves_no_record(monkeypatch, tmp_path):
+def _train_with_broken(monkeypatch, name: str, warning: str):
+    """A short training on the painted scene with ``edges.<name>`` raising MemoryError: the
+    warning it must give, and the trained model."""
     import napari_spoco.edges as edges
     from napari_spoco import TrainConfig, train
-    from napari_spoco.io import load_model, save_model
     from napari_spoco.model import ModelConfig
-    from napari_spoco.segmentation import model_cluster_config
 
     def broken(*args, **kwargs):
         raise MemoryError("no room to segment")
 
-    monkeypatch.setattr(edges, "growth_helps", broken)
+    monkeypatch.setattr(edges, name, broken)
     image, labels = painted_scene()
-    with pytest.warns(UserWarning, match="uncertain edge"):
-        model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
-                      model_config=ModelConfig(base_features=8, depth=2))
+    with pytest.warns(UserWarning, match=warning):
+        return train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
+                     model_config=ModelConfig(base_features=8, depth=2))
+
+
+def test_a_failed_growth_check_keeps_the_trained_model_and_leaves_no_record(monkeypatch, tmp_path):
+    from napari_spoco.io import load_model, save_model
+    from napari_spoco.segmentation import model_cluster_config
+
+    model = _train_with_broken(monkeypatch, "growth_helps", "uncertain edge")
     assert model.history["steps"] == 2 and "edge_growth" not in model.history
     loaded = load_model(save_model(model, tmp_path / "m.spoco.pt"))
     assert "edge_growth" not in loaded.history or loaded.history["edge_growth"] is None
@@ -297,19 +304,9 @@ def test_a_failed_growth_check_keeps_the_trained_model_and_leaves_no_record(monk
 
 
 def test_a_failed_edge_measurement_keeps_the_trained_model_and_grows_nothing(monkeypatch, tmp_path):
-    import napari_spoco.edges as edges
-    from napari_spoco import TrainConfig, train
     from napari_spoco.io import load_model, save_model
-    from napari_spoco.model import ModelConfig
 
-    def broken(*args, **kwargs):
-        raise MemoryError("no room to cluster")
-
-    monkeypatch.setattr(edges, "edge_expand", broken)
-    image, labels = painted_scene()
-    with pytest.warns(UserWarning, match="edge to the painted ones"):
-        model = train([image], [labels], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
-                      model_config=ModelConfig(base_features=8, depth=2))
+    model = _train_with_broken(monkeypatch, "edge_expand", "edge to the painted ones")
     assert model.history["steps"] == 2 and model.history["edge_expand"] == 0
     assert load_model(save_model(model, tmp_path / "m.spoco.pt")).history["edge_expand"] == 0
 
