@@ -87,7 +87,7 @@ def test_cli_reads_the_spacing_from_the_files_and_says_so(tmp_path, capsys):
     pred = tmp_path / "pred"
     assert main(["predict", "--model", str(out), "--images", str(tmp_path / "images"), "--out", str(pred),
                  "--device", "cpu"]) == 0
-    assert "segmented at 2 x 1 x 1" in capsys.readouterr().err
+    assert "segmented resized by 2, 1, 1 along Z, Y, X" in capsys.readouterr().err
     assert tifffile.imread(pred / "a.tif").shape == image.shape
 
 

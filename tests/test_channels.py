@@ -132,7 +132,7 @@ def test_cli_trains_and_predicts_on_channel_stacks(tmp_path, tiny_pair, capsys):
     assert main(base) == 2  # without --channel-axis: refused, with what to do
     assert "--channel-axis 0" in capsys.readouterr().err and not model.exists()
     assert main(base + ["--channel-axis", "0"]) == 0
-    assert "reads 2 channels on axis 0" in capsys.readouterr().err
+    assert "reads 2 channels (axis 0)" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(model), "--images", str(tmp_path / "images"), "--out", str(out),
                  "--device", "cpu", "--channel-axis", "0"]) == 0

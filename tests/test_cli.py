@@ -156,6 +156,11 @@ def test_demo_runs_the_whole_loop_on_the_shipped_sample(tmp_path, capsys):
         assert (out / name).is_file(), name
     pred = tifffile.imread(out / "nuclei_heldout_pred.tif")
     assert pred.shape == (256, 256) and pred.dtype == np.uint16 and pred.max() >= 10
+    # and takes the --precision that the note names
+    assert main(["demo", "--out", str(tmp_path / "fp32"), "--steps", "1", "--device", "cpu",
+                 "--precision", "float32"]) == 0
+    assert load_model(tmp_path / "fp32" / "model.spoco.pt").history["precision"] == "float32"
+    assert "trains in bfloat16" not in capsys.readouterr().err
 
 
 def test_training_progress_in_a_log_file_is_a_line_every_few_seconds_counting_steps():
@@ -227,9 +232,21 @@ def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, cap
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     for r in rows:  # each row names a real object, its centroid inside the image
         assert (labels == int(r["id"])).any() and 0 <= float(r["y"]) < 64 and 0 <= float(r["x"]) < 64
-    assert "suggestions.csv" in capsys.readouterr().err
+    assert f"{len(rows)} objects in 1 of 1 segmented image(s), up to 2 per image" in capsys.readouterr().err
     before = (out / "suggestions.csv").read_text()  # a second run does not replace it unasked
-    assert main(["predict", "--model", str(model), "--images", str(folders / "images"), "--out", str(out),
-                 "--device", "cpu", "--suggest", "2", "--skip-existing"]) == 2
-    assert "exists already; pass --overwrite" in capsys.readouterr().err
+    again = ["predict", "--model", str(model), "--images", str(folders / "images"), "--out", str(out),
+             "--device", "cpu", "--suggest", "2"]
+    assert main(again) == 2 and "exist already" in capsys.readouterr().err
+    (out / "cells.tif").rename(folders / "kept.tif")
+    assert main(again) == 2  # the labels are gone, the suggestions are not: still refused
+    assert "suggestions.csv exists already; pass --overwrite to replace it, --skip-existing" in capsys.readouterr().err
+    (folders / "kept.tif").rename(out / "cells.tif")
+    assert main(again + ["--skip-existing"]) == 0  # nothing new to segment: the file stays as it is
+    assert "no image was segmented, so none are added to" in capsys.readouterr().err
     assert (out / "suggestions.csv").read_text() == before
+    # a batch continued with --skip-existing adds the new images' rows and keeps the earlier ones
+    tifffile.imwrite(folders / "images" / "more.tif", tifffile.imread(folders / "images" / "cells.tif")[::-1].copy())
+    assert main(again + ["--skip-existing"]) == 0
+    assert "Suggestions added to" in capsys.readouterr().err
+    after = list(csv.DictReader((out / "suggestions.csv").open()))
+    assert after[:len(rows)] == rows and {r["image"] for r in after[len(rows):]} == {"more.tif"}

@@ -220,6 +220,43 @@ def test_5_evaluate_scores_missing_predictions_as_empty(work, capsys):
     assert "no prediction" in err and "other" in err
 
 
+def test_5_evaluate_counts_images_and_says_what_it_did(work, capsys):
+    """A prediction of another shape is scored as empty (in the mean), an unreadable ground
+    truth is skipped; the summary counts images, once each, and says which was which."""
+    truth = tifffile.imread(work / "gt" / "cells.tif")
+    tifffile.imwrite(work / "gt" / "other.tif", truth)
+    (work / "gt" / "broken.tif").write_bytes(b"not a tiff")
+    (work / "pred").mkdir()
+    tifffile.imwrite(work / "pred" / "cells.tif", truth)
+    tifffile.imwrite(work / "pred" / "other.tif", truth[:20])
+    code, out, err = run(capsys, "evaluate", "--pred", work / "pred", "--gt", work / "gt", "--json")
+    import json
+
+    result = json.loads(out)
+    assert code == 1 and sorted(result["images"]) == ["cells", "other"]
+    assert result["mean"]["AP50"] == pytest.approx(0.5)  # other counts as empty
+    assert "1 of 3 images were scored as empty predictions" in err and "other.tif" in err
+    assert "1 of 3 images were skipped" in err and "broken.tif" in err
+    assert "failed" not in err
+
+
+def test_5_evaluate_into_a_closed_pipe_stops_quietly(work):
+    """`evaluate ... | head -1`: the reader closes the pipe; no "unexpected error", exit 141."""
+    truth = tifffile.imread(work / "gt" / "cells.tif")
+    (work / "pred").mkdir()
+    for i in range(40):  # a table longer than one line
+        tifffile.imwrite(work / "gt" / f"im{i:02d}.tif", truth)
+        tifffile.imwrite(work / "pred" / f"im{i:02d}.tif", truth)
+    exe = Path(sys.executable).parent / "napari-spoco"
+    reader, writer = os.pipe()
+    os.close(reader)  # closed before anything is written: every write fails
+    proc = subprocess.run([str(exe), "evaluate", "--pred", str(work / "pred"), "--gt", str(work / "gt")],
+                          stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert proc.returncode == 141, proc.stderr
+    assert "unexpected error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 # 6 ------------------------------------------------------------------ demo does not replace a folder
 def test_6_demo_refuses_a_non_empty_folder(tmp_path, capsys, no_training):
     (tmp_path / "mine.txt").write_text("keep me")
@@ -254,6 +291,67 @@ def test_8_background_label_zero_is_refused(work, capsys):
     assert code == 2 and "--background-label" in err and not (work / "m.pt").exists()
     with pytest.raises(SpocoError, match="0 means unlabelled"):
         TrainConfig(background_label=0)
+
+
+@pytest.mark.parametrize("case", ["two channels", "colour labels", "4D image", "1D image"])
+def test_8_shapes_that_cannot_train_are_named_before_any_model_is_chosen(work, capsys, case):
+    """What the shapes suggest (a channel axis, a colour label export, time points), said before
+    any note about starting models or voxel sizes, which would mislead."""
+    image = tifffile.imread(work / "images" / "cells.tif")
+    sparse = tifffile.imread(work / "labels" / "cells.tif")
+    if case == "two channels":
+        tifffile.imwrite(work / "images" / "cells.tif", np.stack([image, image[::-1]]))
+        expected = "pass --channel-axis 0"
+    elif case == "colour labels":
+        tifffile.imwrite(work / "labels" / "cells.tif", np.stack([sparse] * 3, axis=-1).astype(np.uint8),
+                         photometric="rgb")
+        expected = "looks like a colour image, not a label image"
+    elif case == "4D image":
+        tifffile.imwrite(work / "images" / "cells.tif", image[None, None].repeat(2, axis=0))
+        expected = "expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape (2, 1, 64, 64). If one axis holds channels"
+    else:
+        tifffile.imwrite(work / "images" / "cells.tif", image[0])
+        expected = "expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape (64,)."
+    before = snapshot(work)
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
+                       "--out", work / "m.pt", "--steps", "1", "--device", "cpu")
+    assert code == 2 and expected in err, err
+    assert "starting model" not in err and "new network" not in err and "cubic" not in err, err
+    assert snapshot(work) == before
+    with pytest.raises(SpocoError, match=expected.split(" (")[0]):  # the library says the same
+        from napari_spoco.data import prepare_training_data
+
+        prepare_training_data([spoco_io.read_image(work / "images" / "cells.tif")],
+                              [spoco_io.read_image(work / "labels" / "cells.tif")], names=["cells"])
+
+
+def test_8_a_patch_larger_than_the_images_is_named(work, capsys):
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))  # 32² patches on a 64² image
+    assert code == 0 and "larger than the largest image" not in err
+    # the 12 px disks are trained at scale 2, as 128² images: the note compares with those
+    code, _, err = run(capsys, *args_train(work, work / "m2.pt", "--patch-size", "96", "128"))
+    assert code == 0 and "larger than the largest image" not in err
+    code, _, err = run(capsys, *args_train(work, work / "m3.pt", "--patch-size", "160", "64"))
+    assert code == 0 and "the patch (160 x 64) is larger than the largest image (128 x 128)" in err
+
+
+def test_8_a_constant_image_is_named_and_a_constant_set_refused(work, capsys):
+    sparse = tifffile.imread(work / "labels" / "cells.tif")
+    tifffile.imwrite(work / "images" / "blank.tif", np.full(sparse.shape, 3.0, np.float32))
+    tifffile.imwrite(work / "labels" / "blank.tif", sparse)
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))
+    assert code == 0 and "1 image(s) hold one value in every pixel" in err and "blank" in err
+    tifffile.imwrite(work / "images" / "cells.tif", np.zeros(sparse.shape, np.uint8))
+    code, _, err = run(capsys, *args_train(work, work / "m2.pt"))
+    assert code == 2 and "Every training image is constant" in err and not (work / "m2.pt").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999999"])
+def test_8_a_seed_out_of_range_is_a_usage_error(work, capsys, seed):
+    code, _, err = run(capsys, *args_train(work, work / "m.pt", "--seed", seed))
+    assert code == 2 and "--seed" in err and "whole number from 0" in err and not (work / "m.pt").exists()
+    with pytest.raises(SpocoError, match="seed"):
+        TrainConfig(seed=int(seed))
 
 
 def test_8_background_label_that_never_occurs_is_refused(work, capsys):

@@ -38,6 +38,39 @@ def test_foreign_and_damaged_model_files_get_clear_errors(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def test_cut_short_unreadable_and_folder_model_files_say_so(tmp_path, monkeypatch):
+    """A copy that did not finish is our model damaged, not a foreign file; a folder and a file
+    without read permission are named as such."""
+    import os
+
+    path = save_model(SpocoModel.new(ModelConfig(base_features=4, depth=2)), tmp_path / "m.pt")
+    data = path.read_bytes()
+    for n, cut in enumerate((len(data) // 2, len(data) - 100)):
+        short = tmp_path / f"short{n}.pt"
+        short.write_bytes(data[:cut])
+        with pytest.raises(SpocoError, match="damaged or incomplete.*did not finish"):
+            load_model(short)
+    with pytest.raises(SpocoError, match="is a folder"):
+        load_model(tmp_path)
+    locked = tmp_path / "locked.pt"
+    locked.write_bytes(data)
+    locked.chmod(0)
+    try:
+        if not os.access(locked, os.R_OK):  # root reads anything: a denied read is simulated below
+            with pytest.raises(SpocoError, match="cannot be read"):
+                load_model(locked)
+    finally:
+        locked.chmod(0o600)
+    import napari_spoco.io as spoco_io
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(spoco_io, "open", denied, raising=False)
+    with pytest.raises(SpocoError, match="cannot be read .Permission denied.; check its permissions"):
+        load_model(path)
+
+
 def test_pickled_code_is_never_executed(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -199,7 +199,7 @@ def test_train_cli_keeps_the_full_size_of_a_model_trained_before_and_says_so(tmp
     assert main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
                  "--init", str(tmp_path / "before.spoco.pt"), "--out", str(tmp_path / "after.spoco.pt"),
                  "--steps", "1", "--device", "cpu", "--patch-size", "32", "32", "--batch-size", "2"]) == 0
-    assert "keeping it (the painted objects alone would ask for 0.43); --scale changes it" in capsys.readouterr().err
+    assert "keeping it (the painted objects alone would ask for 0.43); --scale with a number changes it" in capsys.readouterr().err
     assert load_model(tmp_path / "after.spoco.pt").pixel_scale == 1.0
 
 

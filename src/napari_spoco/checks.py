@@ -24,6 +24,11 @@ def is_number(value) -> bool:
     )
 
 
+#: The largest training seed: NumPy's and torch's generators take non-negative seeds, and the
+#: patch sampler's stream is seeded with ``seed + 7919``, which must stay below 2**32.
+SEED_MAX = 2**31 - 1
+
+
 def check_field(
     owner: object,
     name: str,

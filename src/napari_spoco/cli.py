@@ -23,13 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import SEED_MAX
 from .clustering import LAYOUTS, METHODS, ClusterConfig
 from .errors import SpocoError
 from .model import DEVICES, NETWORK_CHOICES
 from .precision import INFERENCE_PRECISION, PRECISIONS
 
-#: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 143 SIGTERM.
+#: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 141 stdout
+#: closed by its reader, 143 SIGTERM.
 EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+#: stdout closed by its reader (``| head``): 128 + SIGPIPE, what shell tools exit with.
+EXIT_SIGPIPE = 141
 
 
 class Terminated(KeyboardInterrupt):
@@ -65,6 +69,7 @@ NONNEG_INT = _number(int, 0, what="a whole number >= 0")
 MINUTES = _number(float, 0, low_open=True, what="a positive, finite number of minutes")
 POSITIVE_FLOAT = _number(float, 0, low_open=True, what="a positive, finite number")
 PROBABILITY = _number(float, 0, True, 1, True, what="a number between 0 and 1 (exclusive)")
+SEED = _number(int, 0, high=SEED_MAX, what=f"a whole number from 0 to {SEED_MAX}")
 #: The CLI's clustering defaults are the library's (one source of truth).
 CLUSTER = ClusterConfig()
 
@@ -90,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=DEVICES)
     _add_precision(t)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0, help="random seed of the patches and augmentations (default 0)")
     t.add_argument("--background-label", type=POSITIVE_INT,
                    help="label value that marks painted background (not 0: 0 means unlabelled)")
     t.add_argument("--batch-size", type=POSITIVE_INT, help="patches per step (default 8 in 2D, 2 in 3D)")
@@ -99,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", default="auto",
                    help="resize images by this factor before the network, e.g. 0.5 for objects ~60 px across; "
                    "'auto' (default) brings 2D objects wider than 45 px to ~30 px and doubles those narrower than 20 px. "
-                   "The model file keeps it; training a model you trained before (--init FILE) keeps its factor.")
+                   "The model file keeps it; training a model you trained before (--init FILE) keeps its factor "
+                   "with 'auto' (give a number to change it).")
     t.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
                    help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
                    "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else cubic")
@@ -119,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=DEVICES)
     _add_precision(pt)
-    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--seed", type=SEED, default=0, help="random seed of the patches and augmentations (default 0)")
     pt.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -225,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--init", default="default",
                    help="'default' (fine-tune the shipped starting model), 'none' (from scratch) or a model file")
     d.add_argument("--device", default="auto", choices=DEVICES)
+    _add_precision(d)
     d.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files already")
     _add_common(d)
     return parser
@@ -524,7 +531,7 @@ def _say_channels(images, channel_axis: int | None, init) -> None:
     channels = input_channels(images, channel_axis, init) if images else 1
     if channels == 1:
         return
-    what = "colour" if channel_axis is None else f"channels on axis {channel_axis}"
+    what = "colour channels" if channel_axis is None else f"channels (axis {channel_axis})"
     widened = init is not None and init.config.in_channels == 1
     print(f"The network reads {channels} {what}" + (" (the one-channel starting model is widened to them)."
                                                     if widened else "."), file=sys.stderr)
@@ -546,8 +553,27 @@ def _scale(arg: str, labels, background_label, init=None) -> float:
     scale = training_scale(labels, background_label, *kept)
     note = scale_note(scale, labels, background_label, *kept)
     if note:
-        print(f"{note[:-1]}; --scale changes it.", file=sys.stderr)
+        # a kept factor stays with --scale auto too: only a number changes it
+        how = "--scale with a number changes it" if "keeping it" in note else "--scale changes it"
+        print(f"{note[:-1]}; {how}.", file=sys.stderr)
     return scale
+
+
+def _say_patch_size(patch: list[int] | None, labels, scale: float, voxel_size) -> None:
+    """A --patch-size larger than every image (as resized for training) along an axis is padded:
+    it costs time and shows the network nothing more (1000² patches on 256² images took minutes
+    per step)."""
+    from .scaling import axis_factors
+
+    shapes = [np.shape(lab) for lab in labels]
+    if not patch or any(len(s) != len(patch) for s in shapes):
+        return  # a wrong count is refused by training, with its own message
+    factors = axis_factors(scale, voxel_size, len(patch))
+    largest = [round(max(s[a] for s in shapes) * f) for a, f in enumerate(factors)]
+    if any(p > n for p, n in zip(patch, largest)):
+        print(f"Note: the patch ({_spacing(patch)}) is larger than the largest image ({_spacing(largest)}) along some "
+              "axis; training pads it, which costs time and shows the network nothing more. A patch no larger "
+              "than the images trains faster.", file=sys.stderr)
 
 
 def _check_background_label(value: int | None, labels, names) -> None:
@@ -586,10 +612,15 @@ def cmd_train(args) -> int:
     images = [read_image(i, keep_channels=args.channel_axis is not None) for _, i, _ in pairs]
     labels = [read_image(l) for _, _, l in pairs]
     names = [s for s, _, _ in pairs]
-    from .data import check_labels
+    from .data import check_labels, check_pair_shapes
 
-    for lab, name in zip(labels, names):  # before the progress bar: swapped folders, bad ids
+    for image, lab, name in zip(images, labels, names):  # before any model is chosen: shapes, swapped folders, bad ids
+        check_pair_shapes(np.shape(image), np.shape(lab), name, args.channel_axis)
         check_labels(lab, np.shape(lab), f"{name} labels")
+    constant = [name for image, name in zip(images, names) if np.size(image) and np.min(image) == np.max(image)]
+    if constant and len(constant) < len(images):  # all of them: the library refuses the set
+        print(f"Note: {len(constant)} image(s) hold one value in every pixel and teach nothing (an empty "
+              f"channel or a failed export?): {_names(constant)}", file=sys.stderr)
     _check_background_label(args.background_label, labels, names)
     init = _initial_model(args.init, images, args.channel_axis, args.network)
     voxel_size = _training_voxel_size(args.voxel_size, [i for _, i, _ in pairs], labels[0].ndim, labels,
@@ -598,6 +629,7 @@ def cmd_train(args) -> int:
     model_config = _say_network(init, args.network, args.device)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     scale = _scale(args.scale, labels, args.background_label, init)
+    _say_patch_size(args.patch_size, labels, scale, voxel_size)
     config = TrainConfig(
         scale=scale,
         steps=steps,
@@ -626,6 +658,10 @@ def cmd_pretrain(args) -> int:
     out = _out_file(args.out, args.overwrite, list(files.values()) + ([init_path] if init_path else []))
     names = sorted(files)
     images = [read_image(files[n], keep_channels=args.channel_axis is not None) for n in names]
+    from .data import check_pair_shapes
+
+    for image, name in zip(images, names):  # before any model is chosen
+        check_pair_shapes(np.shape(image), None, name, args.channel_axis)
     init = _initial_model(args.init, images, args.channel_axis, args.network)
     _say_channels(images, args.channel_axis, init)
     model_config = _say_network(init, args.network, args.device)
@@ -696,9 +732,12 @@ def cmd_predict(args) -> int:
         print(f"Skipping {len(existing)} image(s) whose labels exist in {out}.", file=sys.stderr)
         files = {s: p for s, p in files.items() if s not in set(existing)}
     check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
+    append_suggestions = False
     if args.suggest and (out / "suggestions.csv").exists() and not args.overwrite:
-        raise SpocoError(f"{out / 'suggestions.csv'} exists already; pass --overwrite to replace it, or move it "
-                         "away to keep it.")
+        if not args.skip_existing:
+            raise SpocoError(f"{out / 'suggestions.csv'} exists already; pass --overwrite to replace it, "
+                             "--skip-existing to add the new images' suggestions to it, or move it away to keep it.")
+        append_suggestions = _suggestions_extend(out / "suggestions.csv", model.config.ndim)
     if args.voxel_size:  # a wrong count is the user's error, not one image's: say it before the batch
         from .scaling import check_voxel_size
 
@@ -725,10 +764,43 @@ def cmd_predict(args) -> int:
     if args.suggest:
         from .suggestions import write_csv
 
-        write_csv(out / "suggestions.csv", suggestions)
-        print(f"Suggestions ({args.suggest} per image, most doubtful first): {out / 'suggestions.csv'}",
-              file=sys.stderr)
+        write_csv(out / "suggestions.csv", suggestions, ndim=model.config.ndim, append=append_suggestions)
+        _say_suggestions(out / "suggestions.csv", suggestions, args.suggest, len(files) - len(failed),
+                         append_suggestions)
     return _report_failures(failed, len(files), "images")
+
+
+def _suggestions_extend(path: Path, ndim: int) -> bool:
+    """``--skip-existing`` continues a batch: the new images' suggestions are added to an existing
+    suggestions.csv of the same columns (refused otherwise, before any work)."""
+    import csv
+
+    from .suggestions import csv_header
+
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpocoError(f"{path} cannot be read to add to it ({exc}); move it away or pass --overwrite.") from None
+    if header != csv_header(ndim):
+        raise SpocoError(f"{path} is not a suggestions file of this {ndim}D model; move it away or pass --overwrite.")
+    return True
+
+
+def _say_suggestions(path: Path, suggestions: list, k: int, segmented: int, appended: bool) -> None:
+    """What suggestions.csv now holds, in numbers (an image with fewer objects than K gives them all)."""
+    images = {name for name, _ in suggestions}
+    verb = "added to" if appended else "in"
+    empty = "" if appended else " (it holds the column names only)"
+    if segmented == 0:
+        print(f"Suggestions: no image was segmented, so none are {verb} {path}{empty}.", file=sys.stderr)
+    elif not suggestions:
+        print(f"Suggestions: none {verb} {path}{empty}: no objects were found in the {segmented} segmented "
+              "image(s) (or they were segmented block by block).", file=sys.stderr)
+    else:
+        print(f"Suggestions {verb} {path}: {len(suggestions)} objects in {len(images)} of {segmented} segmented "
+              f"image(s), up to {k} per image (all of an image's objects where it has fewer), most doubtful first.",
+              file=sys.stderr)
 
 
 def _predict_whole(model, files: dict[str, Path], targets, options, args, failed, suggestions) -> None:
@@ -752,7 +824,9 @@ def _predict_whole(model, files: dict[str, Path], targets, options, args, failed
             tqdm.write(f"{result.name}: skipped ({result.error})", file=sys.stderr)
             return
         suggestions.extend(result.suggestions)
-        how = "" if all(f == 1 for f in result.grid) else f" (segmented at {_spacing(result.grid)} x its pixels per axis)"
+        how = "" if all(f == 1 for f in result.grid) else (
+            f" (segmented resized by {', '.join(f'{f:g}' for f in result.grid)} along "
+            f"{', '.join('ZYX'[-len(result.grid):])})")
         tqdm.write(f"{stem}: {result.objects} objects -> {targets[stem]}{how}", file=sys.stderr)
 
     try:
@@ -850,6 +924,8 @@ class _BlockProgress:
 
 
 METRIC_KEYS = ("AP50", "AP75", "mAP", "SBD", "DiC")
+#: How ``evaluate_folders`` marks a ground-truth file it could not read (skipped, not scored).
+GT_SKIPPED = "ground truth not read"
 
 
 def evaluate_folders(pred: str, gt: str) -> dict:
@@ -870,7 +946,7 @@ def evaluate_folders(pred: str, gt: str) -> dict:
         try:
             truth = read_image(gts[stem])
         except SpocoError as exc:
-            failed[gts[stem].name] = f"ground truth not scored: {exc}"
+            failed[gts[stem].name] = f"{GT_SKIPPED}: {exc}"
             continue
         labels = None
         if stem not in preds:
@@ -881,7 +957,7 @@ def evaluate_folders(pred: str, gt: str) -> dict:
                 if labels.shape != truth.shape:
                     raise SpocoError(f"prediction shape {labels.shape} differs from ground truth {truth.shape}")
             except SpocoError as exc:
-                failed[preds[stem].name] = f"scored as an empty prediction: {exc}"
+                failed[preds[stem].name] = f"prediction not compared: {exc}"
                 labels = None
         per_image[stem] = evaluate(truth, np.zeros(truth.shape, np.uint8) if labels is None else labels)
     if not per_image:
@@ -917,7 +993,18 @@ def cmd_evaluate(args) -> int:
     if result["unmatched_predictions"]:
         _warn(f"{len(result['unmatched_predictions'])} prediction(s) have no ground truth and were not "
               f"scored: {_names(result['unmatched_predictions'])}")
-    return _report_failures(result["failed"], len(result["images"]) + len(result["failed"]), "files")
+    # a ground truth that cannot be read is skipped; a prediction that cannot be read or compared
+    # is scored as empty (it stays in the table and the mean): one line each, counted over images
+    skipped = {n: r for n, r in result["failed"].items() if r.startswith(GT_SKIPPED)}
+    empty = {n: r for n, r in result["failed"].items() if n not in skipped}
+    total = len(result["images"]) + len(skipped)
+    for group, what in ((empty, "were scored as empty predictions (every object missed)"),
+                        (skipped, "were skipped (not in the table or the mean)")):
+        if group:
+            print(f"napari-spoco: {len(group)} of {total} images {what}:", file=sys.stderr)
+            for name, reason in group.items():
+                print(f"  {name}: {reason}", file=sys.stderr)
+    return EXIT_FAILED if result["failed"] else 0
 
 
 DEMO_FILES = ("model.spoco.pt", "nuclei_train_pred.tif", "nuclei_train_overlay.png",
@@ -944,9 +1031,10 @@ def cmd_demo(args) -> int:
     data = sample.load_sample()
     print("napari-spoco demo: U2OS nuclei (BBBC039, CC0), 256x256 crops; "
           f"{data.n_painted} of {data.n_train_objects} nuclei painted in the training crop.", file=sys.stderr)
-    _say_precision("auto", args.device, data.train_image.ndim)
+    _say_precision(args.precision, args.device, data.train_image.ndim)
     steps = args.steps or 0
-    config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device)
+    config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device,
+                         precision=args.precision)
     init = _initial_model(args.init, [data.train_image])
     steps_before = init.history.get("steps", 0) if init is not None else 0
     t0 = time.perf_counter()
@@ -998,6 +1086,17 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at the null device (after its reader closed the pipe)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured in tests): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -1022,6 +1121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-spoco: interrupted.", file=sys.stderr)
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # the reader of stdout has gone (`evaluate | head`): what it wanted was printed, so stop
+        # quietly, as shell tools do, with output sent nowhere so that the flush at exit is quiet too
+        _quiet_stdout()
+        return EXIT_SIGPIPE
     except Exception as exc:  # a bug: one line, and how to get the traceback
         if args.debug:
             raise

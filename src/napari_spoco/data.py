@@ -75,6 +75,46 @@ def channels_first(image: np.ndarray, channel_axis: int | None = None) -> np.nda
     return image[None]
 
 
+def check_pair_shapes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...] | None, name: str = "image",
+                      channel_axis: int | None = None) -> None:
+    """Refuse an image (and its label image) whose shapes cannot train, before any model is
+    chosen or loaded, saying what the shapes suggest: a colour label image, a channel axis that
+    was not given, time points in one file (the CLI calls this first; prepare_training_data too)."""
+    image_shape = tuple(int(n) for n in image_shape)
+    if channel_axis is not None:
+        axis = _axis(channel_axis, image_shape)
+        spatial = image_shape[:axis] + image_shape[axis + 1:]
+    elif len(image_shape) == 3 and image_shape[-1] in (3, 4) and min(image_shape[:2]) > 4:
+        spatial = image_shape[:2]  # colour (Y, X, 3|4), as is_rgb
+    else:
+        spatial = image_shape
+    if labels_shape is not None:
+        labels_shape = tuple(int(n) for n in labels_shape)
+        if len(labels_shape) == 3 and labels_shape[-1] in (3, 4) and labels_shape[:2] == spatial[-2:]:
+            raise SpocoError(
+                f"{name} labels: shape {labels_shape} looks like a colour image, not a label image. A label "
+                "image holds one whole-number id per pixel (0 = unlabelled, 1, 2, … = objects): save the "
+                "napari Labels layer (or your painting tool's label export) as a one-channel TIFF or PNG."
+            )
+    if len(spatial) not in (2, 3):
+        advice = (" If one axis holds channels, give it with --channel-axis (channel_axis=…); split time "
+                  "points into separate images." if len(image_shape) > 3 else "")
+        raise SpocoError(f"{name}: expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {image_shape}.{advice}")
+    if labels_shape is None or labels_shape == spatial:
+        return
+    hint = ""
+    if channel_axis is None:
+        axes = [k for k in range(len(image_shape)) if image_shape[k] <= MAX_CHANNELS
+                and image_shape[:k] + image_shape[k + 1:] == labels_shape]
+        if axes:
+            hint = (f" The labels match the image without its axis {axes[0]} ({image_shape[axes[0]]} entries): "
+                    f"if that axis holds channels, pass --channel-axis {axes[0]} (channel_axis={axes[0]}).")
+    raise SpocoError(
+        f"{name} labels: shape {labels_shape} does not match the image's shape {spatial}; labels must be "
+        f"painted on the image they belong to.{hint}"
+    )
+
+
 def _check_values(image: np.ndarray, name: str) -> np.ndarray:
     if image.dtype == bool or not (
         np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
@@ -335,6 +375,7 @@ def prepare_training_data(
     ndims = set()
     total_objects = 0
     for img, lab, name in zip(images, labels, names):
+        check_pair_shapes(np.shape(img), np.shape(lab), name, channel_axis)
         img = check_image(img, name, channels, channel_axis)
         spatial = spatial_shape(img, channels)
         if img.size > MAX_TRAIN_PIXELS:
@@ -357,6 +398,11 @@ def prepare_training_data(
         out.append(TrainingImage(normalize(img, channels=len(img)), objects, bg, negatives, boxes))
     if len(ndims) > 1:
         raise SpocoError("Mix of 2D and 3D images: train 2D and 3D models separately.")
+    if all(t.image.min() == t.image.max() for t in out):
+        raise SpocoError(
+            f"{'The training image is' if len(out) == 1 else 'Every training image is'} constant (one value in "
+            "every pixel): there is nothing to learn from. Check that the right file or channel was exported."
+        )
     if not require_objects:
         return out
     if total_objects == 0:

@@ -120,11 +120,27 @@ def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
 def load_model(path: str | os.PathLike) -> SpocoModel:
     """Read a model file written by :func:`save_model`; anything else gets a clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise SpocoError(f"Model file {path} is a folder; give the model file itself (e.g. model.spoco.pt).")
     if not path.is_file():
         raise SpocoError(f"Model file {path} does not exist.")
     try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise SpocoError(f"Model file {path} cannot be read ({exc.strerror or type(exc).__name__}); check its "
+                         "permissions, or copy it somewhere you can read.") from None
+    try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, truncated files
+        if head.startswith(b"PK\x03\x04") and FORMAT.encode() in head:
+            # our header is there (the first entry of torch's zip), the rest is not readable: a
+            # copy or download cut short, or a file damaged on disk
+            raise SpocoError(
+                f"{path} is damaged or incomplete: it starts as a napari-spoco model but cannot be read "
+                f"to the end ({type(exc).__name__}; e.g. a copy or download that did not finish). "
+                "Use a backup or train the model again."
+            ) from exc
         raise SpocoError(
             f"{path} is not a napari-spoco model file (could not read it safely: "
             f"{type(exc).__name__}). Train one with `napari-spoco train` or pick another file."

@@ -233,17 +233,25 @@ def _centroids(labels: np.ndarray, ids: Sequence[int]) -> dict[int, tuple[float,
     return {label: tuple(round(float(c), 2) for c in centre) for label, centre in zip(ids, found)}
 
 
-def write_csv(path, rows: Sequence[tuple[str, Suggestion]]) -> None:
+def csv_header(ndim: int) -> list[str]:
+    """The columns of :func:`write_csv` for images of ``ndim`` spatial axes."""
+    axes = ("z", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"axis{i}" for i in range(ndim))
+    return ["image", "rank", "id", *axes, "score", *SIGNALS, "pixels"]
+
+
+def write_csv(path, rows: Sequence[tuple[str, Suggestion]], ndim: int | None = None, append: bool = False) -> None:
     """One CSV for a batch: image, rank within the image, id, centroid per axis, score, each
-    signal and the size in pixels, from ``(image name, suggestion)`` pairs in ranked order per image."""
+    signal and the size in pixels, from ``(image name, suggestion)`` pairs in ranked order per image.
+    ``ndim``: the images' spatial axes (default: the suggestions', else 2); ``append`` adds the rows
+    to an existing file of the same columns (a batch continued with ``predict --skip-existing``)."""
     import csv
 
-    ndim = max((len(s.centroid) for _, s in rows), default=2)
-    axes = ("z", "y", "x")[-ndim:] if ndim <= 3 else tuple(f"axis{i}" for i in range(ndim))
+    ndim = ndim or max((len(s.centroid) for _, s in rows), default=2)
     rank: dict[str, int] = {}
-    with open(path, "w", newline="") as f:
+    with open(path, "a" if append else "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "rank", "id", *axes, "score", *SIGNALS, "pixels"])
+        if not append:
+            w.writerow(csv_header(ndim))
         for image, s in rows:
             rank[image] = rank.get(image, 0) + 1
             w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .augment import random_geometry, random_intensity
-from .checks import check_field, is_whole
+from .checks import SEED_MAX, check_field, is_whole
 from .data import RING_WIDTH, PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
@@ -158,7 +158,7 @@ class TrainConfig:
         if self.scale is not None:
             self.scale = check_scale(self.scale)
         self.voxel_size = check_voxel_size(self.voxel_size)
-        check_field(self, "seed", "a whole number", whole=True)
+        check_field(self, "seed", f"a whole number from 0 to {SEED_MAX}", whole=True, low=0, high=SEED_MAX)
         if not isinstance(self.device, str):
             raise SpocoError(f"TrainConfig.device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'mps'.")
         if self.precision not in PRECISIONS:
