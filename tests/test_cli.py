@@ -242,7 +242,7 @@ def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, cap
     assert "suggestions.csv exists already; pass --overwrite to replace it, --skip-existing" in capsys.readouterr().err
     (folders / "kept.tif").rename(out / "cells.tif")
     assert main(again + ["--skip-existing"]) == 0  # nothing new to segment: the file stays as it is
-    assert "no image was segmented, so none are added to" in capsys.readouterr().err
+    assert "no image was segmented whole, so none are added to" in capsys.readouterr().err
     assert (out / "suggestions.csv").read_text() == before
     # a batch continued with --skip-existing adds the new images' rows and keeps the earlier ones
     tifffile.imwrite(folders / "images" / "more.tif", tifffile.imread(folders / "images" / "cells.tif")[::-1].copy())
@@ -250,3 +250,10 @@ def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, cap
     assert "Suggestions added to" in capsys.readouterr().err
     after = list(csv.DictReader((out / "suggestions.csv").open()))
     assert after[:len(rows)] == rows and {r["image"] for r in after[len(rows):]} == {"more.tif"}
+    # an image segmented again (its labels deleted) has its rows replaced, not doubled
+    (out / "cells.tif").unlink()
+    assert main(again + ["--skip-existing"]) == 0
+    capsys.readouterr()
+    final = list(csv.DictReader((out / "suggestions.csv").open()))
+    assert [r for r in final if r["image"] == "more.tif"] == after[len(rows):]
+    assert [r for r in final if r["image"] == "cells.tif"] == rows  # the same model, the same image

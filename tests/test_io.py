@@ -52,6 +52,13 @@ def test_cut_short_unreadable_and_folder_model_files_say_so(tmp_path, monkeypatc
             load_model(short)
     with pytest.raises(SpocoError, match="is a folder"):
         load_model(tmp_path)
+    import zipfile
+
+    zipped = tmp_path / "zipped.pt"  # the model inside a zip archive, stored: whole, so not "cut short"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
+        z.write(path, "napari-spoco-model.spoco.pt")
+    with pytest.raises(SpocoError, match="not a napari-spoco model file"):
+        load_model(zipped)
     locked = tmp_path / "locked.pt"
     locked.write_bytes(data)
     locked.chmod(0)
@@ -78,8 +85,9 @@ def test_pickled_code_is_never_executed(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "napari-spoco-model", "x": Evil()}, path)
-    with pytest.raises(SpocoError):
+    with pytest.raises(SpocoError, match="not a napari-spoco model file") as caught:  # whole: not "cut short"
         load_model(path)
+    assert "did not finish" not in str(caught.value)
 
 
 def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):

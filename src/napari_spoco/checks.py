@@ -24,9 +24,9 @@ def is_number(value) -> bool:
     )
 
 
-#: The largest training seed: NumPy's and torch's generators take non-negative seeds, and the
-#: patch sampler's stream is seeded with ``seed + 7919``, which must stay below 2**32.
-SEED_MAX = 2**31 - 1
+#: The largest training seed: NumPy's and torch's generators take non-negative seeds (torch up
+#: to 2**64 - 1), and sub-streams add small offsets to it (the patch sampler's ``seed + 7919``).
+SEED_MAX = 2**62
 
 
 def check_field(

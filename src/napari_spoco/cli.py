@@ -69,7 +69,7 @@ NONNEG_INT = _number(int, 0, what="a whole number >= 0")
 MINUTES = _number(float, 0, low_open=True, what="a positive, finite number of minutes")
 POSITIVE_FLOAT = _number(float, 0, low_open=True, what="a positive, finite number")
 PROBABILITY = _number(float, 0, True, 1, True, what="a number between 0 and 1 (exclusive)")
-SEED = _number(int, 0, high=SEED_MAX, what=f"a whole number from 0 to {SEED_MAX}")
+SEED = _number(int, 0, high=SEED_MAX, what="a whole number from 0 to 2**62")
 #: The CLI's clustering defaults are the library's (one source of truth).
 CLUSTER = ClusterConfig()
 
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     t.add_argument("--device", default="auto", choices=DEVICES)
     _add_precision(t)
-    t.add_argument("--seed", type=SEED, default=0, help="random seed of the patches and augmentations (default 0)")
+    t.add_argument("--seed", type=SEED, default=0, help="random seed of a new network's first weights, the patches and the augmentations (default 0)")
     t.add_argument("--background-label", type=POSITIVE_INT,
                    help="label value that marks painted background (not 0: 0 means unlabelled)")
     t.add_argument("--batch-size", type=POSITIVE_INT, help="patches per step (default 8 in 2D, 2 in 3D)")
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--minutes", type=MINUTES, help="stop after this many minutes")
     pt.add_argument("--device", default="auto", choices=DEVICES)
     _add_precision(pt)
-    pt.add_argument("--seed", type=SEED, default=0, help="random seed of the patches and augmentations (default 0)")
+    pt.add_argument("--seed", type=SEED, default=0, help="random seed of a new network's first weights, the patches and the augmentations (default 0)")
     pt.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -617,7 +617,12 @@ def cmd_train(args) -> int:
     for image, lab, name in zip(images, labels, names):  # before any model is chosen: shapes, swapped folders, bad ids
         check_pair_shapes(np.shape(image), np.shape(lab), name, args.channel_axis)
         check_labels(lab, np.shape(lab), f"{name} labels")
-    constant = [name for image, name in zip(images, names) if np.size(image) and np.min(image) == np.max(image)]
+    from .data import channels_first, is_rgb
+
+    constant = [name for image, name in zip(images, names)  # every channel one value
+                if np.size(image) and all(c.min() == c.max() for c in (
+                    channels_first(image, args.channel_axis) if args.channel_axis is not None or is_rgb(image)
+                    else image[None]))]
     if constant and len(constant) < len(images):  # all of them: the library refuses the set
         print(f"Note: {len(constant)} image(s) hold one value in every pixel and teach nothing (an empty "
               f"channel or a failed export?): {_names(constant)}", file=sys.stderr)
@@ -764,8 +769,10 @@ def cmd_predict(args) -> int:
     if args.suggest:
         from .suggestions import write_csv
 
-        write_csv(out / "suggestions.csv", suggestions, ndim=model.config.ndim, append=append_suggestions)
-        _say_suggestions(out / "suggestions.csv", suggestions, args.suggest, len(files) - len(failed),
+        write_csv(out / "suggestions.csv", suggestions, ndim=model.config.ndim, append=append_suggestions,
+                  replace_images=[p.name for p in small.values()])
+        whole = sum(1 for p in small.values() if p.name not in failed)
+        _say_suggestions(out / "suggestions.csv", suggestions, args.suggest, whole, len(files) - len(small),
                          append_suggestions)
     return _report_failures(failed, len(files), "images")
 
@@ -783,24 +790,27 @@ def _suggestions_extend(path: Path, ndim: int) -> bool:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SpocoError(f"{path} cannot be read to add to it ({exc}); move it away or pass --overwrite.") from None
     if header != csv_header(ndim):
-        raise SpocoError(f"{path} is not a suggestions file of this {ndim}D model; move it away or pass --overwrite.")
+        raise SpocoError(f"{path} does not have the columns this version writes for a {ndim}D model "
+                         f"({', '.join(csv_header(ndim))}); move it away or pass --overwrite.")
     return True
 
 
-def _say_suggestions(path: Path, suggestions: list, k: int, segmented: int, appended: bool) -> None:
-    """What suggestions.csv now holds, in numbers (an image with fewer objects than K gives them all)."""
+def _say_suggestions(path: Path, suggestions: list, k: int, segmented: int, blockwise: int, appended: bool) -> None:
+    """What suggestions.csv now holds, in numbers (an image with fewer objects than K gives them
+    all): ``segmented`` images read whole were segmented; ``blockwise`` ones give none."""
     images = {name for name, _ in suggestions}
     verb = "added to" if appended else "in"
     empty = "" if appended else " (it holds the column names only)"
+    also = f"; the {blockwise} image(s) segmented block by block give none" if blockwise else ""
     if segmented == 0:
-        print(f"Suggestions: no image was segmented, so none are {verb} {path}{empty}.", file=sys.stderr)
+        print(f"Suggestions: no image was segmented whole, so none are {verb} {path}{empty}{also}.", file=sys.stderr)
     elif not suggestions:
-        print(f"Suggestions: none {verb} {path}{empty}: no objects were found in the {segmented} segmented "
-              "image(s) (or they were segmented block by block).", file=sys.stderr)
+        print(f"Suggestions: none {verb} {path}{empty}: no objects were found in the {segmented} image(s) "
+              f"segmented{also}.", file=sys.stderr)
     else:
         print(f"Suggestions {verb} {path}: {len(suggestions)} objects in {len(images)} of {segmented} segmented "
-              f"image(s), up to {k} per image (all of an image's objects where it has fewer), most doubtful first.",
-              file=sys.stderr)
+              f"image(s), up to {k} per image (all of an image's objects where it has fewer), most doubtful "
+              f"first{also}.", file=sys.stderr)
 
 
 def _predict_whole(model, files: dict[str, Path], targets, options, args, failed, suggestions) -> None:
@@ -1109,7 +1119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a pipe's buffer is written here, not at exit, so a closed reader is caught below
+        return code
     except SpocoError as exc:
         if args.debug:
             raise
@@ -1123,7 +1135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SIGINT
     except BrokenPipeError:
         # the reader of stdout has gone (`evaluate | head`): what it wanted was printed, so stop
-        # quietly, as shell tools do, with output sent nowhere so that the flush at exit is quiet too
+        # quietly, as shell tools do, with output sent nowhere so that the flush at exit is quiet
+        # too (the recipe of Python's signal module documentation; the CLI writes to no other pipe)
         _quiet_stdout()
         return EXIT_SIGPIPE
     except Exception as exc:  # a bug: one line, and how to get the traceback

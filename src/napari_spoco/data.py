@@ -90,6 +90,14 @@ def check_pair_shapes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...
         spatial = image_shape
     if labels_shape is not None:
         labels_shape = tuple(int(n) for n in labels_shape)
+        if labels_shape == spatial and len(spatial) in (2, 3):
+            return
+        if channel_axis is None and labels_shape == image_shape and spatial != image_shape:
+            raise SpocoError(
+                f"{name}: the image (shape {image_shape}) is read as colour (Y, X, 3|4), and its labels have the "
+                "same shape. If the labels are a colour export, save them as a one-channel label image (one id "
+                "per pixel); if the image is a volume of 3 or 4 slices, store it as (Z, Y, X)."
+            )
         if len(labels_shape) == 3 and labels_shape[-1] in (3, 4) and labels_shape[:2] == spatial[-2:]:
             raise SpocoError(
                 f"{name} labels: shape {labels_shape} looks like a colour image, not a label image. A label "
@@ -374,9 +382,12 @@ def prepare_training_data(
     out: list[TrainingImage] = []
     ndims = set()
     total_objects = 0
+    constant = []
     for img, lab, name in zip(images, labels, names):
         check_pair_shapes(np.shape(img), np.shape(lab), name, channel_axis)
         img = check_image(img, name, channels, channel_axis)
+        # before resizing, whose rounding the normalisation would stretch into a full range
+        constant.append(all(c.min() == c.max() for c in (img if channels > 1 else img[None])))
         spatial = spatial_shape(img, channels)
         if img.size > MAX_TRAIN_PIXELS:
             raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
@@ -398,7 +409,7 @@ def prepare_training_data(
         out.append(TrainingImage(normalize(img, channels=len(img)), objects, bg, negatives, boxes))
     if len(ndims) > 1:
         raise SpocoError("Mix of 2D and 3D images: train 2D and 3D models separately.")
-    if all(t.image.min() == t.image.max() for t in out):
+    if all(constant):
         raise SpocoError(
             f"{'The training image is' if len(out) == 1 else 'Every training image is'} constant (one value in "
             "every pixel): there is nothing to learn from. Check that the right file or channel was exported."

@@ -117,6 +117,16 @@ def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def _cut_short_model(head: bytes, tail: bytes) -> bool:
+    """A model file whose end is missing: torch's zip starts with its pickle (``…/data.pkl``)
+    holding our format name, and ends with an end-of-central-directory record that is not there."""
+    if not head.startswith(b"PK\x03\x04") or len(head) < 30:
+        return False
+    n = int.from_bytes(head[26:28], "little")
+    first = head[30:30 + n]
+    return first.endswith(b"data.pkl") and FORMAT.encode() in head and b"PK\x05\x06" not in tail
+
+
 def load_model(path: str | os.PathLike) -> SpocoModel:
     """Read a model file written by :func:`save_model`; anything else gets a clear error."""
     path = Path(path)
@@ -127,15 +137,17 @@ def load_model(path: str | os.PathLike) -> SpocoModel:
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
+            f.seek(max(0, path.stat().st_size - (1 << 16) - 22))
+            tail = f.read()
     except OSError as exc:
         raise SpocoError(f"Model file {path} cannot be read ({exc.strerror or type(exc).__name__}); check its "
                          "permissions, or copy it somewhere you can read.") from None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, truncated files
-        if head.startswith(b"PK\x03\x04") and FORMAT.encode() in head:
-            # our header is there (the first entry of torch's zip), the rest is not readable: a
-            # copy or download cut short, or a file damaged on disk
+        if _cut_short_model(head, tail):
+            # our header is there (the first entry of torch's zip), the zip's end is not: a copy
+            # or download cut short
             raise SpocoError(
                 f"{path} is damaged or incomplete: it starts as a napari-spoco model but cannot be read "
                 f"to the end ({type(exc).__name__}; e.g. a copy or download that did not finish). "

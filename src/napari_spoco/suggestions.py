@@ -25,8 +25,10 @@ panel and ``predict --suggest K`` show them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -239,20 +241,31 @@ def csv_header(ndim: int) -> list[str]:
     return ["image", "rank", "id", *axes, "score", *SIGNALS, "pixels"]
 
 
-def write_csv(path, rows: Sequence[tuple[str, Suggestion]], ndim: int | None = None, append: bool = False) -> None:
+def write_csv(path, rows: Sequence[tuple[str, Suggestion]], ndim: int | None = None, append: bool = False,
+              replace_images: Sequence[str] = ()) -> None:
     """One CSV for a batch: image, rank within the image, id, centroid per axis, score, each
     signal and the size in pixels, from ``(image name, suggestion)`` pairs in ranked order per image.
-    ``ndim``: the images' spatial axes (default: the suggestions', else 2); ``append`` adds the rows
-    to an existing file of the same columns (a batch continued with ``predict --skip-existing``)."""
+    ``ndim``: the images' spatial axes (default: the suggestions', else 2); ``append`` keeps the
+    rows of an existing file of the same columns (a batch continued with ``predict
+    --skip-existing``) except those of the images in ``replace_images`` (and in ``rows``), which
+    were segmented again."""
     import csv
 
     ndim = ndim or max((len(s.centroid) for _, s in rows), default=2)
+    kept: list[list[str]] = []
+    if append:
+        again = set(replace_images) | {image for image, _ in rows}
+        with open(path, newline="") as f:
+            kept = [r for r in list(csv.reader(f))[1:] if r and r[0] not in again]
     rank: dict[str, int] = {}
-    with open(path, "a" if append else "w", newline="") as f:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then moved over: the old rows are never half-lost
+    with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        if not append:
-            w.writerow(csv_header(ndim))
+        w.writerow(csv_header(ndim))
+        w.writerows(kept)
         for image, s in rows:
             rank[image] = rank.get(image, 0) + 1
             w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS),
                         s.pixels])
+    os.replace(tmp, path)

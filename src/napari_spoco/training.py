@@ -158,7 +158,7 @@ class TrainConfig:
         if self.scale is not None:
             self.scale = check_scale(self.scale)
         self.voxel_size = check_voxel_size(self.voxel_size)
-        check_field(self, "seed", f"a whole number from 0 to {SEED_MAX}", whole=True, low=0, high=SEED_MAX)
+        check_field(self, "seed", "a whole number from 0 to 2**62", whole=True, low=0, high=SEED_MAX)
         if not isinstance(self.device, str):
             raise SpocoError(f"TrainConfig.device = {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'mps'.")
         if self.precision not in PRECISIONS:
