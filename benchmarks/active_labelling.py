@@ -50,7 +50,7 @@ Usage:  python benchmarks/active_labelling.py [--data DIR] [--datasets bbbc039-n
                                              [--start 0.05] [--k 2.5%|N] [--rounds 6] [--reference 0.2]
                                              [--initial-steps 300] [--steps-per-round 100]
                                              [--init default|none|FILE] [--stable-start on|off] [--scale auto|F]
-                                             [--threads N] [--start-size]
+                                             [--threads N] [--start-size] [--start-records]
                                              [--json FILE] [--out FILE] [--plot FILE]
         python benchmarks/active_labelling.py --from-json FILE [--plot FILE]   # the table again, no computing
 Writes the markdown tables to stdout (and to --out if given).
@@ -80,13 +80,19 @@ CPUS = os.cpu_count()  # before --threads narrows what training sees
 DATASETS_2D = ("bbbc039-nuclei", "usiigaci-phc", "isbi2012-em")
 # top: by score alone, what "suggested" was until 2026-11-30; crowding: size strata with crowding in
 # the score, what "suggested" was until 2026-12-01 (suggestions.SCORED)
-STRATEGIES = ("random", "suggested", "top", "crowding", "corrected")
-SUGGESTING = ("suggested", "top", "crowding", "corrected")
+# no-size: the library's order with the size signal left out of the score (picks of typical size)
+STRATEGIES = ("random", "suggested", "top", "crowding", "corrected", "no-size")
+SUGGESTING = ("suggested", "top", "crowding", "corrected", "no-size")
 # corrected: the library's order, and the user corrects each suggestion as the GUI's "Use selected
 # as labels" invites: every unpainted true object making up at least this share of it is painted
 # (both cells of a merged pair), not only the largest (objects_under)
 MAKES_UP = 0.2
 WITH_CROWDING = ("spread", "crowding", "foreground", "size", "disagreement")
+WITHOUT_SIZE = ("spread", "foreground", "disagreement")
+#: What training records from the painted objects and segmentation reads back (training.py):
+#: ``--start-records`` swaps these for the shared start's to separate a round's weights from them.
+POSTPROCESS_RECORDS = ("object_size_median", "object_solidity", "object_solidity_median", "edge_expand",
+                       "edge_scores", "edge_growth", "edge_growth_scores", "layout", "layout_scores")
 SUGGEST_TIME_TARGET = 0.10  # suggestions add at most 10 % to a Segment
 FEWER_TARGET = 0.5  # suggestions reach random's AP50 at --reference with at most half the objects
 MIN_PASSING = 3  # data sets that must pass (of the four shared ones; three are 2D)
@@ -327,7 +333,8 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
             else:
                 new, timing = suggest_round(model, data.train_images, masks, painted, k,
                                             spread_sizes=strategy != "top",
-                                            scored=WITH_CROWDING if strategy == "crowding" else None,
+                                            scored={"crowding": WITH_CROWDING,
+                                                    "no-size": WITHOUT_SIZE}.get(strategy),
                                             every_part=strategy == "corrected")
                 row.update(timing)
             for i, o in new:
@@ -352,6 +359,14 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
                 at_start = score(model, data.tests)
                 model.history["object_size_median"] = record
                 row["AP50_start_size"], row["mAP_start_size"] = at_start["AP50"], at_start["mAP"]
+            if args.start_records:  # diagnostic: the same weights with every post-processing record of the start
+                saved = {key: model.history.get(key) for key in POSTPROCESS_RECORDS}
+                model.history.update({key: model0.history.get(key) for key in POSTPROCESS_RECORDS})
+                at_start = score(model, data.tests)
+                model.history.update(saved)
+                row["AP50_start_records"], row["mAP_start_records"] = at_start["AP50"], at_start["mAP"]
+                row["records_changed"] = sorted(key for key in POSTPROCESS_RECORDS
+                                                if saved[key] != model0.history.get(key))
             short = {key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()
                      if not isinstance(v, list)}
             print(f"   {strategy} {short}", file=sys.stderr, flush=True)
@@ -519,7 +534,8 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(max(6.0, 4.5 * len(results)), 4.0), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red", "tab:blue", "tab:green", "tab:purple")):
+        for strategy, colour in zip(STRATEGIES, ("tab:grey", "tab:red", "tab:blue", "tab:green", "tab:purple",
+                                                 "tab:orange")):
             if strategy not in present(r):
                 continue
             x, y = mean_curve(r, strategy)
@@ -562,7 +578,9 @@ def parse_args() -> argparse.Namespace:
                         help="share painted at which random's AP50 is the bar (default 0.2)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["random", "suggested"],
                         help="random; suggested (what `suggest` does: the most doubtful of each of K size strata, over "
-                        "all images); top (the K top scores alone). Default: random suggested")
+                        "all images); top (the K top scores alone); crowding (with crowding in the score); corrected (the "
+                        "user paints every part of a suggestion); no-size (the size signal left out of the score). "
+                        "Default: random suggested")
     parser.add_argument("--initial-steps", type=int, default=300, help="training steps on the start's painting")
     parser.add_argument("--steps-per-round", type=int, default=100, help="training steps after each round")
     parser.add_argument("--init", default="default", metavar="default|none|FILE",
@@ -577,6 +595,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--start-size", action="store_true",
                         help="diagnostic: also score every round's model with the shared start's painted-size "
                              "record (history object_size_median): how much of a round's score is the recorded size")
+    parser.add_argument("--start-records", action="store_true",
+                        help="diagnostic: also score every round's model with all of the shared start's "
+                             "post-processing records (POSTPROCESS_RECORDS: painted size and solidity, calibrated "
+                             "edge, growth check, layout): how much of a round's score is its weights")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", type=Path, help="also write the markdown tables here")
     parser.add_argument("--json", type=Path, help="also write every seed's rounds here")
