@@ -617,12 +617,9 @@ def cmd_train(args) -> int:
     for image, lab, name in zip(images, labels, names):  # before any model is chosen: shapes, swapped folders, bad ids
         check_pair_shapes(np.shape(image), np.shape(lab), name, args.channel_axis)
         check_labels(lab, np.shape(lab), f"{name} labels")
-    from .data import channels_first, is_rgb
+    from .data import is_constant
 
-    constant = [name for image, name in zip(images, names)  # every channel one value
-                if np.size(image) and all(c.min() == c.max() for c in (
-                    channels_first(image, args.channel_axis) if args.channel_axis is not None or is_rgb(image)
-                    else image[None]))]
+    constant = [name for image, name in zip(images, names) if is_constant(image, args.channel_axis)]
     if constant and len(constant) < len(images):  # all of them: the library refuses the set
         print(f"Note: {len(constant)} image(s) hold one value in every pixel and teach nothing (an empty "
               f"channel or a failed export?): {_names(constant)}", file=sys.stderr)

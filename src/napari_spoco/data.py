@@ -23,7 +23,23 @@ MAX_TRAIN_PIXELS = 2**31
 
 def is_rgb(image: np.ndarray) -> bool:
     """(H, W, 3|4) with H, W > 4 is a colour image (not a thin 3-slice volume's last axis)."""
-    return image.ndim == 3 and image.shape[-1] in (3, 4) and min(image.shape[:2]) > 4
+    return is_rgb_shape(image.shape)
+
+
+def is_rgb_shape(shape: tuple[int, ...]) -> bool:
+    """:func:`is_rgb` from a shape alone (checked before an image is read into a model)."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def is_constant(image: np.ndarray, channel_axis: int | None = None) -> bool:
+    """One value in every pixel of each channel (channels as :func:`channels_first` takes them):
+    nothing to learn from. Judged on the image as given, before any resizing, whose rounding
+    normalisation would stretch into a full range."""
+    image = np.asarray(image)
+    if image.size == 0:
+        return False
+    per_channel = channels_first(image, channel_axis) if channel_axis is not None or is_rgb(image) else image[None]
+    return all(c.min() == c.max() for c in per_channel)
 
 
 def to_grayscale_if_rgb(image: np.ndarray) -> np.ndarray:
@@ -84,8 +100,8 @@ def check_pair_shapes(image_shape: tuple[int, ...], labels_shape: tuple[int, ...
     if channel_axis is not None:
         axis = _axis(channel_axis, image_shape)
         spatial = image_shape[:axis] + image_shape[axis + 1:]
-    elif len(image_shape) == 3 and image_shape[-1] in (3, 4) and min(image_shape[:2]) > 4:
-        spatial = image_shape[:2]  # colour (Y, X, 3|4), as is_rgb
+    elif is_rgb_shape(image_shape):
+        spatial = image_shape[:2]  # colour (Y, X, 3|4)
     else:
         spatial = image_shape
     if labels_shape is not None:
@@ -386,8 +402,7 @@ def prepare_training_data(
     for img, lab, name in zip(images, labels, names):
         check_pair_shapes(np.shape(img), np.shape(lab), name, channel_axis)
         img = check_image(img, name, channels, channel_axis)
-        # before resizing, whose rounding the normalisation would stretch into a full range
-        constant.append(all(c.min() == c.max() for c in (img if channels > 1 else img[None])))
+        constant.append(is_constant(img if channels > 1 else img[None], 0))
         spatial = spatial_shape(img, channels)
         if img.size > MAX_TRAIN_PIXELS:
             raise SpocoError(f"{name}: {img.size} pixels is too large to train on; crop it.")
