@@ -49,6 +49,33 @@ def test_student_teacher_disagreement_is_used_when_present(tmp_path):
     assert rows[0].endswith(",pixels") and rows[1].endswith(f",{int((labels == 4).sum())}")
 
 
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_hidden_half_file(tmp_path, monkeypatch):
+    import csv as csv_module
+
+    labels, emb = _scene()
+    out = tmp_path / "s.csv"
+    write_csv(out, [("a.tif", x) for x in suggest(labels, emb, k=2)])
+    before = out.read_text()
+
+    class Full:  # a writer whose disk fills up after the header
+        def __init__(self, f):
+            self.n = 0
+
+        def writerow(self, row):
+            self.n += 1
+            if self.n > 1:
+                raise OSError(28, "No space left on device")
+
+        def writerows(self, rows):
+            for r in rows:
+                self.writerow(r)
+
+    monkeypatch.setattr(csv_module, "writer", Full)
+    with pytest.raises(OSError, match="No space"):
+        write_csv(out, [("b.tif", x) for x in suggest(labels, emb, k=1)], append=True)
+    assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
 def _clean(labels, truth, i, iou=0.7):
     """Whether predicted instance ``i`` matches one true object with IoU >= ``iou``."""
     m = labels == i

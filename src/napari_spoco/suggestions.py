@@ -260,12 +260,16 @@ def write_csv(path, rows: Sequence[tuple[str, Suggestion]], ndim: int | None = N
     rank: dict[str, int] = {}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")  # written whole, then moved over: the old rows are never half-lost
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(csv_header(ndim))
-        w.writerows(kept)
-        for image, s in rows:
-            rank[image] = rank.get(image, 0) + 1
-            w.writerow([image, rank[image], s.label, *s.centroid, s.score, *(s.signals.get(k, "") for k in SIGNALS),
-                        s.pixels])
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(csv_header(ndim))
+            w.writerows(kept)
+            for image, s in rows:
+                rank[image] = rank.get(image, 0) + 1
+                w.writerow([image, rank[image], s.label, *s.centroid, s.score,
+                            *(s.signals.get(k, "") for k in SIGNALS), s.pixels])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, Ctrl-C) leaves no hidden half file behind
+        raise
