@@ -293,7 +293,7 @@ def part_workers(work: Path, images, count: int, precision: str = "auto") -> dic
 
 def report(result: dict) -> str:
     lines = [f"Machine: {result['machine']}; {result['date']}; command: `{result['command']}`; "
-             f"3D network in {result.get('precision', 'float32')} (2D: float32 unless bfloat16 is asked for); "
+             f"network in {result.get('precision', 'float32')} (2D and 3D alike since 2026-12-03); "
              f"test-time augmentation {result.get('tta', 'off (before it existed)')}", ""]
     if result.get("memory"):
         lines += ["| volume | embed first | voxels | blocks | objects | time (s) | s per million voxels | peak RSS (MB) |",
@@ -362,7 +362,7 @@ def main() -> None:
 
     from napari_spoco.precision import resolve_precision
 
-    result["precision"] = resolve_precision(a.precision, torch.device("cpu"), 3)  # what "auto" meant for 3D here
+    result["precision"] = resolve_precision(a.precision, torch.device("cpu"), 3)  # what "auto" means here (2D and 3D alike)
     result["tta"] = a.tta
     try:
         volume = read("cells3d-nuclei", "cells3d_nuclei", "images")

@@ -86,3 +86,24 @@ def test_cores_lie_on_the_network_grid_and_regions_hold_its_reach():
         if c[0].start == 0:
             covered[c[1:]] += 1
     assert (covered == 1).all()  # the cores tile the image once
+
+
+def test_chunks_divide_the_cores_and_reads_across_them_are_exact(tmp_path, monkeypatch):
+    """The store is chunked below the core (a block decompresses only what its region touches);
+    chunks must tile each core exactly, so that parallel writers of two cores never share one."""
+    assert embedding_store.chunks_within((60, 256, 172)) == (60, 64, 43)
+    assert embedding_store.chunks_within((64, 268, 268)) == (64, 268, 268)  # 268 = 4 x 67: kept whole
+    assert embedding_store.chunks_within((2048, 2048)) == (256, 256)
+    monkeypatch.setattr(embedding_store, "CHUNK_SIDE", {2: 32, 3: 64})
+    s = load_sample()
+    model = load_default_model(2)
+    value_range = intensity_range(s.test_image)
+    whole = embed(model, s.test_image, device="cpu", value_range=value_range, precision="float32")
+    store, cores, written = _store_embeddings(tmp_path, model, s.test_image, (96, 256), value_range)
+    import zarr
+
+    assert zarr.open_array(store.path, mode="r").chunks == (17, 32, 32) and len(cores) > 1 and all(written)
+    region = (slice(40, 200), slice(17, 150))
+    emb_r, fg_r = store.read(region)
+    assert np.abs(emb_r - whole.embeddings[(slice(None),) + region]).max() < 2e-3 * np.abs(whole.embeddings).max()
+    assert np.abs(fg_r - whole.foreground[region]).max() < 2e-3

@@ -113,3 +113,31 @@ def test_the_decoder_falls_back_to_upsampling_when_the_sizes_do_not_double():
     skip, low = torch.randn(1, 16, 13, 10, dtype=torch.float64), torch.randn(1, 32, 6, 5, dtype=torch.float64)
     up = torch.nn.functional.interpolate(low, size=(13, 10), mode="nearest")
     assert _same(_decode(dec, skip, low), dec(torch.cat([skip, up], dim=1)))
+
+
+def test_3d_pooling_stays_in_bfloat16_under_autocast_with_the_same_values_and_gradients(monkeypatch):
+    """torch's CPU autocast runs max_pool3d in float32 (a float32 copy of every bfloat16 map);
+    the network pools outside autocast (model._pool), so the pooled map stays bfloat16, and its
+    output and gradients are those of autocast's float32 pooling, bit for bit."""
+    import napari_spoco.model as model_module
+    from napari_spoco.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(ndim=3, depth=3)).train()
+    x = torch.randn(2, 1, 8, 16, 16)
+    seen = []
+    net.encoders[1].register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+
+    def run():
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = net(x)
+        y.float().square().sum().backward()
+        return y.detach(), [p.grad.clone() for p in net.parameters()]
+
+    ours = run()
+    monkeypatch.setattr(model_module, "_pool", lambda pool, t: pool(t))  # autocast's policy
+    theirs = run()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert torch.equal(ours[0], theirs[0])
+    assert all(torch.equal(a, b) for a, b in zip(ours[1], theirs[1]))

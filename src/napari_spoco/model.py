@@ -194,7 +194,7 @@ class UNet(nn.Module):
         skips = []
         for i, enc in enumerate(self.encoders):
             if i > 0:
-                x = self.pool(x)
+                x = self.pool(x) if torch.jit.is_scripting() else _pool(self.pool, x)
             x = enc(x)
             skips.append(x)
         skips.pop()
@@ -206,6 +206,17 @@ class UNet(nn.Module):
             else:
                 x = _decode(dec, skip, x)
         return self.head(x)
+
+
+@torch.jit.unused
+def _pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)`` in ``x``'s own number format. Under CPU autocast torch runs ``max_pool3d``
+    in float32, so a bfloat16 map was copied to float32 (twice its bytes) before every 3D
+    pooling and cast back by the next convolution; the maximum of bfloat16 values is the same
+    in either format, so pooling outside autocast gives the same output in a fraction of the
+    time (docs/benchmarks.md, "3D pooling in bfloat16")."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return pool(x)
 
 
 @torch.jit.unused
