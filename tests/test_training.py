@@ -69,8 +69,9 @@ def test_3d_training_runs_and_2d_model_refuses_3d_images():
                   model_config=SMALL)
     assert model.config.ndim == 3
     model2d = SpocoModel.new(SMALL)
-    with pytest.raises(SpocoError, match="model is 2D but the images are 3D"):
+    with pytest.raises(SpocoError, match="model is 2D but the images are 3D") as refused:
         train([vol], [lab], _quick(1), model=model2d)
+    assert "use the shipped 3D starting model (Default in the napari panel, --init default" in str(refused.value)
 
 
 def test_background_label_is_not_an_object(tiny_pair):

@@ -49,10 +49,19 @@ def too_large_for_memory(shape: Sequence[int]) -> bool:
     return pixels(shape) > MAX_IN_MEMORY_PIXELS
 
 
+#: A lazy (dask, zarr) image of at most this many pixels is read whole and segmented in memory
+#: by the napari panel: it fits many times over, and in memory its embedding is kept for
+#: Suggest next and the embedding view, which block-wise segmentation keeps neither of (the
+#: panel's limit for keeping an embedding, suggest_row.MAX_KEPT_PIXELS).
+LAZY_IN_MEMORY_PIXELS = 16_000_000
+
+
 def needs_blockwise(data, spatial_shape: Sequence[int], multiscale: bool = False) -> bool:
     """Whether an image (``data``: its full-resolution array) is segmented block by block: it
-    is multiscale, lazy (dask, zarr), or too large for in-memory segmentation."""
-    return bool(multiscale or is_lazy(data) or too_large_for_memory(spatial_shape))
+    is multiscale, too large for in-memory segmentation, or lazy (dask, zarr) and larger than
+    :data:`LAZY_IN_MEMORY_PIXELS`."""
+    lazy_and_large = is_lazy(data) and pixels(spatial_shape) > LAZY_IN_MEMORY_PIXELS
+    return bool(multiscale or lazy_and_large or too_large_for_memory(spatial_shape))
 
 
 def step_count(shape: Sequence[int], block_shape: Sequence[int] | None = None) -> int:

@@ -402,9 +402,13 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model = SpocoModel.new(replace(model_config or ModelConfig(), ndim=ndim, in_channels=channels),
                                seed=config.seed)
     elif model.config.ndim != ndim:
+        from .pretrained import has_default_model
+
+        shipped = (f", or use the shipped {ndim}D starting model (Default in the napari panel, --init default on "
+                   "the command line)") if has_default_model(ndim) else ""
         raise SpocoError(
-            f"The model is {model.config.ndim}D but the images are {ndim}D; start a new model "
-            "or load one made for this kind of image."
+            f"The model is {model.config.ndim}D but the images are {ndim}D; start a new model, load one made for "
+            f"{ndim}D images{shipped}."
         )
     if config.steps <= 0 and not config.minutes:
         raise SpocoError("Give a positive number of steps or minutes to train for.")

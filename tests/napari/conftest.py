@@ -30,7 +30,7 @@ def notes(monkeypatch):
 
 
 # The modules that talk to the user through napari's notifications (each imports show_*).
-PANEL_MODULES = ("state", "data_panel", "model_panel", "train_panel", "segment_panel", "correct_panel", "export_panel",
+PANEL_MODULES = ("state", "widget", "data_panel", "model_panel", "train_panel", "segment_panel", "correct_panel", "export_panel",
                  "suggest_row")
 
 

@@ -32,9 +32,13 @@ def notes(notes, monkeypatch):
 
 
 @pytest.fixture
-def big(spoco, choose, tmp_path):
+def big(spoco, choose, tmp_path, monkeypatch):
     """A (256, 384) dask-backed image layer 'big' (the sample's nuclei, widened), chosen in the
-    panel, with the shipped 2D model; block-wise results go to tmp_path."""
+    panel, with the shipped 2D model; block-wise results go to tmp_path. It stands for a lazy
+    image too large to read whole (smaller ones are: out_of_core.LAZY_IN_MEMORY_PIXELS)."""
+    from napari_spoco import out_of_core
+
+    monkeypatch.setattr(out_of_core, "LAZY_IN_MEMORY_PIXELS", 0)
     viewer, widget = spoco
     nuclei = np.asarray(viewer.layers["nuclei"].data)
     image = np.hstack([nuclei, nuclei[:, :128]])
@@ -179,7 +183,7 @@ def test_a_multiscale_result_exports_as_zarr_and_in_memory_uses_refuse(big, tmp_
     monkeypatch.setattr(out_of_core, "MAX_IN_MEMORY_PIXELS", 1000)
     choose(widget.correct_panel.result_box, "pyramid instances")
     assert widget.correct_panel.promote(selected_only=False) == 0
-    assert "too large to load into memory" in notes["error"][-1] and "cropped layer" in notes["error"][-1]
+    assert "too large to load into memory" in notes["error"][-1] and "cropped copy" in notes["error"][-1]
     assert not export.export_labels(str(tmp_path / "big.tif")) and "export it as .zarr" in notes["error"][-1]
 
 
@@ -254,3 +258,18 @@ def test_train_estimates_the_voxel_size_of_a_flat_looking_volume_and_says_so(spo
     assert voxel is None  # training makes the estimate itself, and records it as estimated
     assert "(estimated; resampled z ×" in message and "flatter along z than across: z-step taken as" in message
     assert "set the image layer's scale to the real voxel size to overrule it" in message, message
+
+
+def test_a_small_dask_image_is_read_whole_and_keeps_suggestions(spoco, choose, notes):
+    """A lazy layer that fits many times over is segmented in memory, as if it were numpy: the
+    result is an ordinary Labels layer and Suggest next works (block-wise keeps no embedding)."""
+    viewer, widget = spoco
+    nuclei = np.asarray(viewer.layers["nuclei"].data)
+    viewer.add_image(da.from_array(nuclei, chunks=(64, 64)), name="small lazy")
+    choose(widget.data_panel.image_box, "small lazy")
+    widget.state.model.use(load_default_model(2), ModelSource.DEFAULT)
+    widget.segment_panel.segment_btn.click()
+    result = viewer.layers["small lazy instances"]
+    assert isinstance(result.data, np.ndarray) and result.data.shape == nuclei.shape and result.data.max() >= 2
+    assert widget.segment_panel.suggest_row.suggest_btn.isEnabled(), widget.segment_panel.suggest_row.suggest_btn.toolTip()
+    assert not notes["error"] and not notes["warning"], notes

@@ -265,7 +265,7 @@ def test_cancel_in_napari_activity_dock_stops_training(spoco, qtbot):
     _activity_bars(viewer)["SPOCO training"].cancel_button.click()
     qtbot.waitUntil(lambda: widget.state.job.idle, timeout=20_000)
     assert train.job.stop.is_set() and train.last_progress.step < 100_000
-    assert "stopping" not in train.train_label.text() and "Trained" in train.train_label.text()
+    assert "stopping" not in train.train_label.text() and "Stopped after" in train.train_label.text()
     assert not _open_spoco_progress()
     assert widget.state.model.current is not None and widget.state.model.fine_tuned
 

@@ -101,6 +101,26 @@ def test_closing_the_viewer_or_the_panel_stops_training(threaded, qtbot, notes, 
     assert not open_spoco_progress()  # no bar left behind in napari's activity dock
 
 
+def test_a_panel_opened_again_gets_back_the_model_of_the_closed_one(threaded, qtbot, notes):
+    """napari makes a new panel when SPOCO is opened again: the model trained in the closed one
+    (not saved) must come back with it, still marked unsaved, and not come back in another viewer."""
+    viewer, widget = threaded
+    job, finished = _train_until_running(qtbot, widget)
+    viewer.window.remove_dock_widget(widget)  # the panel's close button
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=5_000)
+    _, again = viewer.window.add_plugin_dock_widget("napari-spoco", "SPOCO")
+    state = again.state.model
+    assert state.current is not None and state.unsaved and state.describe() == "shipped default, fine-tuned"
+    assert state.current is widget.state.model.current
+    assert any("the model of the panel closed before is back" in n and "not saved" in n for n in notes["info"]), notes
+    # Replacing it asks first, as for any unsaved model.
+    asked = []
+    again.state.confirm = lambda question: asked.append(question) or False
+    again.model_panel.new_model_btn.click()
+    assert asked and again.state.model.current is state.current
+
+
 def _gate(monkeypatch, name):
     """Hold the worker's first call of ``workers.<name>`` until the test opens the gate."""
     real = getattr(workers, name)

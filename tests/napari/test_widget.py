@@ -106,6 +106,9 @@ def test_stop_ends_training_within_a_step_and_keeps_model_usable(spoco, qtbot):
     assert latency < 5, f"{latency:.1f} s from Stop to the end of the run"
     steps = widget.train_panel.last_progress.step
     assert 3 <= steps < 100_000 and widget.state.model.current is not None
+    # the bar keeps the part that was done (a full bar would pass for a finished run)
+    assert widget.train_panel.progress_bar.value() < 1000
+    assert f"Stopped after {steps} steps" in widget.train_panel.train_label.text()
     widget.sync = True
     widget.segment_panel.segment_btn.click()
     labels = viewer.layers["nuclei instances"].data
@@ -239,6 +242,35 @@ def test_time_series_is_trained_and_segmented_frame_by_frame(spoco, notes, choos
     assert result.shape == stack.shape
     ids = [set(np.unique(result[t])) - {0} for t in range(3)]
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # ids unique across frames
+
+
+def test_a_time_series_with_a_3d_model_says_what_to_do(spoco, notes, choose):
+    from napari_spoco._napari.state import ModelSource
+    from napari_spoco.pretrained import load_default_model
+
+    viewer, widget = spoco
+    stack = np.stack([viewer.layers["nuclei"].data[:64, :64]] * 3)
+    viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
+    choose(widget.data_panel.image_box, "movie")
+    widget.state.model.use(load_default_model(3), ModelSource.DEFAULT)
+    widget.segment_panel.segment_btn.click()
+    assert "'movie' is a 2D+t stack" in notes["error"][-1] and "Default gives the shipped one" in notes["error"][-1]
+    assert "movie instances" not in viewer.layers
+
+
+def test_segment_names_the_layer_whose_pixels_are_not_numbers(spoco, notes, choose):
+    from napari_spoco._napari.state import ModelSource
+    from napari_spoco.pretrained import load_default_model
+
+    viewer, widget = spoco
+    image = np.asarray(viewer.layers["nuclei"].data, np.float32).copy()
+    image[10, 10] = np.nan
+    viewer.add_image(image, name="with a gap")
+    choose(widget.data_panel.image_box, "with a gap")
+    widget.state.model.use(load_default_model(2), ModelSource.DEFAULT)
+    widget.segment_panel.segment_btn.click()
+    assert notes["error"] and notes["error"][-1].startswith("'with a gap': "), notes["error"]
+    assert "with a gap instances" not in viewer.layers
 
 
 def test_rgb_image_is_accepted(spoco, notes, choose):

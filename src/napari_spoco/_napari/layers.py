@@ -43,8 +43,10 @@ def refuse_if_too_large(layer, what: str) -> None:
         raise SpocoError(
             f"'{layer.name}' ({' × '.join(map(str, shape))} pixels) is read from disk as needed and is too "
             f"large to load into memory for {what}. Do that on a part of the image that fits in memory "
-            "(add a cropped layer, e.g. viewer.add_image(layer.data[...]), and segment it); Segment and "
-            "Export work on the whole image block by block."
+            "(a cropped copy as a new image layer, e.g. from napari's console: "
+            f"viewer.add_image(viewer.layers['{layer.name}'].data[..., :2048, :2048]), and its labels painted "
+            "there); "
+            "Segment and Export work on the whole image block by block."
         )
 
 

@@ -179,6 +179,11 @@ class SegmentPanel(QGroupBox):
             return
         config = self.cluster_config()
         series, shape = self.data.series, spatial_shape(image)
+        if series and model.config.ndim != 2:
+            show_error(f"'{image.name}' is a 2D+t stack: its frames are 2D images, and the model is "
+                       f"{model.config.ndim}D. Load a 2D model (Default gives the shipped one), or untick "
+                       "'3D stack is 2D+t' to segment it as a volume.")
+            return
         if needs_blockwise(image_data(image), shape, image.multiscale):
             if not series:  # never loaded whole: block by block into a zarr-backed layer
                 if self.embedding_check.isChecked():
@@ -195,7 +200,7 @@ class SegmentPanel(QGroupBox):
         note = voxel_note(voxel, model) if not series else ""
         job = workers.SegmentJob(
             model=model,
-            image=np.asarray(image_data(image)),  # in memory already, or a small dask/zarr array
+            image=image_data(image),  # in memory already, or a small dask/zarr array the worker reads
             config=config,
             series=series,
             with_embedding=self.embedding_check.isChecked() and not series,
@@ -290,7 +295,10 @@ class SegmentPanel(QGroupBox):
         if self.state.closing.closed:  # the panel is gone
             return
         self._drop_empty_result_layer()
-        show_error(error_message(exc, "Segmentation"))
+        message = error_message(exc, "Segmentation")
+        if self._target is not None and message.startswith("image: "):  # the core's name for it: the layer's
+            message = f"'{self._target[1]}': {message[len('image: '):]}"
+        show_error(message)
         self.segment_label.setText("Segmentation failed; see the notification.")
 
     def _on_segment_finished(self) -> None:

@@ -8,6 +8,7 @@ Panels change this state only through the methods below and observe its ``change
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,6 +29,11 @@ class ModelSource(Enum):
     DEFAULT = "shipped default"  # a shipped starting model, 2D or 3D (docs/models.md)
     NEW = "new"  # a network trained from scratch in this session
     FILE = "file"  # loaded from, or last saved to, a .spoco.pt file (``ModelState.file_name``)
+
+
+#: The model of a closed panel, per viewer. napari makes a new panel when SPOCO is opened again;
+#: a model trained in the old one (perhaps never saved) must come back with it, not be lost.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ModelState:
@@ -52,6 +58,31 @@ class ModelState:
         # (unless New, or another preset than the shipped model's is asked for).
         self.start_from_default = start_from_default
         self.network = "auto"  # the network a new model gets: model.NETWORK_CHOICES (Train panel)
+
+    #: What a panel opened again takes over from the closed one (:meth:`keep_for`).
+    KEPT_FIELDS = ("current", "source", "file_name", "fine_tuned", "adapted", "unsaved", "start_from_default",
+                   "network")
+
+    def keep_for(self, viewer, self_supervised: bool | None = None) -> None:
+        """The panel is closing: hand the model to the next panel of ``viewer`` (it goes with
+        the viewer). ``self_supervised``: a run still going, whose steps the model holds (True:
+        Adapt, False: Train; its end will not reach this panel)."""
+        if self.current is None:
+            return
+        kept = {name: getattr(self, name) for name in self.KEPT_FIELDS}
+        if self_supervised is not None and self.source in (ModelSource.DEFAULT, ModelSource.FILE):
+            kept["adapted" if self_supervised else "fine_tuned"] = True
+        _KEPT[viewer] = kept
+
+    def take_kept(self, viewer) -> bool:
+        """Take over the model of ``viewer``'s closed panel, if there was one; True if so."""
+        kept = _KEPT.pop(viewer, None)
+        if not kept:
+            return False
+        for name, value in kept.items():
+            setattr(self, name, value)
+        self.changed.emit()
+        return True
 
     def starts_from_default(self, ndim: int) -> bool:
         """Whether the next Train or Adapt on ``ndim``-D images starts from a shipped model."""

@@ -279,7 +279,13 @@ class TrainPanel(QGroupBox):
         note = layout_note(model.history) if model is not None else ""
         self.train_label.setText(msg + (f" {note}" if note else "")
                                  + " Segment to see all instances, or paint more and Train again.")
-        self.progress_bar.setValue(1000 if p else 0)
+        # A run that used its budget fills the bar; one stopped by the user keeps the part it did,
+        # so that a full bar never passes for a finished run.
+        stopped = self.job is not None and self.job.stop.is_set()
+        self.progress_bar.setValue(0 if not p else int(1000 * p.fraction) if stopped else 1000)
+        if stopped and p:
+            self.train_label.setText(f"Stopped after {p.step} steps in {p.elapsed:.0f} s." + (f" {note}" if note else "")
+                                     + " The model keeps them: Segment to see all instances, or Train again to go on.")
 
     def _on_train_error(self, exc: BaseException) -> None:
         if self.state.closing.closed:  # the panel is gone

@@ -19,6 +19,7 @@ Each button copies its settings into a core config and calls one core function (
 from __future__ import annotations
 
 import napari
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
@@ -31,7 +32,7 @@ from .layers import referenced_stores
 from .model_panel import ModelPanel
 from .preview import PREVIEW_LAYER
 from .segment_panel import RESULT_SUFFIX, SegmentPanel
-from .state import ModelState, SpocoState
+from .state import Job, ModelState, SpocoState
 from .train_panel import TrainPanel
 from .widgets import select_layer
 
@@ -65,6 +66,10 @@ class SpocoWidget(QWidget):
         self.data_panel.image_changed.connect(self._on_image_changed)
         self.segment_panel.segmented.connect(self._on_segmented)
         self._on_image_changed(self.data_panel.image)
+        # The panel was closed and opened again: its model comes back (trained, perhaps unsaved).
+        if self.state.model.take_kept(napari_viewer):
+            show_info(f"SPOCO: the model of the panel closed before is back ({self.state.model.describe()}"
+                      f"{', not saved' if self.state.model.unsaved else ''}).")
 
         # The sections scroll rather than squeeze when the window is short.
         content = QWidget()
@@ -118,6 +123,9 @@ def _closer(state: SpocoState):
     session's block-wise results that no layer reads (the rest go when napari exits)."""
 
     def close(*args) -> None:
+        if not state.closing.is_closed():  # a panel opened again takes the model over
+            running = state.job.running if state.job.training else None
+            state.model.keep_for(state.viewer, None if running is None else running is Job.ADAPT)
         state.closing()
         try:
             state.stores.sweep(referenced_stores(state.viewer))

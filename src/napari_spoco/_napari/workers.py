@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from collections.abc import Generator as _GeneratorType
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None
 @dataclass
 class SegmentJob:
     model: SpocoModel
-    image: np.ndarray
+    image: np.ndarray  # or a small dask/zarr array, read whole in the worker
     config: ClusterConfig | None = None  # the clustering method and its parameters
     series: bool = False  # a (T, Y, X) stack of 2D images
     with_embedding: bool = False  # the embeddings as a PCA colour image
@@ -129,6 +129,8 @@ def segment_job(job: SegmentJob) -> SegmentResult:
 
     t0 = time.perf_counter()
     rgb = emb = None
+    if not isinstance(job.image, np.ndarray):  # a small dask or zarr layer: read here, off the GUI thread
+        job = replace(job, image=np.asarray(job.image))
     if job.series:
         labels = segment_series(job.model, job.image, config=job.config, precision=job.precision, tta=job.tta)
     elif job.with_embedding or job.keep_embedding:
