@@ -147,3 +147,14 @@ def test_a_failed_measurement_keeps_the_trained_model(monkeypatch):
         model = train([image], [painted], TrainConfig(steps=2, batch_size=2, patch_shape=(32, 32), device="cpu"),
                       model_config=ModelConfig(base_features=8, depth=2))
     assert model.history["steps"] == 2 and model.history["layout"] is None
+
+
+def test_the_layout_note_says_which_painted_objects_it_counts():
+    """The note after training counts the painted objects measured whole in its windows, which
+    may be fewer than those painted: it must say so, not pass for the painted count."""
+    from napari_spoco.layout import layout_note
+
+    note = layout_note({"layout": "separate", "layout_scores": {"separate": 0.875, "tiled": 0.5, "objects": 7}})
+    assert note.startswith("Objects stand apart (of the 7 painted objects measured whole, splitting merged pieces "
+                           "recovers 88%, joining unseparated ones 50%)")
+    assert layout_note({}) == ""

@@ -194,8 +194,9 @@ def layout_note(history: dict) -> str:
     if "objects" not in scores:
         return ""
     n = scores["objects"]
-    got = (f"splitting merged pieces recovers {scores['separate']:.0%} of {n} painted objects, "
-           f"joining unseparated ones {scores['tiled']:.0%}")
+    # n counts the painted objects lying whole in the measured windows, not every painted one
+    got = (f"of the {n} painted objects measured whole, splitting merged pieces recovers "
+           f"{scores['separate']:.0%}, joining unseparated ones {scores['tiled']:.0%}")
     layout = history.get("layout")
     if layout == "separate":
         return f"Objects stand apart ({got}): segmenting splits merged pieces."

@@ -290,6 +290,7 @@ def test_rgb_image_is_accepted(spoco, notes, choose):
     # colour is the network's input (the shipped grey model widened); the grey pair is left out
     assert widget.state.model.current.config.in_channels == 3
     assert any("Not training on 'nuclei'" in w for w in notes["warning"]), notes["warning"]
+    assert "model for 3-channel images" in widget.model_panel.model_label.text()  # grey images are refused now
 
 
 def test_large_objects_train_and_segment_at_a_smaller_scale(spoco, notes, choose):

@@ -74,7 +74,10 @@ class ModelPanel(QGroupBox):
                         f"(a {DEFAULT_NETWORKS[ndim]} network).")
             network = "" if state.network == "auto" else f"{state.network} "
             return f"No model yet: Train starts a new {network}network."
-        kind = f"{model.config.ndim}D {network_name(model.config)} model"
+        channels = model.config.in_channels
+        # a model fine-tuned on colour takes colour from then on: say so, a grey image is refused
+        kind = f"{model.config.ndim}D {network_name(model.config)} model" + (
+            f" for {channels}-channel images" if channels > 1 else "")
         if state.run_step is not None:
             text = f"{kind} ({state.describe()}): training, step {state.run_step} of this run…"
         else:
