@@ -182,6 +182,7 @@ def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_pa
     widget.train_panel.train_btn.click()
     assert notes["error"] and "at least two objects" in notes["error"][-1]
     assert np.array_equal(sparse.data, one) and widget.state.model.current is None and not widget.state.job.training
+    assert widget.train_panel.train_label.text().startswith("Not trained: the painted labels could not be used")
     # Labels of the wrong shape.
     viewer.add_labels(np.zeros((10, 10), np.uint32), name="wrong")
     choose(widget.data_panel.labels_box, "wrong")

@@ -139,6 +139,8 @@ class TrainPanel(QGroupBox):
             data = training_set(pairs, self.data.series, config.background_label)
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Preparing the training data"))
+            # the line must not go on showing the previous run as if this one had happened
+            self.train_label.setText("Not trained: the painted labels could not be used (see the notification).")
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
         # The voxel size of the chosen image's layer scale (None when it is all ones), else the
@@ -174,6 +176,7 @@ class TrainPanel(QGroupBox):
             refuse_if_too_large(image, "adapting")
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Adapting"))
+            self.train_label.setText("Not adapted: the image could not be used (see the notification).")
             return
         data, series = image_data(image), self.data.series
         if series:  # at most 16 frames, spread over the stack
