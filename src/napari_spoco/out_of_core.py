@@ -52,7 +52,7 @@ def too_large_for_memory(shape: Sequence[int]) -> bool:
 #: A lazy (dask, zarr) image of at most this many pixels is read whole and segmented in memory
 #: by the napari panel: it fits many times over, and in memory its embedding is kept for
 #: Suggest next and the embedding view, which block-wise segmentation keeps neither of (the
-#: panel's limit for keeping an embedding, suggest_row.MAX_KEPT_PIXELS).
+#: panel keeps an embedding up to the same size: suggest_row.MAX_KEPT_PIXELS is this value).
 LAZY_IN_MEMORY_PIXELS = 16_000_000
 
 

@@ -17,6 +17,7 @@ from napari.utils.colormaps import ensure_colormap
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
+from ..out_of_core import LAZY_IN_MEMORY_PIXELS
 from ..suggestions import SCORED
 from . import workers
 from .dialogs import error_message
@@ -24,8 +25,9 @@ from .layers import find_layer
 
 SUGGESTIONS_LAYER = "SPOCO suggestions"
 #: Pixels up to which a segmentation keeps its embedding for suggestions (16 float32 channels:
-#: about 1 GiB at this size); beyond, Suggest next says why it is not offered.
-MAX_KEPT_PIXELS = 16_000_000
+#: about 1 GiB at this size); beyond, Suggest next says why it is not offered. The same limit as
+#: a lazy layer read whole (out_of_core.LAZY_IN_MEMORY_PIXELS), so that such a layer keeps it.
+MAX_KEPT_PIXELS = LAZY_IN_MEMORY_PIXELS
 COLORMAP = "plasma"  # score 0 → dark blue, 1 → yellow
 
 
