@@ -1,6 +1,8 @@
 """Segmentation time and peak memory versus image size, side by side in one run.
 
     python benchmarks/segment_scaling.py [--data DIR] [--sizes 512 1024 2048] [--3d] [--model default]
+    python benchmarks/segment_scaling.py --sizes 2048 4096 --tiles 1024 2048 [--reps 2] [--tta off]
+                                         [--dataset isbi2012-em] [--model PATH]
 
 2D: mosaics of held-out BBBC039 fields (the test fields of sparse_accuracy.py, tiled and cropped
 to N×N, with their masks tiled the same way so that accuracy is checked at every size), segmented
@@ -9,6 +11,12 @@ segmented with a 3D model trained for ``--steps-3d`` steps on 10 % of its nuclei
 is not timed). Each size runs in a fresh subprocess, so its peak RSS is its own; the table reports
 peak RSS above the process's baseline after imports and model loading, time split into
 embedding and clustering, and AP50 against the tiled truth.
+
+``--tiles A B``: each size segmented with 2D clustering tiles of A² and of B²
+(``segment(tile_shape=...)``), alternating which goes first over ``--reps`` rounds, each in a
+fresh process; prints the time, peak memory and AP50 of B against A per size. ``--dataset``
+takes the mosaic from another 2D set's test fields (cropped to the smallest field);
+``--tta off`` segments with one network pass.
 
 Targets (issue "Fast and scalable"): 2048² in ≤ 15 s with ≤ 2 GB peak RAM; time and memory
 growing linearly with the number of pixels.
@@ -40,7 +48,9 @@ def _rss_mb() -> float:
 
 def mosaic(images: list[np.ndarray], masks: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Tile fields row by row into a size×size mosaic; mask ids made unique across fields."""
-    h, w = images[0].shape
+    h, w = min(i.shape[0] for i in images), min(i.shape[1] for i in images)
+    images = [i[:h, :w] for i in images]
+    masks = [m[:h, :w] for m in masks]
     rows, cols = -(-size // h), -(-size // w)
     img = np.zeros((rows * h, cols * w), images[0].dtype)
     lab = np.zeros((rows * h, cols * w), np.int32)
@@ -71,7 +81,7 @@ def child(spec: dict) -> dict:
     use_data_dir(Path(spec["data"]))
     model = load_default_model(2) if spec["model"] == "default" else load_model(spec["model"])
     if spec["kind"] == "2d":
-        split = next(s for s in splits() if s.name == "bbbc039-nuclei")
+        split = next(s for s in splits() if s.name == spec.get("dataset", "bbbc039-nuclei"))
         image, truth = mosaic([read(split.name, s, "images") for s in split.test],
                               [read(split.name, s, "masks") for s in split.test], spec["size"])
     else:
@@ -90,7 +100,9 @@ def child(spec: dict) -> dict:
         labels = cluster_embeddings(emb.embeddings, emb.foreground, config)
     else:
         timing = {}
-        labels = segment(model, image, device="cpu", _timing=timing)
+        tile = spec.get("tile")
+        labels = segment(model, image, device="cpu", _timing=timing, tile_shape=(tile, tile) if tile else None,
+                         tta=spec.get("tta", True))
         t1 = t0 + timing["embed_s"]
     t2 = time.perf_counter()
     scores = evaluate(truth, labels)
@@ -119,6 +131,41 @@ def train_3d_model(steps: int, path: Path) -> Path:
     return path
 
 
+def compare_tiles(args) -> int:
+    """Each size with clustering tiles of A² and B², alternating, fresh processes; B against A."""
+    import torch
+
+    a, b = args.tiles
+    runs: dict[tuple[int, int], list[dict]] = {}
+    for rep in range(args.reps):
+        for size in args.sizes:
+            for tile in ((a, b) if rep % 2 == 0 else (b, a)):
+                r = run_child({"kind": "2d", "size": size, "model": args.model, "threads": args.threads,
+                               "tile": tile, "tta": args.tta == "on", "dataset": args.dataset})
+                runs.setdefault((size, tile), []).append(r)
+                print(f"{size}² tiles {tile}²: {r['total_s']:.1f} s (embed {r['embed_s']:.1f}), {r['peak_mb']:.0f} MB, "
+                      f"AP50 {r['AP50']:.3f}, {r['n_pred']:.0f} objects", file=sys.stderr, flush=True)
+    print(f"Machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, torch "
+          f"{torch.__version__}, CPU only. {time.strftime('%Y-%m-%d')}. {args.dataset} test fields, model "
+          f"{args.model}, TTA {args.tta}, {args.reps} rounds alternating.\n")
+    print(f"| size | tiles | total s (each run) | embed s | peak RSS MB | AP50 | objects | time {b}² / {a}² | "
+          f"memory {b}² − {a}² |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        ra, rb = runs[(size, a)], runs[(size, b)]
+        for tile, rs in ((a, ra), (b, rb)):
+            ratio = memory = ""
+            if tile == b:
+                ratio = " / ".join(f"{y['total_s'] / x['total_s']:.2f}" for x, y in zip(ra, rb))
+                memory = " / ".join(f"{y['peak_mb'] - x['peak_mb']:+.0f}" for x, y in zip(ra, rb))
+            total = ", ".join(f"{r['total_s']:.1f}" for r in rs)
+            emb = ", ".join(f"{r['embed_s']:.1f}" for r in rs)
+            peak = ", ".join(f"{r['peak_mb']:.0f}" for r in rs)
+            print(f"| {size}² | {tile}² | {total} | {emb} | {peak} | {rs[0]['AP50']:.3f} | {rs[0]['n_pred']:.0f} | "
+                  f"{ratio} | {memory} |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_argument(ap)
@@ -128,13 +175,21 @@ def main() -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-untiled", action="store_true", help="skip the whole-image comparison row")
+    ap.add_argument("--tiles", type=int, nargs=2, metavar=("A", "B"),
+                    help="compare 2D clustering tiles of A² and B² side by side at each size")
+    ap.add_argument("--reps", type=int, default=2, help="rounds of the --tiles comparison")
+    ap.add_argument("--tta", choices=("on", "off"), default="on")
+    ap.add_argument("--dataset", default="bbbc039-nuclei", help="2D set whose test fields make the mosaic")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return 0
-    use_data_dir(args.data, needs=("bbbc039-nuclei",) + (("cells3d-nuclei",) if args.three_d else ()))
+    use_data_dir(args.data, needs=(args.dataset,) + (("cells3d-nuclei",) if args.three_d else ()))
     import torch
+
+    if args.tiles:
+        return compare_tiles(args)
 
     rows = []
     for size in args.sizes:

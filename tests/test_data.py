@@ -81,6 +81,18 @@ def test_relabel_sequential_keeps_zero_and_compacts_ids():
     assert out.tolist() == [[0, 2], [1, 2]] and out.dtype == np.uint16
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.uint32, np.uint64])
+def test_relabel_sequential_counts_ids_of_every_integer_type(dtype):
+    rng = np.random.default_rng(0)
+    labels = rng.choice(np.array([0, 3, 9, 200, 201], dtype), size=(30, 40))
+    labels[0, 0] = 0
+    out = relabel_sequential(labels)
+    ids = np.unique(labels[labels > 0])
+    expected = np.searchsorted(ids, labels) + 1
+    assert np.array_equal(out, np.where(labels > 0, expected, 0)) and out.dtype == np.uint16
+    assert relabel_sequential(np.zeros((4, 5), dtype)).max() == 0
+
+
 def test_training_sets_without_two_objects_are_refused(tiny_pair):
     image, sparse, _ = tiny_pair
     with pytest.raises(SpocoError, match="no painted objects"):

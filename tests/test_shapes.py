@@ -5,7 +5,14 @@ import pytest
 
 from napari_spoco.clustering import ClusterConfig, cluster_embeddings
 from napari_spoco.errors import SpocoError
-from napari_spoco.shapes import object_radius, painted_solidities, painted_solidity, solidity, split_by_shape
+from napari_spoco.shapes import (
+    object_radius,
+    painted_solidities,
+    painted_solidity,
+    solidity,
+    solidity_floor,
+    split_by_shape,
+)
 
 
 def disc(shape, centre, radius):
@@ -29,6 +36,30 @@ def test_solidity_of_a_box_a_disc_and_a_merged_pair():
     assert solidity(disc((40, 40), (20, 20), 12)) > 0.93
     a, b = pair((40, 80))
     assert solidity(a | b) < 0.9
+
+
+def test_the_solidity_floor_never_exceeds_the_solidity_and_is_close_for_round_pieces():
+    """split_by_shape skips the convex hulls of pieces whose floor is already as convex as the
+    reference: a floor above the solidity would leave merged pieces unsplit."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        shape = tuple(int(n) for n in rng.integers(1, 25, size=2))
+        noise = ndi.binary_dilation(rng.random(shape) > rng.uniform(0.5, 0.98), iterations=int(rng.integers(0, 3)))
+        lab, _ = ndi.label(noise)
+        for i, box in enumerate(ndi.find_objects(lab), start=1):
+            piece = lab[box] == i
+            assert solidity_floor(piece) <= solidity(piece) + 1e-9
+            checked += 1
+    assert checked > 400
+    a, b = pair((40, 80))
+    for piece in (disc((40, 40), (20, 20), 12), a | b, np.ones((1, 7), bool), np.eye(9, dtype=bool)):
+        assert solidity_floor(piece) <= solidity(piece) + 1e-9
+    assert solidity_floor(disc((40, 40), (20, 20), 12)) > 0.85  # a round piece skips its hulls
+    ball = disc((20, 20, 20), (10, 10, 10), 6)
+    assert solidity_floor(ball) <= solidity(ball) + 1e-9  # 3D: the box alone
 
 
 def test_a_merged_pair_is_split_in_two_and_single_objects_are_kept(ndim=2):

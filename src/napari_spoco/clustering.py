@@ -213,7 +213,7 @@ def mean_shift(
     for _ in range(rounds):
         if todo.numel() < max(1, min_cluster_size):
             break
-        pts = x[todo]
+        pts = x if todo.numel() == n else x[todo]  # the first round: every point, without a copy
         sample = pts[torch.randperm(pts.shape[0], generator=g)[:max_points]]
         seeds = sample[torch.randperm(sample.shape[0], generator=g)[:n_seeds]].clone()
         merge = merge_factor * bandwidth
@@ -225,7 +225,7 @@ def mean_shift(
             _, d2 = _chunked_nearest(modes, modes_all)
             modes = modes[d2 >= merge**2]
         modes_all = torch.cat([modes_all, modes])
-        idx, d2 = _chunked_nearest(x[todo], modes_all)
+        idx, d2 = _chunked_nearest(pts, modes_all)
         near = d2 <= merge**2
         labels[todo[near]] = idx[near]
         todo = todo[~near]

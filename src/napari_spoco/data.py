@@ -326,12 +326,16 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
         out = ranks[inverse.reshape(labels.shape)]
         n = len(ids) - (1 if ids[0] == 0 else 0)
     else:
-        ids = np.unique(labels)
-        ids = ids[ids != 0]
-        lut = np.zeros(top + 1, dtype=np.int64)
-        lut[ids] = np.arange(1, len(ids) + 1)
-        out = lut[labels]
-        n = len(ids)
+        # the ids present, from a count per id: one pass, where sorting every pixel (np.unique)
+        # took 0.05 s per 2048² image in the clustering (docs/benchmarks.md)
+        flat = labels.ravel()
+        safe = flat.dtype.kind == "i" or (flat.dtype.kind == "u" and flat.dtype.itemsize < 8)
+        present = np.bincount(flat if safe else flat.astype(np.int64), minlength=top + 1) > 0
+        present[0] = False
+        n = int(present.sum())
+        lut = np.zeros(top + 1, dtype=label_dtype(n))
+        lut[present] = np.arange(1, n + 1)
+        return lut[labels]
     return out.astype(label_dtype(n))
 
 
