@@ -231,3 +231,18 @@ def test_the_score_averages_the_scored_signals_and_reports_crowding():
     with_crowding = {s.label: s.score for s in suggest(labels, crowded, k=4, spread_sizes=False,
                                                        scored=SCORED + ("crowding",))}
     assert with_crowding[1] > with_crowding[3] + 0.15
+
+
+@pytest.mark.parametrize("shape", [(60, 70), (9, 30, 40)])
+def test_centroids_are_the_mean_pixel_coordinates_as_ndimage_gives_them(shape):
+    from napari_spoco.suggestions import _centroids
+
+    rng = np.random.default_rng(len(shape))
+    labels = rng.integers(0, 12, size=shape) * (rng.random(shape) < 0.7)
+    labels[labels == 11] = 70_000  # ids need not be small or consecutive
+    ids = [70_000, 3, 7, 1]
+    got = _centroids(labels, ids)
+    assert list(got) == ids  # in the order asked
+    expected = ndi.center_of_mass(np.ones(shape), labels, ids)
+    for label, centre in zip(ids, expected):
+        assert got[label] == tuple(round(float(c), 2) for c in centre)
