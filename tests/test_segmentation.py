@@ -195,6 +195,21 @@ def test_a_multi_tile_segment_embeds_the_whole_image_once_when_it_fits(monkeypat
     assert labels.shape == tiled.shape == image.shape
 
 
+def test_a_one_tile_segment_reports_the_networks_tiles_then_the_clustering():
+    """A 2D image up to 2048² is one segmentation tile: the progress bar must still move with
+    the network's tiles instead of waiting at 0 until the whole Segment is done."""
+    from napari_spoco.segmentation import segment
+
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=3), seed=0)
+    image = np.random.default_rng(3).random((150, 130)).astype(np.float32)
+    seen = []
+    segment(model, image, device="cpu", tile_shape=(512, 512), tta=False,
+            progress=lambda done, total: seen.append((done, total)))
+    network = max(1, len(seen) - 1)
+    assert len(seen) >= 2, seen  # at least one network step before the clustering's
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1)) and {t for _, t in seen} == {network + 1}
+
+
 def test_embedding_first_gives_way_to_tiles_when_memory_is_short(monkeypatch):
     from napari_spoco import inference
     from napari_spoco.segmentation import embeds_first

@@ -263,9 +263,18 @@ def _segment_at_network_scale(
         if first:
             emb = _crop_embedding(whole, region)
         else:
+            embedding_progress = None
+            if progress is not None and len(blocks) == 1:
+                # one tile (a 2D image up to 2048²): the network's tiles are the progress, then
+                # the clustering, as when a larger image is embedded first
+                def embedding_progress(i: int, n: int) -> None:
+                    nonlocal done
+                    done = i
+                    progress(i, n + 1)
+
             emb = embed(model, block, device=device, with_teacher=with_teacher,
                         edges=_tile_edges(edges, region, spatial), max_tile_voxels=tile_voxels, precision=precision,
-                        tta=tta)
+                        tta=tta, progress=embedding_progress)
         if _timing is not None:  # benchmarks: time spent embedding, the rest is clustering
             _timing["embed_s"] = _timing.get("embed_s", 0.0) + time.perf_counter() - t0
         labels = cluster_embeddings(emb.embeddings, emb.foreground, cfg, emb.teacher_embeddings)
