@@ -133,6 +133,25 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     assert row.go_to_next() == 0
 
 
+def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes):
+    """With no Labels layer but the result, the sparse-labels picker chooses the result: its
+    instances are predictions, not painted objects, and must still be suggested."""
+    viewer, widget = spoco
+    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
+        viewer.layers.remove(layer)
+    widget.model_panel.default_model_btn.click()
+    widget.segment_panel.segment_btn.click()
+    result = viewer.layers["nuclei instances"]
+    assert widget.data_panel.labels is result  # the picker's only choice
+    row = widget.segment_panel.suggest_row
+    row.k_spin.setValue(3)
+    row.suggest_btn.click()
+    assert not notes["error"], notes["error"]
+    points = viewer.layers[SUGGESTIONS_LAYER]
+    assert len(points.data) == 3 and set(points.features["id"]) <= set(np.unique(result.data)) - {0}
+    assert row.painted_sizes(result.data.shape) is None  # sizes come from the result's own objects
+
+
 def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose, balls):
     viewer, widget = spoco
     _add_volume(viewer, widget, choose, balls, paint=False)

@@ -99,7 +99,7 @@ class SuggestRow(QWidget):
         self.update_buttons()
         self.label.setText("Ranking the objects…")
         ranked = self.embedding  # a Segment that ends meanwhile makes these suggestions stale
-        sparse = self.data.labels
+        sparse = self._sparse()
         painted = np.array(sparse.data) if sparse is not None and sparse.data.shape == labels.shape else None
         workers.launch(
             workers.suggest_job, labels, self.embedding, int(self.k_spin.value()), self.painted_sizes(labels.shape),
@@ -107,10 +107,17 @@ class SuggestRow(QWidget):
             sync=self.state.sync,
         )
 
+    def _sparse(self):
+        """The chosen sparse labels, unless that is the segmentation itself: with no other Labels
+        layer the picker chooses the result, whose every instance would then count as painted
+        and none be suggested."""
+        sparse = self.data.labels
+        return None if sparse is None or sparse.unique_id == self._result_id else sparse
+
     def painted_sizes(self, shape) -> list[int] | None:
         """Pixel counts of the objects painted in the chosen sparse labels (when they cover the
         segmented image): the size an object should have."""
-        sparse = self.data.labels
+        sparse = self._sparse()
         if sparse is None or sparse.data.shape != shape:
             return None
         values = np.asarray(sparse.data)
