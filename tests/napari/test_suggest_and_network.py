@@ -133,7 +133,7 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     assert row.go_to_next() == 0
 
 
-def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes):
+def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes, choose):
     """With no Labels layer but the result, the sparse-labels picker chooses the result: its
     instances are predictions, not painted objects, and must still be suggested."""
     viewer, widget = spoco
@@ -150,6 +150,37 @@ def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco,
     points = viewer.layers[SUGGESTIONS_LAYER]
     assert len(points.data) == 3 and set(points.features["id"]) <= set(np.unique(result.data)) - {0}
     assert row.painted_sizes(result.data.shape) is None  # sizes come from the result's own objects
+    # Another image's segmentation chosen as sparse labels is no painting of this one either.
+    viewer.add_image(np.ascontiguousarray(viewer.layers["nuclei"].data[::-1]), name="flipped")
+    choose(widget.data_panel.image_box, "flipped")
+    widget.segment_panel.segment_btn.click()
+    choose(widget.data_panel.labels_box, "nuclei instances")
+    flipped = viewer.layers["flipped instances"]
+    assert row.painted_sizes(flipped.data.shape) is None
+    row.suggest_btn.click()
+    assert set(viewer.layers[SUGGESTIONS_LAYER].features["id"]) <= set(np.unique(flipped.data)) - {0}
+    assert not notes["error"], notes["error"]
+
+
+def test_segment_moves_the_panels_bar_with_the_networks_tiles_then_the_clustering(spoco, notes, monkeypatch):
+    from napari_spoco._napari import workers
+
+    viewer, widget = spoco
+    widget.model_panel.default_model_btn.click()
+    panel = widget.segment_panel
+    seen = []
+    real = panel._on_progress
+    monkeypatch.setattr(panel, "_on_progress", lambda done, total: seen.append((done, total)) or real(done, total))
+    panel._relay.progressed.disconnect()
+    panel._relay.progressed.connect(panel._on_progress)
+    totals = []
+    real_to = workers.Activity.to
+    monkeypatch.setattr(workers.Activity, "to", lambda self, n, total=None: totals.append(total) or real_to(self, n, total))
+    panel.segment_btn.click()
+    assert not notes["error"], notes["error"]
+    assert len(seen) >= 2 and [d for d, _ in seen] == list(range(1, len(seen) + 1))
+    assert {t for _, t in seen} == {len(seen)} and set(totals) == {len(seen)}
+    assert panel.busy_bar.maximum() == panel.busy_bar.value() == len(seen)  # a count, not a busy bar
 
 
 def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose, balls):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -39,6 +39,13 @@ EMBEDDING_SUFFIX = " embeddings (PCA)"
 __all__ = ["EMBEDDING_SUFFIX", "RESULT_SUFFIX", "SegmentPanel"]
 
 
+class _ProgressRelay(QObject):
+    """Carries a segmentation's (done, total) from the worker thread to the GUI thread. No Qt
+    parent: a worker still running when the panel closes emits into an object that exists."""
+
+    progressed = Signal(int, int)
+
+
 class SegmentPanel(QGroupBox):
     """``segmented`` is emitted with the name of the labels layer a segmentation went to."""
 
@@ -50,6 +57,8 @@ class SegmentPanel(QGroupBox):
         self.activity: workers.Activity | None = None  # the bar in napari's activity dock
         self._target = None  # (image id, image name, result layer id, result layer created)
         self._note = ""  # the voxel size the running segmentation uses, for the status line
+        self._relay = _ProgressRelay()  # the network's tiles, then the clustering's, as they finish
+        self._relay.progressed.connect(self._on_progress)
         form = QFormLayout(self)
         self.method_box = QComboBox()
         self.method_box.addItems(list(METHODS))
@@ -208,6 +217,7 @@ class SegmentPanel(QGroupBox):
             voxel_size=voxel,
             precision=self.precision_box.currentText(),
             tta=self.tta_check.isChecked(),
+            progress=None if series else self._relay.progressed.emit,
         )
         self._note = f", {note}" if note else ""
         self._why_no_suggestions = (
@@ -218,6 +228,7 @@ class SegmentPanel(QGroupBox):
         # Layers are found again by id: they may be renamed or removed while the job runs.
         self._target = (image.unique_id, image.name, layer.unique_id, created)
         self.segment_label.setText(f"Segmenting '{image.name}' ({config.method}{self._note})…")
+        self.busy_bar.setRange(0, 0)  # busy until the first tile is done (a 2D+t stack: throughout)
         self.busy_bar.setVisible(True)
         self.state.job.start(Job.SEGMENT)
         self.activity = workers.Activity(f"SPOCO segmenting '{image.name}'", widget=self)
@@ -229,6 +240,13 @@ class SegmentPanel(QGroupBox):
             on_finish=self._on_segment_finished,
             sync=self.state.sync,
         )
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self.state.closing.closed or self.activity is None or self.activity.closed or total <= 0:
+            return
+        self.busy_bar.setRange(0, total)
+        self.busy_bar.setValue(done)
+        self.activity.to(done, total)  # last: napari's dock turns the event loop as it redraws
 
     def _result_layer(self, image) -> tuple[Labels, bool]:
         """The Labels layer a segmentation of ``image`` goes to: its '… instances' layer if it

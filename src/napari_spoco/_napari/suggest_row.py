@@ -108,11 +108,13 @@ class SuggestRow(QWidget):
         )
 
     def _sparse(self):
-        """The chosen sparse labels, unless that is the segmentation itself: with no other Labels
-        layer the picker chooses the result, whose every instance would then count as painted
-        and none be suggested."""
+        """The chosen sparse labels, unless that is a segmentation (this one or another image's):
+        with no other Labels layer the picker chooses a result, whose instances would then count
+        as painted and be left out (all of them, for this image's own result)."""
         sparse = self.data.labels
-        return None if sparse is None or sparse.unique_id == self._result_id else sparse
+        if sparse is None or sparse.unique_id == self._result_id or sparse.metadata.get("spoco_result_of"):
+            return None
+        return sparse
 
     def painted_sizes(self, shape) -> list[int] | None:
         """Pixel counts of the objects painted in the chosen sparse labels (when they cover the

@@ -111,6 +111,7 @@ class SegmentJob:
     voxel_size: tuple[float, ...] | None = None  # from the layer's scale (None: the model's)
     precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
     tta: bool = True  # test-time augmentation (napari_spoco.segment)
+    progress: Callable[[int, int], None] | None = None  # (done, total) from the worker (not for series)
 
 
 @dataclass
@@ -135,11 +136,11 @@ def segment_job(job: SegmentJob) -> SegmentResult:
         labels = segment_series(job.model, job.image, config=job.config, precision=job.precision, tta=job.tta)
     elif job.with_embedding or job.keep_embedding:
         labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True,
-                              voxel_size=job.voxel_size, precision=job.precision, tta=job.tta)
+                              voxel_size=job.voxel_size, precision=job.precision, tta=job.tta, progress=job.progress)
         rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
         labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size,
-                         precision=job.precision, tta=job.tta)
+                         precision=job.precision, tta=job.tta, progress=job.progress)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
 
@@ -305,12 +306,15 @@ class Activity:
         for label in self._indicators:
             label.movie().stop()  # napari started it as the bar was added
 
-    def to(self, n: int) -> None:
-        """Move the bar to ``n`` steps done: the first and the last step, and otherwise at
-        most every ``MIN_INTERVAL`` seconds. napari's dock turns the event loop as it redraws
-        the bar, 15-30 ms of GUI time on a 2-core CPU, too much for every training step;
-        call it last in a handler."""
+    def to(self, n: int, total: int | None = None) -> None:
+        """Move the bar to ``n`` steps done (of ``total``, where the count is known only as the
+        job runs: a Segment learns its tiles as it goes): the first and the last step, and
+        otherwise at most every ``MIN_INTERVAL`` seconds. napari's dock turns the event loop as
+        it redraws the bar, 15-30 ms of GUI time on a 2-core CPU, too much for every training
+        step; call it last in a handler."""
         now = time.perf_counter()
+        if total is not None and not self.closed and total != self.progress.total:
+            self.progress.total = total
         total = self.progress.total or 0
         if self.closed or n <= self.progress.n or (now - self._moved < self.MIN_INTERVAL and n < total):
             return
