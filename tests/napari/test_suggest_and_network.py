@@ -199,3 +199,19 @@ def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose, balls):
     assert row.go_to_next() == 0
     z, y, x = points.data[0]
     assert abs(viewer.dims.point[0] - z) <= 0.5 and np.allclose(_camera(viewer).center[-2:], (y, x), atol=0.5)
+
+
+def test_training_on_a_segmentation_says_every_object_counts_as_painted(spoco, notes):
+    """With no sparse labels layer the picker's only choice after Segment is the result: Train
+    then learns every predicted object, which the user may not mean, so the panel says so."""
+    viewer, widget = spoco
+    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
+        viewer.layers.remove(layer)
+    widget.model_panel.default_model_btn.click()
+    widget.segment_panel.segment_btn.click()
+    assert widget.data_panel.labels is viewer.layers["nuclei instances"]
+    assert not any("is a segmentation" in n for n in notes["info"])
+    widget.train_panel.steps_spin.setValue(1)
+    widget.train_panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    assert any("'nuclei instances' is a segmentation: every object in it counts as painted" in n for n in notes["info"])

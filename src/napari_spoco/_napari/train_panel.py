@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -143,6 +143,13 @@ class TrainPanel(QGroupBox):
             self.train_label.setText("Not trained: the painted labels could not be used (see the notification).")
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
+        chosen = self.data.labels
+        if chosen.metadata.get("spoco_result_of"):
+            # the picker's only choice when no sparse labels layer exists: say so, it may not be meant
+            note = (f"'{chosen.name}' is a segmentation: every object in it counts as painted. To train on a few "
+                    "objects, paint them in 'New sparse labels' (Use selected as labels copies corrected ones).")
+            show_info(note)
+            message += " " + note
         # The voxel size of the chosen image's layer scale (None when it is all ones), else the
         # model's, else estimated from the painted objects' shape (scaling.estimate_voxel_size).
         model = self.state.model.current
