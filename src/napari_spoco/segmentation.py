@@ -40,8 +40,9 @@ def segment_tile_shape(ndim: int) -> tuple[int, ...]:
     is too large to compute first): 2048² in 2D (the region a block-wise block reads,
     ``blockwise.REGION_PIXELS``), 64×384×384 in 3D (half a GB to a GB of working memory).
     Smaller 2D tiles clustered each image about twice over in their halos: 1024² tiles made a
-    2048² Segment take 1.5-2x the time; 2048² tiles cost up to 0.3 GB more where nearly every
-    pixel is foreground (docs/benchmarks.md, "Clustering tiles of 2048²")."""
+    2048² Segment take 1.4-2.3x the time with one network pass; 2048² tiles cost up to 0.3 GB
+    more where nearly every pixel is foreground (docs/benchmarks.md, "Clustering tiles of
+    2048²")."""
     return (2048, 2048) if ndim == 2 else (64, 384, 384)
 
 
