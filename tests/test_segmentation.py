@@ -252,3 +252,20 @@ def test_the_fragment_floor_comes_down_to_the_images_pieces_when_the_painting_is
     assert adapted_min_size(labels, 450, 500.0, 16) == 45
     assert adapted_min_size(labels, 30, 500.0, 16) == 30
     assert adapted_min_size(np.zeros((8, 8), np.int64), 450, 3000.0, 16) == 450
+
+
+def test_messages_about_a_bad_image_use_the_name_the_caller_gives():
+    from napari_spoco.errors import SpocoError
+    from napari_spoco.segmentation import segment, segment_series
+
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=3), seed=0)
+    image = np.random.default_rng(4).random((64, 64)).astype(np.float32)
+    image[3, 3] = np.nan
+    with pytest.raises(SpocoError, match="^'cells.tif': "):
+        segment(model, image, device="cpu", name="'cells.tif'")
+    with pytest.raises(SpocoError, match="^image: "):  # the library's default
+        segment(model, image, device="cpu")
+    with pytest.raises(SpocoError, match="^'movie', frame 1: "):
+        segment_series(model, np.stack([np.zeros_like(image) + 0.5, image]), device="cpu", name="'movie'")
+    with pytest.raises(SpocoError, match="2D model but 'volume' is 3D"):
+        segment(model, np.zeros((8, 64, 64), np.float32), device="cpu", name="'volume'")

@@ -56,17 +56,18 @@ class PreparedImage:
 
 
 def prepare_image(
-    model: SpocoModel, image: np.ndarray, value_range=None, channel_axis: int | None = None
+    model: SpocoModel, image: np.ndarray, value_range=None, channel_axis: int | None = None, name: str = "image"
 ) -> PreparedImage:
     """Check ``image`` for ``model`` (channels, 2D/3D as the model, finite values) and take its
     intensity range (``value_range`` when given: crops of a larger image normalise like it);
-    the one preparation step of :func:`embed` and :func:`napari_spoco.segment`."""
+    the one preparation step of :func:`embed` and :func:`napari_spoco.segment`. ``name`` is
+    what the messages call the image (a file or a layer)."""
     channels = model.config.in_channels
-    data = check_image(image, "image", channels, channel_axis)
+    data = check_image(image, name, channels, channel_axis)
     shape = spatial_shape(data, channels)
     if len(shape) != model.config.ndim:
         raise SpocoError(
-            f"This is a {model.config.ndim}D model but the image is {len(shape)}D "
+            f"This is a {model.config.ndim}D model but {'the image' if name == 'image' else name} is {len(shape)}D "
             f"(shape {data.shape}); use a model trained on {len(shape)}D images."
         )
     if value_range is None:

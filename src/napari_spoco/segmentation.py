@@ -83,6 +83,7 @@ def segment(
     voxel_size: tuple[float, ...] | None = None,
     precision: str = INFERENCE_PRECISION,
     tta: bool = True,
+    name: str = "image",
 ) -> np.ndarray | tuple[np.ndarray, Embedding]:
     """Segment a 2D/3D image into instances (uint16/uint32 label image of the image's spatial
     shape).
@@ -117,7 +118,8 @@ def segment(
     ``bfloat16`` (:func:`napari_spoco.inference.embed`; docs/method.md, "Number format").
     ``tta`` (test-time augmentation): the network's output is averaged over the image and its
     mirror images in Y and X (four forward passes: 2-3x the time of a Segment, for AP50 gained
-    on four of our five benchmark sets; docs/method.md); ``False`` runs it once.
+    on four of our five benchmark sets; docs/method.md); ``False`` runs it once. ``name`` is what
+    messages about a bad image call it (the napari panel gives the layer's name).
     """
     from .precision import check_precision
     from .training import as_model
@@ -130,7 +132,7 @@ def segment(
     if image is None or isinstance(image, (str, bytes)):
         raise SpocoError("image must be an array; read a file first, e.g. with napari_spoco.io.read_image.")
     # Checked and its range taken once, of the whole image: every tile normalises alike.
-    prepared = prepare_image(model, image, value_range, channel_axis)
+    prepared = prepare_image(model, image, value_range, channel_axis, name)
     return _segment_prepared(model, prepared, config, tile_shape, device, progress, return_embedding, _timing,
                              voxel_size, precision=precision, tta=tta)
 
@@ -406,19 +408,21 @@ def segment_series(
     progress: Callable[[int, int], None] | None = None,
     precision: str = INFERENCE_PRECISION,
     tta: bool = True,
+    name: str = "stack",
 ) -> np.ndarray:
     """Segment a 2D+t stack ``(T, Y, X)`` frame by frame with a 2D model.
 
     Ids are made unique across frames (frame t's ids follow frame t-1's), so that any instance
     can be picked, promoted or exported without ambiguity. ``method`` and ``config`` are
-    :func:`segment`'s, as are ``precision`` and ``tta``; ``progress(done, total)`` counts frames.
+    :func:`segment`'s, as are ``precision`` and ``tta``; ``progress(done, total)`` counts frames;
+    ``name`` is what messages call the stack (a frame's says which).
     """
     stack = np.asarray(stack)
     out = np.zeros(stack.shape[:3], dtype=np.int64)
     offset = 0
     for t in range(stack.shape[0]):
         lab = segment(model, stack[t], method=method, config=config, device=device,
-                      precision=precision, tta=tta).astype(np.int64)
+                      precision=precision, tta=tta, name=f"{name}, frame {t}").astype(np.int64)
         out[t] = np.where(lab > 0, lab + offset, 0)
         offset = int(out[t].max(initial=offset))
         if progress is not None:

@@ -218,6 +218,7 @@ class SegmentPanel(QGroupBox):
             precision=self.precision_box.currentText(),
             tta=self.tta_check.isChecked(),
             progress=None if series else self._relay.progressed.emit,
+            name=f"'{image.name}'",
         )
         self._note = f", {note}" if note else ""
         self._why_no_suggestions = (
@@ -313,10 +314,7 @@ class SegmentPanel(QGroupBox):
         if self.state.closing.closed:  # the panel is gone
             return
         self._drop_empty_result_layer()
-        message = error_message(exc, "Segmentation")
-        if self._target is not None and message.startswith("image: "):  # the core's name for it: the layer's
-            message = f"'{self._target[1]}': {message[len('image: '):]}"
-        show_error(message)
+        show_error(error_message(exc, "Segmentation"))
         self.segment_label.setText("Segmentation failed; see the notification.")
 
     def _on_segment_finished(self) -> None:

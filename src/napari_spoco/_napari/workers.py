@@ -112,6 +112,7 @@ class SegmentJob:
     precision: str = INFERENCE_PRECISION  # the network's number format (napari_spoco.precision)
     tta: bool = True  # test-time augmentation (napari_spoco.segment)
     progress: Callable[[int, int], None] | None = None  # (done, total) from the worker (not for series)
+    name: str = "image"  # what messages call the image: the layer's name, quoted
 
 
 @dataclass
@@ -133,14 +134,16 @@ def segment_job(job: SegmentJob) -> SegmentResult:
     if not isinstance(job.image, np.ndarray):  # a small dask or zarr layer: read here, off the GUI thread
         job = replace(job, image=np.asarray(job.image))
     if job.series:
-        labels = segment_series(job.model, job.image, config=job.config, precision=job.precision, tta=job.tta)
+        labels = segment_series(job.model, job.image, config=job.config, precision=job.precision, tta=job.tta,
+                                name=job.name)
     elif job.with_embedding or job.keep_embedding:
         labels, emb = segment(job.model, job.image, config=job.config, return_embedding=True,
-                              voxel_size=job.voxel_size, precision=job.precision, tta=job.tta, progress=job.progress)
+                              voxel_size=job.voxel_size, precision=job.precision, tta=job.tta, progress=job.progress,
+                              name=job.name)
         rgb = embedding_rgb(emb.embeddings) if job.with_embedding else None
     else:
         labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size,
-                         precision=job.precision, tta=job.tta, progress=job.progress)
+                         precision=job.precision, tta=job.tta, progress=job.progress, name=job.name)
     objects = count_objects(labels)
     return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
 
