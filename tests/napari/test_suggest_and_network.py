@@ -133,17 +133,63 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     assert row.go_to_next() == 0
 
 
-def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes, choose):
-    """With no Labels layer but the result, the sparse-labels picker chooses the result: its
-    instances are predictions, not painted objects, and must still be suggested."""
+def test_sparse_labels_picker_never_takes_a_segmentation_by_itself(spoco, notes, choose):
+    """A Segment result or the live preview appearing when no painted layer is chosen stays
+    unchosen (the picker lists it for the user); a painted layer added later is taken."""
+    viewer, widget = spoco
+    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
+        viewer.layers.remove(layer)
+    assert widget.data_panel.labels is None
+    widget.model_panel.default_model_btn.click()
+    widget.segment_panel.segment_btn.click()
+    assert not notes["error"], notes["error"]
+    result = viewer.layers["nuclei instances"]
+    assert widget.data_panel.labels is None and result in widget.data_panel.labels_box.choices
+    assert not widget.train_panel.train_btn.isEnabled()
+    painted = viewer.add_labels(np.zeros(result.data.shape, np.uint16), name="painted")
+    assert widget.data_panel.labels is painted
+    viewer.layers.remove(painted)  # gone: back to none, not to the segmentation
+    assert widget.data_panel.labels is None
+    choose(widget.data_panel.labels_box, "nuclei instances")  # the user's choice is kept
+    viewer.add_labels(np.zeros(result.data.shape, np.uint16), name="later")
+    assert widget.data_panel.labels is result
+
+
+def test_use_selected_as_labels_with_no_sparse_labels_makes_them(spoco, notes):
+    """Segment, then accept an object before painting anything: the accepted object starts a new
+    sparse-labels layer of the image, chosen in the picker (not a refusal, not the result)."""
     viewer, widget = spoco
     for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
         viewer.layers.remove(layer)
     widget.model_panel.default_model_btn.click()
     widget.segment_panel.segment_btn.click()
     result = viewer.layers["nuclei instances"]
-    assert widget.data_panel.labels is result  # the picker's only choice
+    correct = widget.correct_panel
+    assert widget.data_panel.labels is None and correct.promote_sel_btn.isEnabled()
+    ids = np.unique(result.data)
+    result.selected_label = int(ids[ids > 0][0])
+    assert correct.promote(selected_only=True) == 1
+    assert not notes["error"] and not notes["warning"], (notes["error"], notes["warning"])
+    sparse = widget.data_panel.labels
+    assert sparse is viewer.layers["nuclei sparse labels"] and sparse is not result
+    assert len(np.unique(sparse.data)) == 2 and np.array_equal(sparse.data > 0, result.data == result.selected_label)
+
+
+def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes, choose):
+    """With the result itself chosen as sparse labels, its instances are predictions, not
+    painted objects, and must still be suggested."""
+    viewer, widget = spoco
+    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
+        viewer.layers.remove(layer)
+    widget.model_panel.default_model_btn.click()
+    widget.segment_panel.segment_btn.click()
+    result = viewer.layers["nuclei instances"]
+    assert widget.data_panel.labels is None  # never chosen by itself
     row = widget.segment_panel.suggest_row
+    row.suggest_btn.click()  # nothing chosen as the painting: every object is a candidate
+    assert not notes["error"], notes["error"]
+    assert set(viewer.layers[SUGGESTIONS_LAYER].features["id"]) <= set(np.unique(result.data)) - {0}
+    choose(widget.data_panel.labels_box, "nuclei instances")
     row.k_spin.setValue(3)
     row.suggest_btn.click()
     assert not notes["error"], notes["error"]
@@ -201,14 +247,15 @@ def test_suggest_next_in_3d_goes_to_the_slice(spoco, notes, choose, balls):
     assert abs(viewer.dims.point[0] - z) <= 0.5 and np.allclose(_camera(viewer).center[-2:], (y, x), atol=0.5)
 
 
-def test_training_on_a_segmentation_says_every_object_counts_as_painted(spoco, notes):
-    """With no sparse labels layer the picker's only choice after Segment is the result: Train
-    then learns every predicted object, which the user may not mean, so the panel says so."""
+def test_training_on_a_segmentation_says_every_object_counts_as_painted(spoco, notes, choose):
+    """A result chosen as sparse labels: Train then learns every predicted object, which the
+    user may not mean, so the panel says so."""
     viewer, widget = spoco
     for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
         viewer.layers.remove(layer)
     widget.model_panel.default_model_btn.click()
     widget.segment_panel.segment_btn.click()
+    choose(widget.data_panel.labels_box, "nuclei instances")
     assert widget.data_panel.labels is viewer.layers["nuclei instances"]
     assert not any("is a segmentation" in n for n in notes["info"])
     widget.train_panel.steps_spin.setValue(1)

@@ -20,7 +20,7 @@ from ..out_of_core import STORE_KEY, Cancelled, lazy_levels, step_count, voxel_n
 from ..precision import INFERENCE_PRECISION
 from . import workers
 from .dialogs import error_message
-from .layers import find_layer, image_data, referenced_stores, spatial_shape
+from .layers import RESULT_KEY, find_layer, image_data, referenced_stores, spatial_shape
 from .state import Job
 
 RESULT_SUFFIX = " instances"
@@ -104,7 +104,7 @@ class BlockwiseRun(QObject):
             return
         layer = self._result_layer(image, lazy_levels(result.labels, levels), result.shape)
         layer.metadata[STORE_KEY] = str(result.path)
-        layer.metadata["spoco_result_of"] = image.name
+        layer.metadata[RESULT_KEY] = image.name
         self.state.stores.release(result.path)
         self.state.stores.sweep(referenced_stores(self.viewer))  # results no layer reads any more
         text = (f"{result.objects} instances in {result.blocks} blocks, {result.seconds:.0f} s (block-wise{note}) "
@@ -134,7 +134,7 @@ class BlockwiseRun(QObject):
         active = self.viewer.layers.selection.active
         nd = len(shape)
         layer = self.viewer.add_labels(data, name=name, multiscale=multiscale, scale=image.scale[-nd:],
-                                       translate=image.translate[-nd:])
+                                       translate=image.translate[-nd:], metadata={RESULT_KEY: image.name})
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer

@@ -12,7 +12,7 @@ from ..data import promote_instances
 from ..metrics import evaluate
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import image_data, refuse_if_too_large
+from .layers import image_data, refuse_if_too_large, spatial_shape
 from .state import SpocoState
 from .widgets import layer_picker
 
@@ -48,23 +48,34 @@ class CorrectPanel(QGroupBox):
         form.addRow(self.eval_label)
         for picker in (self.result_box, self.gt_box, data.labels_box):
             picker.changed.connect(self.update_buttons)
+        data.image_changed.connect(self.update_buttons)
         self.update_buttons()
 
     def update_buttons(self, *args) -> None:
         if self.state.closing.closed:
             return
         has_result = self.result_box.value is not None
-        self.promote_sel_btn.setEnabled(has_result and self.data.labels is not None)
-        self.promote_all_btn.setEnabled(has_result and self.data.labels is not None)
+        # with no sparse labels chosen, promoting makes them ('New sparse labels') for the image
+        can_promote = has_result and (self.data.labels is not None or self.data.image is not None)
+        self.promote_sel_btn.setEnabled(can_promote)
+        self.promote_all_btn.setEnabled(can_promote)
         self.evaluate_btn.setEnabled(has_result and self.gt_box.value is not None)
 
     def promote(self, selected_only: bool) -> int:
         """Copy the segmentation's selected instance (or all of them) into the sparse labels;
         the number of instances copied."""
         result, sparse = self.result_box.value, self.data.labels
-        if result is None or sparse is None:
-            show_warning("Choose a segmentation and a sparse-labels layer first.")
+        if result is None:
+            show_warning("Choose a segmentation first.")
             return 0
+        if sparse is None:  # none yet: the accepted objects start them
+            if self.data.image is None or spatial_shape(self.data.image) != spatial_shape(result):
+                show_warning("Choose a sparse-labels layer of the segmentation's shape first (or choose its image "
+                             "and press 'New sparse labels').")
+                return 0
+            sparse = self.data.new_sparse_labels()
+            if sparse is None:
+                return 0
         if result.name == sparse.name:
             show_warning("The segmentation and the sparse labels are the same layer; choose two different layers.")
             return 0

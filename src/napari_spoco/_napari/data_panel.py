@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QPush
 from ..data import channel_count
 from ..errors import SpocoError
 from ..label_dtypes import EDITABLE_LABELS_DTYPE
-from .layers import LINK_KEY, looks_like_time_series, refuse_if_too_large, spatial_shape
+from .layers import LINK_KEY, is_segmentation, looks_like_time_series, refuse_if_too_large, spatial_shape
 from .state import SpocoState
 from .widgets import layer_picker, select_layer
 
@@ -37,8 +37,10 @@ class DataPanel(QGroupBox):
             self.viewer,
             Labels,
             "Sparse labels: paint a few whole objects, each with its own id. Unpainted pixels are 'unknown', "
-            "not background.",
+            "not background. A segmentation made by Segment is listed too (choose it to train on every "
+            "object in it), but never chosen by itself.",
             closed=state.closing.is_closed,
+            auto=lambda layer: not is_segmentation(layer),
         )
         form.addRow("Sparse labels", self.labels_box.native)
         row = QHBoxLayout()

@@ -15,6 +15,12 @@ from ..errors import SpocoError
 from ..out_of_core import STORE_KEY, is_lazy, too_large_for_memory
 
 LINK_KEY = "spoco_image"  # Labels.metadata[LINK_KEY] = name of the image the labels belong to
+RESULT_KEY = "spoco_result_of"  # Labels.metadata[RESULT_KEY] = name of the image a segmentation (or preview) is of
+
+
+def is_segmentation(layer) -> bool:
+    """A Labels layer that Segment or the live preview made (not one the user painted)."""
+    return bool(layer.metadata.get(RESULT_KEY))
 
 
 def spatial_shape(layer) -> tuple[int, ...]:

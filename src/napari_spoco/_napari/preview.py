@@ -9,7 +9,7 @@ from napari.layers import Labels
 from ..label_dtypes import EDITABLE_LABELS_DTYPE
 from ..model import ModelConfig, SpocoModel
 from ..segmentation import preview_box
-from .layers import find_layer, image_data, spatial_shape
+from .layers import RESULT_KEY, find_layer, image_data, spatial_shape
 from .workers import PreviewResult, PreviewTarget
 
 PREVIEW_LAYER = "SPOCO preview"
@@ -68,7 +68,8 @@ def show_preview(viewer, result: PreviewResult, keep_active=None) -> bool:
             viewer.layers.remove(layer)
         layer = None
     if layer is None:
-        layer = viewer.add_labels(labels, name=PREVIEW_LAYER, scale=scale, translate=translate, opacity=0.5)
+        layer = viewer.add_labels(labels, name=PREVIEW_LAYER, scale=scale, translate=translate, opacity=0.5,
+                                  metadata={RESULT_KEY: image.name})
         layer.contour = 1
         if keep_active is not None:
             viewer.layers.selection.active = keep_active

@@ -30,7 +30,7 @@ from . import workers
 from .blockwise_run import RESULT_SUFFIX, BlockwiseRun
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import find_layer, image_data, spatial_shape
+from .layers import RESULT_KEY, find_layer, image_data, spatial_shape
 from .preview import PREVIEW_LAYER
 from .state import Job, SpocoState
 from .suggest_row import MAX_KEPT_PIXELS, SuggestRow
@@ -264,8 +264,9 @@ class SegmentPanel(QGroupBox):
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
         # the type of an empty result, as most results are: the result replaces the zeros
+        # marked at once: the sparse-labels picker must not take it as the painting when it appears
         layer = self.viewer.add_labels(np.zeros(shape, label_dtype(0)), name=name, scale=image.scale[-len(shape):],
-                                       translate=image.translate[-len(shape):])
+                                       translate=image.translate[-len(shape):], metadata={RESULT_KEY: image.name})
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer, True
@@ -291,13 +292,13 @@ class SegmentPanel(QGroupBox):
         kwargs = dict(scale=image.scale[-ndim:], translate=image.translate[-ndim:])
         layer = find_layer(self.viewer, layer_id)
         if layer is None or layer.data.shape != result.labels.shape:  # removed meanwhile
-            layer = self.viewer.add_labels(result.labels, name=name, **kwargs)
+            layer = self.viewer.add_labels(result.labels, name=name, metadata={RESULT_KEY: image.name}, **kwargs)
         else:
             if layer.name == launched_name + RESULT_SUFFIX and image.name != launched_name:
                 layer.name = name  # the image was renamed: its result follows
             layer.data = result.labels
         name = layer.name
-        layer.metadata["spoco_result_of"] = image.name
+        layer.metadata[RESULT_KEY] = image.name
         layer.metadata.pop(STORE_KEY, None)  # it held a block-wise result before: no longer
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].visible = False

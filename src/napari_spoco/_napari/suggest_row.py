@@ -21,7 +21,7 @@ from ..out_of_core import LAZY_IN_MEMORY_PIXELS
 from ..suggestions import SCORED
 from . import workers
 from .dialogs import error_message
-from .layers import find_layer
+from .layers import find_layer, is_segmentation
 
 SUGGESTIONS_LAYER = "SPOCO suggestions"
 #: Pixels up to which a segmentation keeps its embedding for suggestions (16 float32 channels:
@@ -108,11 +108,11 @@ class SuggestRow(QWidget):
         )
 
     def _sparse(self):
-        """The chosen sparse labels, unless that is a segmentation (this one or another image's):
-        with no other Labels layer the picker chooses a result, whose instances would then count
+        """The chosen sparse labels, unless that is a segmentation (this one or another image's,
+        chosen by the user: the picker never takes one by itself), whose instances would then count
         as painted and be left out (all of them, for this image's own result)."""
         sparse = self.data.labels
-        if sparse is None or sparse.unique_id == self._result_id or sparse.metadata.get("spoco_result_of"):
+        if sparse is None or sparse.unique_id == self._result_id or is_segmentation(sparse):
             return None
         return sparse
 

@@ -33,7 +33,7 @@ from ..training import TrainConfig, TrainProgress, pretrain_config
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import image_data, refuse_if_too_large, spatial_shape, training_set
+from .layers import image_data, is_segmentation, refuse_if_too_large, spatial_shape, training_set
 from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
 from .state import Job, ModelSource, SpocoState
 from .widgets import LossPlot, NetworkBox
@@ -144,8 +144,8 @@ class TrainPanel(QGroupBox):
             return
         message = f"Starting on {len(data.images)} image(s), {data.n_objects} painted objects…"
         chosen = self.data.labels
-        if chosen.metadata.get("spoco_result_of"):
-            # the picker's only choice when no sparse labels layer exists: say so, it may not be meant
+        if is_segmentation(chosen):
+            # chosen by the user (the picker never takes one by itself): say what it means
             note = (f"'{chosen.name}' is a segmentation: every object in it counts as painted. To train on a few "
                     "objects, paint them in 'New sparse labels' (Use selected as labels copies corrected ones).")
             show_info(note)

@@ -16,9 +16,15 @@ from ..model import NETWORK_CHOICES, network_name
 
 
 def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False,
-                 closed: Callable[[], bool] = lambda: False) -> ComboBox:
+                 closed: Callable[[], bool] = lambda: False,
+                 auto: Callable[[object], bool] | None = None) -> ComboBox:
     """A magicgui combo box of ``viewer``'s layers of ``layer_type`` (its value: the layer, or
     None), kept current as layers are added, removed, reordered and renamed.
+
+    ``auto``: which layers the picker may choose by itself. When nothing is chosen, or the chosen
+    layer goes away, it takes the first layer that ``auto`` accepts, or none (the picker is then
+    nullable); every layer stays in the list for the user to choose. The sparse-labels picker
+    uses it so that a segmentation added by Segment is never taken as the painting unasked.
 
     napari refreshes the pickers of a magicgui dock widget itself (``reset_choices`` on the
     layer list's events), but only for a widget that has ``reset_choices`` and only once it
@@ -30,7 +36,10 @@ def layer_picker(viewer, layer_type, tooltip: str = "", nullable: bool = False,
     def choices(_widget) -> list[tuple[str, object]]:
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
 
-    picker = ComboBox(choices=choices, nullable=nullable, tooltip=tooltip or None)
+    picker = ComboBox(choices=choices, nullable=nullable or auto is not None, tooltip=tooltip or None)
+    picker._spoco_auto = auto
+    if auto is not None:
+        _choose_automatically(picker)
     picker.native.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     picker.native.setMinimumContentsLength(12)
     ref = weakref.ref(picker)
@@ -72,8 +81,16 @@ def _refresh(picker: ComboBox) -> None:
         same = next((layer for layer in picker.choices if layer is not None and _layer_id(layer) == before), None)
         if same is not None:
             picker.value = same
+        elif getattr(picker, "_spoco_auto", None) is not None:
+            _choose_automatically(picker)
     if _layer_id(picker.value) != before:
         picker.changed.emit(picker.value)
+
+
+def _choose_automatically(picker: ComboBox) -> None:
+    """The first layer the picker's ``auto`` accepts, or none."""
+    auto = picker._spoco_auto
+    picker.value = next((layer for layer in picker.choices if layer is not None and auto(layer)), None)
 
 
 def select_layer(picker: ComboBox, name: str) -> None:
