@@ -133,17 +133,22 @@ def test_suggest_next_marks_doubtful_objects_and_next_visits_them(spoco, notes):
     assert row.go_to_next() == 0
 
 
-def test_sparse_labels_picker_never_takes_a_segmentation_by_itself(spoco, notes, choose):
-    """A Segment result or the live preview appearing when no painted layer is chosen stays
-    unchosen (the picker lists it for the user); a painted layer added later is taken."""
-    viewer, widget = spoco
+def _segment_with_nothing_painted(viewer, widget):
+    """The sample image alone (its Labels layers removed), segmented by the shipped model; the result layer."""
     for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
         viewer.layers.remove(layer)
     assert widget.data_panel.labels is None
     widget.model_panel.default_model_btn.click()
     widget.segment_panel.segment_btn.click()
+    return viewer.layers["nuclei instances"]
+
+
+def test_sparse_labels_picker_never_takes_a_segmentation_by_itself(spoco, notes, choose):
+    """A Segment result appearing when no painted layer is chosen stays unchosen (the picker
+    lists it for the user); a painted layer added later is taken."""
+    viewer, widget = spoco
+    result = _segment_with_nothing_painted(viewer, widget)
     assert not notes["error"], notes["error"]
-    result = viewer.layers["nuclei instances"]
     assert widget.data_panel.labels is None and result in widget.data_panel.labels_box.choices
     assert not widget.train_panel.train_btn.isEnabled()
     painted = viewer.add_labels(np.zeros(result.data.shape, np.uint16), name="painted")
@@ -159,11 +164,7 @@ def test_use_selected_as_labels_with_no_sparse_labels_makes_them(spoco, notes):
     """Segment, then accept an object before painting anything: the accepted object starts a new
     sparse-labels layer of the image, chosen in the picker (not a refusal, not the result)."""
     viewer, widget = spoco
-    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
-        viewer.layers.remove(layer)
-    widget.model_panel.default_model_btn.click()
-    widget.segment_panel.segment_btn.click()
-    result = viewer.layers["nuclei instances"]
+    result = _segment_with_nothing_painted(viewer, widget)
     correct = widget.correct_panel
     assert widget.data_panel.labels is None and correct.promote_sel_btn.isEnabled()
     ids = np.unique(result.data)
@@ -179,11 +180,7 @@ def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco,
     """With the result itself chosen as sparse labels, its instances are predictions, not
     painted objects, and must still be suggested."""
     viewer, widget = spoco
-    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
-        viewer.layers.remove(layer)
-    widget.model_panel.default_model_btn.click()
-    widget.segment_panel.segment_btn.click()
-    result = viewer.layers["nuclei instances"]
+    result = _segment_with_nothing_painted(viewer, widget)
     assert widget.data_panel.labels is None  # never chosen by itself
     row = widget.segment_panel.suggest_row
     row.suggest_btn.click()  # nothing chosen as the painting: every object is a candidate
@@ -251,10 +248,7 @@ def test_training_on_a_segmentation_says_every_object_counts_as_painted(spoco, n
     """A result chosen as sparse labels: Train then learns every predicted object, which the
     user may not mean, so the panel says so."""
     viewer, widget = spoco
-    for layer in [layer for layer in viewer.layers if layer.__class__.__name__ == "Labels"]:
-        viewer.layers.remove(layer)
-    widget.model_panel.default_model_btn.click()
-    widget.segment_panel.segment_btn.click()
+    _segment_with_nothing_painted(viewer, widget)
     choose(widget.data_panel.labels_box, "nuclei instances")
     assert widget.data_panel.labels is viewer.layers["nuclei instances"]
     assert not any("is a segmentation" in n for n in notes["info"])
