@@ -27,8 +27,8 @@ each on its own: trained on its painted objects and scored on all of its objects
 image), the user who paints a few objects of one image and segments that image. ``--train-images N``
 trains on each split's first N training images only (rows ``DATASET-trainN``): a lab with a handful of images.
 ``--other-split`` arranges each set's images another way (rows ``DATASET~other``): held-out images
-taken from the usual split's training side, trained on images that neither the usual split's
-training side nor the shipped start used — the defaults checked on a split nobody compared them on.
+taken from the usual split's training side, trained on the usual held-out images and the rest of
+that side (none seen by the shipped start) — the defaults checked on a split nobody compared them on.
 
 Usage:  python benchmarks/sparse_accuracy.py [--data DIR] [--minutes 5] [--seeds 0 1 2]
                                             [--datasets bbbc039-nuclei ...] [--peers-only]
@@ -133,10 +133,11 @@ def fewer_train_split(split: Split, n: int) -> Split:
                    note=(split.note + "; " if split.note else "") + f"the first {n} training images only")
 
 
-#: Rows ``DATASET~other`` (--other-split): the images that neither the benchmark's split nor the
-#: shipped starting model uses as their training images, arranged the other way round; the slices
-#: count ``stems(dataset)`` and keep each split's sizes (scripts/train_default_model.py trains the
-#: start on BBBC039's fields [10:-6] and Usiigaci's [6:-3], and on no EM image).
+#: Rows ``DATASET~other`` (--other-split): (training slices, held-out slice) of ``stems(dataset)``.
+#: Held out: images from the usual split's training side; trained on: the usual held-out images
+#: and the rest of the usual training side; each split's sizes kept, and none of these images
+#: seen by the shipped start (scripts/train_default_model.py trains it on BBBC039's fields
+#: [10:-6] and Usiigaci's [6:-3], and on no EM image or generated plant).
 OTHER_SPLITS: dict[str, tuple[tuple[slice, ...], slice]] = {
     "bbbc039-nuclei": ((slice(-6, None), slice(0, 4)), slice(4, 10)),
     "usiigaci-phc": ((slice(-3, None), slice(0, 3)), slice(3, 6)),
@@ -583,8 +584,9 @@ def parse_args() -> argparse.Namespace:
                         "with a handful of images")
     parser.add_argument("--other-split", action="store_true",
                         help="train and score on another arrangement of each set's images (rows DATASET~other): "
-                        "the images that neither the usual split nor the shipped start trained on, held-out "
-                        "images from the usual split's training side; sets without one are skipped")
+                        "held-out images from the usual split's training side, trained on the usual held-out "
+                        "images and the rest of that side (none seen by the shipped start); sets without one "
+                        "are skipped")
     parser.add_argument("--ring-width", type=int, default=None, metavar="N",
                         help="width of the foreground head's negative ring around painted objects (TrainConfig."
                         "ring_width; default: the library's), to compare a variant with the defaults")
