@@ -124,6 +124,54 @@ def test_patches_mostly_contain_painted_objects(tiny_pair):
     assert hits > 0.7  # random 32² crops of this 464² image would hit labels ~5% of the time
 
 
+def test_patches_visit_painted_background_strokes_as_asked(tiny_pair):
+    """A correction stroke in a corner of a large image: patches not centred on an object are
+    centred on it at the share asked; at 0 (the default) the patches are those of the same image
+    with nothing painted there."""
+    image, sparse, _ = tiny_pair
+    big = np.pad(image, ((0, 400), (0, 400)), mode="constant")
+    big_lab = np.pad(sparse, ((0, 400), (0, 400)))
+    big_lab[-20:, -40:] = 99  # the stroke, far from the painted objects
+    data = prepare_training_data([big], [big_lab], background_label=99)
+
+    def stroke_share(**kw):
+        sampler = PatchSampler(data, (32, 32), object_fraction=0.0, seed=0, **kw)
+        return np.mean([sampler.sample()[2].any() for _ in range(300)])
+
+    # random 32² crops of this 464² image would hit it ~1% of the time
+    assert 0.35 < stroke_share(background_fraction=0.5) < 0.65
+    assert stroke_share(background_fraction=1.0) == 1.0
+    assert stroke_share() < 0.1
+    # off, or on with nothing painted as background: the patches of the sampling without it
+    plain = prepare_training_data([big], [np.where(big_lab == 99, 0, big_lab)])
+    ref = PatchSampler(plain, (32, 32), seed=3).batch(40)
+    for d, f in ((data, 0.0), (plain, 0.5)):
+        got = PatchSampler(d, (32, 32), seed=3, background_fraction=f).batch(40)
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
+def test_mark_background_paints_only_unlabelled_pixels_of_the_chosen_instances():
+    from napari_spoco.data import mark_background
+
+    sparse = np.zeros((10, 10), np.uint16)
+    sparse[0:3, 0:3] = 1  # painted object
+    pred = np.zeros((10, 10), np.int32)
+    pred[0:4, 0:4] = 1  # overlaps the painted object: only its unpainted pixels become background
+    pred[6:9, 6:9] = 2  # not chosen
+    out, marked = mark_background(sparse, pred, [1, 5], background_label=300)
+    assert marked == 1 and out.dtype == sparse.dtype
+    assert np.array_equal(out[0:3, 0:3], sparse[0:3, 0:3]) and out[3, 3] == 300 and out[0, 3] == 300
+    assert (out[6:9, 6:9] == 0).all() and (out == 300).sum() == 16 - 9
+    out, marked = mark_background(sparse, pred, None, background_label=300)  # every instance
+    assert marked == 2 and (out[6:9, 6:9] == 300).all()
+    with pytest.raises(SpocoError, match="cannot hold the background value"):
+        mark_background(sparse.astype(np.uint8), pred, [1], background_label=300)
+    with pytest.raises(SpocoError, match="positive whole number"):
+        mark_background(sparse, pred, [1], background_label=0)
+    with pytest.raises(SpocoError, match="different shapes"):
+        mark_background(sparse, pred[:5], [1], background_label=300)
+
+
 def test_promote_instances_fills_only_unlabelled_pixels_with_fresh_ids():
     from napari_spoco.data import promote_instances
 

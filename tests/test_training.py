@@ -156,6 +156,23 @@ def test_training_from_scratch_is_untouched_by_the_stable_fine_tuning_start(tiny
             assert torch.equal(x, y) and torch.equal(x, z)
 
 
+def test_training_again_starts_the_teacher_from_the_network_that_predicted(tiny_pair):
+    # A first round from scratch predicts with its student; its teacher followed the momentum
+    # warm-up and differs. Training again on the same images is protected and predicts with the
+    # teacher: that teacher must start as the student the user saw, not as the old average.
+    from dataclasses import replace
+
+    image, sparse, _ = tiny_pair
+    first = train([image], [sparse], _quick(5), model_config=SMALL)
+    assert first.predictor is first.student
+    seen = {k: v.clone() for k, v in first.student.state_dict().items()}
+    assert any(not torch.equal(v, first.teacher.state_dict()[k]) for k, v in seen.items())
+    again = train([image], [sparse], replace(_quick(1), learning_rate=1e-12), model=first)
+    assert again.history["stable_start"] and again.predictor is again.teacher
+    for k, v in again.teacher.state_dict().items():
+        assert torch.allclose(v.float(), seen[k].float(), atol=1e-6), k
+
+
 def test_the_foreground_target_of_unpainted_pixels_comes_from_the_teacher_only_after_a_trained_start(
         tiny_pair, monkeypatch):
     # Unpainted pixels are unknown: a trained start's teacher says what they are (docs/method.md,

@@ -20,7 +20,15 @@ import torch
 
 from .augment import random_geometry, random_intensity
 from .checks import SEED_MAX, check_field, is_whole
-from .data import RING_WIDTH, PatchSampler, channel_count, check_image, prepare_training_data, spatial_shape
+from .data import (
+    BACKGROUND_FRACTION,
+    RING_WIDTH,
+    PatchSampler,
+    channel_count,
+    check_image,
+    prepare_training_data,
+    spatial_shape,
+)
 from .errors import SpocoError
 from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
@@ -98,6 +106,9 @@ class TrainConfig:
     ema_momentum: float = 0.999
     consistency_warmup_steps: int = 100
     object_fraction: float = 0.8
+    # Of the other patches, the share centred on painted background where some is painted
+    # (data.PatchSampler); the rest fall anywhere. 0: measured better than 0.5 (data.py).
+    background_fraction: float = BACKGROUND_FRACTION
     ring_width: int = RING_WIDTH  # foreground-head negatives just outside painted objects (data.py)
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
@@ -148,6 +159,7 @@ class TrainConfig:
         check_field(self, "weight_decay", "a finite number >= 0", low=0)
         check_field(self, "ema_momentum", "a number in [0, 1)", low=0, high=1, high_open=True)
         check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
+        check_field(self, "background_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
         check_field(self, "warmup_steps", "a whole number >= 0 (0 = no warm-up)", whole=True, low=0)
         if not isinstance(self.stable_start, bool):
@@ -431,7 +443,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     if any(p % div for p in patch):
         raise SpocoError(f"Patch shape {patch} must be divisible by {div} for this network depth.")
     batch = config.batch_size or (8 if ndim == 2 else 2)
-    sampler = PatchSampler(data, patch, config.object_fraction, seed=config.seed)
+    sampler = PatchSampler(data, patch, config.object_fraction, seed=config.seed,
+                           background_fraction=config.background_fraction)
 
     if model.config.in_channels != channels:
         # last of the set-up, so that a refused setting leaves the caller's model as it was;
@@ -453,6 +466,12 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["stable_reason"] = "fits" if fit < FITS_OBJECTS else "same images" if again else None
         stable = fit < FITS_OBJECTS or again
     model.history["stable_start"] = stable
+    if stable and not model.predicts_with_teacher:
+        # The protected run predicts with its teacher: start it as the network that predicted
+        # until now (the student of a first, unprotected round, whose teacher followed another
+        # schedule and segments worse), so that training again continues from what the user saw.
+        with torch.no_grad():
+            teacher.load_state_dict(student.state_dict())
     model.history["precision"] = precision
     opt = torch.optim.Adam(student.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.steps if config.steps > 0 else 10**9

@@ -176,6 +176,28 @@ def test_use_selected_as_labels_with_no_sparse_labels_makes_them(spoco, notes):
     assert len(np.unique(sparse.data)) == 2 and np.array_equal(sparse.data > 0, result.data == result.selected_label)
 
 
+def test_use_selected_as_background_paints_the_instance_with_the_background_value(spoco, notes):
+    """A wrong instance (debris, a wall) marked with the button becomes painted background in the
+    sparse labels, with the data panel's background value, around what is painted already."""
+    viewer, widget = spoco
+    result = _segment_with_nothing_painted(viewer, widget)
+    correct = widget.correct_panel
+    ids = [int(i) for i in np.unique(result.data) if i > 0]
+    assert len(ids) >= 2 and correct.background_sel_btn.isEnabled()
+    result.selected_label = ids[0]
+    assert correct.promote(selected_only=True) == 1  # one accepted object starts the sparse labels
+    widget.data_panel.bg_spin.setValue(4000)
+    result.selected_label = ids[1]
+    correct.background_sel_btn.click()
+    assert not notes["error"] and not notes["warning"], (notes["error"], notes["warning"])
+    sparse = widget.data_panel.labels.data
+    assert np.array_equal(sparse == 4000, result.data == ids[1])
+    assert np.array_equal((sparse > 0) & (sparse != 4000), result.data == ids[0])  # the object is kept
+    result.selected_label = max(ids) + 1  # no such instance: a warning, the labels unchanged
+    assert correct.mark_selected_background() == 0 and notes["warning"]
+    assert np.array_equal(widget.data_panel.labels.data, sparse)
+
+
 def test_suggest_next_without_sparse_labels_ranks_the_results_own_objects(spoco, notes, choose):
     """With the result itself chosen as sparse labels, its instances are predictions, not
     painted objects, and must still be suggested."""

@@ -8,7 +8,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
 
-from ..data import promote_instances
+from ..data import mark_background, promote_instances
 from ..metrics import evaluate
 from .data_panel import DataPanel
 from .dialogs import error_message
@@ -37,6 +37,14 @@ class CorrectPanel(QGroupBox):
         row.addWidget(self.promote_sel_btn)
         row.addWidget(self.promote_all_btn)
         form.addRow(row)
+        self.background_sel_btn = QPushButton("Use selected as background")
+        self.background_sel_btn.setToolTip(
+            "Paint the segmentation's selected instance into the sparse labels as background (the "
+            "background value of step 1): for an instance that is no object, such as debris or a "
+            "channel wall. Painted pixels are never overwritten. Train again to learn it."
+        )
+        self.background_sel_btn.clicked.connect(self.mark_selected_background)
+        form.addRow(self.background_sel_btn)
         self.gt_box = layer_picker(self.viewer, Labels, "A dense ground-truth labels layer, if you have one.",
                                    nullable=True, closed=state.closing.is_closed)
         form.addRow("Ground truth", self.gt_box.native)
@@ -59,26 +67,36 @@ class CorrectPanel(QGroupBox):
         can_promote = has_result and (self.data.labels is not None or self.data.image is not None)
         self.promote_sel_btn.setEnabled(can_promote)
         self.promote_all_btn.setEnabled(can_promote)
+        self.background_sel_btn.setEnabled(can_promote)
         self.evaluate_btn.setEnabled(has_result and self.gt_box.value is not None)
 
-    def promote(self, selected_only: bool) -> int:
-        """Copy the segmentation's selected instance (or all of them) into the sparse labels;
-        the number of instances copied."""
+    def _result_and_sparse(self):
+        """The chosen segmentation and the sparse labels to write into (made for the image when
+        none is chosen), or None after a warning."""
         result, sparse = self.result_box.value, self.data.labels
         if result is None:
             show_warning("Choose a segmentation first.")
-            return 0
+            return None
         if sparse is None:  # none yet: the accepted objects start them
             if self.data.image is None or spatial_shape(self.data.image) != spatial_shape(result):
                 show_warning("Choose a sparse-labels layer of the segmentation's shape first (or choose its image "
                              "and press 'New sparse labels').")
-                return 0
+                return None
             sparse = self.data.new_sparse_labels()
             if sparse is None:
-                return 0
+                return None
         if result.name == sparse.name:
             show_warning("The segmentation and the sparse labels are the same layer; choose two different layers.")
+            return None
+        return result, sparse
+
+    def promote(self, selected_only: bool) -> int:
+        """Copy the segmentation's selected instance (or all of them) into the sparse labels;
+        the number of instances copied."""
+        layers = self._result_and_sparse()
+        if layers is None:
             return 0
+        result, sparse = layers
         ids = [int(result.selected_label)] if selected_only else None
         try:
             refuse_if_too_large(result, "copying instances into sparse labels")
@@ -95,6 +113,27 @@ class CorrectPanel(QGroupBox):
         else:
             show_info(f"{promoted} instance(s) added to '{sparse.name}'{note}. Correct them, then Train again.")
         return promoted
+
+    def mark_selected_background(self) -> int:
+        """Paint the segmentation's selected instance into the sparse labels as background; 1 if
+        it was painted, else 0."""
+        layers = self._result_and_sparse()
+        if layers is None:
+            return 0
+        result, sparse = layers
+        instance, value = int(result.selected_label), self.data.background_label
+        try:
+            refuse_if_too_large(result, "painting an instance as background")
+            new, marked = mark_background(sparse.data, np.asarray(image_data(result)), [instance], value)
+        except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Painting background"))
+            return 0
+        if not marked:
+            show_warning(f"Instance {instance} is not in '{result.name}': pick one with the layer's colour picker.")
+            return 0
+        sparse.data = new
+        show_info(f"Instance {instance} painted as background ({value}) in '{sparse.name}'. Train again to learn it.")
+        return 1
 
     def evaluate(self) -> dict | None:
         """AP50, mAP, SBD and |DiC| of the segmentation against the ground truth."""
