@@ -91,6 +91,13 @@ def test_threaded_training_reports_progress_previews_and_keeps_gui_responsive(sp
     print(f"training: {len(gaps)} gaps, max {gaps.max():.3f} s, 99th percentile {np.percentile(gaps, 99):.3f} s")
     assert len(gaps) > 20 and gaps.max() <= 0.15, f"GUI blocked for {gaps.max():.3f} s"
     assert widget.segment_panel.segment_btn.isEnabled() and widget.train_panel.train_btn.isEnabled()
+    # The preview is a segmentation: with the painted layer gone, the sparse-labels picker takes
+    # no layer rather than the preview (Train would learn its every object as painted).
+    from napari_spoco._napari.layers import is_segmentation
+
+    assert is_segmentation(preview) and widget.data_panel.labels_box.value.name == "nuclei sparse labels"
+    viewer.layers.remove(viewer.layers["nuclei sparse labels"])
+    assert widget.data_panel.labels is None and preview in widget.data_panel.labels_box.choices
 
 
 def test_stop_ends_training_within_a_step_and_keeps_model_usable(spoco, qtbot):
