@@ -164,6 +164,8 @@ def test_mark_background_paints_only_unlabelled_pixels_of_the_chosen_instances()
     assert (out[6:9, 6:9] == 0).all() and (out == 300).sum() == 16 - 9
     out, marked = mark_background(sparse, pred, None, background_label=300)  # every instance
     assert marked == 2 and (out[6:9, 6:9] == 300).all()
+    again, marked = mark_background(out, pred, None, background_label=300)  # nothing left to paint
+    assert marked == 0 and np.array_equal(again, out)
     with pytest.raises(SpocoError, match="cannot hold the background value"):
         mark_background(sparse.astype(np.uint8), pred, [1], background_label=300)
     with pytest.raises(SpocoError, match="positive whole number"):

@@ -573,7 +573,8 @@ def mark_background(
     background (docs/method.md, "Background").
 
     Only *unlabelled* pixels are painted: painted objects and background are never overwritten.
-    ``ids=None`` marks every instance. Returns ``(new sparse labels, number of instances marked)``.
+    ``ids=None`` marks every instance. Returns ``(new sparse labels, number of instances marked)``;
+    an instance whose pixels are all painted already is not counted.
     """
     sparse, predicted = _same_shape_pair(sparse, predicted)
     if not is_whole(background_label) or background_label < 1:
@@ -596,8 +597,10 @@ def mark_background(
             continue
         box = slices[i - 1]
         target = out[box]
-        target[(predicted[box] == i) & (target == 0)] = background_label
-        marked += 1
+        free = (predicted[box] == i) & (target == 0)
+        if free.any():
+            target[free] = background_label
+            marked += 1
     return out, marked
 
 

@@ -193,8 +193,10 @@ def test_use_selected_as_background_paints_the_instance_with_the_background_valu
     sparse = widget.data_panel.labels.data
     assert np.array_equal(sparse == 4000, result.data == ids[1])
     assert np.array_equal((sparse > 0) & (sparse != 4000), result.data == ids[0])  # the object is kept
+    result.selected_label = ids[1]  # painted already: a warning that says so, the labels unchanged
+    assert correct.mark_selected_background() == 0 and "painted" in notes["warning"][-1]
     result.selected_label = max(ids) + 1  # no such instance: a warning, the labels unchanged
-    assert correct.mark_selected_background() == 0 and notes["warning"]
+    assert correct.mark_selected_background() == 0 and "is not in" in notes["warning"][-1]
     assert np.array_equal(widget.data_panel.labels.data, sparse)
 
 

@@ -129,7 +129,12 @@ class CorrectPanel(QGroupBox):
             show_error(error_message(exc, "Painting background"))
             return 0
         if not marked:
-            show_warning(f"Instance {instance} is not in '{result.name}': pick one with the layer's colour picker.")
+            if instance > 0 and (np.asarray(image_data(result)) == instance).any():
+                show_warning(f"Every pixel of instance {instance} is painted in '{sparse.name}' already; erase "
+                             "them first to paint it as background.")
+            else:
+                show_warning(f"Instance {instance} is not in '{result.name}': pick one with the layer's colour "
+                             "picker.")
             return 0
         sparse.data = new
         show_info(f"Instance {instance} painted as background ({value}) in '{sparse.name}'. Train again to learn it.")
