@@ -165,7 +165,7 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
-                        choices=["shape_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "edge_growth", "peak_spacing",
+                        choices=["shape_split", "concave_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "edge_growth", "peak_spacing",
                                  "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
                              "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "

@@ -288,8 +288,9 @@ class Data:
 
 def saved_splits(models: Path, datasets: list[str] | None) -> list[Split]:
     """The splits whose models ``--save-dir`` may have left in ``models``: each set under its own name
-    and, for each zoom found there (``<set>@<F>_seed<S>.spoco.pt``) or count of training images
-    (``<set>-train<N>_seed<S>.spoco.pt``), that split. ``datasets`` (names as saved, e.g.
+    and, for each zoom found there (``<set>@<F>_seed<S>.spoco.pt``), count of training images
+    (``<set>-train<N>_seed<S>.spoco.pt``), other split (``<set>~other_seed<S>.spoco.pt``) or
+    single image (``<set>-one<K>_seed<S>.spoco.pt``), that split. ``datasets`` (names as saved, e.g.
     ``bbbc039-nuclei@0.5``) None or empty: all of them."""
     found = []
     for split in splits():
@@ -304,6 +305,14 @@ def saved_splits(models: Path, datasets: list[str] | None) -> list[Split]:
         counts = {path.name[len(split.name) + 6:].rsplit("_seed", 1)[0]
                   for path in models.glob(f"{split.name}-train*_seed*.spoco.pt")}
         parts += [fewer_train_split(split, int(n)) for n in sorted(counts) if n.isdigit()]
+        other = other_split(split)
+        if other is not None and any(models.glob(f"{other.name}_seed*.spoco.pt")):
+            parts.append(other)
+        ones = {path.name[len(split.name) + 4:].rsplit("_seed", 1)[0]
+                for path in models.glob(f"{split.name}-one*_seed*.spoco.pt")}
+        ones = sorted(int(k) for k in ones if k.isdigit())
+        if ones:
+            parts += [one for k, one in enumerate(one_image_splits(split, max(ones) + 1)) if k in ones]
         found += [part for part in parts if not datasets or part.name in datasets]
     return found
 

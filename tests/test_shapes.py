@@ -6,6 +6,8 @@ import pytest
 from napari_spoco.clustering import ClusterConfig, cluster_embeddings
 from napari_spoco.errors import SpocoError
 from napari_spoco.shapes import (
+    _concavities,
+    cut_at_concavities,
     object_radius,
     painted_solidities,
     painted_solidity,
@@ -258,3 +260,63 @@ def test_spaced_peaks_are_the_highest_points_within_the_spacing_and_that_far_apa
         got = spaced_peaks(values, inside, spacing)
         assert len(expected) > 3
         assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.array(expected).tolist()))
+
+
+def unequal_pair():
+    """An elongated nucleus pressed on a larger round one: the contact is as wide as the smaller
+    object, so the distance transform rises from the small one into the large one with a single
+    peak, but the outline keeps a notch on each side of the contact."""
+    yy, xx = np.mgrid[:64, :48]
+    top = ((yy - 18) / 12.0) ** 2 + ((xx - 22) / 9.0) ** 2 <= 1
+    low = (yy - 42) ** 2 + (xx - 24) ** 2 <= 16**2
+    return top, low
+
+
+def test_a_pair_whose_distance_transform_has_one_peak_is_cut_between_its_notches():
+    top, low = unequal_pair()
+    labels = (top | low).astype(np.int64)
+    size = float(np.median([top.sum(), low.sum()]))
+    assert set(np.unique(split_by_shape(labels, 0.9, size, int(0.15 * size)))) == {0, 1}  # one peak
+    out = split_by_shape(labels, 0.9, size, int(0.15 * size), concave=True)
+    ids = [i for i in np.unique(out) if i]
+    assert len(ids) == 2
+    assert ((out > 0) == (labels > 0)).all()  # every pixel stays in one of the parts
+    for obj in (top, low):
+        best = max(((out == i) & obj).sum() / ((out == i) | obj).sum() for i in ids)
+        assert best > 0.85
+
+
+def test_concavities_are_not_cut_where_they_are_no_evidence_of_a_contact():
+    top, low = unequal_pair()
+    labels = (top | low).astype(np.int64) * 3
+    size = float(np.median([top.sum(), low.sum()]))
+    # painted objects that are not convex (phase-contrast cells, EM profiles): notches are their own
+    assert (split_by_shape(labels, 0.7, size, 20, concave=True) == labels).all()
+    # notches shallower than a third of the painted radius: a pixelated outline
+    assert (split_by_shape(labels, 0.9, size * 4, 20, concave=True) == labels).all()
+    # a bean-shaped nucleus has one notch; a hole enclosed by the piece is not a second one
+    yy, xx = np.mgrid[:64, :64]
+    bean = ((yy - 32) ** 2 + (xx - 30) ** 2 <= 16**2) & ~((yy - 32) ** 2 + (xx - 50) ** 2 <= 10**2)
+    assert len(_concavities(np.pad(bean, 1))) >= 1
+    holed = bean & ~((yy - 32) ** 2 + (xx - 24) ** 2 <= 3**2)
+    for piece in (bean, holed):
+        assert cut_at_concavities(np.pad(piece, 1), 0.8, 2.0, 20) is None
+        assert [d for d, _ in _concavities(np.pad(piece, 1)) if d >= 2.0] == [_concavities(np.pad(piece, 1))[0][0]]
+    # 3D pieces keep the distance-transform split alone
+    ball = np.zeros((8, 64, 48), np.int64)
+    ball[:, top | low] = 1
+    assert (split_by_shape(ball, 0.9, size * 8, 20, concave=True) == split_by_shape(ball, 0.9, size * 8, 20)).all()
+
+
+def test_the_concave_split_follows_its_switch_in_postprocess():
+    from napari_spoco.clustering import postprocess
+
+    top, low = unequal_pair()
+    labels = (top | low).astype(np.int64)
+    size = float(np.median([top.sum(), low.sum()]))
+    on = postprocess(labels, min_size=20, shape=(0.9, size, True))
+    off = postprocess(labels, min_size=20, shape=(0.9, size, False))
+    assert (postprocess(labels, min_size=20, shape=(0.9, size)) == off).all()  # two-value form: off
+    assert on.max() == 2 and off.max() == 1
+    with pytest.raises(SpocoError):
+        ClusterConfig(concave_split="yes")

@@ -148,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
                     "objects (see --no-calibrated-edge)")
     pr.add_argument("--no-shape-split", dest="shape_split", action="store_false",
                     help="keep pieces whole that are far less convex than the painted objects (by default they are "
-                    "split at their necks where objects stand on background; docs/method.md)")
+                    "split at their necks, or between two notches for convex objects, where objects stand on "
+                    "background; docs/method.md)")
     pr.add_argument("--no-boundary-merge", dest="boundary_merge", action="store_false",
                     help="keep touching pieces apart even where the foreground head sees no boundary between them "
                     "(by default they are one object where objects fill the image, and where they stand on "

@@ -56,6 +56,10 @@ class ClusterConfig:
     # fills object_size (median painted object, network pixels) and shape_reference (the
     # painted objects' convexity) from the model; without them nothing is split.
     shape_split: bool = True
+    # With the shape split, cut a piece of convex objects (painted solidity >= 0.8) that is still
+    # less convex than them along the line between its two deepest notches, where both parts are
+    # as convex as the painted objects (shapes.cut_at_concavities; docs/method.md).
+    concave_split: bool = True
     # Grow objects by the growth that best fitted the predicted pieces to the painted objects at
     # the end of training (edges.py; model.history["edge_expand"]), on top of ``expand``.
     calibrated_edge: bool = True
@@ -103,7 +107,7 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         for name in ("shape_reference", "convex_reference"):
             check_field(self, name, "a number in (0, 1], or None", low=0, high=1, low_open=True, optional=True)
-        for name in ("shape_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes",
+        for name in ("shape_split", "concave_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes",
                      "edge_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
@@ -418,7 +422,7 @@ def cluster_embeddings(
     shape = None
     if config.shape_split and foreground is not None and not tiled and applies(config.shape_reference,
                                                                               config.object_size):
-        shape = (config.shape_reference, config.object_size)
+        shape = (config.shape_reference, config.object_size, config.concave_split)
     boundary = convex = None
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
@@ -614,7 +618,7 @@ def postprocess(
     embeddings: np.ndarray | None = None,
     merge_distance: float = 0.0,
     max_size: int | None = None,
-    shape: tuple[float, float] | None = None,
+    shape: tuple[float, float] | tuple[float, float, bool] | None = None,
     boundary: tuple[np.ndarray, float] | None = None,
     foreground: np.ndarray | None = None,
     adaptive: tuple[float, int] | None = None,
@@ -624,8 +628,9 @@ def postprocess(
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
-    size)`` at their necks (shapes.py; seeded from the confident core of ``foreground`` where it
-    is given), drop pieces over ``max_size`` (background), merge touching
+    size[, concave])`` at their necks (shapes.py; seeded from the confident core of ``foreground`` where it
+    is given; with ``concave``, pieces of convex objects it leaves whole between their two deepest
+    notches), drop pieces over ``max_size`` (background), merge touching
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them; with ``adaptive = (painted median, lowest floor)`` the floor may come down to the
@@ -652,7 +657,8 @@ def postprocess(
     if shape is not None and labels.max() > 0:
         from .shapes import split_by_shape
 
-        labels = split_by_shape(labels, shape[0], shape[1], min_size, foreground)
+        labels = split_by_shape(labels, shape[0], shape[1], min_size, foreground,
+                                concave=len(shape) > 2 and bool(shape[2]))
     if max_size is not None and labels.max() > 0:
         # A piece far larger than any painted object is background the foreground head has not
         # learned yet (early in training): better shown as nothing than as one giant object.

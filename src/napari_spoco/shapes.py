@@ -4,8 +4,9 @@ After minutes of CPU training the embeddings of two touching, unpainted objects 
 alike, so mean-shift and the neighbour merge join them (docs/method.md, "Splitting merged
 objects by shape"). The painted objects say how convex this user's objects are; a piece far less
 convex than nearly all of them is split along the necks of its distance transform, as the
-classical and pixel-classifier pipelines split touching nuclei. Objects that are not convex to
-begin with set a low reference. In a tissue whose objects tile the image (EM profiles) two
+classical and pixel-classifier pipelines split touching nuclei, or, where that finds one peak
+and the painted objects are convex, between the two notches where two outlines meet. Objects
+that are not convex to begin with set a low reference. In a tissue whose objects tile the image (EM profiles) two
 cells meet along a straight membrane, not at a neck, and a neck is no evidence of a merge: there
 the split is not applied (``applies``).
 """
@@ -184,7 +185,7 @@ def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float) -> np.n
 
 
 def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int,
-                   foreground: np.ndarray | None = None) -> np.ndarray:
+                   foreground: np.ndarray | None = None, concave: bool = False) -> np.ndarray:
     """Split each piece less convex than ``reference`` by a watershed of its own (smoothed)
     distance transform, from peaks at least one painted radius apart (``object_size``: the median
     painted object, in pixels; :func:`spaced_peaks`). With ``foreground`` (probability, the labels' shape) the seeds
@@ -192,7 +193,12 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
     watershed floods the distance transform weighted by the probability, so cuts follow the dim
     contact between objects (docs/method.md). A piece with one peak, or whose cut would not give
     two parts of at least ``min_size``, stays whole; smaller parts of a cut are left for the
-    caller to fold into a neighbour. Returns new labels (ids not sequential)."""
+    caller to fold into a neighbour. With ``concave`` (2D, painted objects at least
+    ``CONCAVE_MIN_REFERENCE`` convex) a piece the watershed leaves whole is cut between its two
+    deepest notches where both parts come out as convex as ``reference`` (:func:`cut_at_concavities`):
+    where the head fills the gap between two touching objects of unequal size, the distance
+    transform rises from the smaller into the larger with a single peak, but the notches where
+    their outlines meet remain. Returns new labels (ids not sequential)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
@@ -203,12 +209,16 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
     out = labels.astype(np.int64, copy=True)
     next_id = int(out.max()) + 1
     pad = int(np.ceil(3 * sigma)) + 1
+    concave = concave and labels.ndim == 2 and reference >= CONCAVE_MIN_REFERENCE
+    min_depth = CONCAVITY_DEPTH * radius
+    min_part = max(float(min_size), 0.25 * float(object_size))
     for i, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
         piece = labels[box] == i
         if piece.sum() < 2 * max(min_size, 1) or solidity_floor(piece) >= reference or solidity(piece) >= reference:
             continue
+        whole = piece
         prob = None if foreground is None else np.pad(np.where(piece, foreground[box], 0.0), pad)
         piece = np.pad(piece, pad)
         dist = ndi.distance_transform_edt(piece)
@@ -218,18 +228,90 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
             seeds = ndi.gaussian_filter(ndi.distance_transform_edt(prob >= CORE_PROBABILITY), sigma)
             dist = ndi.gaussian_filter(dist * prob, sigma)
         peaks = spaced_peaks(seeds, piece, spacing)
-        if len(peaks) < 2:
-            continue
-        markers = np.zeros(piece.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        parts = watershed(-dist, markers, mask=piece)
-        inner = tuple(slice(pad, -pad) for _ in range(labels.ndim))
-        parts, piece = parts[inner], piece[inner]
-        sizes = np.bincount(parts[piece], minlength=len(peaks) + 1)
-        if (sizes[1:] >= min_size).sum() < 2:
+        sizes = None
+        if len(peaks) >= 2:
+            markers = np.zeros(piece.shape, np.int32)
+            markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+            parts = watershed(-dist, markers, mask=piece)
+            inner = tuple(slice(pad, -pad) for _ in range(labels.ndim))
+            parts, piece = parts[inner], piece[inner]
+            sizes = np.bincount(parts[piece], minlength=len(peaks) + 1)
+        if sizes is None or (sizes[1:] >= min_size).sum() < 2:
+            if concave and whole.sum() >= 2 * min_part:
+                two = cut_at_concavities(np.pad(whole, 1), reference, min_depth, min_part)
+                if two is not None:
+                    out[box][two[1:-1, 1:-1] == 2] = next_id
+                    next_id += 1
             continue
         view = out[box]
         ids = np.where(np.arange(len(peaks) + 1) == 1, i, next_id + np.arange(len(peaks) + 1) - 2)
         view[piece] = ids[parts[piece]]
         next_id += len(peaks) - 1
     return out
+
+
+#: The cut between two concavities is made only where the painted objects are this convex (the
+#: 10th percentile of their solidity): nuclei 0.90-0.94, where a concavity is evidence of a
+#: contact; phase-contrast cells (0.52-0.65), EM profiles (0.55-0.76) and leaves (0.52-0.59)
+#: have concavities of their own (docs/method.md, "Splitting merged objects by shape").
+CONCAVE_MIN_REFERENCE = 0.8
+#: The shallower of the two concavities must be at least this many painted radii deep: a
+#: contact between two convex objects leaves a notch on both sides, the staircase of a pixelated
+#: outline and the dent of a bean-shaped nucleus do not (measured: docs/benchmarks.md).
+CONCAVITY_DEPTH = 0.35
+
+
+def _concavities(piece: np.ndarray) -> list[tuple[float, tuple[int, int]]]:
+    """(depth, deepest pixel) of each open concavity of a 2D ``piece`` (True inside; padded by at
+    least one pixel of False), deepest first. A concavity is a connected part of the convex hull
+    outside the piece that reaches the hull's outline; enclosed holes are not concavities."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    hull = convex_hull_image(piece)
+    regions, n = ndi.label(hull & ~piece)
+    if n == 0:
+        return []
+    depth = ndi.distance_transform_edt(hull)  # distance to the hull's outside
+    open_ = np.zeros(n + 1, bool)
+    open_[np.unique(regions[ndi.binary_dilation(~hull) & (regions > 0)])] = True
+    out = []
+    for r, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is None or not open_[r]:
+            continue
+        d = np.where(regions[box] == r, depth[box], 0.0)
+        k = np.unravel_index(int(np.argmax(d)), d.shape)
+        out.append((float(d[k]), (int(k[0] + box[0].start), int(k[1] + box[1].start))))
+    return sorted(out, key=lambda t: -t[0])
+
+
+def cut_at_concavities(piece: np.ndarray, reference: float, min_depth: float, min_part: float) -> np.ndarray | None:
+    """A 2D ``piece`` (padded by one pixel of False) cut along the straight line between its two
+    deepest concavities: an int array (0 outside, 1 and 2 the parts, every pixel of the piece
+    in the part nearer to it), or None where the shallower concavity is under ``min_depth``
+    pixels deep, the smaller part has fewer than ``min_part`` pixels, or a part is less convex
+    than ``reference``."""
+    from scipy import ndimage as ndi
+    from skimage.draw import line
+
+    notches = _concavities(piece)
+    if len(notches) < 2 or notches[1][0] < min_depth:
+        return None
+    (_, p), (_, q) = notches[0], notches[1]
+    barrier = np.zeros(piece.shape, bool)
+    barrier[line(p[0], p[1], q[0], q[1])] = True
+    parts, n = ndi.label(piece & ~barrier)  # face connectivity: a one-pixel line separates
+    if n < 2:
+        return None
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    first, second = np.argsort(sizes)[::-1][:2]
+    if sizes[second] < min_part:
+        return None
+    seeds = np.where(parts == first, 1, np.where(parts == second, 2, 0))
+    nearest = ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    out = np.where(piece, seeds[tuple(nearest)], 0)
+    if solidity(out == 1) < reference or solidity(out == 2) < reference:
+        return None
+    return out
+

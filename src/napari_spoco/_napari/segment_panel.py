@@ -111,7 +111,8 @@ class SegmentPanel(QGroupBox):
         # post-processing steps, each on by default as in the library (docs/method.md)
         for name, text, tip in (
             ("shape_split", "Split merged objects by shape",
-             "Pieces far less convex than the objects you painted are cut at their necks, where objects "
+             "Pieces far less convex than the objects you painted are cut at their necks (or, for convex "
+             "objects such as nuclei, between the notches on both sides of a contact), where objects "
              "stand on background (the Objects choice: not where they fill the image)."),
             ("boundary_merge", "Merge pieces with no boundary between them",
              "Where cells fill the image (the Objects choice), touching pieces are one object when the foreground map shows no "
