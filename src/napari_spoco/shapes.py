@@ -196,8 +196,8 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
     caller to fold into a neighbour. With ``concave`` (2D, painted objects at least
     ``CONCAVE_MIN_REFERENCE`` convex) a piece the watershed leaves whole is cut between its two
     deepest notches where both parts come out as convex as ``reference`` (:func:`cut_at_concavities`):
-    where the head fills the gap between two touching objects of unequal size, the distance
-    transform rises from the smaller into the larger with a single peak, but the notches where
+    where the head fills the gap between two touching objects, the distance transform can rise
+    from the narrower into the wider with a single peak, but the notches where
     their outlines meet remain. Returns new labels (ids not sequential)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
