@@ -5,8 +5,8 @@ Takes the models that ``sparse_accuracy.py --save-dir DIR`` saved (``{dataset}_s
 and segments each data set's held-out images with every variant, everything else at its default:
 
 * ``one``: one pass (``segment(tta=False)``);
-* ``two``: as it is and mirrored in Y and X together;
-* ``four``: as it is, mirrored in X, in Y and in both (the default, ``inference.TTA_FLIPS``);
+* ``two``: as it is and mirrored in Y and X together (the 3D default, ``inference.TTA_FLIPS_3D``);
+* ``four``: as it is, mirrored in X, in Y and in both (the 2D default, ``inference.TTA_FLIPS``);
 * ``eight``: 3D only, the four views and each of them mirrored in Z too;
 * ``foreground``: the embeddings of one pass with the four views' foreground;
 * ``concat``: the four views' embeddings side by side (64 channels for a 16-dimensional model),
@@ -45,6 +45,16 @@ from napari_spoco.inference import Embedding  # noqa: E402
 from napari_spoco.io import load_model  # noqa: E402
 
 FOUR = inference.TTA_FLIPS
+DEFAULT_3D = inference.TTA_FLIPS_3D
+
+
+def _use_views(flips) -> None:
+    """Every image, 2D or 3D, averaged over ``flips`` (the library picks per dimensionality)."""
+    inference.TTA_FLIPS = inference.TTA_FLIPS_3D = flips
+
+
+def _restore_views() -> None:
+    inference.TTA_FLIPS, inference.TTA_FLIPS_3D = FOUR, DEFAULT_3D
 VIEWS = {"two": ((), (-2, -1)), "four": FOUR, "eight": FOUR + tuple((-3,) + f for f in FOUR)}
 VARIANTS = ("one", "two", "four", "eight", "foreground", "concat", "concat_pca")
 
@@ -68,10 +78,10 @@ def each_view(*args, **kwargs) -> list[Embedding]:
     views = []
     try:
         for axes in FOUR:
-            inference.TTA_FLIPS = (axes,)
+            _use_views((axes,))
             views.append(inference.embed(*args, tta=True, **kwargs))
     finally:
-        inference.TTA_FLIPS = FOUR
+        _restore_views()
     return views
 
 
@@ -95,7 +105,7 @@ def score(model, data: sa.Data, variant: str, on: str = "test") -> dict:
     segmentation.embed = {"foreground": _with_foreground_of_four, "concat": _views_side_by_side,
                           "concat_pca": _views_side_by_side}.get(variant, inference.embed)
     PCA["on"] = variant == "concat_pca"
-    inference.TTA_FLIPS = VIEWS.get(variant, FOUR)
+    _use_views(VIEWS.get(variant, FOUR))
     t0 = time.perf_counter()
     scores, errors = [], {}
     try:
@@ -106,7 +116,8 @@ def score(model, data: sa.Data, variant: str, on: str = "test") -> dict:
             for k, v in ps.anatomy(gt, pred).items():
                 errors[k] = errors.get(k, 0) + v
     finally:
-        segmentation.embed, inference.TTA_FLIPS = inference.embed, FOUR
+        segmentation.embed = inference.embed
+        _restore_views()
     return {"AP50": float(np.mean([s["AP50"] for s in scores])), "mAP": float(np.mean([s["mAP"] for s in scores])),
             "seconds": time.perf_counter() - t0, **errors}
 

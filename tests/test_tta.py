@@ -6,17 +6,19 @@ import inspect
 
 import numpy as np
 import pytest
+import torch
 
-from napari_spoco.inference import TTA_FLIPS, embed
+from napari_spoco.inference import embed, tta_flips
 from napari_spoco.model import ModelConfig, SpocoModel
 
 
 def _model(ndim: int) -> SpocoModel:
     m = SpocoModel.new(ModelConfig(ndim=ndim, base_features=4, depth=3), seed=1)
+    gen = torch.Generator().manual_seed(ndim)  # seeded: the global generator's state depends on what ran before
     for mod in m.student.modules():  # running statistics as after training
         if hasattr(mod, "running_var"):
-            mod.running_mean.uniform_(-0.2, 0.2)
-            mod.running_var.uniform_(0.5, 2.0)
+            mod.running_mean.uniform_(-0.2, 0.2, generator=gen)
+            mod.running_var.uniform_(0.5, 2.0, generator=gen)
     return m
 
 
@@ -28,11 +30,14 @@ def _logit(p: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(64, 48), (16, 32, 24)])
 def test_tta_is_the_mean_of_the_mirrored_images_embeddings_mirrored_back(shape):
     """With no reflected margin and a shape the network divides, mirroring a tile is mirroring
-    the image: the augmented embedding must be the mean of four plain ones, each flipped back."""
+    the image: the augmented embedding must be the mean of the plain ones (four in 2D, two in 3D),
+    each flipped back."""
     model = _model(len(shape))
     image = np.random.default_rng(2).normal(size=shape).astype(np.float32)
     views = []
-    for axes in TTA_FLIPS:
+    flips = tta_flips(len(shape))
+    assert len(flips) == (4 if len(shape) == 2 else 2)
+    for axes in flips:
         e = embed(model, np.flip(image, axes).copy(), device="cpu", margin=0, tta=False)
         views.append((np.flip(e.embeddings, tuple(a for a in axes)), np.flip(e.foreground, axes)))
     want = np.mean([v[0] for v in views], 0)
@@ -97,3 +102,18 @@ def test_predict_no_tta_reaches_segment(folders, monkeypatch):
         assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
                      "--out", str(folders / out), *flag]) == 0
     assert seen == [True, False]
+
+
+def test_tta_runs_the_network_once_per_view_four_times_in_2d_twice_in_3d():
+    """3D averages two views (as it is, mirrored in Y and X together): the network's time halves
+    against four views at the same accuracy (docs/method.md, "Test-time augmentation")."""
+    for shape, want in (((64, 48), [(), (-1,), (-2,), (-2, -1)]), ((16, 32, 24), [(), (-2, -1)])):
+        model = _model(len(shape))
+        calls = []
+        hook = model.student.register_forward_hook(lambda mod, inp, out, calls=calls: calls.append(inp[0].shape))
+        try:
+            embed(model, np.zeros(shape, np.float32), device="cpu", margin=0, precision="float32")
+        finally:
+            hook.remove()
+        assert len(calls) == len(want), shape
+        assert list(tta_flips(len(shape))) == want

@@ -177,8 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                     "Number format). Default: auto")
     pr.add_argument("--no-tta", dest="tta", action="store_false",
                     help="run the network once per tile instead of averaging its output over the tile and its "
-                    "mirror images in Y and X (test-time augmentation: four forward passes, 2-3x the time, "
-                    "more objects right on four of the five data sets we measured; docs/method.md)")
+                    "mirror images (test-time augmentation: in 2D four forward passes, about 2x the time; in 3D "
+                    "two, mirrored in Y and X together, about 1.5x; more objects right on most data sets we "
+                    "measured; docs/method.md)")
     pr.add_argument("--channel-axis", type=int, metavar="AXIS",
                     help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                     "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
@@ -874,7 +875,7 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
     for old in {store, target}:
         if old.exists() and (args.overwrite or old != target):
             remove_store(old)
-    how = ", averaging mirrored views (--no-tta: 2-3x faster)" if options.tta else ", one network pass per tile"
+    how = ", averaging mirrored views (--no-tta: faster)" if options.tta else ", one network pass per tile"
     print(f"{path.name}: {describe(image)}, block by block{how}", file=sys.stderr)
     progress = _BlockProgress(path.name)
     try:

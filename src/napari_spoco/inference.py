@@ -202,23 +202,33 @@ def _check_memory(n_pixels: int, floats_per_pixel: int, shape: tuple[int, ...]) 
 #: Test-time augmentation: the views of a tile whose outputs are averaged, as the spatial axes
 #: mirrored (counted from the end): as it is, mirrored in X, in Y, and in both.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: The views of a 3D tile: as it is and mirrored in Y and X together. Measured against the four
+#: above, they kept the accuracy at about half the network's time (docs/method.md,
+#: "Test-time augmentation").
+TTA_FLIPS_3D: tuple[tuple[int, ...], ...] = ((), (-2, -1))
+
+
+def tta_flips(ndim: int) -> tuple[tuple[int, ...], ...]:
+    """The mirrored views that test-time augmentation averages for an image of ``ndim`` spatial axes."""
+    return TTA_FLIPS_3D if ndim == 3 else TTA_FLIPS
 
 
 def _forward(net: torch.nn.Module, x: torch.Tensor, tta: bool, fmt: torch.memory_format) -> torch.Tensor:
     """The network's output for ``x`` (B, C, *spatial); with ``tta``, averaged over the mirror
-    images of :data:`TTA_FLIPS`, each output mirrored back first (docs/method.md,
+    images of :func:`tta_flips`, each output mirrored back first (docs/method.md,
     "Test-time augmentation")."""
     if not tta:
         return net(x)
     total = None
-    for axes in TTA_FLIPS:
+    flips = tta_flips(x.ndim - 2)
+    for axes in flips:
         dims = [x.ndim + a for a in axes]
         y = net(x.flip(dims).contiguous(memory_format=fmt) if dims else x)
         # mirrored back in the network's own format (half the bytes in bfloat16) and added into
         # a float32 sum without a float32 copy of each view: the same sums, in 0.55x the time
         y = y.flip(dims) if dims else y
         total = y.float() if total is None else total.add_(y)
-    return total.div_(len(TTA_FLIPS))
+    return total.div_(len(flips))
 
 
 @torch.inference_mode()
@@ -258,8 +268,8 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
     number format of the network's convolutions (:mod:`napari_spoco.precision`; ``auto``:
     bfloat16 where the CPU or GPU has it, about half the time of float32, and
     default tiles twice as large at less memory; docs/method.md, "Number format"). ``tta``:
-    average each tile's output over its mirror images in Y and X (:data:`TTA_FLIPS`: four
-    forward passes instead of one; docs/method.md, "Test-time augmentation").
+    average each tile's output over its mirror images in Y and X (:func:`tta_flips`: four
+    forward passes instead of one in 2D, two in 3D; docs/method.md, "Test-time augmentation").
     """
     from .precision import autocast, resolve_precision, tile_voxels
 
