@@ -55,6 +55,8 @@ def _use_views(flips) -> None:
 
 def _restore_views() -> None:
     inference.TTA_FLIPS, inference.TTA_FLIPS_3D = FOUR, DEFAULT_3D
+
+
 VIEWS = {"two": ((), (-2, -1)), "four": FOUR, "eight": FOUR + tuple((-3,) + f for f in FOUR)}
 VARIANTS = ("one", "two", "four", "eight", "foreground", "concat", "concat_pca")
 

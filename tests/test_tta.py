@@ -14,7 +14,7 @@ from napari_spoco.model import ModelConfig, SpocoModel
 
 def _model(ndim: int) -> SpocoModel:
     m = SpocoModel.new(ModelConfig(ndim=ndim, base_features=4, depth=3), seed=1)
-    gen = torch.Generator().manual_seed(ndim)  # seeded: the global generator's state depends on what ran before
+    gen = torch.Generator().manual_seed(ndim)  # torch seeds its global generator at random in each process
     for mod in m.student.modules():  # running statistics as after training
         if hasattr(mod, "running_var"):
             mod.running_mean.uniform_(-0.2, 0.2, generator=gen)
