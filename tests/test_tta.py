@@ -50,13 +50,18 @@ def test_tta_is_the_mean_of_the_mirrored_images_embeddings_mirrored_back(shape):
     assert np.abs(plain.embeddings - got.embeddings).max() > 1e-3 * scale  # it does change something
 
 
-def test_tta_tiles_still_reproduce_the_whole_image_exactly():
-    """Each mirrored view of a tile is exact beyond the receptive radius, so their mean is too."""
-    model = _model(2)
-    image = np.random.default_rng(3).normal(size=(300, 260)).astype(np.float32)
-    whole = embed(model, image, tile_shape=(512, 512), device="cpu", tta=True)
-    tiled = embed(model, image, tile_shape=(128, 128), device="cpu", tta=True)
+@pytest.mark.parametrize("shape,whole_tile,tile", [((300, 260), (512, 512), (128, 128)),
+                                                   ((24, 150, 130), (64, 256, 256), (64, 96, 80))])
+def test_tta_tiles_still_reproduce_the_whole_image_exactly(shape, whole_tile, tile):
+    """Each mirrored view of a tile is exact beyond the receptive radius, so their mean is too;
+    the kept part of each view is taken from the mirrored output at the mirrored place, so the
+    tiles' parts must line up in 3D (mirrored in Y and X) as in 2D."""
+    model = _model(len(shape))
+    image = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    whole = embed(model, image, tile_shape=whole_tile, device="cpu", tta=True, precision="float32")
+    tiled = embed(model, image, tile_shape=tile, device="cpu", tta=True, precision="float32")
     assert np.abs(whole.embeddings - tiled.embeddings).max() < 1e-5 * np.abs(whole.embeddings).mean()
+    assert np.abs(whole.foreground - tiled.foreground).max() < 1e-5
 
 
 def test_tta_is_on_where_users_segment_and_off_in_live_previews(monkeypatch):

@@ -89,13 +89,16 @@ def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
 #: Pixels a block may read (core and halo), which bounds a worker's memory. In 3D a worker
 #: peaks while embedding, at about 0.5 GB of libraries, the network's tile (below) and about
 #: 70 bytes per voxel of the block (docs/benchmarks.md: a 60x301x301 block peaked at 1.7 GB
-#: in-process with 1.6 M-voxel tiles, and a 25-block run at 2.07 GB), so 4.5 M voxels with
-#: 1.2 M-voxel tiles to stay under 2 GB; in 2D 2048², which segments in about 0.6 GB.
+#: in-process with 1.6 M-voxel tiles, and a 25-block run at 2.07 GB), so 4.5 M voxels to stay
+#: under 2 GB; in 2D 2048², which segments in about 0.6 GB.
 REGION_PIXELS = {2: 2048 * 2048, 3: 4_500_000}
-#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M): a float32
-#: forward pass needs about 550 bytes per voxel of its tile; a bfloat16 one less than half, so
-#: its tiles are twice as large (precision.tile_voxels).
-BLOCK_TILE_VOXELS = {2: None, 3: 1_200_000}
+#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M), in float32; a
+#: bfloat16 tile is twice as large (precision.tile_voxels). Since the views of test-time
+#: augmentation are summed where they are kept, a bfloat16 forward pass with two views takes
+#: about 180 bytes per voxel of its tile (it took 250-330), so tiles of 4 M voxels fit where 2.4 M
+#: did; larger tiles overlap less, and the 2x2 cells3d mosaic ran 2.0x its voxels through the
+#: network instead of 2.3x (docs/benchmarks.md, "Views summed where they are kept").
+BLOCK_TILE_VOXELS = {2: None, 3: 2_000_000}
 
 
 def _axis_options(n: int, halo: int) -> list[tuple[int, int, int]]:

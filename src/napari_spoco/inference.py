@@ -83,14 +83,16 @@ def default_tile_voxels(ndim: int) -> int:
 
 def default_margin(model: SpocoModel) -> int:
     """Reflected context around the image: 8 × the network's size divisor in 2D (32 pixels for
-    the default network), half that in 3D.
+    the default network), 2 × in 3D (8 voxels).
 
     In 3D the margin multiplies the work by (1 + 2m/n)³: 32 voxels around the 60×256×256 cells3d
     volume made it 2.5× larger, and 16 voxels changed its embedding by at most 0.013 with the
-    same AP50 (docs/benchmarks.md).
+    same AP50 (docs/benchmarks.md). 8 voxels, against 16, gave the same AP50 on cells3d and
+    +0.009 on the packed 3D nuclei (three seeds each), with a sixth less work on a 60-slice
+    volume (docs/benchmarks.md, "Views summed where they are kept; a thinner margin in 3D").
     """
     div = model.config.size_divisor
-    return 8 * div if model.config.ndim == 2 else 4 * div
+    return 8 * div if model.config.ndim == 2 else 2 * div
 
 
 def _layout_for_count(n: int, count: int, overlap: int, div: int) -> tuple[int, list[int]]:
@@ -213,22 +215,35 @@ def tta_flips(ndim: int) -> tuple[tuple[int, ...], ...]:
     return TTA_FLIPS_3D if ndim == 3 else TTA_FLIPS
 
 
-def _forward(net: torch.nn.Module, x: torch.Tensor, tta: bool, fmt: torch.memory_format) -> torch.Tensor:
-    """The network's output for ``x`` (B, C, *spatial); with ``tta``, averaged over the mirror
-    images of :func:`tta_flips`, each output mirrored back first (docs/method.md,
-    "Test-time augmentation")."""
-    if not tta:
-        return net(x)
-    total = None
-    flips = tta_flips(x.ndim - 2)
-    for axes in flips:
+def _forward_into(net: torch.nn.Module, x: torch.Tensor, tta: bool, fmt: torch.memory_format,
+                  target: torch.Tensor, window: tuple[slice, ...]) -> None:
+    """Write into ``target`` (float32, C × the kept part) the network's output for ``x``
+    (1, C, *spatial) inside ``window`` (the kept part, in tile coordinates); with ``tta``, the
+    mean over the mirror images of :func:`tta_flips`, each output mirrored back first
+    (docs/method.md, "Test-time augmentation"). The views are summed in ``target`` itself: a
+    float32 sum of the whole tile, as before, took 40 % of a 3D tile's memory (docs/benchmarks.md,
+    "Views summed where they are kept")."""
+    flips = tta_flips(x.ndim - 2) if tta else ((),)
+    sizes = x.shape[2:]
+    for i, axes in enumerate(flips):
         dims = [x.ndim + a for a in axes]
         y = net(x.flip(dims).contiguous(memory_format=fmt) if dims else x)
-        # mirrored back in the network's own format (half the bytes in bfloat16) and added into
-        # a float32 sum without a float32 copy of each view: the same sums, in 0.55x the time
-        y = y.flip(dims) if dims else y
-        total = y.float() if total is None else total.add_(y)
-    return total.div_(len(flips))
+        # the kept part of the mirrored output, mirrored back: only that part is copied, in the
+        # network's own format (half the bytes in bfloat16), and converted to float32 on the way
+        # into the target (torch converts the channels-last tile in half the time of NumPy)
+        mirrored = tuple(slice(n - w.stop, n - w.start) if d + 2 in dims else w
+                         for d, (w, n) in enumerate(zip(window, sizes)))
+        y = y[(0, slice(None)) + mirrored]
+        y = y.flip([d - 1 for d in dims]) if dims else y
+        if y.device != target.device:  # a GPU's output, to the accumulator in host memory
+            y = y.to(target.device)
+        if i == 0:
+            target.copy_(y)
+        else:
+            target.add_(y)
+        del y
+    if len(flips) > 1:
+        target.div_(len(flips))
 
 
 @torch.inference_mode()
@@ -345,10 +360,7 @@ def embed(  # noqa: C901 - validation, tiling and accumulation of one call; each
             xt = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + sl]))[None].to(dev, memory_format=fmt)
             for a, net in zip(acc, nets):
                 with autocast(number_format, dev):
-                    out = _forward(net, xt, tta, fmt)[0][(slice(None),) + tuple(in_tile)]
-                # torch's copy converts the channels-last tile in half the time of NumPy's
-                torch.from_numpy(a)[(slice(None),) + tuple(in_image)].copy_(out)
-                del out
+                    _forward_into(net, xt, tta, fmt, torch.from_numpy(a)[(slice(None),) + tuple(in_image)], in_tile)
             covered[tuple(in_image)] = True
         if progress is not None:
             progress(i + 1, len(combos))
