@@ -221,8 +221,8 @@ def _forward_into(net: torch.nn.Module, x: torch.Tensor, tta: bool, fmt: torch.m
     (1, C, *spatial) inside ``window`` (the kept part, in tile coordinates); with ``tta``, the
     mean over the mirror images of :func:`tta_flips`, each output mirrored back first
     (docs/method.md, "Test-time augmentation"). The views are summed in ``target`` itself: a
-    float32 sum of the whole tile, as before, took 40 % of a 3D tile's memory (docs/benchmarks.md,
-    "Views summed where they are kept")."""
+    float32 sum of the whole tile and a mirrored copy of it, as before, took about a quarter of
+    a 3D tile's memory (docs/benchmarks.md, "Views summed where they are kept")."""
     flips = tta_flips(x.ndim - 2) if tta else ((),)
     sizes = x.shape[2:]
     for i, axes in enumerate(flips):
