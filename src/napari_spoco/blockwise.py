@@ -92,7 +92,7 @@ def neighbours(blocks: Sequence[Block], block: Block) -> list[Block]:
 #: in-process with 1.6 M-voxel tiles, and a 25-block run at 2.07 GB), so 4.5 M voxels to stay
 #: under 2 GB; in 2D 2048², which segments in about 0.6 GB.
 REGION_PIXELS = {2: 2048 * 2048, 3: 4_500_000}
-#: Largest network tile in a 3D block (inference.default_tile_voxels is 1.6 M), in float32; a
+#: Largest network tile in a 3D block (inference.default_tile_voxels is 3.3 M), in float32; a
 #: bfloat16 tile is twice as large (precision.tile_voxels). Since the views of test-time
 #: augmentation are summed where they are kept, a bfloat16 forward pass with two views takes
 #: about 180 bytes per voxel of its tile (it took 250-330), so tiles of 4 M voxels fit where 2.4 M

@@ -76,9 +76,14 @@ def prepare_image(
 
 
 def default_tile_voxels(ndim: int) -> int:
-    """Voxels of the largest tile, which bounds the memory of one forward pass: 512² in 2D,
-    64×160×160 in 3D (about 0.3 and 1 GB for the CPU-default network)."""
-    return 512 * 512 if ndim == 2 else 64 * 160 * 160
+    """Voxels of the largest float32 tile (twice as many in bfloat16, precision.tile_voxels),
+    which bounds the memory of one forward pass: 512² in 2D, 64×160×320 in 3D (about 0.3 GB in
+    2D; a 3D segment of the 60×256×256 cells3d volume peaked 1.04 GB above the libraries in
+    float32, 1.15 GB in bfloat16). The 3D budget was 64×160×160 until the views of test-time
+    augmentation were summed where they are kept (:func:`_forward_into`), which made a tile
+    voxel cheaper: the larger tiles overlap less and took 0.74–0.88× the time at 0.2–0.4 GB more
+    (docs/benchmarks.md, "Views summed where they are kept")."""
+    return 512 * 512 if ndim == 2 else 64 * 160 * 320
 
 
 def default_margin(model: SpocoModel) -> int:
