@@ -93,8 +93,9 @@ def default_margin(model: SpocoModel) -> int:
     In 3D the margin multiplies the work by (1 + 2m/n)³: 32 voxels around the 60×256×256 cells3d
     volume made it 2.5× larger, and 16 voxels changed its embedding by at most 0.013 with the
     same AP50 (docs/benchmarks.md). 8 voxels, against 16, gave the same AP50 on cells3d and
-    +0.009 on the packed 3D nuclei (three seeds each), with a sixth less work on a 60-slice
-    volume (docs/benchmarks.md, "Views summed where they are kept; a thinner margin in 3D").
+    +0.009 and ±0 on the packed 3D nuclei (two sets of three saved models), with a sixth less
+    work on a 60-slice volume (docs/benchmarks.md, "Views summed where they are kept; a thinner
+    margin in 3D").
     """
     div = model.config.size_divisor
     return 8 * div if model.config.ndim == 2 else 2 * div
