@@ -107,3 +107,25 @@ def test_chunks_divide_the_cores_and_reads_across_them_are_exact(tmp_path, monke
     emb_r, fg_r = store.read(region)
     assert np.abs(emb_r - whole.embeddings[(slice(None),) + region]).max() < 2e-3 * np.abs(whole.embeddings).max()
     assert np.abs(fg_r - whole.foreground[region]).max() < 2e-3
+
+
+def test_write_rounds_once_and_zeroes_background_vectors(tmp_path):
+    """A core written from a window of a larger array (a strided view, as embed_core hands it)
+    stores each value rounded once to float16, and the embedding as zeros where the foreground
+    is below the bar or not a number (the clustering never reads those vectors)."""
+    rng = np.random.default_rng(3)
+    emb = (rng.standard_normal((4, 10, 30, 40)) * 5).astype(np.float32)
+    fg = rng.random((10, 30, 40)).astype(np.float32)
+    fg[2, 8, :7] = np.nan  # row 3 of the window
+    fg.flags.writeable = False  # a read-only array is copied, not refused
+    store = EmbeddingStore(str(tmp_path / "w.zarr"), 4, True)
+    store.create((10, 20, 40), (10, 20, 40))
+    window = (slice(None), slice(5, 25), slice(None))
+    store.write((slice(0, 10), slice(0, 20), slice(0, 40)), emb[(slice(None),) + window], fg[window], 0.5)
+    got, got_fg = store.read((slice(0, 10), slice(0, 20), slice(0, 40)))
+    keep = fg[window] >= 0.5
+    want = np.where(keep[None], emb[(slice(None),) + window], 0).astype(np.float16).astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert np.array_equal(got_fg, fg[window].astype(np.float16).astype(np.float32), equal_nan=True)
+    assert np.isnan(got_fg[2, 3, :7]).all() and (got[:, 2, 3, :7] == 0).all()
+    assert (got[:, ~keep] == 0).all() and (got[:, keep] != 0).mean() > 0.99
