@@ -491,6 +491,7 @@ class PatchSampler:
         self.object_fraction = object_fraction
         self.background_fraction = background_fraction
         self.rng = np.random.default_rng(seed)
+        self.paste_share, self.ring_width, self._donors = 0.0, RING_WIDTH, None  # enable_paste
         self._objects = [(i, b) for i, d in enumerate(data) for b in d.boxes]
         sizes = np.array([d.objects.size for d in data], dtype=float)
         self._image_p = sizes / sizes.sum()
@@ -543,7 +544,22 @@ class PatchSampler:
         obj = _crop_with_padding(d.objects, start, self.patch_shape, "constant")
         bg = _crop_with_padding(d.background, start, self.patch_shape, "constant")
         neg = _crop_with_padding(d.negatives, start, self.patch_shape, "constant")
+        if self.paste_share > 0 and self.rng.random() < self.paste_share:  # no draw when off
+            from .pasting import paste_beside
+
+            obj, bg, neg = obj.copy(), bg.copy(), neg.copy()  # crops can be views of the images
+            paste_beside(self.rng, self._donors, img, obj, bg, neg, self.ring_width)
         return img, obj, bg, neg
+
+    def enable_paste(self, share: float, ring_width: int = RING_WIDTH) -> None:
+        """Paste a painted object beside a painted object in ``share`` of the patches
+        (:func:`napari_spoco.pasting.paste_beside`); 0 leaves the patches as drawn."""
+        from .pasting import Donors
+
+        self.paste_share, self.ring_width = float(share), int(ring_width)
+        if share > 0 and self._donors is None:
+            self._donors = Donors([d.image for d in self.data], [d.objects for d in self.data],
+                                  [d.boxes for d in self.data])
 
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """``n`` samples stacked: (image, objects, background, negatives) batches."""

@@ -34,7 +34,7 @@ from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .precision import PRECISIONS, autocast, resolve_precision
 from .scaling import check_scale, check_voxel_size, estimate_voxel_size, kept_scale_of, training_scale
-from .shapes import painted_solidities, painted_solidity
+from .shapes import CONCAVE_MIN_REFERENCE, painted_solidities, painted_solidity
 
 #: Steps in a row whose gradients are not finite (skipped) before training counts as diverged.
 MAX_BAD_STEPS = 5
@@ -110,6 +110,9 @@ class TrainConfig:
     # (data.PatchSampler); the rest fall anywhere. 0: measured better than 0.5 (data.py).
     background_fraction: float = BACKGROUND_FRACTION
     ring_width: int = RING_WIDTH  # foreground-head negatives just outside painted objects (data.py)
+    # Share of patches that get a painted object pasted beside one of theirs (napari_spoco.pasting);
+    # None: automatic (paste_share_for).
+    paste_share: float | None = None
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
@@ -160,6 +163,7 @@ class TrainConfig:
         check_field(self, "ema_momentum", "a number in [0, 1)", low=0, high=1, high_open=True)
         check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "background_fraction", "a number in [0, 1]", low=0, high=1)
+        check_field(self, "paste_share", "a number in [0, 1], or None for automatic", low=0, high=1, optional=True)
         check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
         check_field(self, "warmup_steps", "a whole number >= 0 (0 = no warm-up)", whole=True, low=0)
         if not isinstance(self.stable_start, bool):
@@ -213,6 +217,22 @@ class TrainProgress:
     # The model being trained (on the training device, in training mode): for previews, which
     # must work on a ``SpocoModel.snapshot()`` rather than on the live networks.
     model: SpocoModel | None = field(default=None, repr=False, compare=False)
+
+
+#: Share of training patches that get a painted object pasted beside one of theirs where the
+#: automatic choice pastes (:func:`paste_share_for`).
+PASTE_SHARE = 0.5
+
+
+def paste_share_for(config: TrainConfig, ndim: int, solidity: float | None) -> float:
+    """The share of patches with a pasted touching pair: ``config.paste_share`` when given; else
+    :data:`PASTE_SHARE` for 2D objects as convex as nuclei (painted reference solidity at least
+    ``shapes.CONCAVE_MIN_REFERENCE``), which stand on background, so that a copy placed beside
+    one looks like a touching neighbour; 0 elsewhere (docs/method.md, "Painted objects pasted
+    beside each other")."""
+    if config.paste_share is not None:
+        return float(config.paste_share)
+    return PASTE_SHARE if ndim == 2 and solidity is not None and solidity >= CONCAVE_MIN_REFERENCE else 0.0
 
 
 def default_patch_shape(ndim: int, image_shapes: Sequence[tuple[int, ...]], divisor: int) -> tuple[int, ...]:
@@ -497,6 +517,9 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["object_solidity"] = painted_solidity(painted, values=values)
         # and how convex the typical one is: touching pieces whose union is as convex are joined
         model.history["object_solidity_median"] = painted_solidity(painted, 50, values=values)
+    share = paste_share_for(config, ndim, model.history.get("object_solidity")) if not self_supervised else 0.0
+    model.history["paste_share"] = share
+    sampler.enable_paste(share, config.ring_width)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     model.history["voxel_size_estimated"] = estimated
