@@ -106,7 +106,8 @@ class EmbeddingStore:
 
         from .lazy_io import _zarr
 
-        data = torch.empty((self.embedding_dim + int(self.has_foreground), *embeddings.shape[1:]), dtype=torch.float16)
+        dtype = _tensor(np.empty(0, STORE_DTYPE)).dtype  # the store's number format, as torch names it
+        data = torch.empty((self.embedding_dim + int(self.has_foreground), *embeddings.shape[1:]), dtype=dtype)
         # cast while copied, by torch: NumPy's float32 -> float16 took 6x as long (one thread,
         # no vector instructions), a second of a 2x2 cells3d mosaic's 40 s
         vectors = data[: self.embedding_dim]

@@ -59,7 +59,8 @@ def paste_beside(rng: np.random.Generator, donors: Donors, img: np.ndarray, obj:
     ``img`` (C, *patch), ``obj`` (ids, 0 unpainted), ``bg`` and ``neg`` (painted background and
     the foreground head's negatives) must be the caller's own copies. The donor keeps clear of
     every painted object by ``gap`` pixels (none is covered, so each stays complete) and touches
-    the chosen one's ``gap``-pixel margin; it covers unpainted pixels only, which become its own.
+    the chosen one's ``gap``-pixel margin; it covers no painted object, and the pixels it covers
+    (unpainted, or painted background) become its own in this patch.
     Its ring of ``ring_width`` pixels joins the negatives. Returns whether a donor was placed.
     """
     ids = np.unique(obj)
