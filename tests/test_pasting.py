@@ -69,11 +69,14 @@ def test_paste_share_zero_draws_the_patches_of_before_and_pasting_never_writes_t
         assert np.array_equal(a, b)  # ... to copies of the crops, never to the training images
 
 
-def test_paste_share_is_automatic_for_convex_2d_objects_only():
+def test_paste_share_is_automatic_for_convex_objects_only():
     auto = TrainConfig(steps=1)
     assert paste_share_for(auto, 2, 0.92) == PASTE_SHARE
     assert paste_share_for(auto, 2, 0.6) == 0.0  # cells, EM profiles, leaves: not pasted
-    assert paste_share_for(auto, 3, 0.95) == 0.0  # not measured in 3D
+    assert paste_share_for(auto, 2, 0.78) == 0.0  # a 2D outline this concave is not a nucleus's
+    assert paste_share_for(auto, 3, 0.79) == PASTE_SHARE  # ... a 3D voxel hull this convex is
+    assert paste_share_for(auto, 3, 0.6) == 0.0
+    assert paste_share_for(auto, 3, None) == 0.0
     assert paste_share_for(auto, 2, None) == 0.0
     assert paste_share_for(TrainConfig(steps=1, paste_share=0.25), 3, 0.5) == 0.25
     with pytest.raises(SpocoError, match="paste_share"):
