@@ -81,3 +81,25 @@ def test_paste_share_is_automatic_for_convex_objects_only():
     assert paste_share_for(TrainConfig(steps=1, paste_share=0.25), 3, 0.5) == 0.25
     with pytest.raises(SpocoError, match="paste_share"):
         TrainConfig(steps=1, paste_share=1.5)
+
+
+def test_pasted_object_in_3d_keeps_the_gap_and_touches_one():
+    # 3D pastes are on by default for nuclei-like objects (training.PASTE_MIN_SOLIDITY)
+    zz, yy, xx = np.mgrid[:32, :64, :64]
+    labels = np.zeros((32, 64, 64), np.int32)
+    for i, (cz, cy, cx) in enumerate(((16, 20, 20), (16, 40, 44), (10, 50, 15)), start=1):
+        labels[((zz - cz) / 3) ** 2 + ((yy - cy) / 6) ** 2 + ((xx - cx) / 6) ** 2 < 1] = i
+    image = (labels > 0)[None].astype(np.float32)
+    donors = Donors([image], [labels], [ndi.find_objects(labels)])
+    placed = 0
+    for seed in range(10):
+        obj, bg, neg, img = labels.copy(), np.zeros(labels.shape, bool), np.zeros(labels.shape, bool), image.copy()
+        if not paste_beside(np.random.default_rng(seed), donors, img, obj, bg, neg, ring_width=1):
+            continue
+        placed += 1
+        new = obj == obj.max()
+        assert obj.max() == 4 and np.array_equal(obj[~new], labels[~new])
+        assert not (new & ndi.binary_dilation(labels > 0, iterations=GAP)).any()
+        assert (ndi.binary_dilation(new, iterations=GAP + 1) & (labels > 0)).any()
+        assert neg[ndi.binary_dilation(new) & ~new & (obj == 0)].all()
+    assert placed >= 8
