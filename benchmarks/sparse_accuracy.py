@@ -369,7 +369,8 @@ def run_forest(data: Data, sparse: list[np.ndarray], seed: int, save_dir: Path |
 
 def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, init: str, scale: float | None,
              save_dir: Path | None = None, precision: str = "auto", voxel_size: tuple | None = None,
-             loss: dict | None = None, ring_width: int | None = None, paste_share: float | None = None) -> dict:
+             loss: dict | None = None, ring_width: int | None = None, paste_share: float | None = None,
+             scale_jitter: float | None = None) -> dict:
     import torch
 
     t0 = time.perf_counter()
@@ -383,6 +384,8 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
         config = replace(config, ring_width=ring_width)
     if paste_share is not None:
         config = replace(config, paste_share=paste_share)
+    if scale_jitter is not None:
+        config = replace(config, scale_jitter=scale_jitter)
     model = train(data.train_images, sparse, config, model=start)
     train_s = time.perf_counter() - t0
     scores, seg_s = [], []
@@ -423,7 +426,8 @@ def run(split: Split, args: argparse.Namespace, scale: float | None) -> dict:
             voxel_size = {"known": split.voxel_size, "none": None,
                           "cubic": (1.0,) * ndim if ndim == 3 else None}[args.voxel_size]
             row["ours"] = run_ours(data, sparse, seed, args.minutes, args.init, scale, args.save_dir, args.precision,
-                                   voxel_size, args.loss, args.ring_width, args.paste_share)
+                                   voxel_size, args.loss, args.ring_width, args.paste_share,
+                                   args.scale_jitter)
         print(f"   {row}", file=sys.stderr, flush=True)
         result["seeds"].append(row)
     return result
@@ -604,6 +608,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--paste-share", type=float, default=None, metavar="F",
                         help="share of training patches with a painted object pasted beside another (TrainConfig."
                         "paste_share; default: the library's automatic choice), to compare with the defaults")
+    parser.add_argument("--scale-jitter", type=float, default=None, metavar="F",
+                        help="training patches zoomed in Y and X by a factor in [1/F, F] (TrainConfig.scale_jitter; "
+                        "default: the library's), to compare with the defaults")
     args = parser.parse_args()
     args.loss = parse_loss_settings(parser, args.loss)
     if args.seed is not None:
@@ -653,7 +660,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "fraction": args.fraction, "seeds": args.seeds,
             "minutes": args.minutes, "peers_only": args.peers_only, "init": args.init, "scale": args.scale,
             "voxel_size": args.voxel_size, "loss": args.loss, "ring_width": args.ring_width,
-            "paste_share": args.paste_share,
+            "paste_share": args.paste_share, "scale_jitter": args.scale_jitter,
             "one_image": args.one_image, "other_split": args.other_split, "zoom": args.zoom, "train_images": args.train_images}
     text = report(results, meta)
     print(text)

@@ -464,6 +464,29 @@ def _crop_with_padding(
     return crop
 
 
+def _zoom_patch(img: np.ndarray, obj: np.ndarray, bg: np.ndarray, shape: tuple[int, ...],
+                ring_width: int) -> tuple[np.ndarray, ...]:
+    """A patch cut at another size brought to ``shape`` in Y and X: the image linearly (averaged
+    when shrunk), the painted objects and background by nearest neighbour, and the negatives
+    drawn again from them (a ring resized by nearest neighbour would break when shrunk and
+    thicken when enlarged)."""
+    import torch
+    import torch.nn.functional as F
+
+    src = obj.shape[-2:]
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    flat = t.reshape(-1, 1, *src)
+    shrink = shape[-2] < src[0] or shape[-1] < src[1]
+    zoomed = F.interpolate(flat, size=tuple(shape[-2:]), mode="bilinear", align_corners=False, antialias=shrink)
+    img = zoomed.reshape(*img.shape[:-2], *shape[-2:]).numpy()
+    iy = np.minimum(((np.arange(shape[-2]) + 0.5) * src[0] / shape[-2]).astype(int), src[0] - 1)
+    ix = np.minimum(((np.arange(shape[-1]) + 0.5) * src[1] / shape[-1]).astype(int), src[1] - 1)
+    obj = obj[..., iy[:, None], ix[None, :]]
+    bg = bg[..., iy[:, None], ix[None, :]]
+    neg = bg | object_rings(obj, ring_width)
+    return img, obj, bg, neg
+
+
 #: Share of the patches not centred on a painted object that are centred on painted background,
 #: where some is painted. 0 (they fall anywhere): half of them on a correction round's strokes
 #: removed more wrong instances but lost right ones, AP50 0.432 against 0.487 (docs/benchmarks.md,
@@ -492,6 +515,7 @@ class PatchSampler:
         self.background_fraction = background_fraction
         self.rng = np.random.default_rng(seed)
         self.paste_share, self.ring_width, self._donors = 0.0, RING_WIDTH, None  # enable_paste
+        self.scale_jitter = 1.0  # enable_scale_jitter
         self._objects = [(i, b) for i, d in enumerate(data) for b in d.boxes]
         sizes = np.array([d.objects.size for d in data], dtype=float)
         self._image_p = sizes / sizes.sum()
@@ -533,17 +557,23 @@ class PatchSampler:
             idx = int(self.rng.choice(len(self.data), p=self._image_p))
             center = tuple(int(self.rng.integers(0, n)) for n in self.data[idx].objects.shape)
         d = self.data[idx]
+        shape = self.patch_shape
+        if self.scale_jitter > 1.0:  # no draw when off
+            zoom = float(np.exp(self.rng.uniform(-np.log(self.scale_jitter), np.log(self.scale_jitter))))
+            shape = shape[:-2] + tuple(max(2, int(round(p / zoom))) for p in shape[-2:])
         start = []
-        for c, p, n in zip(center, self.patch_shape, d.objects.shape):
+        for c, p, n in zip(center, shape, d.objects.shape):
             s = c - p // 2
             # Stay inside the image where it is large enough, so padding is rare.
             s = min(max(s, 0), n - p) if n >= p else -((p - n) // 2)
             start.append(s)
         start = tuple(start)
-        img = np.stack([_crop_with_padding(c, start, self.patch_shape, "reflect") for c in d.image])
-        obj = _crop_with_padding(d.objects, start, self.patch_shape, "constant")
-        bg = _crop_with_padding(d.background, start, self.patch_shape, "constant")
-        neg = _crop_with_padding(d.negatives, start, self.patch_shape, "constant")
+        img = np.stack([_crop_with_padding(c, start, shape, "reflect") for c in d.image])
+        obj = _crop_with_padding(d.objects, start, shape, "constant")
+        bg = _crop_with_padding(d.background, start, shape, "constant")
+        neg = _crop_with_padding(d.negatives, start, shape, "constant")
+        if shape != self.patch_shape:
+            img, obj, bg, neg = _zoom_patch(img, obj, bg, self.patch_shape, self.ring_width)
         if self.paste_share > 0 and self.rng.random() < self.paste_share:  # no draw when off
             from .pasting import paste_beside
 
@@ -560,6 +590,11 @@ class PatchSampler:
         if share > 0 and self._donors is None:
             self._donors = Donors([d.image for d in self.data], [d.objects for d in self.data],
                                   [d.boxes for d in self.data])
+
+    def enable_scale_jitter(self, jitter: float, ring_width: int = RING_WIDTH) -> None:
+        """Show each patch zoomed in Y and X by a factor drawn log-uniformly in
+        [1/``jitter``, ``jitter``] (:func:`_zoom_patch`); 1 leaves the patches as drawn."""
+        self.scale_jitter, self.ring_width = float(jitter), int(ring_width)
 
     def batch(self, n: int) -> tuple[np.ndarray, ...]:
         """``n`` samples stacked: (image, objects, background, negatives) batches."""

@@ -113,6 +113,10 @@ class TrainConfig:
     # Share of patches that get a painted object pasted beside one of theirs (napari_spoco.pasting);
     # None: automatic (paste_share_for).
     paste_share: float | None = None
+    # Patches zoomed in Y and X by a factor drawn log-uniformly in [1/scale_jitter, scale_jitter]
+    # (data.PatchSampler); 1: off, the default: 1.5 won on single EM images and lost on
+    # phase-contrast cells (docs/method.md, "Patches at other sizes").
+    scale_jitter: float = 1.0
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
@@ -164,6 +168,7 @@ class TrainConfig:
         check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "background_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "paste_share", "a number in [0, 1], or None for automatic", low=0, high=1, optional=True)
+        check_field(self, "scale_jitter", "a number from 1 (off) to 4", low=1, high=4)
         check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
         check_field(self, "warmup_steps", "a whole number >= 0 (0 = no warm-up)", whole=True, low=0)
         if not isinstance(self.stable_start, bool):
@@ -526,6 +531,9 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     share = paste_share_for(config, ndim, model.history.get("object_solidity")) if not self_supervised else 0.0
     model.history["paste_share"] = share
     sampler.enable_paste(share, config.ring_width)
+    jitter = config.scale_jitter if not self_supervised else 1.0
+    model.history["scale_jitter"] = jitter
+    sampler.enable_scale_jitter(jitter, config.ring_width)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None
     model.history["voxel_size_estimated"] = estimated
