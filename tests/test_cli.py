@@ -84,6 +84,26 @@ def test_train_scale_is_kept_in_the_model_and_predictions_come_back_full_size(fo
     assert "Scale 0.0 is outside" in err and "Traceback" not in err
 
 
+def test_train_scale_jitter_reaches_the_model_and_is_checked(folders, capsys):
+    """--scale-jitter is TrainConfig.scale_jitter: recorded in the model's history, said on the
+    terminal, and a value below 1 (a shrink-only zoom is not what it means) is one line, not a traceback."""
+    from napari_spoco.io import load_model
+
+    base = ["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"), "--steps", "1",
+            "--device", "cpu", "--init", "none", "--patch-size", "32", "32", "--batch-size", "2"]
+    assert main(base + ["--out", str(folders / "zoom.pt"), "--scale-jitter", "1.5"]) == 0
+    assert load_model(folders / "zoom.pt").history["scale_jitter"] == 1.5
+    assert "zoomed by up to 1.5" in capsys.readouterr().err
+    assert main(base + ["--out", str(folders / "plain.pt")]) == 0
+    assert load_model(folders / "plain.pt").history["scale_jitter"] == 1.0
+    assert "zoomed" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(base + ["--out", str(folders / "bad.pt"), "--scale-jitter", "0.5"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "from 1 (off) to 4" in err and "Traceback" not in err and not (folders / "bad.pt").exists()
+
+
 def test_predict_puts_the_method_in_the_cluster_config(folders, monkeypatch):
     """--method and the other clustering flags reach segment() as one ClusterConfig."""
     import napari_spoco.segmentation as seg

@@ -70,6 +70,7 @@ MINUTES = _number(float, 0, low_open=True, what="a positive, finite number of mi
 POSITIVE_FLOAT = _number(float, 0, low_open=True, what="a positive, finite number")
 PROBABILITY = _number(float, 0, True, 1, True, what="a number between 0 and 1 (exclusive)")
 SEED = _number(int, 0, high=SEED_MAX, what="a whole number from 0 to 2**62")
+ZOOM = _number(float, 1, high=4, what="a number from 1 (off) to 4")
 #: The CLI's clustering defaults are the library's (one source of truth).
 CLUSTER = ClusterConfig()
 
@@ -112,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channel-axis", type=int, metavar="AXIS",
                    help="axis of the image files that holds channels (e.g. 0 for (C, Y, X) stacks); colour "
                    "(Y, X, 3) needs none. The model reads every channel (docs/method.md, Colour and channels)")
+    t.add_argument("--scale-jitter", type=ZOOM, default=1.0, metavar="F",
+                   help="train on patches zoomed in Y and X by up to F times either way (e.g. 1.5), so that the "
+                   "model also meets objects of sizes you did not paint: much better where the painted objects "
+                   "are all of one size and the image holds others (one EM image), slightly worse on "
+                   "phase-contrast cells (docs/benchmarks.md). Default 1: off")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
 
@@ -645,8 +651,11 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         patch_shape=tuple(args.patch_size) if args.patch_size else None,
         voxel_size=voxel_size,
+        scale_jitter=args.scale_jitter,
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
+    if args.scale_jitter > 1:
+        print(f"Patches zoomed by up to {args.scale_jitter:g}x either way in Y and X (--scale-jitter).", file=sys.stderr)
     _say_precision(args.precision, args.device, labels[0].ndim)
     model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
                                                 channel_axis=args.channel_axis, model_config=model_config)

@@ -341,6 +341,19 @@ def test_a_model_trained_at_full_size_keeps_it_for_large_objects_painted_later(s
     assert widget.state.model.current.pixel_scale == 1.0
 
 
+def test_zoom_patches_setting_reaches_training(spoco, notes):
+    """The Train panel's "Zoom patches" is TrainConfig.scale_jitter: off by default, and what the
+    user sets is what the trained model records."""
+    viewer, widget = spoco
+    panel = widget.train_panel
+    assert panel.train_config().scale_jitter == 1.0 and panel.zoom_spin.text() == "off"
+    panel.zoom_spin.setValue(1.5)
+    panel.steps_spin.setValue(2)
+    panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    assert widget.state.model.current.history["scale_jitter"] == 1.5
+
+
 def test_writer_saves_labels_layer_as_tiff(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     data = np.zeros((2, 8, 8), np.uint32)
