@@ -83,6 +83,8 @@ def main() -> None:
     print(f"mid-training: step {p.step}, {p.steps_per_second:.2f} steps/s, loss {p.losses['total']:.3f}")
     wait(lambda: widget.state.job.idle, 900)
     print(train.train_label.text())
+    h = widget.state.model.current.history  # what the user guide's captions say about this run
+    print(f"records: edge_expand {h.get('edge_expand')}, edge_growth {h.get('edge_growth')}, layout {h.get('layout')}")
 
     segment.segment_btn.click()
     wait(lambda: widget.state.job.idle, 300)
