@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_spoco.data import PatchSampler, _zoom_patch, object_rings, prepare_training_data
+from napari_spoco.data import PatchSampler, _zoom_patch, count_painted, object_rings, prepare_training_data
 from napari_spoco.errors import SpocoError
-from napari_spoco.training import TrainConfig
+from napari_spoco.training import FEW_PAINTED, SCALE_JITTER, TrainConfig, scale_jitter_for, scale_jitter_note
 
 
 def _discs(shape=(160, 160), centres=((40, 40), (100, 110), (50, 120)), radius=12):
@@ -80,8 +80,40 @@ def test_scale_jitter_applies_to_y_and_x_of_3d_patches():
         assert not (neg & (obj > 0)).any()
 
 
-def test_scale_jitter_is_off_by_default_and_below_one_is_refused():
-    assert TrainConfig().scale_jitter == 1.0
+def test_scale_jitter_is_automatic_by_default_and_below_one_is_refused():
+    assert TrainConfig().scale_jitter is None
     with pytest.raises(SpocoError, match="scale_jitter"):
         TrainConfig(scale_jitter=0.5)
 
+
+def test_automatic_zoom_only_for_a_painting_of_few_objects():
+    auto, off, two = TrainConfig(), TrainConfig(scale_jitter=1.0), TrainConfig(scale_jitter=2.0)
+    assert scale_jitter_for(auto, 8) == SCALE_JITTER > 1
+    assert scale_jitter_for(auto, FEW_PAINTED - 1) == SCALE_JITTER
+    assert scale_jitter_for(auto, FEW_PAINTED) == 1.0 and scale_jitter_for(auto, 124) == 1.0
+    assert scale_jitter_for(auto, 0) == 1.0  # nothing painted (self-supervised): nothing to zoom for
+    assert scale_jitter_for(off, 8) == 1.0 and scale_jitter_for(two, 500) == 2.0  # set by hand: kept
+
+
+def test_count_painted_counts_ids_over_images_without_background():
+    a = np.zeros((10, 10), np.uint16)
+    a[1, 1], a[2, 2], a[5:7, 5:7], a[9, 9] = 3, 3, 70, 65535
+    b = np.zeros((4, 5, 6), np.uint32)
+    b[0, 0, 0], b[3, 4, 5] = 1, 2
+    assert count_painted([a, b]) == 5  # ids 3, 70 and 65535; 1 and 2
+    assert count_painted([a, b], background_label=65535) == 4
+    assert count_painted([np.zeros((3, 3), np.uint8)], background_label=1) == 0
+
+
+def test_training_records_the_automatic_zoom_and_the_painted_count():
+    from napari_spoco import train
+
+    image, objects = _discs()
+    objects[objects == 9] = 0  # three painted discs
+    few = train([image], [objects], TrainConfig(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2))
+    assert few.history["painted_objects"] == len(np.unique(objects[objects > 0]))
+    assert few.history["scale_jitter"] == SCALE_JITTER and few.history["scale_jitter_auto"]
+    assert scale_jitter_note(few.history).startswith(f"Patches were zoomed by up to {SCALE_JITTER:g}x")
+    hand = train([image], [objects], TrainConfig(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2,
+                                                 scale_jitter=1.5))
+    assert not hand.history["scale_jitter_auto"] and scale_jitter_note(hand.history) == ""

@@ -114,9 +114,9 @@ class TrainConfig:
     # None: automatic (paste_share_for).
     paste_share: float | None = None
     # Patches zoomed in Y and X by a factor drawn log-uniformly in [1/scale_jitter, scale_jitter]
-    # (data.PatchSampler); 1: off, the default: 1.5 won on single EM images and lost on
-    # phase-contrast cells (docs/method.md, "Patches at other sizes").
-    scale_jitter: float = 1.0
+    # (data.PatchSampler); 1: off; None: automatic (scale_jitter_for: on where few objects are
+    # painted; docs/method.md, "Patches at other sizes").
+    scale_jitter: float | None = None
     background_label: int | None = None
     # Resize images by this factor before the network (napari_spoco.scaling); None = automatic:
     # a starting model's scale other than 1 is kept, else 2D objects wider than 45 px are
@@ -168,7 +168,8 @@ class TrainConfig:
         check_field(self, "object_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "background_fraction", "a number in [0, 1]", low=0, high=1)
         check_field(self, "paste_share", "a number in [0, 1], or None for automatic", low=0, high=1, optional=True)
-        check_field(self, "scale_jitter", "a number from 1 (off) to 4", low=1, high=4)
+        check_field(self, "scale_jitter", "a number from 1 (off) to 4, or None for automatic", low=1, high=4,
+                    optional=True)
         check_field(self, "consistency_warmup_steps", "a whole number >= 0", whole=True, low=0)
         check_field(self, "warmup_steps", "a whole number >= 0 (0 = no warm-up)", whole=True, low=0)
         if not isinstance(self.stable_start, bool):
@@ -244,6 +245,31 @@ def paste_share_for(config: TrainConfig, ndim: int, solidity: float | None) -> f
         return float(config.paste_share)
     bar = PASTE_MIN_SOLIDITY.get(ndim)
     return PASTE_SHARE if bar is not None and solidity is not None and solidity >= bar else 0.0
+
+
+#: The automatic zoom of training patches (:func:`scale_jitter_for`): up to this factor either way ...
+SCALE_JITTER = 1.5
+#: ... where fewer objects than this are painted in all: a handful of objects samples the sizes of
+#: an image's objects too thinly (single images with 8-13 painted objects against splits of
+#: 42-124; docs/method.md, "Patches at other sizes").
+FEW_PAINTED = 20
+
+
+def scale_jitter_for(config: TrainConfig, painted: int) -> float:
+    """How far training patches are zoomed (1: not at all): ``config.scale_jitter`` when given;
+    else :data:`SCALE_JITTER` when fewer than :data:`FEW_PAINTED` objects are painted, 1 otherwise."""
+    if config.scale_jitter is not None:
+        return float(config.scale_jitter)
+    return SCALE_JITTER if 0 < painted < FEW_PAINTED else 1.0
+
+
+def scale_jitter_note(history: dict) -> str:
+    """One sentence for the end of a training run whose patches the automatic choice zoomed
+    (nothing otherwise: a zoom set by hand is the user's own)."""
+    jitter = history.get("scale_jitter") or 1.0
+    if jitter <= 1 or not history.get("scale_jitter_auto"):
+        return ""
+    return f"Patches were zoomed by up to {jitter:g}x, as only {history.get('painted_objects')} objects are painted."
 
 
 def default_patch_shape(ndim: int, image_shapes: Sequence[tuple[int, ...]], divisor: int) -> tuple[int, ...]:
@@ -531,8 +557,10 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     share = paste_share_for(config, ndim, model.history.get("object_solidity")) if not self_supervised else 0.0
     model.history["paste_share"] = share
     sampler.enable_paste(share, config.ring_width)
-    jitter = config.scale_jitter if not self_supervised else 1.0
+    jitter = scale_jitter_for(config, len(sizes)) if not self_supervised else 1.0
     model.history["scale_jitter"] = jitter
+    model.history["scale_jitter_auto"] = config.scale_jitter is None and not self_supervised
+    model.history["painted_objects"] = len(sizes)
     sampler.enable_scale_jitter(jitter, config.ring_width)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None

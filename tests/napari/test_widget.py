@@ -342,16 +342,24 @@ def test_a_model_trained_at_full_size_keeps_it_for_large_objects_painted_later(s
 
 
 def test_zoom_patches_setting_reaches_training(spoco, notes):
-    """The Train panel's "Zoom patches" is TrainConfig.scale_jitter: off by default, and what the
-    user sets is what the trained model records."""
+    """The Train panel's "Zoom patches" is TrainConfig.scale_jitter: auto by default, which zooms
+    the sample's few painted nuclei and says so when the run ends; what the user sets instead is
+    what the trained model records."""
+    from napari_spoco.training import SCALE_JITTER
+
     viewer, widget = spoco
     panel = widget.train_panel
-    assert panel.train_config().scale_jitter == 1.0 and panel.zoom_spin.text() == "off"
-    panel.zoom_spin.setValue(1.5)
+    assert panel.train_config().scale_jitter is None and panel.zoom_box.currentText() == "auto"
     panel.steps_spin.setValue(2)
     panel.train_btn.click()
     assert not notes["error"], notes["error"]
-    assert widget.state.model.current.history["scale_jitter"] == 1.5
+    assert widget.state.model.current.history["scale_jitter"] == SCALE_JITTER
+    assert f"zoomed by up to {SCALE_JITTER:g}x, as only" in panel.train_label.text()
+    panel.zoom_box.setCurrentText("off")
+    panel.train_btn.click()
+    assert not notes["error"], notes["error"]
+    assert widget.state.model.current.history["scale_jitter"] == 1.0
+    assert "zoomed" not in panel.train_label.text()
 
 
 def test_writer_saves_labels_layer_as_tiff(make_napari_viewer, tmp_path):

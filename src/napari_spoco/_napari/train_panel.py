@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
@@ -29,7 +30,7 @@ from ..model import network_config, network_name
 from ..out_of_core import voxel_note, voxel_size_from_scale
 from ..pretrained import DEFAULT_NETWORKS, load_default_model
 from ..scaling import explain_voxel_estimate, kept_scale_of, scale_note, training_scale
-from ..training import TrainConfig, TrainProgress, pretrain_config
+from ..training import FEW_PAINTED, TrainConfig, TrainProgress, pretrain_config, scale_jitter_note
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
@@ -37,6 +38,9 @@ from .layers import image_data, is_segmentation, refuse_if_too_large, spatial_sh
 from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
 from .state import Job, ModelSource, SpocoState
 from .widgets import LossPlot, NetworkBox
+
+#: The Train panel's "Zoom patches" choices: TrainConfig.scale_jitter (None: automatic).
+ZOOM_CHOICES = (("auto", None), ("off", 1.0), ("1.25x", 1.25), ("1.5x", 1.5), ("2x", 2.0), ("3x", 3.0), ("4x", 4.0))
 
 
 class TrainPanel(QGroupBox):
@@ -71,19 +75,16 @@ class TrainPanel(QGroupBox):
             f"'{PREVIEW_LAYER}' layer."
         )
         form.addRow("Preview every (s)", self.preview_spin)
-        self.zoom_spin = QDoubleSpinBox()
-        self.zoom_spin.setRange(1.0, 4.0)
-        self.zoom_spin.setSingleStep(0.25)
-        self.zoom_spin.setDecimals(2)
-        self.zoom_spin.setValue(1.0)
-        self.zoom_spin.setSpecialValueText("off")
-        self.zoom_spin.setToolTip(
+        self.zoom_box = QComboBox()
+        for text, value in ZOOM_CHOICES:
+            self.zoom_box.addItem(text, value)
+        self.zoom_box.setToolTip(
             "Train on patches zoomed in and out by up to this factor, so the model also meets objects "
-            "of sizes you did not paint. Try 1.5 when the objects you painted are all of one size and "
-            "the image holds larger or smaller ones (it helped most on single EM images; it cost up to "
-            "0.06 AP50 on phase-contrast cells)."
+            f"of sizes you did not paint. auto: 1.5x when fewer than {FEW_PAINTED} objects are painted "
+            "(it helped most on single EM images), off otherwise (with many painted objects it cost up "
+            "to 0.06 AP50 on phase-contrast cells)."
         )
-        form.addRow("Zoom patches (x)", self.zoom_spin)
+        form.addRow("Zoom patches", self.zoom_box)
         self.network_box = NetworkBox(state)
         form.addRow("Network", self.network_box)
         row = QHBoxLayout()
@@ -136,7 +137,7 @@ class TrainPanel(QGroupBox):
             steps=int(self.steps_spin.value()),
             minutes=float(minutes) if minutes > 0 else None,
             background_label=self.data.background_label,
-            scale_jitter=float(self.zoom_spin.value()),
+            scale_jitter=self.zoom_box.currentData(),
         )
 
     # ------------------------------------------------------------------ Train, Adapt, Stop
@@ -300,7 +301,7 @@ class TrainPanel(QGroupBox):
         self.state.model.run_ended(model, self_supervised=self.state.job.running is Job.ADAPT)
         p = self.last_progress
         msg = f"Trained {p.step} steps in {p.elapsed:.0f} s." if p else "Training ended before the first step."
-        note = layout_note(model.history) if model is not None else ""
+        note = " ".join(n for n in (layout_note(model.history), scale_jitter_note(model.history)) if n) if model is not None else ""
         self.train_label.setText(msg + (f" {note}" if note else "")
                                  + " Segment to see all instances, or paint more and Train again.")
         # A run that used its budget fills the bar; one stopped by the user keeps the part it did,
