@@ -118,6 +118,7 @@ def main() -> int:
     checkpoints = sorted(set(args.steps))
     # scores[mode][seed][step] = [AP50 per scored image]; step 0 = the starting model
     scores: dict[str, dict[int, dict[int, list[float]]]] = {m: {} for m in modes}
+    zooms: dict[str, dict[int, float | None]] = {m: {} for m in modes}  # the patches' zoom each run used
     names = None
     t0 = time.perf_counter()
     for seed in args.seeds:
@@ -128,6 +129,7 @@ def main() -> int:
             start = load_start(args.init)
             config = TrainConfig(seed=seed, device="cpu", precision=args.precision, **MODES[mode])
             snaps = run(images, labels, config, start, checkpoints)
+            zooms[mode][seed] = next(iter(snaps.values())).history.get("scale_jitter") if snaps else None
             scores[mode][seed] = {0: zero} if zero is not None else {}
             for step, snap in snaps.items():
                 scores[mode][seed][step] = ap50(snap, targets)
@@ -137,7 +139,7 @@ def main() -> int:
     meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "data": args.problem,
             "init": args.init, "seeds": args.seeds, "precision": args.precision, "margin": args.margin,
-            "minutes": round((time.perf_counter() - t0) / 60, 1)}
+            "minutes": round((time.perf_counter() - t0) / 60, 1), "scale_jitter": zooms}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "names": names, "scores": scores}, indent=1))

@@ -405,6 +405,7 @@ def run_ours(data: Data, sparse: list[np.ndarray], seed: int, minutes: float, in
             "start": start.history.get("source", "?") if start is not None else "new", "scale": model.pixel_scale,
             "train_s": train_s, "segment_s": float(np.mean(seg_s)),
             "precision": model.history.get("precision", "float32"), "voxel_size": voxel_size,
+            "scale_jitter": model.history.get("scale_jitter"), "painted_objects": model.history.get("painted_objects"),
             "voxel_size_used": list(model.voxel_size) if model.voxel_size else None,
             "voxel_size_estimated": bool(model.history.get("voxel_size_estimated")),
             "segment_precision": resolve_precision(INFERENCE_PRECISION, torch.device("cpu"), model.config.ndim)}

@@ -85,24 +85,28 @@ def test_train_scale_is_kept_in_the_model_and_predictions_come_back_full_size(fo
 
 
 def test_train_scale_jitter_reaches_the_model_and_is_checked(folders, capsys):
-    """--scale-jitter is TrainConfig.scale_jitter: recorded in the model's history, said on the
-    terminal with its reason; by default (auto) on for a painting of a few objects, as here, and off
-    at 1; a value below 1 (a shrink-only zoom is not what it means) is one line, not a traceback."""
-    from napari_spoco.data import count_painted
+    """--scale-jitter is TrainConfig.scale_jitter: recorded in the model's history and said on
+    the terminal (a number before training; the automatic choice after it, from the model's
+    record, with the count the library found); by default (auto) on for a painting of a few
+    objects, as here, and off at 1; a value below 1 (a shrink-only zoom is not what it means) is
+    one line, not a traceback."""
     from napari_spoco.io import load_model
     from napari_spoco.training import FEW_PAINTED, SCALE_JITTER
 
-    painted = count_painted([tifffile.imread(folders / "labels" / "cells.tif")])
-    assert 0 < painted < FEW_PAINTED  # the case the automatic choice zooms
+    painted = len(np.unique(tifffile.imread(folders / "labels" / "cells.tif"))) - 1
+    assert 1 < painted < FEW_PAINTED  # the case the automatic choice zooms
     base = ["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"), "--steps", "1",
             "--device", "cpu", "--init", "none", "--patch-size", "32", "32", "--batch-size", "2"]
     assert main(base + ["--out", str(folders / "zoom.pt"), "--scale-jitter", "2"]) == 0
     assert load_model(folders / "zoom.pt").history["scale_jitter"] == 2.0
     assert "zoomed by up to 2x either way in Y and X (--scale-jitter)" in capsys.readouterr().err
-    assert main(base + ["--out", str(folders / "auto.pt")]) == 0
-    history = load_model(folders / "auto.pt").history
-    assert history["scale_jitter"] == SCALE_JITTER and history["scale_jitter_auto"] and history["painted_objects"] == painted
-    assert f"only {painted} objects painted; --scale-jitter 1 turns it off" in capsys.readouterr().err
+    for name, extra in (("default.pt", []), ("auto.pt", ["--scale-jitter", "AUTO"])):
+        assert main(base + ["--out", str(folders / name)] + extra) == 0
+        history = load_model(folders / name).history
+        assert history["scale_jitter"] == SCALE_JITTER and history["scale_jitter_auto"]
+        assert history["painted_objects"] == painted
+        assert (f"Patches were zoomed by up to {SCALE_JITTER:g}x, as only {painted} objects are painted "
+                "(--scale-jitter 1 turns it off)") in capsys.readouterr().err
     assert main(base + ["--out", str(folders / "plain.pt"), "--scale-jitter", "1"]) == 0
     assert load_model(folders / "plain.pt").history["scale_jitter"] == 1.0
     assert "zoomed" not in capsys.readouterr().err
@@ -172,13 +176,14 @@ def test_demo_runs_the_whole_loop_on_the_shipped_sample(tmp_path, capsys):
     assert "shipped 2D model" in printed.err
     assert "nuclei_heldout" in printed.out and "Trained 3 steps" in printed.out
     # train's defaults: 8 painted nuclei are few, so patches are zoomed, and the demo says so
-    assert "Patches zoomed by up to 1.5x either way in Y and X (only 8 objects painted" in printed.err
+    assert "Patches were zoomed by up to 1.5x, as only 8 objects are painted" in printed.err
     # the demo trains with train's defaults, so it names bfloat16 as train does (iff native)
     import torch
 
     from napari_spoco.io import load_model
     from napari_spoco.precision import native_bfloat16
 
+    assert load_model(out / "model.spoco.pt").history["scale_jitter"] == 1.5
     native = load_model(out / "model.spoco.pt").history["precision"] == "bfloat16"
     assert native == native_bfloat16(torch.device("cpu"))
     assert ("The network trains in bfloat16 (the hardware has it natively" in printed.err) == native

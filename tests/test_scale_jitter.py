@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_spoco.data import PatchSampler, _zoom_patch, count_painted, object_rings, prepare_training_data
+from napari_spoco.data import PatchSampler, _zoom_patch, object_rings, prepare_training_data
 from napari_spoco.errors import SpocoError
-from napari_spoco.training import FEW_PAINTED, SCALE_JITTER, TrainConfig, scale_jitter_for, scale_jitter_note
+from napari_spoco.training import (
+    FEW_PAINTED,
+    SCALE_JITTER,
+    TrainConfig,
+    pretrain_config,
+    scale_jitter_for,
+    scale_jitter_note,
+)
 
 
 def _discs(shape=(160, 160), centres=((40, 40), (100, 110), (50, 120)), radius=12):
@@ -95,25 +102,35 @@ def test_automatic_zoom_only_for_a_painting_of_few_objects():
     assert scale_jitter_for(off, 8) == 1.0 and scale_jitter_for(two, 500) == 2.0  # set by hand: kept
 
 
-def test_count_painted_counts_ids_over_images_without_background():
-    a = np.zeros((10, 10), np.uint16)
-    a[1, 1], a[2, 2], a[5:7, 5:7], a[9, 9] = 3, 3, 70, 65535
-    b = np.zeros((4, 5, 6), np.uint32)
-    b[0, 0, 0], b[3, 4, 5] = 1, 2
-    assert count_painted([a, b]) == 5  # ids 3, 70 and 65535; 1 and 2
-    assert count_painted([a, b], background_label=65535) == 4
-    assert count_painted([np.zeros((3, 3), np.uint8)], background_label=1) == 0
-
-
 def test_training_records_the_automatic_zoom_and_the_painted_count():
     from napari_spoco import train
+    from napari_spoco.training import pretrain
 
     image, objects = _discs()
     objects[objects == 9] = 0  # three painted discs
-    few = train([image], [objects], TrainConfig(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2))
-    assert few.history["painted_objects"] == len(np.unique(objects[objects > 0]))
+    small = dict(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2)
+    few = train([image], [objects], TrainConfig(**small))
+    assert few.history["painted_objects"] == 3
     assert few.history["scale_jitter"] == SCALE_JITTER and few.history["scale_jitter_auto"]
-    assert scale_jitter_note(few.history).startswith(f"Patches were zoomed by up to {SCALE_JITTER:g}x")
-    hand = train([image], [objects], TrainConfig(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2,
-                                                 scale_jitter=1.5))
+    assert scale_jitter_note(few.history) == f"Patches were zoomed by up to {SCALE_JITTER:g}x, as only 3 objects are painted."
+    hand = train([image], [objects], TrainConfig(**small, scale_jitter=1.5))
     assert not hand.history["scale_jitter_auto"] and scale_jitter_note(hand.history) == ""
+    # adaptation (no labels) never zooms and keeps the record of the supervised run before it
+    adapted = pretrain([image], pretrain_config(**small, scale_jitter=2.0), model=few)
+    assert adapted.history["scale_jitter"] == SCALE_JITTER and adapted.history["painted_objects"] == 3
+
+
+def test_automatic_zoom_stays_off_for_many_painted_objects():
+    from napari_spoco import train
+
+    yy, xx = np.mgrid[:120, :150]
+    labels = np.zeros((120, 150), np.int32)
+    for i in range(FEW_PAINTED):  # small discs on a 4 x 5 grid
+        cy, cx = 15 + 30 * (i // 5), 15 + 30 * (i % 5)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = i + 1
+    image = (labels > 0) * 100.0 + np.random.default_rng(0).random(labels.shape)
+    many = train([image.astype(np.float32)], [labels],
+                 TrainConfig(steps=1, device="cpu", patch_shape=(32, 32), batch_size=2))
+    assert many.history["painted_objects"] == FEW_PAINTED
+    assert many.history["scale_jitter"] == 1.0 and many.history["scale_jitter_auto"]
+    assert scale_jitter_note(many.history) == ""

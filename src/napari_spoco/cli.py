@@ -25,11 +25,10 @@ import numpy as np
 
 from .checks import SEED_MAX
 from .clustering import LAYOUTS, METHODS, ClusterConfig
-from .data import count_painted
 from .errors import SpocoError
 from .model import DEVICES, NETWORK_CHOICES
 from .precision import INFERENCE_PRECISION, PRECISIONS
-from .training import FEW_PAINTED
+from .training import FEW_PAINTED, TrainConfig
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 141 stdout
 #: closed by its reader, 143 SIGTERM.
@@ -127,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on patches zoomed in Y and X by up to F times either way, so that the model also "
                    "meets objects of sizes you did not paint; 1 turns it off. Default auto: 1.5 when fewer than "
                    f"{FEW_PAINTED} objects are painted in all (much better on single EM images, about 0.01 AP50 lower "
-                   "on single nuclei and phase-contrast images), off otherwise (with many painted objects it cost up to "
+                   "on single nuclei fields, level on single phase-contrast images), off otherwise (with many painted objects it cost up to "
                    "0.06 AP50 on phase-contrast cells; docs/benchmarks.md)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
@@ -578,18 +577,20 @@ def _scale(arg: str, labels, background_label, init=None) -> float:
     return scale
 
 
-def _say_scale_jitter(config, labels, background_label) -> None:
-    """Say when training patches are zoomed, and why: set by hand, or chosen because few objects
-    are painted (the library decides the same from the same count; docs/method.md)."""
-    from .training import scale_jitter_for
+def _say_hand_set_zoom(config: TrainConfig) -> None:
+    """Before training: a zoom the user set. The automatic one is said after training, from the
+    model's record (the library counts the painted objects as it trains on them)."""
+    if config.scale_jitter is not None and config.scale_jitter > 1:
+        print(f"Patches zoomed by up to {config.scale_jitter:g}x either way in Y and X (--scale-jitter).", file=sys.stderr)
 
-    painted = count_painted(labels, background_label)
-    jitter = scale_jitter_for(config, painted)
-    if jitter <= 1:
-        return
-    why = ("--scale-jitter" if config.scale_jitter is not None
-           else f"only {painted} objects painted; --scale-jitter 1 turns it off")
-    print(f"Patches zoomed by up to {jitter:g}x either way in Y and X ({why}).", file=sys.stderr)
+
+def _say_automatic_zoom(model) -> None:
+    """After training: the zoom the automatic choice made, if any (training.scale_jitter_note)."""
+    from .training import scale_jitter_note
+
+    note = scale_jitter_note(model.history) if model is not None else ""
+    if note:
+        print(f"{note[:-1]} (--scale-jitter 1 turns it off).", file=sys.stderr)
 
 
 def _say_patch_size(patch: list[int] | None, labels, scale: float, voxel_size) -> None:
@@ -679,10 +680,12 @@ def cmd_train(args) -> int:
         scale_jitter=args.scale_jitter,
     )
     print(f"Training on {len(pairs)} image(s): {_names(names)}", file=sys.stderr)
-    _say_scale_jitter(config, labels, args.background_label)
+    _say_hand_set_zoom(config)
     _say_precision(args.precision, args.device, labels[0].ndim)
     model, trained, code = _train_with_progress(images, labels, config, model=init, names=names,
                                                 channel_axis=args.channel_axis, model_config=model_config)
+    if trained:
+        _say_automatic_zoom(model)
     return _save_trained(model, out, trained, code)
 
 
@@ -1077,12 +1080,13 @@ def cmd_demo(args) -> int:
     steps = args.steps or 0
     config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device,
                          precision=args.precision)
-    _say_scale_jitter(config, [data.train_sparse], None)
     init = _initial_model(args.init, [data.train_image])
     steps_before = init.history.get("steps", 0) if init is not None else 0
     t0 = time.perf_counter()
     model, trained, code = _train_with_progress([data.train_image], [data.train_sparse], config, model=init)
     train_s = time.perf_counter() - t0
+    if trained:
+        _say_automatic_zoom(model)
     if trained == 0:
         print("Stopped before the first training step finished: nothing was written.", file=sys.stderr)
         return code or EXIT_FAILED

@@ -315,18 +315,6 @@ def split_background(
     return objects, bg
 
 
-def count_painted(labels: Sequence[np.ndarray], background_label: int | None = None) -> int:
-    """How many objects are painted over all ``labels`` (each id but 0 and ``background_label``
-    is one object of its image): what the automatic zoom of training patches reads
-    (training.scale_jitter_for)."""
-    total = 0
-    for lab in labels:
-        lab = np.asarray(lab)
-        ids = np.unique(lab[lab != 0])  # painted pixels are few: sort those only
-        total += len(ids) - int(background_label is not None and background_label in ids)
-    return total
-
-
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Ids 1..N in order of first appearance of the sorted ids; 0 stays 0."""
     labels = np.asarray(labels)

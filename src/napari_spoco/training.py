@@ -250,7 +250,7 @@ def paste_share_for(config: TrainConfig, ndim: int, solidity: float | None) -> f
 #: The automatic zoom of training patches (:func:`scale_jitter_for`): up to this factor either way ...
 SCALE_JITTER = 1.5
 #: ... where fewer objects than this are painted in all: a handful of objects samples the sizes of
-#: an image's objects too thinly (single images with 8-13 painted objects against splits of
+#: an image's objects too thinly (single images with 7-13 painted objects against splits of
 #: 42-124; docs/method.md, "Patches at other sizes").
 FEW_PAINTED = 20
 
@@ -558,9 +558,10 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
     model.history["paste_share"] = share
     sampler.enable_paste(share, config.ring_width)
     jitter = scale_jitter_for(config, len(sizes)) if not self_supervised else 1.0
-    model.history["scale_jitter"] = jitter
-    model.history["scale_jitter_auto"] = config.scale_jitter is None and not self_supervised
-    model.history["painted_objects"] = len(sizes)
+    if not self_supervised:  # adaptation keeps the record of the last supervised run, as the sizes above
+        model.history["scale_jitter"] = jitter
+        model.history["scale_jitter_auto"] = config.scale_jitter is None
+        model.history["painted_objects"] = len(sizes)
     sampler.enable_scale_jitter(jitter, config.ring_width)
     model.history["pixel_scale"] = scale
     model.history["voxel_size"] = list(voxel_size) if voxel_size is not None else None

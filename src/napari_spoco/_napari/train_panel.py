@@ -298,10 +298,12 @@ class TrainPanel(QGroupBox):
     def _on_train_done(self, model) -> None:
         if self.state.closing.closed:  # the panel is gone
             return
-        self.state.model.run_ended(model, self_supervised=self.state.job.running is Job.ADAPT)
+        adapted = self.state.job.running is Job.ADAPT
+        self.state.model.run_ended(model, self_supervised=adapted)
         p = self.last_progress
         msg = f"Trained {p.step} steps in {p.elapsed:.0f} s." if p else "Training ended before the first step."
-        note = " ".join(n for n in (layout_note(model.history), scale_jitter_note(model.history)) if n) if model is not None else ""
+        notes = [layout_note(model.history), "" if adapted else scale_jitter_note(model.history)] if model is not None else []
+        note = " ".join(n for n in notes if n)
         self.train_label.setText(msg + (f" {note}" if note else "")
                                  + " Segment to see all instances, or paint more and Train again.")
         # A run that used its budget fills the bar; one stopped by the user keeps the part it did,
