@@ -26,9 +26,9 @@ import numpy as np
 from .checks import SEED_MAX
 from .clustering import LAYOUTS, METHODS, ClusterConfig
 from .errors import SpocoError
-from .model import DEVICES, NETWORK_CHOICES
+from .model import DEVICES, NETWORK_CHOICES, SpocoModel
 from .precision import INFERENCE_PRECISION, PRECISIONS
-from .training import FEW_PAINTED, TrainConfig
+from .training import FEW_PAINTED, TrainConfig, scale_jitter_note
 
 #: Exit codes: 0 done, 1 a bug or files that failed in a batch, 2 bad input, 130 Ctrl-C, 141 stdout
 #: closed by its reader, 143 SIGTERM.
@@ -126,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train on patches zoomed in Y and X by up to F times either way, so that the model also "
                    "meets objects of sizes you did not paint; 1 turns it off. Default auto: 1.5 when fewer than "
                    f"{FEW_PAINTED} objects are painted in all (much better on single EM images, about 0.01 AP50 lower "
-                   "on single nuclei fields, level on single phase-contrast images), off otherwise (with many painted objects it cost up to "
-                   "0.06 AP50 on phase-contrast cells; docs/benchmarks.md)")
+                   "on single nuclei fields, level on single phase-contrast images), off otherwise (with many "
+                   "painted objects it cost up to 0.06 AP50 on phase-contrast cells; docs/benchmarks.md)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(t)
 
@@ -584,10 +584,8 @@ def _say_hand_set_zoom(config: TrainConfig) -> None:
         print(f"Patches zoomed by up to {config.scale_jitter:g}x either way in Y and X (--scale-jitter).", file=sys.stderr)
 
 
-def _say_automatic_zoom(model) -> None:
+def _say_automatic_zoom(model: SpocoModel | None) -> None:
     """After training: the zoom the automatic choice made, if any (training.scale_jitter_note)."""
-    from .training import scale_jitter_note
-
     note = scale_jitter_note(model.history) if model is not None else ""
     if note:
         print(f"{note[:-1]} (--scale-jitter 1 turns it off).", file=sys.stderr)
