@@ -67,3 +67,35 @@ def test_exported_colour_package_scales_each_channel_and_passes(tmp_path):
     with zipfile.ZipFile(out) as z:
         assert np.load(z.open("test_input.npy")).shape[:2] == (1, 3)
         assert "3 channels, each scaled on its own" in z.read("README.md").decode()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--name", "Nuclei v1.0"], "has '.'"),
+    (["--name", "cell"], "has 4 characters"),
+    (["--author", "Lab A/B"], "has a slash"),
+    (["--license", "not-a-licence"], "SPDX licence identifier"),
+])
+def test_export_names_and_licences_bioimageio_refuses_get_a_clear_message(tmp_path, capsys, flags, expected):
+    out = tmp_path / "m.zip"
+    code = main(["export", "--model", "default", "--out", str(out), "--no-validate", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err and "report" not in err
+    assert not out.exists()
+
+
+def test_export_takes_a_channel_stack_as_test_image(tmp_path, capsys):
+    import tifffile
+
+    from napari_spoco.io import save_model
+
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=4, depth=2, in_channels=2))
+    save_model(model, tmp_path / "two.spoco.pt")
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "cyx.tif", rng.random((2, 96, 96)).astype(np.float32), imagej=True,
+                     metadata={"axes": "CYX"})
+    base = ["export", "--model", str(tmp_path / "two.spoco.pt"), "--test-image", str(tmp_path / "cyx.tif")]
+    assert main(base + ["--out", str(tmp_path / "no.zip")]) == 2
+    assert "--channel-axis" in capsys.readouterr().err  # the advice the refusal gives ...
+    assert main(base + ["--out", str(tmp_path / "two.zip"), "--channel-axis", "0"]) == 0  # ... now works
+    with zipfile.ZipFile(tmp_path / "two.zip") as z:
+        assert np.load(z.open("test_input.npy")).shape == (1, 2, 96, 96)

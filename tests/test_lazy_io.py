@@ -120,6 +120,37 @@ def test_predict_segments_a_zarr_store_block_by_block_into_zarr(tmp_path, capsys
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_predict_takes_an_array_inside_a_zarr_group_as_its_advice_says(tmp_path, capsys):
+    s = load_sample()
+    group = zarr.open_group(store=str(tmp_path / "plain.zarr"), mode="w")
+    group.create_array("raw", data=s.test_image, chunks=(128, 128))
+    model = _model_file(tmp_path)
+    base = ["predict", "--model", str(model), "--out", str(tmp_path / "out")]
+    assert main(base + ["--images", str(tmp_path / "plain.zarr")]) == 1  # the group: skipped, with advice
+    advice = capsys.readouterr().err
+    assert "plain.zarr/raw" in advice and "Traceback" not in advice
+    assert main(base + ["--images", str(tmp_path / "plain.zarr" / "raw")]) == 0  # the array the advice names
+    labels = open_label_store(tmp_path / "out" / "raw.zarr")
+    assert labels.shape == s.test_image.shape and int(np.asarray(labels[...]).max()) > 5
+
+
+def test_a_tiff_cut_short_fails_alone_in_a_block_by_block_batch(tmp_path, capsys):
+    s = load_sample()
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "good.tif", s.test_image)
+    tifffile.imwrite(images / "cut.tif", s.test_image)
+    whole = (images / "cut.tif").read_bytes()
+    (images / "cut.tif").write_bytes(whole[: len(whole) // 2])  # header intact, half its pixels missing
+    model = _model_file(tmp_path)
+    code = main(["predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "out"),
+                 "--block-shape", "128", "128"])
+    err = capsys.readouterr().err
+    assert code == 1 and "1 of 2 images failed" in err, err
+    assert "cut.tif" in err.split("failed and were skipped")[-1] and "unexpected error" not in err
+    assert tifffile.imread(tmp_path / "out" / "good.tif").max() > 5 and not (tmp_path / "out" / "cut.tif").exists()
+
+
 def test_predict_spreads_a_batch_over_worker_processes(tmp_path, capsys):
     s = load_sample()
     images = tmp_path / "images"

@@ -51,6 +51,25 @@ def min_tile_side(config: ModelConfig) -> int:
     return div * -(-(2 * export_halo(config) + 1) // div)
 
 
+#: Characters bioimage.io allows in a model's name (5 to 128 of them; bioimage.io spec 0.5).
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+
+
+def check_description(name: str, authors: Sequence[str]) -> None:
+    """Refuse a name or author that bioimage.io's format does not accept, before any work, with
+    what it accepts: its own error would come only after the network is scripted, and reads
+    as a fault of ours."""
+    bad = sorted(set(name) - NAME_CHARACTERS)
+    if bad or not 5 <= len(name) <= 128:
+        what = f"has {''.join(bad)!r}" if bad else f"has {len(name)} characters"
+        raise SpocoError(f"The model name {name!r} {what}; bioimage.io accepts 5 to 128 letters, digits, spaces "
+                         "and _ + - ( ), e.g. 'Nuclei v1-2 (U2OS)'.")
+    for author in authors:
+        if not author.strip() or "/" in author or "\\" in author:
+            raise SpocoError(f"The author name {author!r} is empty or has a slash; bioimage.io accepts a name "
+                             "without / or \\.")
+
+
 def _require_spec():
     try:
         import bioimageio.spec  # noqa: F401
@@ -159,6 +178,7 @@ def export_bioimageio(
     """
     from .io import check_finite
 
+    check_description(name, authors)
     check_finite(model)
     _require_spec()
     from bioimageio.spec import save_bioimageio_package
@@ -185,6 +205,7 @@ def export_bioimageio(
         Version,
         WeightsDescr,
     )
+    from pydantic import ValidationError
 
     path = Path(path)
     if path.suffix != ".zip":
@@ -252,25 +273,32 @@ def export_bioimageio(
                 data=IntervalOrRatioDataDescr(type="float32"),
             )
         ]
-        descr = ModelDescr(
-            name=name,
-            description=description,
-            authors=[Author(name=a) for a in authors],
-            cite=[CiteEntry(text=SPOCO_PAPER, url=SPOCO_URL)],
-            license=license,
-            documentation=FileDescr(source=tmp / "README.md"),
-            tags=["instance-segmentation", "pixel-embeddings", "spoco", "napari-spoco", f"{cfg.ndim}d"],
-            inputs=inputs,
-            outputs=outputs,
-            weights=WeightsDescr(
-                torchscript=TorchscriptWeightsDescr(
-                    source=tmp / "weights.torchscript.pt",
-                    pytorch_version=Version(torch.__version__.split("+")[0]),
-                )
-            ),
-            config={"napari_spoco": {"model_config": cfg.to_dict(), "delta_var": 0.5, "delta_dist": 2.0,
-                                     "steps": int(model.history.get("steps", 0))}},
-        )
+        try:
+            descr = ModelDescr(
+                name=name,
+                description=description,
+                authors=[Author(name=a) for a in authors],
+                cite=[CiteEntry(text=SPOCO_PAPER, url=SPOCO_URL)],
+                license=license,
+                documentation=FileDescr(source=tmp / "README.md"),
+                tags=["instance-segmentation", "pixel-embeddings", "spoco", "napari-spoco", f"{cfg.ndim}d"],
+                inputs=inputs,
+                outputs=outputs,
+                weights=WeightsDescr(
+                    torchscript=TorchscriptWeightsDescr(
+                        source=tmp / "weights.torchscript.pt",
+                        pytorch_version=Version(torch.__version__.split("+")[0]),
+                    )
+                ),
+                config={"napari_spoco": {"model_config": cfg.to_dict(), "delta_var": 0.5, "delta_dist": 2.0,
+                                         "steps": int(model.history.get("steps", 0))}},
+            )
+        except ValidationError as exc:  # what the user gave (a licence that is no SPDX identifier, ...)
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "the description"
+            hint = (f" ({license!r}: give an SPDX licence identifier such as CC-BY-4.0 or MIT)"
+                    if where.startswith("license") else "")
+            raise SpocoError(f"bioimage.io refuses the package's {where}: {first.get('msg', exc)}{hint}.") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         save_bioimageio_package(descr, output_path=path)
     return path

@@ -232,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--author", action="append", help="author name (repeat for several)")
     ex.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
     ex.add_argument("--test-image", help="image to store as the package's test input (default: a sample crop)")
+    ex.add_argument("--channel-axis", type=int, metavar="AXIS",
+                    help="axis of --test-image that holds channels (e.g. 0 for (C, Y, X) stacks), for a model "
+                    "trained on channels; colour (Y, X, 3) needs none")
     ex.add_argument("--no-validate", action="store_true", help="skip bioimage.io's own test of the package")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_common(ex)
@@ -296,9 +299,10 @@ def _out_file(path: str, overwrite: bool, inputs=()) -> Path:
 
 def _files(path: str, zarr: bool = False) -> dict[str, Path]:
     from .io import IMAGE_SUFFIXES, list_images
+    from .lazy_io import is_zarr
 
     p = Path(path)
-    if zarr and p.is_dir() and p.suffix.lower() == ".zarr":
+    if zarr and is_zarr(p):  # a .zarr folder, or an array inside a zarr group (store.zarr/raw)
         return {p.stem: p}
     if p.is_file():
         if p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -748,8 +752,9 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SpocoError(f"--out {out} is a file; give a folder.")
-    images_dir = Path(args.images) if Path(args.images).is_dir() and not Path(args.images).suffix.lower() == ".zarr" \
-        else Path(args.images).parent
+    from .lazy_io import is_zarr
+
+    images_dir = Path(args.images) if Path(args.images).is_dir() and not is_zarr(args.images) else Path(args.images).parent
     if out.exists() and out.resolve() == images_dir.resolve():
         raise SpocoError(
             f"--out {out} is the folder of the input images: label files would replace or mix with "
@@ -920,7 +925,8 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
                                    tta=options.tta)
         if store != target:
             zarr_to_tiff(store, target)
-    except (SpocoError, OSError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a file whose pixels cannot be decoded (cut short, a corrupt chunk)
+        # raises the reader's own error here (tifffile's, a codec's); it fails this image, not the batch
         failed[path.name] = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
         print(f"{path.name}: skipped ({failed[path.name]})", file=sys.stderr)
         return
@@ -1109,9 +1115,9 @@ def cmd_export(args) -> int:
     inputs = ([] if args.model == "default" else [Path(args.model)]) + ([Path(args.test_image)] if args.test_image else [])
     out = _out_file(args.out, args.overwrite, inputs)
     model = load_default_model(2) if args.model == "default" else load_model(args.model)
-    test_image = read_image(args.test_image) if args.test_image else None
+    test_image = read_image(args.test_image, keep_channels=args.channel_axis is not None) if args.test_image else None
     path = export_bioimageio(model, out, name=args.name, authors=args.author or ["napari-spoco user"],
-                             license=args.license, test_image=test_image)
+                             license=args.license, test_image=test_image, channel_axis=args.channel_axis)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB).", file=sys.stderr)
     if args.no_validate:
         return 0

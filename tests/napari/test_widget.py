@@ -200,9 +200,10 @@ def test_bad_inputs_become_notifications_and_keep_labels_and_model(spoco, tmp_pa
     widget.state.model.use(kept, ModelSource.NEW)
     bad = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, bad)
+    errors_before = len(notes["error"])
     assert not widget.model_panel.load_model_from(str(bad))
-    assert widget.state.model.current is kept and notes["error"][-1]
-    assert "Traceback" not in notes["error"][-1]
+    assert widget.state.model.current is kept and len(notes["error"]) == errors_before + 1
+    assert "not a napari-spoco model" in notes["error"][-1] and "Traceback" not in notes["error"][-1]
     # A 3D model cannot segment a 2D image: message, no crash.
     widget.state.model.use(SpocoModel.new(ModelConfig(ndim=3)), ModelSource.NEW)
     assert widget.segment_panel.segment_btn.isEnabled()  # the panel follows the model state
