@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--scale-jitter", type=ZOOM, default=None, metavar="auto|F",
                    help="train on patches zoomed in Y and X by up to F times either way, so that the model also "
                    "meets objects of sizes you did not paint; 1 turns it off. Default auto: 1.5 when fewer than "
-                   f"{FEW_PAINTED} objects are painted in all (+0.07 AP50 on single EM images over three seeds, 0.01 lower "
+                   f"{FEW_PAINTED} objects are painted in all (+0.07 AP50 on single EM images over three seeds, 0.005 lower "
                    "on single nuclei fields, level on single phase-contrast images), off otherwise (with many "
                    "painted objects it cost up to 0.06 AP50 on phase-contrast cells; docs/benchmarks.md)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
