@@ -167,3 +167,37 @@ def test_predict_spreads_a_batch_over_worker_processes(tmp_path, capsys):
     for i in range(3):
         assert np.array_equal(tifffile.imread(tmp_path / "one" / f"f{i}.tif"),
                               tifffile.imread(tmp_path / "two" / f"f{i}.tif"))
+
+
+class _FailingChunks:
+    """A label array whose second chunk cannot be read (a disk error mid-copy)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, 0
+        self.chunks = (data.shape[0] // 2, data.shape[1])
+
+    def __getitem__(self, index):
+        self.reads += 1
+        if self.reads == 2:
+            raise OSError("chunk unreadable")
+        return self.data[index]
+
+
+def test_replacing_a_store_keeps_the_old_one_until_the_copy_is_complete(tmp_path):
+    import zarr
+
+    from napari_spoco.out_of_core import copy_labels
+
+    target = tmp_path / "cells.zarr"
+    old = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    copy_labels(old, target)
+    new = np.full((8, 8), 7, np.uint16)
+    with pytest.raises(OSError, match="unreadable"):
+        copy_labels(_FailingChunks(new), target, replace=True)
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], old)  # the old store, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr"]  # no partial copy left beside it
+    with pytest.raises(SpocoError, match="exists already"):  # without replace, never written over
+        copy_labels(new, target)
+    assert copy_labels(new, target, replace=True) == target
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], new)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr"]

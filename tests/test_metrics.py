@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_spoco import metrics
 from napari_spoco.metrics import average_precision, count_difference, evaluate, iou_matrix, symmetric_best_dice
 
 
@@ -71,3 +72,43 @@ def test_metrics_work_in_3d():
     gt = np.zeros((3, 6, 6), int)
     gt[:, :3, :3] = 1
     assert evaluate(gt, gt)["mAP"] == 1.0
+
+
+def test_scores_from_touching_pairs_equal_those_of_the_full_iou_table():
+    """AP and SBD read only the object pairs that share pixels; on random label images (with
+    and without background, one side empty) they must equal the full table's."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 25, 2))
+        k = int(rng.integers(1, 8))
+        gt = (rng.integers(0, k, shape) * rng.integers(0, 2, shape)).astype(np.uint16) + 3 * (trial % 5 == 0)
+        pred = np.where(rng.random(shape) < 0.7, gt, rng.integers(0, k + 2, shape)).astype(np.int32)
+        if trial % 11 == 0:
+            pred[:] = 0
+        iou = iou_matrix(gt, pred)
+        for t, ap in average_precision(gt, pred).items():
+            tp = int((iou > t).sum())
+            n_gt, n_pred = iou.shape
+            want = 1.0 if n_gt == n_pred == 0 else tp / (n_gt + n_pred - tp)
+            assert ap == want, (trial, t)
+        if iou.shape[0] and iou.shape[1]:
+            inter, gs, ps = metrics._overlaps(gt, pred)
+            dice = 2 * inter / (gs[:, None] + ps[None, :])
+            assert symmetric_best_dice(gt, pred) == float(min(dice.max(1).mean(), dice.max(0).mean()))
+
+
+def test_many_objects_are_scored_without_a_table_of_every_pair():
+    """10 000 objects a side: a full n_true × n_pred table would take 800 MB; the scores need
+    only the pairs that touch."""
+    import tracemalloc
+
+    gt = np.arange(1, 10_001, dtype=np.int32).repeat(8).reshape(200, 400)
+    pred = np.roll(gt, 1)  # each object shifted by one pixel: IoU 7/9
+    tracemalloc.start()
+    try:
+        scores = evaluate(gt, pred)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scores["AP50"] == 1.0 and scores["AP75"] == 1.0 and abs(scores["SBD"] - 7 / 8) < 1e-9
+    assert peak < 100e6, f"{peak / 1e6:.0f} MB"

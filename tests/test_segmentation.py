@@ -269,3 +269,55 @@ def test_messages_about_a_bad_image_use_the_name_the_caller_gives():
         segment_series(model, np.stack([np.zeros_like(image) + 0.5, image]), device="cpu", name="'movie'")
     with pytest.raises(SpocoError, match="2D model but 'volume' is 3D"):
         segment(model, np.zeros((8, 64, 64), np.float32), device="cpu", name="'volume'")
+
+
+def _drain(gen):
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as done:
+            return items, done.value
+
+
+def test_a_preview_that_cannot_be_made_does_not_end_the_training_run(tiny_pair):
+    """The user chose a 3D volume in the Image box while a 2D model trains: the preview of it
+    fails once, is reported, and training goes on to its last step with its model."""
+    from napari_spoco._napari import workers
+    from napari_spoco.training import TrainConfig, TrainProgress
+
+    image, sparse, _ = tiny_pair
+    volume = np.stack([image] * 4)
+    target = workers.PreviewTarget("volume", volume, (slice(0, 4), slice(0, 32), slice(0, 32)), (0, 0, 0), "volume")
+    job = workers.TrainJob([image], [sparse], TrainConfig(steps=4, patch_shape=(32, 32), batch_size=2),
+                           preview_every=1e-9, preview_target=lambda: target)
+    items, model = _drain(workers.training_job(job))
+    skipped = [i for i in items if isinstance(i, workers.PreviewSkipped)]
+    assert [i.step for i in items if isinstance(i, TrainProgress)] == [1, 2, 3, 4] and model.history["steps"] == 4
+    assert len(skipped) == 1 and skipped[0].layer == "volume" and skipped[0].reason  # once, not every step
+
+
+class _LazyImage:
+    """An array read on demand that records what is read and refuses to be read whole."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return self.data[index]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole lazy image was read")
+
+
+def test_a_preview_of_a_lazy_image_reads_only_its_box(tiny_pair):
+    from napari_spoco._napari import workers
+
+    image, _, _ = tiny_pair
+    lazy = _LazyImage(image)
+    box = (slice(0, 32), slice(16, 48))
+    low, high = workers.preview_range(workers.PreviewTarget("lazy", lazy, box, (0, 16)), 1)
+    crop = image[box]
+    assert lazy.reads == [box] and crop.min() <= low < high <= crop.max()
+    assert workers.preview_range(workers.PreviewTarget("mem", image, box, (0, 16)), 1) != (low, high)  # whole image

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -125,11 +126,41 @@ def copy_labels(
     data,
     path: str | Path,
     progress: Callable[[int, int], None] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Write a label array (numpy, dask, zarr) to a new zarr store at ``path`` (zarr format 2,
     chunked like the source; it must not exist), one chunk at a time, so that memory is that of
     one chunk. ``progress(done, total)`` counts chunks; if anything fails (or ``progress``
-    raises), the store is removed."""
+    raises), the store is removed.
+
+    ``replace``: ``path`` may exist (the user agreed to replace it): the copy goes to a hidden
+    folder beside it and takes its place only once complete, so that a copy that fails (a full
+    disk, a chunk that cannot be read) leaves the old store as it was."""
+    from .lazy_io import remove_store
+
+    path = Path(path)
+    if not (replace and path.exists()):
+        return _copy_labels(data, path, progress)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    remove_store(partial)
+    _copy_labels(data, partial, progress)  # removes itself on failure; ``path`` untouched
+    try:
+        path.rename(old)
+    except OSError:
+        remove_store(partial)
+        raise
+    try:
+        partial.rename(path)
+    except OSError:
+        old.rename(path)  # put the old store back
+        remove_store(partial)
+        raise
+    remove_store(old)
+    return path
+
+
+def _copy_labels(data, path: Path, progress: Callable[[int, int], None] | None) -> Path:
     from .lazy_io import create_label_store, remove_store
 
     shape = tuple(int(n) for n in data.shape)
@@ -137,7 +168,6 @@ def copy_labels(
     if dtype.kind not in "iub":
         raise SpocoError(f"Labels must hold whole numbers, not {dtype}; this layer cannot be saved as labels.")
     chunks = _chunk_shape(data, shape)
-    path = Path(path)
     store = create_label_store(path, shape, chunks, dtype=dtype if dtype.kind != "b" else np.uint8)
     grid = [range(0, n, c) for n, c in zip(shape, chunks)]
     total = int(np.prod([len(g) for g in grid]))

@@ -152,10 +152,10 @@ class CorrectPanel(QGroupBox):
         try:
             for layer in (pred, gt):
                 refuse_if_too_large(layer, "evaluating")
-        except Exception as exc:  # noqa: BLE001
+            scores = evaluate(np.asarray(image_data(gt)), np.asarray(image_data(pred)))
+        except Exception as exc:  # noqa: BLE001 - e.g. too little memory, or labels that are no whole numbers
             show_error(error_message(exc, "Evaluating"))
             return None
-        scores = evaluate(np.asarray(image_data(gt)), np.asarray(image_data(pred)))
         self.eval_label.setText(
             f"AP50 {scores['AP50']:.3f} · mAP {scores['mAP']:.3f} · SBD {scores['SBD']:.3f} · "
             f"|DiC| {scores['DiC']:.0f} ({scores['n_pred']:.0f} predicted / {scores['n_true']:.0f} true)"

@@ -12,7 +12,15 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QPush
 from ..data import channel_count
 from ..errors import SpocoError
 from ..label_dtypes import EDITABLE_LABELS_DTYPE
-from .layers import LINK_KEY, is_segmentation, looks_like_time_series, refuse_if_too_large, spatial_shape
+from .layers import (
+    LINK_ID_KEY,
+    LINK_KEY,
+    is_segmentation,
+    linked_image,
+    looks_like_time_series,
+    refuse_if_too_large,
+    spatial_shape,
+)
 from .state import SpocoState
 from .widgets import layer_picker, select_layer
 
@@ -108,11 +116,10 @@ class DataPanel(QGroupBox):
         image, labels = self.image, self.labels
         pairs = [(image, labels)]
         if self.all_pairs_check.isChecked():
-            for layer in self.viewer.layers:
-                link = layer.metadata.get(LINK_KEY) if isinstance(layer, Labels) else None
-                if layer.name == labels.name or link is None or link not in self.viewer.layers:
+            for layer in list(self.viewer.layers):
+                if not isinstance(layer, Labels) or layer.name == labels.name:
                     continue
-                other = self.viewer.layers[link]
+                other = linked_image(self.viewer, layer)
                 if not (isinstance(other, Image) and np.asarray(layer.data).any()):
                     continue
                 if channel_count(other.data) != channel_count(image.data):  # one network, one input
@@ -133,8 +140,9 @@ class DataPanel(QGroupBox):
         self.series_check.setEnabled(is3d)
         self.series_check.setChecked(bool(is3d and looks_like_time_series(image)))
         if image is not None:  # pick the labels layer that belongs to this image, if any
-            for layer in self.viewer.layers:
-                if isinstance(layer, Labels) and layer.metadata.get(LINK_KEY) == image.name:
+            for layer in list(self.viewer.layers):
+                linked = linked_image(self.viewer, layer) if isinstance(layer, Labels) else None
+                if linked is not None and linked.unique_id == image.unique_id:
                     select_layer(self.labels_box, layer.name)
                     break
         self.update_buttons()
@@ -157,7 +165,7 @@ class DataPanel(QGroupBox):
             name=f"{image.name} sparse labels",
             scale=image.scale[-len(shape):],
             translate=image.translate[-len(shape):],
-            metadata={LINK_KEY: image.name},
+            metadata={LINK_KEY: image.name, LINK_ID_KEY: image.unique_id},
         )
         layer.selected_label = 1
         layer.brush_size = max(3, min(shape[-2:]) // 40)
@@ -171,6 +179,14 @@ class DataPanel(QGroupBox):
         layer = self.labels
         if layer is None:
             show_warning("Choose or create a sparse-labels layer first.")
+            return
+        dtype = np.dtype(layer.data.dtype)
+        if dtype.kind in "iu" and self.background_label > np.iinfo(dtype).max:
+            show_warning(
+                f"'{layer.name}' holds {dtype} values (at most {np.iinfo(dtype).max}) and cannot hold the background "
+                f"value {self.background_label}: set 'Background value' to at most {np.iinfo(dtype).max}, a value no "
+                "object uses, or paint in a layer made with 'New sparse labels' (32-bit)."
+            )
             return
         layer.selected_label = self.background_label
         layer.mode = "paint"

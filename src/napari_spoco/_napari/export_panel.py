@@ -12,7 +12,6 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QPushButton
 
 from ..io import write_labels
-from ..lazy_io import remove_store
 from ..out_of_core import STORE_KEY, copy_labels
 from . import workers
 from .dialogs import error_message
@@ -89,11 +88,10 @@ class ExportPanel(QGroupBox):
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Export"))
             return False
-        if target.exists():
-            if not self.state.confirm(f"{target} exists. Replace it?"):
-                show_info("Export cancelled; nothing was overwritten.")
-                return False
-            remove_store(target)
+        if target.exists() and not self.state.confirm(f"{target} exists. Replace it?"):
+            show_info("Export cancelled; nothing was overwritten.")
+            return False
+        # the old store is replaced only once the copy is complete (copy_labels(replace=True))
         store, name = layer.metadata.get(STORE_KEY), layer.name
         self.state.stores.hold(store)  # a new segmentation must not delete what is being copied
         self._copying = True
@@ -106,7 +104,7 @@ class ExportPanel(QGroupBox):
             self._copying = False
             self.update_buttons()
 
-        workers.launch(copy_labels, image_data(layer), target,
+        workers.launch(copy_labels, image_data(layer), target, None, True,
                        on_return=lambda written: show_info(f"Saved '{name}' to {written} (zarr)"),
                        on_error=lambda exc: show_error(error_message(exc, "Export")),
                        on_finish=finished, sync=self.state.sync)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..clustering import LAYOUTS, METHODS, ClusterConfig
+from ..errors import SpocoError
 from ..label_dtypes import label_dtype
 from ..out_of_core import STORE_KEY, needs_blockwise, too_large_for_memory, voxel_note, voxel_size_from_scale
 from ..precision import INFERENCE_PRECISION, PRECISIONS
@@ -30,7 +31,7 @@ from . import workers
 from .blockwise_run import RESULT_SUFFIX, BlockwiseRun
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import RESULT_KEY, find_layer, image_data, spatial_shape
+from .layers import RESULT_KEY, WRITTEN_KEY, check_axes, find_layer, fingerprint, image_data, spatial_shape
 from .preview import PREVIEW_LAYER
 from .state import Job, SpocoState
 from .suggest_row import MAX_KEPT_PIXELS, SuggestRow
@@ -188,6 +189,11 @@ class SegmentPanel(QGroupBox):
             return
         if image is None or self.state.job.refuse("segmenting"):
             return
+        try:
+            check_axes(image)
+        except SpocoError as exc:
+            show_error(error_message(exc, "Segmentation"))
+            return
         config = self.cluster_config()
         series, shape = self.data.series, spatial_shape(image)
         if series and model.config.ndim != 2:
@@ -253,7 +259,9 @@ class SegmentPanel(QGroupBox):
 
     def _result_layer(self, image) -> tuple[Labels, bool]:
         """The Labels layer a segmentation of ``image`` goes to: its '… instances' layer if it
-        has the image's shape, else a new empty one (and True).
+        has the image's shape and holds what Segment last wrote there, else a new empty one
+        (and True). A result the user corrected, or chose as sparse labels, is never replaced:
+        napari's undo does not cover a layer's data being set, so the corrections would be lost.
 
         Adding a layer costs 100–300 ms of GUI time on a 2-core CPU (napari builds its visuals
         and controls): it is done with the click, not while the user works as the job runs.
@@ -262,7 +270,10 @@ class SegmentPanel(QGroupBox):
         name = image.name + RESULT_SUFFIX
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         if isinstance(existing, Labels) and not existing.multiscale and existing.data.shape == shape:
-            return existing, False
+            why = self._why_kept(existing)
+            if not why:
+                return existing, False
+            show_info(f"'{name}' {why}: it is kept as it is, and this segmentation goes to a new layer.")
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
         # the type of an empty result, as most results are: the result replaces the zeros
@@ -272,6 +283,18 @@ class SegmentPanel(QGroupBox):
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer, True
+
+    def _why_kept(self, layer: Labels) -> str:
+        """Why Segment must not overwrite ``layer`` ('' when it may): it is the chosen sparse
+        labels, or its pixels are no longer what Segment wrote (corrected by hand, or not made
+        by Segment at all)."""
+        chosen = self.data.labels
+        if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
+            return "is the chosen sparse-labels layer"
+        written = layer.metadata.get(WRITTEN_KEY)
+        if written is None or written != fingerprint(layer.data):
+            return "was edited since it was segmented" if written else "was not made by Segment"
+        return ""
 
     def _drop_empty_result_layer(self) -> None:
         _, _, layer_id, created = self._target
@@ -301,6 +324,7 @@ class SegmentPanel(QGroupBox):
             layer.data = result.labels
         name = layer.name
         layer.metadata[RESULT_KEY] = image.name
+        layer.metadata[WRITTEN_KEY] = result.fingerprint  # a later Segment replaces it only unedited
         layer.metadata.pop(STORE_KEY, None)  # it held a block-wise result before: no longer
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].visible = False

@@ -34,7 +34,7 @@ from ..training import FEW_PAINTED, TrainConfig, TrainProgress, pretrain_config,
 from . import workers
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import image_data, is_segmentation, refuse_if_too_large, spatial_shape, training_set
+from .layers import check_axes, image_data, is_segmentation, refuse_if_too_large, spatial_shape, training_set
 from .preview import PREVIEW_LAYER, empty_preview, preview_target, show_preview
 from .state import Job, ModelSource, SpocoState
 from .widgets import LossPlot, NetworkBox
@@ -151,6 +151,8 @@ class TrainPanel(QGroupBox):
         try:
             config = self.train_config()
             pairs = self.data.pairs()
+            for image, _ in pairs:
+                check_axes(image)
             data = training_set(pairs, self.data.series, config.background_label)
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Preparing the training data"))
@@ -195,6 +197,7 @@ class TrainPanel(QGroupBox):
         if self.state.job.refuse("starting another run") or image is None:
             return
         try:
+            check_axes(image)
             refuse_if_too_large(image, "adapting")
         except Exception as exc:  # noqa: BLE001
             show_error(error_message(exc, "Adapting"))
@@ -281,6 +284,11 @@ class TrainPanel(QGroupBox):
             return
         if isinstance(item, workers.PreviewResult):
             self._show_preview(item)
+            return
+        if isinstance(item, workers.PreviewSkipped):
+            reason = item.reason.rstrip()
+            show_warning(f"No live preview of '{item.layer or item.key}' in this run: {reason}"
+                         f"{'' if reason.endswith('.') else '.'} Training goes on.")
             return
         p: TrainProgress = item
         self.last_progress = p

@@ -29,6 +29,7 @@ from ..precision import INFERENCE_PRECISION
 from ..segmentation import segment, segment_preview, segment_series
 from ..suggestions import Suggestion, suggest
 from ..training import TrainConfig, TrainProgress, drain, iter_train
+from .layers import fingerprint
 
 
 @dataclass
@@ -58,6 +59,15 @@ class PreviewResult:
 
 
 @dataclass
+class PreviewSkipped:
+    """No preview could be made of the image ``key`` (layer ``layer``); the run goes on without."""
+
+    key: str
+    layer: str
+    reason: str
+
+
+@dataclass
 class TrainJob:
     """Everything a training run needs, copied out of the widgets before the worker starts."""
 
@@ -73,12 +83,14 @@ class TrainJob:
     self_supervised: bool = False  # consistency alone, labels ignored ("Adapt")
 
 
-def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None, SpocoModel]:
+def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult | PreviewSkipped, None, SpocoModel]:
     """Train, yielding progress after every step and, every ``preview_every`` seconds, a
-    segmentation of the current preview target made with a snapshot of the model."""
+    segmentation of the current preview target made with a snapshot of the model (or, once per
+    image, why none could be made)."""
     steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names,
                        self_supervised=job.self_supervised)
     ranges: dict[str, tuple] = {}
+    skipped: set[str] = set()  # images a preview failed on: not tried again in this run
     last = time.perf_counter()
     while True:
         try:
@@ -89,15 +101,31 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult, None
         if job.preview_every <= 0 or time.perf_counter() - last < job.preview_every or job.stop.is_set():
             continue
         target = job.preview_target()
-        if target is None:
+        if target is None or target.key in skipped:
             continue
         t0 = time.perf_counter()
-        if target.key not in ranges:  # once per image: a range per channel for colour models
-            c = progress.model.config.in_channels
-            ranges[target.key] = intensity_range(check_image(target.image, "image", c), channels=c)
-        labels = segment_preview(progress.model, target.image, target.box, ranges[target.key])
-        yield PreviewResult(labels, target, progress.step, time.perf_counter() - t0)
+        try:
+            if target.key not in ranges:  # once per image: a range per channel for colour models
+                ranges[target.key] = preview_range(target, progress.model.config.in_channels)
+            labels = segment_preview(progress.model, target.image, target.box, ranges[target.key])
+        except Exception as exc:  # noqa: BLE001 - a preview is a convenience, never the end of a run
+            # e.g. the user chose a 3D volume or a grey image in the Image box while a 2D or
+            # colour model trains: training goes on, without previews of that image
+            skipped.add(target.key)
+            yield PreviewSkipped(target.key, target.layer, str(exc) or type(exc).__name__)
+        else:
+            yield PreviewResult(labels, target, progress.step, time.perf_counter() - t0)
         last = time.perf_counter()
+
+
+def preview_range(target: PreviewTarget, channels: int):
+    """The intensity range a preview of ``target`` normalises with: of the whole image when it is
+    in memory, of the preview box when it is read from disk (dask, zarr): a lazy image may be
+    far larger than memory, and a preview must not read it whole."""
+    image = target.image
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(image[target.box])
+    return intensity_range(check_image(image, "image", channels), channels=channels)
 
 
 @dataclass
@@ -122,6 +150,7 @@ class SegmentResult:
     seconds: float
     objects: int = 0  # counted here, off the GUI thread
     embedding: Embedding | None = None  # with ``keep_embedding``: what Suggest next ranks
+    fingerprint: str | None = None  # of ``labels`` (layers.fingerprint), computed off the GUI thread
 
 
 def segment_job(job: SegmentJob) -> SegmentResult:
@@ -145,7 +174,8 @@ def segment_job(job: SegmentJob) -> SegmentResult:
         labels = segment(job.model, job.image, config=job.config, voxel_size=job.voxel_size,
                          precision=job.precision, tta=job.tta, progress=job.progress, name=job.name)
     objects = count_objects(labels)
-    return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None)
+    return SegmentResult(labels, rgb, time.perf_counter() - t0, objects, emb if job.keep_embedding else None,
+                         fingerprint(labels))
 
 
 @dataclass
