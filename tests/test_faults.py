@@ -443,6 +443,31 @@ def test_10_predict_skips_bad_files_reports_them_and_resumes(work, capsys):
     assert (work / "pred" / "broken.tif").exists()
 
 
+def test_10_a_gpu_out_of_memory_fails_that_image_and_any_other_runtime_error_is_a_bug(work, tmp_path, monkeypatch):
+    """torch reports a GPU (CUDA, MPS) out of memory as a RuntimeError: that image is listed as
+    failed, with what to try, and the batch goes on; another RuntimeError is not hidden."""
+    import napari_spoco.segmentation as segmentation
+    from napari_spoco.batch import PredictOptions, predict_file
+    from napari_spoco.clustering import ClusterConfig
+
+    model = load_model(work / "good.pt")
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
+
+    monkeypatch.setattr(segmentation, "segment", out_of_memory)
+    result = predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig(), device="cuda"))
+    assert result.error and "cuda device ran out of memory" in result.error and "--device cpu" in result.error
+    assert "(details)" not in result.error and not (tmp_path / "cells.tif").exists()
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch in our own code")
+
+    monkeypatch.setattr(segmentation, "segment", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig()))
+
+
 # 11 ------------------------------------------------------------------------ values are validated
 @pytest.mark.parametrize("flags, expected", [
     (["--minutes", "nan"], "finite number of minutes"),

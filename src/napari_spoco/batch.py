@@ -104,7 +104,8 @@ def voxel_size_for(given, path: Path, model) -> tuple[float, ...] | None:
 def predict_file(model, path: Path, target: Path, options: PredictOptions) -> FileResult:
     """Segment one image read whole and write its labels to ``target`` (TIFF). ``model`` is a
     model or a model file's path (loaded once per worker process). Expected failures (bad or
-    unreadable image, full disk, too little memory) come back in ``error``; the batch goes on."""
+    unreadable image, full disk, too little memory, a GPU out of memory) come back in ``error``;
+    the batch goes on."""
     from .io import read_image, write_labels
     from .segmentation import segment
 
@@ -133,6 +134,11 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
     except (SpocoError, OSError, MemoryError) as exc:
         reason = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
         return FileResult(path.name, error=reason)
+    except RuntimeError as exc:  # torch says a GPU (CUDA, MPS) ran out of memory with a RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise  # anything else is a bug: reported as one, not as this image's failure
+        return FileResult(path.name, error=f"{type(exc).__name__}: the {options.device} device ran out of memory "
+                          f"({str(exc).splitlines()[0]}); try --precision bfloat16 (about half the memory) or --device cpu")
     return FileResult(path.name, int(labels.max(initial=0)), tuple(model.network_factors(voxel_size)), found)
 
 
