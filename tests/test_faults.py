@@ -444,8 +444,9 @@ def test_10_predict_skips_bad_files_reports_them_and_resumes(work, capsys):
 
 
 def test_10_a_gpu_out_of_memory_fails_that_image_and_any_other_runtime_error_is_a_bug(work, tmp_path, monkeypatch):
-    """torch reports a GPU (CUDA, MPS) out of memory as a RuntimeError: that image is listed as
-    failed, with what to try, and the batch goes on; another RuntimeError is not hidden."""
+    """torch reports running out of memory (CUDA, MPS, its CPU allocator) as a RuntimeError: that
+    image is listed as failed, with what to try on that device, and the batch goes on; another
+    RuntimeError is not hidden."""
     import napari_spoco.segmentation as segmentation
     from napari_spoco.batch import PredictOptions, predict_file
     from napari_spoco.clustering import ClusterConfig
@@ -456,9 +457,13 @@ def test_10_a_gpu_out_of_memory_fails_that_image_and_any_other_runtime_error_is_
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n(details)")
 
     monkeypatch.setattr(segmentation, "segment", out_of_memory)
-    result = predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig(), device="cuda"))
-    assert result.error and "cuda device ran out of memory" in result.error and "--device cpu" in result.error
+    monkeypatch.setattr("napari_spoco.model.select_device", lambda device: torch.device("cpu"))
+    result = predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig()))
+    assert result.error and "out of memory on the cpu" in result.error and "block by block" in result.error
     assert "(details)" not in result.error and not (tmp_path / "cells.tif").exists()
+    monkeypatch.setattr("napari_spoco.model.select_device", lambda device: torch.device("cuda"))
+    result = predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig()))
+    assert "out of memory on the cuda" in result.error and "--device cpu" in result.error
 
     def bug(*args, **kwargs):
         raise RuntimeError("shape mismatch in our own code")

@@ -288,13 +288,21 @@ def test_a_preview_that_cannot_be_made_does_not_end_the_training_run(tiny_pair):
 
     image, sparse, _ = tiny_pair
     volume = np.stack([image] * 4)
-    target = workers.PreviewTarget("volume", volume, (slice(0, 4), slice(0, 32), slice(0, 32)), (0, 0, 0), "volume")
-    job = workers.TrainJob([image], [sparse], TrainConfig(steps=4, patch_shape=(32, 32), batch_size=2),
-                           preview_every=1e-9, preview_target=lambda: target)
-    items, model = _drain(workers.training_job(job))
+    targets = [workers.PreviewTarget("volume", volume, (slice(0, 4), slice(0, 32), slice(0, 32)), (0, 0, 0), "volume")]
+    job = workers.TrainJob([image], [sparse], TrainConfig(steps=6, patch_shape=(32, 32), batch_size=2),
+                           preview_every=1e-9, preview_target=lambda: targets[0])
+    gen, items = workers.training_job(job), []
+    while len([i for i in items if isinstance(i, TrainProgress)]) < 3:
+        items.append(next(gen))
+    # the user chooses the 2D image again: its previews come
+    targets[0] = workers.PreviewTarget("tiny", image, (slice(0, 32), slice(0, 32)), (0, 0), "tiny")
+    rest, model = _drain(gen)
+    items += rest
     skipped = [i for i in items if isinstance(i, workers.PreviewSkipped)]
-    assert [i.step for i in items if isinstance(i, TrainProgress)] == [1, 2, 3, 4] and model.history["steps"] == 4
-    assert len(skipped) == 1 and skipped[0].layer == "volume" and skipped[0].reason  # once, not every step
+    assert [i.step for i in items if isinstance(i, TrainProgress)] == [1, 2, 3, 4, 5, 6] and model.history["steps"] == 6
+    assert len(skipped) == 1 and skipped[0].layer == "volume"  # once, not every step
+    assert "2D" in skipped[0].reason and "3D" in skipped[0].reason, skipped[0].reason  # the mismatch, not any error
+    assert any(isinstance(i, workers.PreviewResult) and i.target.key == "tiny" for i in rest)
 
 
 class _LazyImage:
@@ -311,7 +319,7 @@ class _LazyImage:
         raise AssertionError("the whole lazy image was read")
 
 
-def test_a_preview_of_a_lazy_image_reads_only_its_box(tiny_pair):
+def test_a_preview_of_a_lazy_image_reads_only_its_box(tiny_pair, monkeypatch):
     from napari_spoco._napari import workers
 
     image, _, _ = tiny_pair
@@ -320,4 +328,15 @@ def test_a_preview_of_a_lazy_image_reads_only_its_box(tiny_pair):
     low, high = workers.preview_range(workers.PreviewTarget("lazy", lazy, box, (0, 16)), 1)
     crop = image[box]
     assert lazy.reads == [box] and crop.min() <= low < high <= crop.max()
+    # during training, each box of a lazy image gets its own range (panning off a box of background)
+    from napari_spoco.training import TrainConfig
+
+    boxes = [(slice(0, 16), slice(0, 16)), (slice(32, 64), slice(32, 64))]
+    seen = []
+    monkeypatch.setattr(workers, "segment_preview", lambda model, im, b, value_range: seen.append(value_range)
+                        or np.zeros([s.stop - s.start for s in b], np.uint32))
+    job = workers.TrainJob([image], [tiny_pair[1]], TrainConfig(steps=2, patch_shape=(32, 32), batch_size=2),
+                           preview_every=1e-9, preview_target=lambda: workers.PreviewTarget("lazy", lazy, boxes[len(seen) % 2], (0, 0)))
+    _drain(workers.training_job(job))
+    assert len(seen) == 2 and seen[0] != seen[1]
     assert workers.preview_range(workers.PreviewTarget("mem", image, box, (0, 16)), 1) != (low, high)  # whole image

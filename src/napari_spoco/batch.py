@@ -134,11 +134,19 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
     except (SpocoError, OSError, MemoryError) as exc:
         reason = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
         return FileResult(path.name, error=reason)
-    except RuntimeError as exc:  # torch says a GPU (CUDA, MPS) ran out of memory with a RuntimeError
-        if "out of memory" not in str(exc).lower():
+    except RuntimeError as exc:  # torch reports running out of memory (CUDA, MPS, its CPU allocator) so
+        import torch
+
+        text = str(exc).lower()
+        if not (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text):
             raise  # anything else is a bug: reported as one, not as this image's failure
-        return FileResult(path.name, error=f"{type(exc).__name__}: the {options.device} device ran out of memory "
-                          f"({str(exc).splitlines()[0]}); try --precision bfloat16 (about half the memory) or --device cpu")
+        from .model import select_device
+
+        device = select_device(options.device).type
+        advice = ("try --device cpu" if device != "cpu" else
+                  "a zarr or OME-Zarr copy of the image is segmented block by block, in bounded memory")
+        return FileResult(path.name, error=f"{type(exc).__name__}: out of memory on the {device} "
+                          f"({str(exc).splitlines()[0]}); {advice}")
     return FileResult(path.name, int(labels.max(initial=0)), tuple(model.network_factors(voxel_size)), found)
 
 

@@ -32,6 +32,13 @@ def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return inter[np.ix_(gi, pi)], g_size[gi], p_size[pi]
 
 
+def _object_index(ids: np.ndarray) -> np.ndarray:
+    """For sorted unique label ids: each id's index among the non-zero ones, -1 for 0."""
+    index = np.cumsum(ids != 0) - 1
+    index[ids == 0] = -1
+    return index
+
+
 def _touching_pairs(gt: np.ndarray, pred: np.ndarray):
     """The (true, predicted) object pairs that share pixels: their indices among the true and
     the predicted objects, their intersections, and every object's size. Memory and time grow
@@ -46,10 +53,9 @@ def _touching_pairs(gt: np.ndarray, pred: np.ndarray):
     g, p = g.ravel(), p.ravel()
     g_size = np.bincount(g, minlength=len(g_ids))[g_ids != 0]
     p_size = np.bincount(p, minlength=len(p_ids))[p_ids != 0]
-    # indices among the objects, background (id 0, first when present) at -1
-    g -= int(g_ids[0] == 0) if len(g_ids) else 0
-    p -= int(p_ids[0] == 0) if len(p_ids) else 0
-    both = (g >= 0) & (p >= 0) if len(g_ids) and len(p_ids) else np.zeros(0, bool)
+    # indices among the objects, background (id 0, wherever it sorts: ids may be negative) at -1
+    g, p = _object_index(g_ids)[g], _object_index(p_ids)[p]
+    both = (g >= 0) & (p >= 0)
     n_pred = max(len(p_size), 1)
     pairs, inter = np.unique(g[both].astype(np.int64) * n_pred + p[both], return_counts=True)
     gi, pj = np.divmod(pairs, n_pred)

@@ -135,7 +135,8 @@ def copy_labels(
 
     ``replace``: ``path`` may exist (the user agreed to replace it): the copy goes to a hidden
     folder beside it and takes its place only once complete, so that a copy that fails (a full
-    disk, a chunk that cannot be read) leaves the old store as it was."""
+    disk, a chunk that cannot be read) leaves the old store as it was (the disk must hold both
+    stores for the time of the copy)."""
     from .lazy_io import remove_store
 
     path = Path(path)
@@ -143,7 +144,8 @@ def copy_labels(
         return _copy_labels(data, path, progress)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    remove_store(partial)
+    remove_store(partial)  # leftovers of a run that crashed
+    remove_store(old)
     _copy_labels(data, partial, progress)  # removes itself on failure; ``path`` untouched
     try:
         path.rename(old)

@@ -26,20 +26,47 @@ def test_segment_never_overwrites_a_corrected_result_or_the_chosen_sparse_labels
     assert newer.name != "nuclei instances" and newer.data.max() >= 10
     assert "was edited since it was segmented" in notes["info"][-1] and not notes["error"], notes
     assert f"layer '{newer.name}'" in widget.segment_panel.segment_label.text()
+    # the next Segment updates that newer, unedited result: layers do not pile up
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers + 1 and f"layer '{newer.name}'" in widget.segment_panel.segment_label.text()
     # the newest result, unedited but chosen as the sparse labels, is not replaced either
     viewer.layers.remove("nuclei instances")
     newer.name = "nuclei instances"
     choose(widget.data_panel.labels_box, "nuclei instances")
-    before = newer.data.copy()
+    n_layers = len(viewer.layers)
     widget.segment_panel.segment_btn.click()
-    assert np.array_equal(viewer.layers["nuclei instances"].data, before)
+    assert len(viewer.layers) == n_layers + 1 and viewer.layers[-1].name != "nuclei instances"
     assert "is the chosen sparse-labels layer" in notes["info"][-1]
     # a layer of that name the user made is not Segment's to overwrite
     viewer.layers.remove("nuclei instances")
-    own = viewer.add_labels(np.ones(before.shape, np.uint16), name="nuclei instances")
+    for layer in [layer for layer in viewer.layers if layer.name.startswith("nuclei instances")]:
+        viewer.layers.remove(layer)
+    own = viewer.add_labels(np.ones(result.data.shape, np.uint16), name="nuclei instances")
     choose(widget.data_panel.labels_box, "nuclei sparse labels")
     widget.segment_panel.segment_btn.click()
     assert (own.data == 1).all() and "was not made by Segment" in notes["info"][-1]
+
+
+def test_a_result_corrected_while_it_is_being_segmented_is_kept(spoco, notes, monkeypatch):
+    """The check is made again when the result comes back: a long (3D) Segment runs in a thread
+    while the user goes on correcting the earlier result."""
+    from napari_spoco._napari import workers
+
+    viewer, widget = spoco
+    widget.model_panel.default_model_btn.click()
+    result = _segment(viewer, widget)
+    real = workers.segment_job
+
+    def corrected_meanwhile(job):
+        out = real(job)
+        result.data[0:3, 0:3] = 999  # the user paints while the worker runs
+        return out
+
+    monkeypatch.setattr(workers, "segment_job", corrected_meanwhile)
+    n_layers = len(viewer.layers)
+    widget.segment_panel.segment_btn.click()
+    assert (result.data[0:3, 0:3] == 999).all() and len(viewer.layers) == n_layers + 1
+    assert "checked as the segmentation finished" in notes["info"][-1] and viewer.layers[-1].data.max() >= 10
 
 
 def test_the_background_brush_on_an_8_bit_layer_says_what_to_do(spoco, notes, choose):

@@ -258,10 +258,11 @@ class SegmentPanel(QGroupBox):
         self.activity.to(done, total)  # last: napari's dock turns the event loop as it redraws
 
     def _result_layer(self, image) -> tuple[Labels, bool]:
-        """The Labels layer a segmentation of ``image`` goes to: its '… instances' layer if it
-        has the image's shape and holds what Segment last wrote there, else a new empty one
-        (and True). A result the user corrected, or chose as sparse labels, is never replaced:
-        napari's undo does not cover a layer's data being set, so the corrections would be lost.
+        """The Labels layer a segmentation of ``image`` goes to: an earlier result of it (its
+        '… instances' layer first, then the newest numbered one) of the image's shape that still
+        holds what Segment wrote there, else a new empty one (and True). A result the user
+        corrected, or chose as sparse labels, is never replaced: napari's undo does not cover a
+        layer's data being set, so the corrections would be lost.
 
         Adding a layer costs 100–300 ms of GUI time on a 2-core CPU (napari builds its visuals
         and controls): it is done with the click, not while the user works as the job runs.
@@ -269,28 +270,37 @@ class SegmentPanel(QGroupBox):
         shape = spatial_shape(image)  # labels come back at the image's shape (2D+t: T, Y, X)
         name = image.name + RESULT_SUFFIX
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Labels) and not existing.multiscale and existing.data.shape == shape:
-            why = self._why_kept(existing)
-            if not why:
-                return existing, False
-            show_info(f"'{name}' {why}: it is kept as it is, and this segmentation goes to a new layer.")
+        earlier = [layer for layer in reversed(list(self.viewer.layers)) if isinstance(layer, Labels)
+                   and layer.name not in (name, PREVIEW_LAYER) and layer.metadata.get(RESULT_KEY) == image.name]
+        fits = [layer for layer in ([existing] if existing is not None else []) + earlier
+                if isinstance(layer, Labels) and not layer.multiscale and layer.data.shape == shape]
+        for layer in fits:
+            if not self._why_kept(layer):
+                return layer, False
+        if fits and fits[0] is existing:
+            show_info(f"'{name}' {self._why_kept(existing)}: it is kept as it is, and this segmentation goes to a "
+                      "new layer.")
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
         # the type of an empty result, as most results are: the result replaces the zeros
         # marked at once: the sparse-labels picker must not take it as the painting when it appears
-        layer = self.viewer.add_labels(np.zeros(shape, label_dtype(0)), name=name, scale=image.scale[-len(shape):],
-                                       translate=image.translate[-len(shape):], metadata={RESULT_KEY: image.name})
+        empty = np.zeros(shape, label_dtype(0))
+        layer = self.viewer.add_labels(empty, name=name, scale=image.scale[-len(shape):],
+                                       translate=image.translate[-len(shape):],
+                                       metadata={RESULT_KEY: image.name, WRITTEN_KEY: fingerprint(empty)})
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer, True
 
     def _why_kept(self, layer: Labels) -> str:
         """Why Segment must not overwrite ``layer`` ('' when it may): it is the chosen sparse
-        labels, or its pixels are no longer what Segment wrote (corrected by hand, or not made
-        by Segment at all)."""
+        labels, it holds a block-wise result, or its pixels are no longer what Segment wrote
+        (corrected by hand, or not made by Segment at all)."""
         chosen = self.data.labels
         if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
             return "is the chosen sparse-labels layer"
+        if layer.metadata.get(STORE_KEY):
+            return "holds a block-wise result, read from disk"
         written = layer.metadata.get(WRITTEN_KEY)
         if written is None or written != fingerprint(layer.data):
             return "was edited since it was segmented" if written else "was not made by Segment"
@@ -316,7 +326,11 @@ class SegmentPanel(QGroupBox):
         ndim = result.labels.ndim
         kwargs = dict(scale=image.scale[-ndim:], translate=image.translate[-ndim:])
         layer = find_layer(self.viewer, layer_id)
-        if layer is None or layer.data.shape != result.labels.shape:  # removed meanwhile
+        why = self._why_kept(layer) if layer is not None else ""
+        if why:  # corrected, or chosen as the sparse labels, while the job ran
+            show_info(f"'{layer.name}' {why} (checked as the segmentation finished): it is kept as it is, and "
+                      "this segmentation goes to a new layer.")
+        if layer is None or why or layer.data.shape != result.labels.shape:  # removed meanwhile
             layer = self.viewer.add_labels(result.labels, name=name, metadata={RESULT_KEY: image.name}, **kwargs)
         else:
             if layer.name == launched_name + RESULT_SUFFIX and image.name != launched_name:

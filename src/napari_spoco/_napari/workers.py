@@ -90,7 +90,7 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult | Pre
     steps = iter_train(job.images, job.labels, job.config, job.model, job.model_config, job.stop, job.names,
                        self_supervised=job.self_supervised)
     ranges: dict[str, tuple] = {}
-    skipped: set[str] = set()  # images a preview failed on: not tried again in this run
+    skipped: set = set()  # image layers a preview failed on (all frames): not tried again in this run
     last = time.perf_counter()
     while True:
         try:
@@ -101,17 +101,23 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult | Pre
         if job.preview_every <= 0 or time.perf_counter() - last < job.preview_every or job.stop.is_set():
             continue
         target = job.preview_target()
-        if target is None or target.key in skipped:
+        if target is None:
+            continue
+        layer = target.layer_id if target.layer_id is not None else target.layer or target.key
+        if layer in skipped:
             continue
         t0 = time.perf_counter()
         try:
-            if target.key not in ranges:  # once per image: a range per channel for colour models
-                ranges[target.key] = preview_range(target, progress.model.config.in_channels)
-            labels = segment_preview(progress.model, target.image, target.box, ranges[target.key])
+            value_range = ranges.get(target.key)
+            if value_range is None:  # once per image in memory (per box when read from disk)
+                value_range = preview_range(target, progress.model.config.in_channels)
+                if isinstance(target.image, np.ndarray):
+                    ranges[target.key] = value_range
+            labels = segment_preview(progress.model, target.image, target.box, value_range)
         except Exception as exc:  # noqa: BLE001 - a preview is a convenience, never the end of a run
             # e.g. the user chose a 3D volume or a grey image in the Image box while a 2D or
             # colour model trains: training goes on, without previews of that image
-            skipped.add(target.key)
+            skipped.add(layer)
             yield PreviewSkipped(target.key, target.layer, str(exc) or type(exc).__name__)
         else:
             yield PreviewResult(labels, target, progress.step, time.perf_counter() - t0)
@@ -120,8 +126,9 @@ def training_job(job: TrainJob) -> Generator[TrainProgress | PreviewResult | Pre
 
 def preview_range(target: PreviewTarget, channels: int):
     """The intensity range a preview of ``target`` normalises with: of the whole image when it is
-    in memory, of the preview box when it is read from disk (dask, zarr): a lazy image may be
-    far larger than memory, and a preview must not read it whole."""
+    in memory, of the preview box when it is read from disk (dask, zarr; computed again for each
+    box, so that panning away from a first box of background gives a fresh range): a lazy image
+    may be far larger than memory, and a preview must not read it whole."""
     image = target.image
     if not isinstance(image, np.ndarray):
         image = np.asarray(image[target.box])
