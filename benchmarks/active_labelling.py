@@ -28,7 +28,13 @@ and for each seed of ``--seeds``:
      **crowding** (size strata, with the crowding signal in the score as until 2026-12-01) and
      **corrected** (the library's order; the user corrects each suggestion, painting every
      unpainted true object that makes up at least ``MAKES_UP`` of it — both cells of a merged
-     pair — as "Use selected as labels" in the GUI invites; :func:`objects_under`).
+     pair — as "Use selected as labels" in the GUI invites; :func:`objects_under`) and
+     **background** (the library's order; a suggestion of which at least ``NO_OBJECT`` of the
+     pixels lie outside every true object is mostly no object — on EM a piece of membrane
+     between cells —, and the user paints its pixels that lie outside every true object as
+     background, a brush stroke over the wrong piece; every other suggestion as in
+     *suggested*). A marked instance counts as one of the round's K, and as one painted item
+     on the curve's x axis.
 
 After the start and every round the model segments the held-out test images and AP50 is scored
 (``napari_spoco.evaluate``). The table gives per data set and round the mean (min–max) over
@@ -81,12 +87,16 @@ DATASETS_2D = ("bbbc039-nuclei", "usiigaci-phc", "isbi2012-em")
 # top: by score alone, what "suggested" was until 2026-11-30; crowding: size strata with crowding in
 # the score, what "suggested" was until 2026-12-01 (suggestions.SCORED)
 # no-size: the library's order with the size signal left out of the score (picks of typical size)
-STRATEGIES = ("random", "suggested", "top", "crowding", "corrected", "no-size")
-SUGGESTING = ("suggested", "top", "crowding", "corrected", "no-size")
+STRATEGIES = ("random", "suggested", "top", "crowding", "corrected", "no-size", "background")
+SUGGESTING = ("suggested", "top", "crowding", "corrected", "no-size", "background")
 # corrected: the library's order, and the user corrects each suggestion as the GUI's "Use selected
 # as labels" invites: every unpainted true object making up at least this share of it is painted
 # (both cells of a merged pair), not only the largest (objects_under)
 MAKES_UP = 0.2
+# background: a suggestion with at least this share of its pixels outside every true object is
+# mostly no object (a piece of membrane, debris); the user paints those pixels background
+NO_OBJECT = 0.5
+BACKGROUND_VALUE = 65_000  # the painted-background value of the background strategy's labels
 WITH_CROWDING = ("spread", "crowding", "foreground", "size", "disagreement")
 WITHOUT_SIZE = ("spread", "foreground", "disagreement")
 #: What training records from the painted objects and segmentation reads back (training.py):
@@ -108,9 +118,21 @@ def objects_of(mask: np.ndarray) -> list[int]:
     return [int(i) for i in ids if i != 0]
 
 
-def sparse_labels(mask: np.ndarray, painted: set[int]) -> np.ndarray:
-    """The training labels of one image: its painted true objects whole, 0 (unknown) elsewhere."""
-    return np.where(np.isin(mask, sorted(painted)), mask, 0)
+def sparse_labels(mask: np.ndarray, painted: set[int], background: np.ndarray | None = None) -> np.ndarray:
+    """The training labels of one image: its painted true objects whole, 0 (unknown) elsewhere;
+    with ``background`` (a boolean image), its unlabelled pixels set to :data:`BACKGROUND_VALUE`."""
+    labels = np.where(np.isin(mask, sorted(painted)), mask, 0)
+    if background is None:
+        return labels
+    labels = labels.astype(np.int32)
+    labels[background & (labels == 0)] = BACKGROUND_VALUE
+    return labels
+
+
+def outside_share(pred: np.ndarray, label: int, truth: np.ndarray) -> float:
+    """The share of the predicted instance ``label``'s pixels that lie outside every true object."""
+    under = np.asarray(truth)[np.asarray(pred) == label]
+    return float(np.count_nonzero(under == 0) / under.size) if under.size else 0.0
 
 
 def painted_instances(pred: np.ndarray, painted_mask: np.ndarray, share: float = PAINTED_SHARE) -> list[int]:
@@ -164,24 +186,32 @@ def objects_under(pred: np.ndarray, label: int, truth: np.ndarray, painted: set[
 
 def pick_suggested(ranked: list[tuple[float, int, int]], preds: list[np.ndarray], truths: list[np.ndarray],
                    painted: list[set[int]], k: int, by_score: bool = True,
-                   every_part: bool = False) -> tuple[list[tuple[int, int]], int]:
+                   every_part: bool = False,
+                   strokes: list[tuple[int, int]] | None = None) -> tuple[list[tuple[int, int]], int]:
     """Walk down ``ranked`` — (score, image index, predicted id), over all images; by score, or
     in the given order with ``by_score=False`` — and paint the true object under each
     suggestion (:func:`true_object_under`) until ``k`` new objects are painted. Returns the new
     (image index, true id) pairs and how many suggestions were looked at in all (painted ones
     plus skipped ones, and those that found an object already chosen this round).
     ``every_part``: the user paints every object making up the suggestion (:func:`objects_under`),
-    up to ``k`` in all."""
+    up to ``k`` in all. ``strokes``: given (a list), a suggestion with at least :data:`NO_OBJECT`
+    of its pixels outside every true object is marked background instead — (image index,
+    predicted id) appended to it — and counts towards ``k``."""
     chosen: list[tuple[int, int]] = []
     taken = [set(p) for p in painted]
     looked = 0
+    marked = 0
     walk = sorted(ranked, key=lambda r: (-r[0], r[1], r[2])) if by_score else ranked
     for _, i, label in walk:
-        if len(chosen) >= k:
+        if len(chosen) + marked >= k:
             break
         looked += 1
+        if strokes is not None and outside_share(preds[i], label, truths[i]) >= NO_OBJECT:
+            strokes.append((i, label))
+            marked += 1
+            continue
         if every_part:
-            objs = objects_under(preds[i], label, truths[i], taken[i])[:k - len(chosen)]
+            objs = objects_under(preds[i], label, truths[i], taken[i])[:k - len(chosen) - marked]
         else:
             obj = true_object_under(preds[i], label, truths[i], taken[i])
             objs = [] if obj is None else [obj]
@@ -213,12 +243,13 @@ def objects_per_round(k: str, n_objects: int) -> int:
 # ---------------------------------------------------------------- one data set
 
 
-def train_config(args: argparse.Namespace, seed: int, round_: int, steps: int):
+def train_config(args: argparse.Namespace, seed: int, round_: int, steps: int, background: bool = False):
     from napari_spoco import TrainConfig
 
     scale = None if args.scale == "auto" else float(args.scale)
     return TrainConfig(steps=steps, seed=seed * 1000 + round_, device="cpu", scale=scale,
-                       stable_start=args.stable_start == "on")
+                       stable_start=args.stable_start == "on",
+                       background_label=BACKGROUND_VALUE if background else None)
 
 
 @contextlib.contextmanager
@@ -256,12 +287,17 @@ def score(model, tests: list) -> dict:
 
 def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], painted: list[set[int]],
                   k: int, spread_sizes: bool = True, scored: tuple[str, ...] | None = None,
-                  every_part: bool = False) -> tuple[list[tuple[int, int]], dict]:
+                  every_part: bool = False,
+                  background: list[np.ndarray] | None = None) -> tuple[list[tuple[int, int]], dict]:
     """Segment every training image with its embedding, score its instances by ``suggest`` and
     let the simulated user paint ``k`` objects, walking the instances of all images in the order
     of ``suggestions.spread_order`` over K size strata (``spread_sizes``, what ``suggest`` does
     within one image) or by score alone; with the time of each Segment and of each ranking, per
-    image. ``scored``: the signals the score averages (default ``suggestions.SCORED``)."""
+    image. ``scored``: the signals the score averages (default ``suggestions.SCORED``).
+    ``background``: the painted background per image (boolean images), for the *background*
+    strategy: instances lying mostly on it are excluded like painted ones, and the suggestions
+    the user marks as background (:func:`pick_suggested`) add their pixels outside every true
+    object to it, in place."""
     from napari_spoco import segment
     from napari_spoco.suggestions import SCORED, spread_order, suggest
 
@@ -271,7 +307,8 @@ def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], pain
         t = time.perf_counter()
         pred, emb = segment(model, img, device="cpu", return_embedding=True)
         seg_s.append(time.perf_counter() - t)
-        exclude = painted_instances(pred, np.isin(mask, sorted(painted[i])))
+        on = np.isin(mask, sorted(painted[i]))
+        exclude = painted_instances(pred, on if background is None else on | background[i])
         excluded += len(exclude)
         t = time.perf_counter()
         found = suggest(pred, emb, k=int(pred.max()) or 1, painted_sizes=sizes, exclude=exclude,
@@ -283,10 +320,17 @@ def suggest_round(model, images: list[np.ndarray], masks: list[np.ndarray], pain
     ranked.sort(key=lambda r: (-r[0], r[1], r[2]))
     if spread_sizes:
         ranked = [ranked[j] for j in spread_order([r[3] for r in ranked], [r[0] for r in ranked], k)]
+    strokes: list[tuple[int, int]] | None = None if background is None else []
     chosen, looked = pick_suggested([r[:3] for r in ranked], preds, masks, painted, k, by_score=False,
-                                    every_part=every_part)
+                                    every_part=every_part, strokes=strokes)
+    marked_px = []
+    for i, label in strokes or ():  # a brush stroke over the piece's pixels outside every true object
+        stroke = (preds[i] == label) & (masks[i] == 0) & ~background[i]
+        marked_px.append(int(np.count_nonzero(stroke)))
+        background[i] |= stroke
     picked = [int(np.count_nonzero(masks[i] == o)) for i, o in chosen]
-    return chosen, {"segment_s": seg_s, "suggest_s": sug_s, "looked": looked, "excluded": excluded,
+    extra = {} if strokes is None else {"marked": len(strokes), "marked_px": marked_px}
+    return chosen, {**extra, "segment_s": seg_s, "suggest_s": sug_s, "looked": looked, "excluded": excluded,
                     "instances": int(sum(len(objects_of(p)) for p in preds)),
                     "picked_median_px": float(np.median(picked)) if picked else None}
 
@@ -323,6 +367,9 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
         model = copy.deepcopy(model0)
         painted = [set(p) for p in painted0]
         rng = np.random.default_rng([seed, 1])  # the random picks' own stream
+        # the background strategy's painted background per image, and the instances marked so far
+        bg = [np.zeros(m.shape, bool) for m in masks] if strategy == "background" else None
+        marked = 0
         rows = [first]
         for r in range(1, args.rounds + 1):
             row: dict = {"round": r}
@@ -335,15 +382,20 @@ def run_seed(data, args: argparse.Namespace, seed: int) -> dict:
                                             spread_sizes=strategy != "top",
                                             scored={"crowding": WITH_CROWDING,
                                                     "no-size": WITHOUT_SIZE}.get(strategy),
-                                            every_part=strategy == "corrected")
+                                            every_part=strategy == "corrected", background=bg)
                 row.update(timing)
+                marked += timing.get("marked", 0)
             for i, o in new:
                 painted[i].add(o)
-            row["painted"] = int(sum(len(p) for p in painted))
+            # painted items: objects, and instances marked background (each one a user's action)
+            row["painted"] = int(sum(len(p) for p in painted)) + marked
+            if bg is not None:
+                row["objects"], row["marked_total"] = row["painted"] - marked, marked
+            labels = [sparse_labels(m, p, None if bg is None else b) for m, p, b in zip(masks, painted, bg or masks)]
             t = time.perf_counter()
             with protected_rounds(args.protect_rounds):
-                model = train(data.train_images, [sparse_labels(m, p) for m, p in zip(masks, painted)],
-                              train_config(args, seed, r, args.steps_per_round), model=model)
+                model = train(data.train_images, labels,
+                              train_config(args, seed, r, args.steps_per_round, background=marked > 0), model=model)
             row["train_s"] = time.perf_counter() - t
             row["steps"] = args.initial_steps + r * args.steps_per_round
             row["stable"] = model.history.get("stable_start")  # the round's start was protected (teacher predicts)
@@ -511,7 +563,8 @@ def report(results: list[dict], meta: dict) -> str:
                   f"— target ≤ {SUGGEST_TIME_TARGET:.0%}: {'✓' if t['ratio'] <= SUGGEST_TIME_TARGET else '✗'}."
                   if t else "")
         top = "".join(f" {name}: {comparison(r, ref, st)['verdict']}." for st, name in
-                      (("top", "By score alone (top)"), ("crowding", "With crowding in the score"))
+                      (("top", "By score alone (top)"), ("crowding", "With crowding in the score"),
+                       ("background", "Marking no-object suggestions background (background)"))
                       if st in present(r))
         lines.append(f"* {r['dataset']}: {reach}{need}verdict {c['verdict']}.{top}{timing}")
     passed = sum(v.startswith("✓") for v in verdicts)
@@ -579,7 +632,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["random", "suggested"],
                         help="random; suggested (what `suggest` does: the most doubtful of each of K size strata, over "
                         "all images); top (the K top scores alone); crowding (with crowding in the score); corrected (the "
-                        "user paints every part of a suggestion); no-size (the size signal left out of the score). "
+                        "user paints every part of a suggestion); no-size (the size signal left out of the score); background (a "
+                        "suggestion mostly outside every true object is marked background, counting as one item). "
                         "Default: random suggested")
     parser.add_argument("--initial-steps", type=int, default=300, help="training steps on the start's painting")
     parser.add_argument("--steps-per-round", type=int, default=100, help="training steps after each round")

@@ -65,6 +65,35 @@ def test_a_correcting_user_paints_every_object_making_up_a_suggestion():
     assert chosen == [(0, 2)]  # k bounds the parts too
 
 
+def test_a_suggestion_on_no_object_is_marked_background_and_counts_towards_k():
+    truth, pred = _scene()
+    assert al.outside_share(pred, 9, truth) == 1.0 and al.outside_share(pred, 8, truth) == 0.0
+    strokes: list = []
+    ranked = [(0.9, 0, 9), (0.8, 0, 7), (0.7, 0, 8)]
+    chosen, looked = al.pick_suggested(ranked, [pred], [truth], [set()], 2, by_score=False, strokes=strokes)
+    assert strokes == [(0, 9)] and chosen == [(0, 2)] and looked == 2  # the stroke is one of the two
+    chosen, _ = al.pick_suggested(ranked, [pred], [truth], [set()], 2, by_score=False)
+    assert chosen == [(0, 2), (0, 3)]  # without strokes, id 9 is skipped as before
+    # id 7 lies on objects for the most part (a row outside): never marked background
+    wide = pred.copy()
+    wide[8, 3:18] = 7
+    assert al.outside_share(wide, 7, truth) < al.NO_OBJECT
+    strokes = []
+    assert al.pick_suggested([(0.9, 0, 7)], [wide], [truth], [set()], 1, strokes=strokes)[0] == [(0, 2)]
+    assert strokes == []
+
+
+def test_painted_background_fills_only_unpainted_pixels():
+    truth, pred = _scene()
+    background = np.zeros(truth.shape, bool)
+    background[:, :10] = True  # over object 1 (painted) and 3 (not painted)
+    labels = al.sparse_labels(truth, {1}, background)
+    assert (labels[truth == 1] == 1).all()  # a painted object wins over background
+    assert (labels[truth == 3] == al.BACKGROUND_VALUE).all()
+    assert (labels[:, 10:][truth[:, 10:] == 2] == 0).all()
+    assert np.array_equal(al.sparse_labels(truth, {1}), np.where(truth == 1, truth, 0))
+
+
 def test_instances_mostly_on_painted_objects_are_excluded():
     truth, pred = _scene()
     assert al.painted_instances(pred, np.isin(truth, [3])) == [8]
