@@ -14,16 +14,23 @@ from .errors import SpocoError
 THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
 
-def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Intersection matrix (n_gt, n_pred) and object sizes, from a sparse contingency table."""
+def _label_indices(gt: np.ndarray, pred: np.ndarray):
+    """Both images' sorted unique ids and each pixel's index into them (flat)."""
     gt = np.asarray(gt)
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
         raise SpocoError(f"Prediction shape {pred.shape} differs from ground-truth shape {gt.shape}.")
     g_ids, g = np.unique(gt.ravel(), return_inverse=True)
     p_ids, p = np.unique(pred.ravel(), return_inverse=True)
+    return g_ids, g.ravel(), p_ids, p.ravel()
+
+
+def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intersection matrix (n_gt, n_pred) and object sizes: a dense table, for few objects
+    (:func:`iou_matrix`, benchmarks); the scores read :func:`_touching_pairs`."""
+    g_ids, g, p_ids, p = _label_indices(gt, pred)
     inter = np.zeros((len(g_ids), len(p_ids)), dtype=np.int64)
-    np.add.at(inter, (g.ravel(), p.ravel()), 1)
+    np.add.at(inter, (g, p), 1)
     g_size = inter.sum(1)
     p_size = inter.sum(0)
     # Drop the background row/column (id 0) where present.
@@ -44,13 +51,7 @@ def _touching_pairs(gt: np.ndarray, pred: np.ndarray):
     the predicted objects, their intersections, and every object's size. Memory and time grow
     with the pixels and the pairs that touch, not with n_true × n_pred as :func:`iou_matrix`'s
     table does (20 000 objects a side would need gigabytes)."""
-    gt = np.asarray(gt)
-    pred = np.asarray(pred)
-    if gt.shape != pred.shape:
-        raise SpocoError(f"Prediction shape {pred.shape} differs from ground-truth shape {gt.shape}.")
-    g_ids, g = np.unique(gt.ravel(), return_inverse=True)
-    p_ids, p = np.unique(pred.ravel(), return_inverse=True)
-    g, p = g.ravel(), p.ravel()
+    g_ids, g, p_ids, p = _label_indices(gt, pred)
     g_size = np.bincount(g, minlength=len(g_ids))[g_ids != 0]
     p_size = np.bincount(p, minlength=len(p_ids))[p_ids != 0]
     # indices among the objects, background (id 0, wherever it sorts: ids may be negative) at -1
