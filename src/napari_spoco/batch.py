@@ -134,7 +134,7 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
     except (SpocoError, OSError, MemoryError) as exc:
         reason = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
         return FileResult(path.name, error=reason)
-    except RuntimeError as exc:  # torch reports running out of memory (CUDA, MPS, its CPU allocator) so
+    except RuntimeError as exc:  # how torch reports running out of memory (CUDA, MPS, its CPU allocator)
         import torch
 
         text = str(exc).lower()
