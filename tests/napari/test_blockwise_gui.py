@@ -273,3 +273,20 @@ def test_a_small_dask_image_is_read_whole_and_keeps_suggestions(spoco, choose, n
     assert isinstance(result.data, np.ndarray) and result.data.shape == nuclei.shape and result.data.max() >= 2
     assert widget.segment_panel.suggest_row.suggest_btn.isEnabled(), widget.segment_panel.suggest_row.suggest_btn.toolTip()
     assert not notes["error"] and not notes["warning"], notes
+
+
+def test_a_block_wise_result_chosen_as_sparse_labels_is_not_replaced(big, notes, monkeypatch, choose):
+    viewer, widget, _ = big
+    cheap_segmenter(monkeypatch)
+    widget.segment_panel.segment_btn.click()
+    first = viewer.layers["big instances"]
+    store = first.metadata[STORE_KEY]
+    widget.segment_panel.segment_btn.click()  # not chosen: updated in place, as before
+    assert viewer.layers["big instances"] is first and first.metadata[STORE_KEY] != store
+    store = first.metadata[STORE_KEY]
+    choose(widget.data_panel.labels_box, "big instances")
+    n_layers = len(viewer.layers)
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers + 1 and first.metadata[STORE_KEY] == store
+    assert zarr.open_array(store, mode="r").shape == first.data.shape  # its store is kept: the layer reads it
+    assert "is the chosen sparse-labels layer" in notes["info"][-1] and not notes["error"], notes

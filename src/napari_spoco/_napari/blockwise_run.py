@@ -121,16 +121,22 @@ class BlockwiseRun(QObject):
         self.panel.segmented.emit(layer.name)
 
     def _result_layer(self, image, data, shape) -> Labels:
-        """The image's '… instances' layer if it is an earlier block-wise result of this shape,
-        with the new data; else a new layer (an in-memory result, maybe corrected, is kept)."""
+        """The image's '… instances' layer if it is an earlier block-wise result of this shape
+        (read from disk) not chosen as the sparse labels, with the new
+        data; else a new layer (an in-memory result, maybe corrected, is kept)."""
         name = image.name + RESULT_SUFFIX
         multiscale = isinstance(data, list)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         if isinstance(existing, Labels) and existing.metadata.get(STORE_KEY) and spatial_shape(existing) == shape:
-            if not multiscale and not existing.multiscale:
+            chosen = self.panel.data.labels
+            if chosen is not None and chosen.name == existing.name:  # its store stays: the layer reads it
+                show_info(f"'{name}' is the chosen sparse-labels layer: it is kept as it is, and this "
+                          "segmentation goes to a new layer.")
+            elif not multiscale and not existing.multiscale:
                 existing.data = data
                 return existing
-            self.viewer.layers.remove(existing)
+            else:
+                self.viewer.layers.remove(existing)
         active = self.viewer.layers.selection.active
         nd = len(shape)
         layer = self.viewer.add_labels(data, name=name, multiscale=multiscale, scale=image.scale[-nd:],
