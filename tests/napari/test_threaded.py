@@ -316,3 +316,21 @@ def test_threaded_segmentation_keeps_gui_responsive(threaded, qtbot, notes, choo
     assert len(working) > 10 and working.max() <= 0.25, f"GUI blocked for {working.max():.3f} s while segmenting"
     # placing a 768² result in napari takes the main thread a moment, longer on a slow CPU
     assert gaps.max() <= 0.5, f"GUI blocked for {gaps.max():.3f} s"
+
+
+def test_a_preview_that_cannot_be_made_warns_once_and_training_goes_on(threaded, qtbot, notes, choose):
+    """Real thread worker: the user chooses a 3D volume in the Image box while a 2D model trains;
+    its preview fails in the worker, which yields one warning, and the run ends with all its steps."""
+    viewer, widget = threaded
+    nuclei = np.asarray(viewer.layers["nuclei"].data)
+    widget.train_panel.steps_spin.setValue(30)
+    widget.train_panel.preview_spin.setValue(1)
+    widget.train_panel.start_training()
+    qtbot.waitUntil(lambda: widget.train_panel.last_progress is not None, timeout=60_000)
+    viewer.add_image(np.stack([nuclei] * 4), name="volume")
+    choose(widget.data_panel.image_box, "volume")
+    wait_idle(qtbot, widget)
+    skipped = [m for m in notes["warning"] if m.startswith("No live preview of 'volume'")]
+    assert len(skipped) == 1 and "Training goes on." in skipped[0], notes["warning"]
+    assert widget.train_panel.last_progress.step == 30 and not notes["error"], notes["error"]
+    assert "Trained 30 steps" in widget.train_panel.train_label.text()

@@ -274,12 +274,13 @@ class SegmentPanel(QGroupBox):
                    and layer.name not in (name, PREVIEW_LAYER) and layer.metadata.get(RESULT_KEY) == image.name]
         fits = [layer for layer in ([existing] if existing is not None else []) + earlier
                 if isinstance(layer, Labels) and not layer.multiscale and layer.data.shape == shape]
-        for layer in fits:
-            if not self._why_kept(layer):
+        whys = []
+        for layer in fits:  # each check reads the layer's pixels once (a CRC): stop at the first that fits
+            whys.append(self._why_kept(layer))
+            if not whys[-1]:
                 return layer, False
         if fits and fits[0] is existing:
-            show_info(f"'{name}' {self._why_kept(existing)}: it is kept as it is, and this segmentation goes to a "
-                      "new layer.")
+            show_info(f"'{name}' {whys[0]}: it is kept as it is, and this segmentation goes to a new layer.")
         active = self.viewer.layers.selection.active
         # (a layer of another kind or shape keeps its name; napari numbers the new one)
         # the type of an empty result, as most results are: the result replaces the zeros
