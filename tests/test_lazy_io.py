@@ -2,6 +2,8 @@
 stores written as (OME-)zarr, and ``predict`` on them (block by block, workers, output formats)."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +203,45 @@ def test_replacing_a_store_keeps_the_old_one_until_the_copy_is_complete(tmp_path
     assert copy_labels(new, target, replace=True) == target
     assert np.array_equal(zarr.open_array(str(target), mode="r")[...], new)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zarr"]
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (a child run and waited for)."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_replace_interrupted_between_its_renames_is_undone_on_the_next_copy(tmp_path):
+    """A crash after the old store was moved aside and before the copy took its place left the
+    user's store hidden (`.cells.zarr.old-<pid>`) and nothing at its path: the next copy (or
+    the Export panel, before asking) puts the old store back and removes the dead run's
+    partial copy; files of a process that still runs are left alone."""
+    import zarr
+
+    from napari_spoco.out_of_core import copy_labels, recover_interrupted_copy
+
+    target = tmp_path / "cells.zarr"
+    old = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    copy_labels(old, target)
+    dead = _dead_pid()
+    target.rename(tmp_path / f".cells.zarr.old-{dead}")  # the crash: moved aside, copy not yet in place
+    copy_labels(np.ones((8, 8), np.uint16), tmp_path / f".cells.zarr.partial-{dead}")
+    running = tmp_path / f".cells.zarr.partial-{os.getppid()}"  # another live process's copy in progress
+    running.mkdir()
+    other = tmp_path / f".other.zarr.old-{dead}"  # another store's leftovers are not this one's
+    other.mkdir()
+    assert recover_interrupted_copy(target) == target
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], old)  # the user's store, back
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cells.zarr", running.name, other.name])
+    assert recover_interrupted_copy(target) is None  # nothing left to undo
+    # copy_labels undoes it by itself: without replace, the store back in place is not written over
+    target.rename(tmp_path / f".cells.zarr.old-{dead}")
+    with pytest.raises(SpocoError, match="exists already"):
+        copy_labels(np.ones((8, 8), np.uint16), target)
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], old)
+    new = np.full((8, 8), 7, np.uint16)
+    assert copy_labels(new, target, replace=True) == target
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], new)

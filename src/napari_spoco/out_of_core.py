@@ -140,11 +140,12 @@ def copy_labels(
     from .lazy_io import remove_store
 
     path = Path(path)
+    recover_interrupted_copy(path)
     if not (replace and path.exists()):
         return _copy_labels(data, path, progress)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    remove_store(partial)  # leftovers of a run that crashed
+    remove_store(partial)  # leftovers of a run of this process id that crashed
     remove_store(old)
     _copy_labels(data, partial, progress)  # removes itself on failure; ``path`` untouched
     try:
@@ -160,6 +161,52 @@ def copy_labels(
         raise
     remove_store(old)
     return path
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this id runs (this one included); unknown counts as running."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: leave its files alone
+    return True
+
+
+def recover_interrupted_copy(path: str | Path) -> Path | None:
+    """Undo what a replacing :func:`copy_labels` left when its process died between its steps
+    (a crash, a kill, a power cut): the hidden ``.<name>.old-<pid>`` store goes back to
+    ``path`` if ``path`` is missing (the user's last complete store, not a half-written copy),
+    and hidden ``.partial-<pid>`` copies and ``.old-<pid>`` stores of processes that no longer
+    run are removed. Returns ``path`` when a store was put back, else None. Files of a process
+    that still runs are left alone (it may be copying now)."""
+    from .lazy_io import remove_store
+
+    path = Path(path)
+    prefix = f".{path.name}."
+    if not path.parent.is_dir():
+        return None
+    stale: dict[str, list[Path]] = {"old": [], "partial": []}
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        kind, _, pid = entry.name[len(prefix):].rpartition("-")
+        if kind in stale and pid.isdigit() and not _running(int(pid)):
+            stale[kind].append(entry)
+    restored = None
+    # newest first: two crashed replaces in a row leave two old stores; the later one is the newer
+    for old in sorted(stale["old"], key=lambda e: e.stat().st_mtime, reverse=True):
+        if restored is None and not path.exists():
+            old.rename(path)
+            restored = path
+        else:
+            remove_store(old)
+    for partial in stale["partial"]:
+        remove_store(partial)
+    return restored
 
 
 def _copy_labels(data, path: Path, progress: Callable[[int, int], None] | None) -> Path:

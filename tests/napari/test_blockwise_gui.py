@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from napari_spoco import out_of_core
 from napari_spoco._napari import workers
+from napari_spoco._napari.layers import EDITED_KEY
 from napari_spoco._napari.state import ModelSource
 from napari_spoco.out_of_core import STORE_KEY
 from napari_spoco.pretrained import load_default_model
@@ -290,3 +291,47 @@ def test_a_block_wise_result_chosen_as_sparse_labels_is_not_replaced(big, notes,
     assert len(viewer.layers) == n_layers + 1 and first.metadata[STORE_KEY] == store
     assert zarr.open_array(store, mode="r").shape == first.data.shape  # its store is kept: the layer reads it
     assert "is the chosen sparse-labels layer" in notes["info"][-1] and not notes["error"], notes
+
+
+def test_a_block_wise_result_painted_on_is_not_replaced(big, notes, monkeypatch):
+    """A block-wise result has no cheap fingerprint: a stroke on it is what marks it edited, and
+    the next block-wise Segment then leaves it (and the store it reads) alone."""
+    viewer, widget, _ = big
+    cheap_segmenter(monkeypatch)
+    widget.segment_panel.segment_btn.click()
+    first = viewer.layers["big instances"]
+    first.paint((5, 5), 999)  # a brush stroke, as napari's paint tool makes it
+    assert first.metadata[EDITED_KEY] is True
+    store = first.metadata[STORE_KEY]
+    n_layers = len(viewer.layers)
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers + 1 and first.metadata[STORE_KEY] == store
+    assert zarr.open_array(store, mode="r").shape == first.data.shape  # its store is kept: the layer reads it
+    assert "was edited since it was segmented" in notes["info"][-1] and not notes["error"], notes
+    newer = viewer.layers[-1]
+    assert newer is not first and newer.metadata[EDITED_KEY] is False
+    store = newer.metadata[STORE_KEY]
+    widget.segment_panel.segment_btn.click()  # the newer result, unedited, is updated in place
+    assert len(viewer.layers) == n_layers + 1 and newer.metadata[STORE_KEY] != store
+
+
+def test_export_puts_back_a_store_an_interrupted_export_left_hidden(big, tmp_path, notes, monkeypatch):
+    """An export that replaced a store and died between its renames left the user's store hidden
+    beside its path: the next export to that path puts it back first, and asks before replacing it."""
+    import subprocess
+
+    viewer, widget, _ = big
+    cheap_segmenter(monkeypatch)
+    widget.segment_panel.segment_btn.click()
+    export = widget.export_panel
+    target = tmp_path / "out.zarr"
+    assert export.export_labels(str(target)) and target.exists()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id that no longer runs
+    target.rename(tmp_path / f".out.zarr.old-{child.pid}")
+    asked = []
+    widget.state.confirm = lambda question: asked.append(question) or False
+    assert not export.export_labels(str(target))
+    assert target.exists() and not (tmp_path / f".out.zarr.old-{child.pid}").exists()
+    assert any("was interrupted; its previous store was put back" in n for n in notes["info"]), notes
+    assert asked == [f"{target} exists. Replace it?"] and "nothing was overwritten" in notes["info"][-1]

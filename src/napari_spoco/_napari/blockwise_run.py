@@ -20,7 +20,7 @@ from ..out_of_core import STORE_KEY, Cancelled, lazy_levels, step_count, voxel_n
 from ..precision import INFERENCE_PRECISION
 from . import workers
 from .dialogs import error_message
-from .layers import RESULT_KEY, find_layer, image_data, referenced_stores, spatial_shape
+from .layers import EDITED_KEY, RESULT_KEY, find_layer, image_data, referenced_stores, spatial_shape, watch_edits
 from .state import Job
 
 RESULT_SUFFIX = " instances"
@@ -105,6 +105,7 @@ class BlockwiseRun(QObject):
         layer = self._result_layer(image, lazy_levels(result.labels, levels), result.shape)
         layer.metadata[STORE_KEY] = str(result.path)
         layer.metadata[RESULT_KEY] = image.name
+        layer.metadata[EDITED_KEY] = False  # what it shows now is what this run wrote
         self.state.stores.release(result.path)
         self.state.stores.sweep(referenced_stores(self.viewer))  # results no layer reads any more
         text = (f"{result.objects} instances in {result.blocks} blocks, {result.seconds:.0f} s (block-wise{note}) "
@@ -121,26 +122,38 @@ class BlockwiseRun(QObject):
         self.panel.segmented.emit(layer.name)
 
     def _result_layer(self, image, data, shape) -> Labels:
-        """The image's '… instances' layer if it is an earlier block-wise result of this shape
-        (read from disk) not chosen as the sparse labels, with the new
-        data; else a new layer (an in-memory result, maybe corrected, is kept)."""
+        """The layer a block-wise result of ``image`` goes to: an earlier block-wise result of it
+        (its '… instances' layer first, then the newest numbered one) of this shape that is neither
+        the chosen sparse labels nor painted on since it was segmented, with the new data; else a
+        new layer (an in-memory result, maybe corrected, is kept; so is the store an edited or
+        chosen layer reads)."""
         name = image.name + RESULT_SUFFIX
         multiscale = isinstance(data, list)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        if isinstance(existing, Labels) and existing.metadata.get(STORE_KEY) and spatial_shape(existing) == shape:
-            chosen = self.panel.data.labels
-            if chosen is not None and chosen.name == existing.name:  # its store stays: the layer reads it
-                show_info(f"'{name}' is the chosen sparse-labels layer: it is kept as it is, and this "
-                          "segmentation goes to a new layer.")
-            elif not multiscale and not existing.multiscale:
-                existing.data = data
-                return existing
-            else:
-                self.viewer.layers.remove(existing)
+        earlier = [layer for layer in reversed(list(self.viewer.layers)) if layer.name != name
+                   and layer.metadata.get(RESULT_KEY) == image.name]
+        chosen = self.panel.data.labels
+        whys = []
+        for layer in ([existing] if existing is not None else []) + earlier:
+            if not (isinstance(layer, Labels) and layer.metadata.get(STORE_KEY) and spatial_shape(layer) == shape):
+                continue
+            if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
+                whys.append((layer, "is the chosen sparse-labels layer"))
+            elif layer.metadata.get(EDITED_KEY):
+                whys.append((layer, "was edited since it was segmented"))
+            elif not multiscale and not layer.multiscale:
+                layer.data = data
+                watch_edits(layer)
+                return layer
+            elif layer is existing:  # a multiscale result is replaced by a new layer of its name
+                self.viewer.layers.remove(layer)
+        if whys and whys[0][0] is existing:  # its store stays: the layer reads it
+            show_info(f"'{name}' {whys[0][1]}: it is kept as it is, and this segmentation goes to a new layer.")
         active = self.viewer.layers.selection.active
         nd = len(shape)
         layer = self.viewer.add_labels(data, name=name, multiscale=multiscale, scale=image.scale[-nd:],
                                        translate=image.translate[-nd:], metadata={RESULT_KEY: image.name})
+        watch_edits(layer)
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer

@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QPushButton
 
 from ..io import write_labels
-from ..out_of_core import STORE_KEY, copy_labels
+from ..out_of_core import STORE_KEY, copy_labels, recover_interrupted_copy
 from . import workers
 from .dialogs import error_message
 from .layers import image_data, is_lazy_layer, referenced_stores, refuse_if_too_large
@@ -86,6 +86,12 @@ class ExportPanel(QGroupBox):
         try:
             target = zarr_target(path, sources)
         except Exception as exc:  # noqa: BLE001
+            show_error(error_message(exc, "Export"))
+            return False
+        try:
+            if recover_interrupted_copy(target) is not None:  # before asking: the store is back
+                show_info(f"An earlier export to {target} was interrupted; its previous store was put back.")
+        except OSError as exc:
             show_error(error_message(exc, "Export"))
             return False
         if target.exists() and not self.state.confirm(f"{target} exists. Replace it?"):

@@ -19,6 +19,21 @@ LINK_KEY = "spoco_image"  # Labels.metadata[LINK_KEY] = name of the image the la
 LINK_ID_KEY = "spoco_image_id"  # and, once known, that image layer's unique_id (survives renaming)
 RESULT_KEY = "spoco_result_of"  # Labels.metadata[RESULT_KEY] = name of the image a segmentation (or preview) is of
 WRITTEN_KEY = "spoco_written"  # Labels.metadata[WRITTEN_KEY] = fingerprint of what Segment last wrote into it
+EDITED_KEY = "spoco_edited"  # Labels.metadata[EDITED_KEY] = True once painted on since Segment wrote it
+
+
+def watch_edits(layer) -> None:
+    """Mark a result layer edited (``metadata[EDITED_KEY]``) whenever the user paints, fills or
+    erases on it: the one sign of an edit on a lazy (block-wise) result, which has no cheap
+    fingerprint. Segment clears the mark when it writes the layer again. Connecting twice is
+    harmless (napari's emitter keeps one connection per callback)."""
+    layer.events.paint.connect(_mark_edited)
+
+
+def _mark_edited(event) -> None:
+    source = getattr(event, "source", None)
+    if source is not None:
+        source.metadata[EDITED_KEY] = True
 
 
 def fingerprint(data) -> str | None:

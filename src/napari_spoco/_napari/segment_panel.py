@@ -31,7 +31,17 @@ from . import workers
 from .blockwise_run import RESULT_SUFFIX, BlockwiseRun
 from .data_panel import DataPanel
 from .dialogs import error_message
-from .layers import RESULT_KEY, WRITTEN_KEY, check_axes, find_layer, fingerprint, image_data, spatial_shape
+from .layers import (
+    EDITED_KEY,
+    RESULT_KEY,
+    WRITTEN_KEY,
+    check_axes,
+    find_layer,
+    fingerprint,
+    image_data,
+    spatial_shape,
+    watch_edits,
+)
 from .preview import PREVIEW_LAYER
 from .state import Job, SpocoState
 from .suggest_row import MAX_KEPT_PIXELS, SuggestRow
@@ -289,6 +299,7 @@ class SegmentPanel(QGroupBox):
         layer = self.viewer.add_labels(empty, name=name, scale=image.scale[-len(shape):],
                                        translate=image.translate[-len(shape):],
                                        metadata={RESULT_KEY: image.name, WRITTEN_KEY: fingerprint(empty)})
+        watch_edits(layer)
         if active is not None:  # keep the user on the layer they are painting
             self.viewer.layers.selection.active = active
         return layer, True
@@ -300,6 +311,8 @@ class SegmentPanel(QGroupBox):
         chosen = self.data.labels
         if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
             return "is the chosen sparse-labels layer"
+        if layer.metadata.get(EDITED_KEY):
+            return "was edited since it was segmented"
         if layer.metadata.get(STORE_KEY):
             return "holds a block-wise result, read from disk"
         written = layer.metadata.get(WRITTEN_KEY)
@@ -340,6 +353,8 @@ class SegmentPanel(QGroupBox):
         name = layer.name
         layer.metadata[RESULT_KEY] = image.name
         layer.metadata[WRITTEN_KEY] = result.fingerprint  # a later Segment replaces it only unedited
+        layer.metadata[EDITED_KEY] = False
+        watch_edits(layer)
         layer.metadata.pop(STORE_KEY, None)  # it held a block-wise result before: no longer
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers[PREVIEW_LAYER].visible = False
