@@ -245,3 +245,31 @@ def test_a_replace_interrupted_between_its_renames_is_undone_on_the_next_copy(tm
     new = np.full((8, 8), 7, np.uint16)
     assert copy_labels(new, target, replace=True) == target
     assert np.array_equal(zarr.open_array(str(target), mode="r")[...], new)
+
+
+def test_recovery_leaves_other_machines_and_live_copies_alone_and_takes_back_this_process_leftovers(tmp_path):
+    """Process ids are per machine (a shared disk may hold another machine's copy in progress);
+    a restarted program may get the id of the one that crashed, so this process's own leftovers
+    count as stale unless it is replacing that path now; ``clean=False`` only puts a store back."""
+    import zarr
+
+    from napari_spoco import out_of_core
+    from napari_spoco.out_of_core import _HOST, _in_flight, copy_labels, recover_interrupted_copy
+
+    target = tmp_path / "cells.zarr"
+    old = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    copy_labels(old, target)
+    mine = tmp_path / f".cells.zarr.old-{_HOST}-{os.getpid()}"
+    target.rename(mine)
+    elsewhere = tmp_path / f".cells.zarr.partial-{_HOST}x-{_dead_pid()}"  # another machine's copy
+    elsewhere.mkdir()
+    with _in_flight(target):  # this process replacing it now: its files are not leftovers
+        assert recover_interrupted_copy(target) is None and mine.exists() and not target.exists()
+    dead_partial = tmp_path / f".cells.zarr.partial-{_HOST}-{_dead_pid()}"
+    dead_partial.mkdir()
+    assert recover_interrupted_copy(target, clean=False) == target  # put back, nothing removed
+    assert np.array_equal(zarr.open_array(str(target), mode="r")[...], old)
+    assert dead_partial.exists() and elsewhere.exists()
+    assert recover_interrupted_copy(target) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cells.zarr", elsewhere.name])
+    assert not out_of_core._COPYING  # the replace's mark is gone once it is done

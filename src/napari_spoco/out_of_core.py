@@ -9,10 +9,12 @@ Qt-free: the napari plugin uses it (``_napari/blockwise_run.py``, the export), a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -143,46 +145,92 @@ def copy_labels(
     recover_interrupted_copy(path)
     if not (replace and path.exists()):
         return _copy_labels(data, path, progress)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    remove_store(partial)  # leftovers of a run of this process id that crashed
-    remove_store(old)
-    _copy_labels(data, partial, progress)  # removes itself on failure; ``path`` untouched
-    try:
-        path.rename(old)
-    except OSError:
-        remove_store(partial)
-        raise
-    try:
-        partial.rename(path)
-    except OSError:
-        old.rename(path)  # put the old store back
-        remove_store(partial)
-        raise
-    remove_store(old)
+    tag = f"{_HOST}-{os.getpid()}"
+    partial = path.with_name(f".{path.name}.partial-{tag}")
+    old = path.with_name(f".{path.name}.old-{tag}")
+    with _in_flight(path):
+        remove_store(partial)  # leftovers of a run of this process id that crashed
+        remove_store(old)
+        _copy_labels(data, partial, progress)  # removes itself on failure; ``path`` untouched
+        try:
+            path.rename(old)
+        except OSError:
+            remove_store(partial)
+            raise
+        try:
+            partial.rename(path)
+        except OSError:
+            old.rename(path)  # put the old store back
+            remove_store(partial)
+            raise
+        remove_store(old)
     return path
 
 
+#: This machine in the hidden names of a replacing copy: process ids are per machine, and a
+#: shared disk (NFS, SMB) may hold copies that other machines' processes are making.
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_COPYING: set[str] = set()  # paths this process is replacing now
+_COPYING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _in_flight(path: Path):
+    key = os.path.abspath(path)
+    with _COPYING_LOCK:
+        _COPYING.add(key)
+    try:
+        yield
+    finally:
+        with _COPYING_LOCK:
+            _COPYING.discard(key)
+
+
 def _running(pid: int) -> bool:
-    """Whether a process of this id runs (this one included); unknown counts as running."""
-    if pid == os.getpid():
-        return True
+    """Whether a process of this id runs on this machine; unknown counts as running."""
+    if os.name == "nt":  # os.kill(pid, 0) sends Ctrl+C there: ask psutil, or leave the files alone
+        try:
+            import psutil
+        except ImportError:
+            return True
+        return bool(psutil.pid_exists(pid))
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True  # someone else's process, or a platform that cannot tell: leave its files alone
     return True
 
 
-def recover_interrupted_copy(path: str | Path) -> Path | None:
+def _stale(path: Path, host: str, pid: int) -> bool:
+    """Whether a hidden copy of ``path`` tagged ``host``/``pid`` is a dead run's leftover: of this
+    machine, and of a process that no longer runs — or of this process, when it is not replacing
+    ``path`` now (a restarted program often gets the same id in a container)."""
+    if host != _HOST:
+        return False
+    if pid == os.getpid():
+        with _COPYING_LOCK:
+            return os.path.abspath(path) not in _COPYING
+    return not _running(pid)
+
+
+def _mtime(entry: Path) -> float:
+    try:
+        return entry.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def recover_interrupted_copy(path: str | Path, clean: bool = True) -> Path | None:
     """Undo what a replacing :func:`copy_labels` left when its process died between its steps
-    (a crash, a kill, a power cut): the hidden ``.<name>.old-<pid>`` store goes back to
-    ``path`` if ``path`` is missing (the user's last complete store, not a half-written copy),
-    and hidden ``.partial-<pid>`` copies and ``.old-<pid>`` stores of processes that no longer
-    run are removed. Returns ``path`` when a store was put back, else None. Files of a process
-    that still runs are left alone (it may be copying now)."""
+    (a crash, a kill, a power cut): the hidden ``.<name>.old-<host>-<pid>`` store goes back to
+    ``path`` if nothing is at ``path`` (the user's last complete store, not a copy that may be
+    half-written), and with ``clean`` the other leftovers of dead runs (``.partial-…`` copies,
+    older ``.old-…`` stores) are removed — slow for a large store, so a GUI restores at once and
+    leaves the removal to the copy it starts in the background. Returns ``path`` when a store
+    was put back, else None. Files of a process that still runs, or of another machine, are left
+    alone (it may be copying now)."""
     from .lazy_io import remove_store
 
     path = Path(path)
@@ -193,19 +241,23 @@ def recover_interrupted_copy(path: str | Path) -> Path | None:
     for entry in path.parent.iterdir():
         if not entry.name.startswith(prefix):
             continue
-        kind, _, pid = entry.name[len(prefix):].rpartition("-")
-        if kind in stale and pid.isdigit() and not _running(int(pid)):
-            stale[kind].append(entry)
+        parts = entry.name[len(prefix):].split("-")  # kind-host-pid (kind-pid before hosts were named)
+        if len(parts) not in (2, 3) or parts[0] not in stale or not parts[-1].isdigit():
+            continue
+        host = parts[1] if len(parts) == 3 else _HOST
+        if _stale(path, host, int(parts[-1])):
+            stale[parts[0]].append(entry)
     restored = None
     # newest first: two crashed replaces in a row leave two old stores; the later one is the newer
-    for old in sorted(stale["old"], key=lambda e: e.stat().st_mtime, reverse=True):
-        if restored is None and not path.exists():
+    for old in sorted(stale["old"], key=_mtime, reverse=True):
+        if restored is None and not os.path.lexists(path):
             old.rename(path)
             restored = path
-        else:
+        elif clean:
             remove_store(old)
-    for partial in stale["partial"]:
-        remove_store(partial)
+    if clean:
+        for partial in stale["partial"]:
+            remove_store(partial)
     return restored
 
 

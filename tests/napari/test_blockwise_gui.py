@@ -335,3 +335,26 @@ def test_export_puts_back_a_store_an_interrupted_export_left_hidden(big, tmp_pat
     assert target.exists() and not (tmp_path / f".out.zarr.old-{child.pid}").exists()
     assert any("was interrupted; its previous store was put back" in n for n in notes["info"]), notes
     assert asked == [f"{target} exists. Replace it?"] and "nothing was overwritten" in notes["info"][-1]
+
+
+def test_a_copy_of_a_block_wise_result_or_one_mid_stroke_is_not_replaced(big, notes, monkeypatch):
+    """napari's Duplicate Layer copies the metadata (a result's marks) but not the watch on its
+    edits: a copy the user corrects must not be taken for Segment's own result. And napari
+    reports a drag only when the mouse is released: a result being painted is kept too."""
+    viewer, widget, _ = big
+    cheap_segmenter(monkeypatch)
+    widget.segment_panel.segment_btn.click()
+    first = viewer.layers["big instances"]
+    copy = viewer.add_labels(first.data, name="big instances copy", metadata=dict(first.metadata))
+    copy.paint((5, 5), 999)  # not watched: no mark, but a copy all the same
+    store = copy.metadata[STORE_KEY]
+    viewer.layers.remove(first)
+    widget.segment_panel.segment_btn.click()
+    assert copy.metadata[STORE_KEY] == store and viewer.layers["big instances"] is not copy
+    assert int(np.asarray(copy.data)[5, 5]) == 999 and not notes["error"], notes
+    current = viewer.layers["big instances"]
+    current._staged_history.append(((np.array([5]), np.array([5])), np.array([0]), 7))  # a drag under way
+    n_layers = len(viewer.layers)
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers + 1 and "was edited since it was segmented" in notes["info"][-1]
+    current._staged_history.clear()

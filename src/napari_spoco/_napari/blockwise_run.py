@@ -20,7 +20,17 @@ from ..out_of_core import STORE_KEY, Cancelled, lazy_levels, step_count, voxel_n
 from ..precision import INFERENCE_PRECISION
 from . import workers
 from .dialogs import error_message
-from .layers import EDITED_KEY, RESULT_KEY, find_layer, image_data, referenced_stores, spatial_shape, watch_edits
+from .layers import (
+    EDITED_KEY,
+    RESULT_KEY,
+    find_layer,
+    image_data,
+    is_edited,
+    is_watched,
+    referenced_stores,
+    spatial_shape,
+    watch_edits,
+)
 from .state import Job
 
 RESULT_SUFFIX = " instances"
@@ -123,32 +133,36 @@ class BlockwiseRun(QObject):
 
     def _result_layer(self, image, data, shape) -> Labels:
         """The layer a block-wise result of ``image`` goes to: an earlier block-wise result of it
-        (its '… instances' layer first, then the newest numbered one) of this shape that is neither
-        the chosen sparse labels nor painted on since it was segmented, with the new data; else a
-        new layer (an in-memory result, maybe corrected, is kept; so is the store an edited or
-        chosen layer reads)."""
+        that Segment made and watches (its '… instances' layer first, then the topmost numbered
+        one) of this shape, neither the chosen sparse labels nor painted on since it was
+        segmented, gets the new data; else a new layer. An in-memory result (maybe corrected), a
+        duplicate or renamed copy the user keeps, and the store an edited or chosen layer reads are
+        never replaced. A multiscale result cannot take new data in place: the one it would reuse
+        is removed and the new layer added (so results do not pile up)."""
         name = image.name + RESULT_SUFFIX
         multiscale = isinstance(data, list)
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         earlier = [layer for layer in reversed(list(self.viewer.layers)) if layer.name != name
                    and layer.metadata.get(RESULT_KEY) == image.name]
         chosen = self.panel.data.labels
-        whys = []
+        kept = ""
         for layer in ([existing] if existing is not None else []) + earlier:
-            if not (isinstance(layer, Labels) and layer.metadata.get(STORE_KEY) and spatial_shape(layer) == shape):
+            if not (isinstance(layer, Labels) and layer.metadata.get(STORE_KEY) and is_watched(layer)
+                    and spatial_shape(layer) == shape):
                 continue
             if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
-                whys.append((layer, "is the chosen sparse-labels layer"))
-            elif layer.metadata.get(EDITED_KEY):
-                whys.append((layer, "was edited since it was segmented"))
+                kept = kept or (layer is existing and "is the chosen sparse-labels layer")
+            elif is_edited(layer):
+                kept = kept or (layer is existing and "was edited since it was segmented")
             elif not multiscale and not layer.multiscale:
                 layer.data = data
                 watch_edits(layer)
                 return layer
-            elif layer is existing:  # a multiscale result is replaced by a new layer of its name
+            else:
                 self.viewer.layers.remove(layer)
-        if whys and whys[0][0] is existing:  # its store stays: the layer reads it
-            show_info(f"'{name}' {whys[0][1]}: it is kept as it is, and this segmentation goes to a new layer.")
+                break
+        if kept:  # its store stays: the layer reads it
+            show_info(f"'{name}' {kept}: it is kept as it is, and this segmentation goes to a new layer.")
         active = self.viewer.layers.selection.active
         nd = len(shape)
         layer = self.viewer.add_labels(data, name=name, multiscale=multiscale, scale=image.scale[-nd:],

@@ -89,7 +89,7 @@ class ExportPanel(QGroupBox):
             show_error(error_message(exc, "Export"))
             return False
         try:
-            if recover_interrupted_copy(target) is not None:  # before asking: the store is back
+            if recover_interrupted_copy(target, clean=False) is not None:  # before asking; the worker cleans up
                 show_info(f"An earlier export to {target} was interrupted; its previous store was put back.")
         except OSError as exc:
             show_error(error_message(exc, "Export"))

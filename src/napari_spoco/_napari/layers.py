@@ -20,14 +20,28 @@ LINK_ID_KEY = "spoco_image_id"  # and, once known, that image layer's unique_id 
 RESULT_KEY = "spoco_result_of"  # Labels.metadata[RESULT_KEY] = name of the image a segmentation (or preview) is of
 WRITTEN_KEY = "spoco_written"  # Labels.metadata[WRITTEN_KEY] = fingerprint of what Segment last wrote into it
 EDITED_KEY = "spoco_edited"  # Labels.metadata[EDITED_KEY] = True once painted on since Segment wrote it
+WATCHED_KEY = "spoco_watched"  # Labels.metadata[WATCHED_KEY] = unique_id of the layer whose edits are watched
 
 
 def watch_edits(layer) -> None:
     """Mark a result layer edited (``metadata[EDITED_KEY]``) whenever the user paints, fills or
     erases on it: the one sign of an edit on a lazy (block-wise) result, which has no cheap
     fingerprint. Segment clears the mark when it writes the layer again. Connecting twice is
-    harmless (napari's emitter keeps one connection per callback)."""
+    harmless (napari's emitter keeps one connection per callback). The layer's own id is recorded
+    (``WATCHED_KEY``): a duplicate (napari copies the metadata, not the connection) is not watched."""
     layer.events.paint.connect(_mark_edited)
+    layer.metadata[WATCHED_KEY] = layer.unique_id
+
+
+def is_watched(layer) -> bool:
+    """Whether Segment watches this very layer's edits (not a duplicate of one it watched)."""
+    return layer.metadata.get(WATCHED_KEY) == layer.unique_id
+
+
+def is_edited(layer) -> bool:
+    """Painted on since Segment wrote it, or a stroke in progress: napari reports a drag only when
+    the mouse is released, and keeps its pixels staged meanwhile (``_staged_history``, private)."""
+    return bool(layer.metadata.get(EDITED_KEY)) or bool(getattr(layer, "_staged_history", None))
 
 
 def _mark_edited(event) -> None:

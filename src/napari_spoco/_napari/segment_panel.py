@@ -39,6 +39,8 @@ from .layers import (
     find_layer,
     fingerprint,
     image_data,
+    is_edited,
+    is_watched,
     spatial_shape,
     watch_edits,
 )
@@ -311,11 +313,13 @@ class SegmentPanel(QGroupBox):
         chosen = self.data.labels
         if chosen is not None and chosen.name == layer.name:  # napari hands out proxies: compare names
             return "is the chosen sparse-labels layer"
-        if layer.metadata.get(EDITED_KEY):
+        if is_edited(layer):
             return "was edited since it was segmented"
         if layer.metadata.get(STORE_KEY):
             return "holds a block-wise result, read from disk"
         written = layer.metadata.get(WRITTEN_KEY)
+        if written is not None and not is_watched(layer):  # napari's Duplicate Layer copies the metadata
+            return "is a copy of a segmentation"
         if written is None or written != fingerprint(layer.data):
             return "was edited since it was segmented" if written else "was not made by Segment"
         return ""

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import SpocoError
 from ..io import write_labels
 from ..lazy_io import is_zarr
-from ..out_of_core import STORE_KEY, copy_labels, is_lazy, too_large_for_memory
+from ..out_of_core import STORE_KEY, copy_labels, is_lazy, recover_interrupted_copy, too_large_for_memory
 
 
 def _level0(data: Any, meta: dict) -> Any:
@@ -48,7 +48,9 @@ def zarr_target(path: str | Path, sources: set[str]) -> Path:
 def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
     store = (meta.get("metadata") or {}).get(STORE_KEY)
     target = zarr_target(path, {store} if store else set())
+    back = recover_interrupted_copy(target) is not None  # an export that died left the store hidden
     if target.exists():  # a folder: never deleted unasked (the Export button asks)
-        raise SpocoError(f"{target} exists already; choose another name, or use the SPOCO panel's Export, "
-                         "which asks before replacing it.")
+        raise SpocoError(("An earlier export to this name was interrupted; its previous store was put back. "
+                          if back else "") + f"{target} exists already; choose another name, or use the SPOCO "
+                         "panel's Export, which asks before replacing it.")
     return [str(copy_labels(_level0(data, meta), target))]
