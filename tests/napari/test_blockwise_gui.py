@@ -186,6 +186,16 @@ def test_a_multiscale_result_exports_as_zarr_and_in_memory_uses_refuse(big, tmp_
     assert widget.correct_panel.promote(selected_only=False) == 0
     assert "too large to load into memory" in notes["error"][-1] and "cropped copy" in notes["error"][-1]
     assert not export.export_labels(str(tmp_path / "big.tif")) and "export it as .zarr" in notes["error"][-1]
+    # a multiscale result takes no new data in place: Segment again replaces the layer, and while
+    # it is the chosen sparse labels, the numbered result beside it (results do not pile up)
+    n_layers = len(viewer.layers)
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers and viewer.layers["pyramid instances"] is not layer
+    layer = viewer.layers["pyramid instances"]
+    choose(widget.data_panel.labels_box, "pyramid instances")
+    widget.segment_panel.segment_btn.click()
+    widget.segment_panel.segment_btn.click()
+    assert len(viewer.layers) == n_layers + 1 and viewer.layers["pyramid instances"] is layer
 
 
 def test_layer_scale_is_the_voxel_size_of_segment_and_train(spoco, notes, monkeypatch, choose, balls, tmp_path):
