@@ -205,6 +205,19 @@ def test_4_nan_weights_refused_by_load_save_and_export(work):
     assert not (work / "nan.zip").exists()
 
 
+def test_4_a_bioimageio_package_given_as_the_model_says_which_file_to_give(tmp_path):
+    """`napari-spoco export` writes a bioimage.io .zip for other tools; given back as --model it was
+    "not a napari-spoco model file (RuntimeError)"."""
+    import zipfile
+
+    package = tmp_path / "nuclei.zip"
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("bioimageio.yaml", "format_version: 0.5.3\n")
+        z.writestr("weights.pt", b"\x00" * 16)
+    with pytest.raises(SpocoError, match="is a bioimage.io model package .* give the .pt model file"):
+        load_model(package)
+
+
 # 5 -------------------------------------------------------------------- evaluate counts what is missing
 def test_5_evaluate_scores_missing_predictions_as_empty(work, capsys):
     truth = tifffile.imread(work / "gt" / "cells.tif")
@@ -240,6 +253,35 @@ def test_5_evaluate_counts_images_and_says_what_it_did(work, capsys):
     assert "failed" not in err
 
 
+def test_5_evaluate_refuses_ids_that_would_make_background_an_object_and_flags_empty_truth(work, capsys):
+    """A prediction with negative or fractional values (a float export, ids shifted by hand) would
+    turn the background into an object and score 0.929 where 1.0 is right: it is not compared, and
+    says why; a ground truth with no objects is scored, with a warning that it says nothing."""
+    import json
+
+    truth = tifffile.imread(work / "gt" / "cells.tif").astype(np.int32)
+    (work / "pred").mkdir()
+    tifffile.imwrite(work / "gt" / "shifted.tif", truth)
+    tifffile.imwrite(work / "pred" / "shifted.tif", truth - 5)
+    tifffile.imwrite(work / "gt" / "fraction.tif", truth)
+    tifffile.imwrite(work / "pred" / "fraction.tif", truth.astype(np.float32) + 0.3)
+    tifffile.imwrite(work / "gt" / "nothing.tif", np.zeros_like(truth))
+    tifffile.imwrite(work / "pred" / "nothing.tif", truth)
+    tifffile.imwrite(work / "pred" / "cells.tif", truth)
+    code, out, err = run(capsys, "evaluate", "--pred", work / "pred", "--gt", work / "gt", "--json")
+    result = json.loads(out)
+    assert code == 1 and result["images"]["cells"]["AP50"] == 1.0
+    assert result["images"]["shifted"]["AP50"] == 0.0 and result["images"]["fraction"]["AP50"] == 0.0
+    assert "shifted.tif: prediction not compared" in err and "must be >= 0" in err
+    assert "fraction.tif: prediction not compared" in err and "whole numbers" in err
+    assert result["empty_truth"] == ["nothing"] and "hold no objects" in err and "nothing" in err
+    tifffile.imwrite(work / "gt" / "cells.tif", truth - 5)  # a ground truth of that kind is skipped, and says why
+    for name in ("shifted", "fraction", "nothing"):
+        (work / "gt" / f"{name}.tif").unlink()
+    code, _, err = run(capsys, "evaluate", "--pred", work / "pred", "--gt", work / "gt")
+    assert code == 2 and "nothing was scored" in err and "must be >= 0" in err
+
+
 def test_5_evaluate_into_a_closed_pipe_stops_quietly(work):
     """`evaluate ... | head -1`: the reader closes the pipe; no "unexpected error", exit 141."""
     truth = tifffile.imread(work / "gt" / "cells.tif")
@@ -266,6 +308,12 @@ def test_6_demo_refuses_a_non_empty_folder(tmp_path, capsys, no_training):
     code, _, err = run(capsys, "demo", "--out", tmp_path)
     assert code == 2 and "not empty" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
+
+
+def test_6_demo_with_a_bad_init_makes_no_folder(tmp_path, capsys, no_training):
+    (tmp_path / "notes.pt").write_text("not a model")
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "demo", "--init", tmp_path / "notes.pt")
+    assert code == 2 and "not a napari-spoco model file" in err and not (tmp_path / "demo").exists()
 
 
 # 7 ------------------------------------------------------------------------ no file dropped silently
@@ -443,6 +491,55 @@ def test_10_predict_skips_bad_files_reports_them_and_resumes(work, capsys):
     assert (work / "pred" / "broken.tif").exists()
 
 
+def test_10_skip_existing_does_again_the_outputs_an_interrupted_run_cut_short(work, capsys):
+    """A kill (or a disk pulled out) can leave a TIFF cut short or empty, and a zarr store written
+    block by block without its end: --skip-existing segments those again instead of skipping them;
+    a store without our marks (an earlier version's) is kept and said; whole outputs are not touched."""
+    import zarr
+
+    from napari_spoco.lazy_io import COMPLETE_ATTR, WRITER_ATTR, store_marks
+
+    image = tifffile.imread(work / "images" / "cells.tif")
+    for name in ("second", "third"):
+        tifffile.imwrite(work / "images" / f"{name}.tif", image)
+    argv = ["predict", "--model", work / "good.pt", "--images", work / "images", "--out", work / "pred",
+            "--device", "cpu"]
+    assert run(capsys, *argv)[0] == 0
+    whole = tifffile.imread(work / "pred" / "cells.tif")
+    size = (work / "pred" / "second.tif").stat().st_size
+    with open(work / "pred" / "second.tif", "r+b") as f:
+        f.truncate(size // 2)
+    (work / "pred" / "third.tif").write_bytes(b"")
+    kept = (work / "pred" / "cells.tif").stat()
+    code, _, err = run(capsys, *argv, "--skip-existing")
+    assert code == 0 and "2 existing output(s) are incomplete" in err and "Skipping 1 " in err
+    again = (work / "pred" / "cells.tif").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)  # the whole one is not rewritten
+    for name in ("second", "third"):
+        assert np.array_equal(tifffile.imread(work / "pred" / f"{name}.tif"), whole)
+    # zarr block by block: marked unfinished at the start and whole at the end
+    zarr_out = work / "zpred"
+    zargv = ["predict", "--model", work / "good.pt", "--images", work / "images" / "cells.tif", "--out", zarr_out,
+             "--device", "cpu", "--block-shape", "32", "32", "--out-format", "zarr"]
+    code, _, err = run(capsys, *zargv)
+    store = zarr_out / "cells.zarr"
+    assert code == 0 and store_marks(store) == (True, None)
+    assert "blocks of 32 x 32 are small" in err  # a user rarely means blocks this small
+    attrs = zarr.open(store=str(store), mode="r+").attrs
+    attrs.update({COMPLETE_ATTR: False, WRITER_ATTR: f"nohost-{os.getpid()}"})  # as if killed before the end
+    code, _, err = run(capsys, *zargv, "--skip-existing")
+    assert code == 0 and "1 existing output(s) are incomplete" in err and store_marks(store) == (True, None)
+    del zarr.open(store=str(store), mode="r+").attrs[COMPLETE_ATTR]  # as an earlier version wrote it
+    code, _, err = run(capsys, *zargv, "--skip-existing")
+    assert code == 0 and "carry no mark of being whole" in err and "Skipping 1 image(s)" in err
+    # --out-format zarr for an image read whole writes a zarr store (it wrote a TIFF under that name)
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images" / "cells.tif",
+                       "--out", work / "wpred", "--device", "cpu", "--out-format", "zarr")
+    written = work / "wpred" / "cells.zarr"
+    assert code == 0 and written.is_dir() and store_marks(written) == (True, None)
+    assert np.array_equal(zarr.open_array(str(written), mode="r")[...], whole)
+
+
 def test_10_a_gpu_out_of_memory_fails_that_image_and_any_other_runtime_error_is_a_bug(work, tmp_path, monkeypatch):
     """torch reports running out of memory (CUDA, MPS, its CPU allocator) as a RuntimeError: that
     image is listed as failed, with what to try on that device, and the batch goes on; another
@@ -473,6 +570,73 @@ def test_10_a_gpu_out_of_memory_fails_that_image_and_any_other_runtime_error_is_
         predict_file(model, work / "images" / "cells.tif", tmp_path / "cells.tif", PredictOptions(ClusterConfig()))
 
 
+def test_10_a_time_series_tiff_and_a_model_of_other_dimensions_get_what_to_do(work, capsys):
+    """An ImageJ TIFF whose axes say TYX would be trained and segmented as a volume by the command
+    line; a 3D model given to 2D images was reported as a voxel-size mistake the user never made."""
+    image = tifffile.imread(work / "images" / "cells.tif")
+    stack = work / "series"
+    stack.mkdir()
+    tifffile.imwrite(stack / "cells.tif", np.stack([image] * 4), imagej=True, metadata={"axes": "TYX"})
+    code, _, err = run(capsys, "train", "--images", stack, "--labels", work / "labels", "--out", work / "t.pt",
+                       *TRAIN)
+    assert code == 2 and "time series of 4 frames" in err and "Stack to Images" in err
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", stack, "--out", work / "p")
+    assert "time series of 4 frames" in err
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    volume = SpocoModel.new(ModelConfig(ndim=3, base_features=4, depth=2))
+    volume.history["voxel_size"] = [2.0, 0.5, 0.5]
+    save_model(volume, work / "vol.pt")
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels", "--out",
+                       work / "t.pt", "--steps", "1", "--device", "cpu", "--init", work / "vol.pt")
+    assert code == 2 and "is a 3D model but the images are 2D" in err and "Voxel size" not in err
+
+
+def test_10_running_out_of_memory_is_a_message_not_a_bug_report(work, capsys, monkeypatch):
+    import napari_spoco.cli as cli
+
+    def too_big(args):
+        raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (100000, 100000)")
+
+    monkeypatch.setitem(cli.COMMANDS, "predict", too_big)
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images", "--out",
+                       work / "p")
+    assert code == 1 and "ran out of memory" in err and "74.5 GiB" in err and "block by block" in err
+    assert "please report it" not in err and "unexpected error" not in err
+
+    def torch_out_of_memory(args):  # how torch's CPU allocator says it, a RuntimeError
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 85899345920 bytes.")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", torch_out_of_memory)
+    code, _, err = run(capsys, *args_train(work, work / "m.pt"))
+    assert code == 1 and "ran out of memory" in err and "--batch-size" in err and "please report it" not in err
+
+
+def test_14_an_interrupt_leaves_zarr_an_exit_handler_that_cannot_print_a_traceback(monkeypatch):
+    """zarr closes its I/O loop at exit and raises when an interrupt left it busy with a chunk;
+    after an interrupt the CLI swaps that handler for one that lets it pass."""
+    import atexit
+
+    import zarr.core.sync as zsync
+
+    import napari_spoco.cli as cli
+
+    registered, removed = [], []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", removed.append)
+    real = zsync.cleanup_resources
+
+    def busy():
+        raise RuntimeError("Cannot close a running event loop")
+
+    monkeypatch.setattr(zsync, "cleanup_resources", busy)
+    cli._tolerant_zarr_exit()
+    assert removed == [busy] and len(registered) == 1
+    registered[0]()  # what runs at exit: no exception
+    monkeypatch.setattr(zsync, "cleanup_resources", real)
+
+
 # 11 ------------------------------------------------------------------------ values are validated
 @pytest.mark.parametrize("flags, expected", [
     (["--minutes", "nan"], "finite number of minutes"),
@@ -490,11 +654,30 @@ def test_11_train_values(work, capsys, flags, expected):
     assert code == 2 and expected in err and len(err) < 1500 and not (work / "m.pt").exists()
 
 
+def test_11_float64_values_beyond_float32_are_named_as_such_not_as_nan(recwarn):
+    """1e303 is finite: casting it to float32 gave inf and a numpy warning, and the message then
+    spoke of NaN or infinite values the image does not have."""
+    from napari_spoco.data import check_image
+
+    image = np.full((32, 32), 1e303)
+    image[:8] = 0
+    with pytest.raises(SpocoError, match=r"values as large as 1e\+303 in magnitude, beyond what 32-bit"):
+        check_image(image)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    image[0, 0] = np.nan  # a real NaN is still said as one
+    with pytest.raises(SpocoError, match="NaN or infinite"):
+        check_image(image)
+
+
 def test_11_patch_size_must_match_the_images(work, capsys):
     code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
                        "--out", work / "m.pt", "--steps", "1", "--device", "cpu", "--init", "none",
                        "--patch-size", "32", "32", "32")
     assert code == 2 and "has 3 values but the images are 2D" in err
+    code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "labels",
+                       "--out", work / "m.pt", "--steps", "1", "--device", "cpu", "--init", "none",
+                       "--patch-size", "96")
+    assert code == 2 and "--patch-size 96 has 1 value but the images are 2D" in err and "TrainConfig" not in err
 
 
 @pytest.mark.parametrize("flags, expected", [

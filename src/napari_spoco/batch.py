@@ -119,13 +119,19 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
         torch.set_num_threads(options.threads)
     path = Path(path)
     try:
-        image = read_image(path, keep_channels=options.channel_axis is not None)
+        image = read_image(path, keep_channels=options.channel_axis is not None, refuse_time=True)
         voxel_size = voxel_size_for(options.voxel_size, path, model)
         result = segment(model, image, config=options.config, device=options.device,
                          channel_axis=options.channel_axis, return_embedding=bool(options.suggest),
                          voxel_size=voxel_size, precision=options.precision, tta=options.tta)
         labels = result[0] if options.suggest else result
-        write_labels(target, labels)
+        if Path(target).suffix == ".zarr":  # --out-format zarr: a zarr store, not a TIFF under that name
+            from .io import as_label_image
+            from .out_of_core import write_label_store
+
+            write_label_store(target, as_label_image(labels))
+        else:
+            write_labels(target, labels)
         found = []
         if options.suggest:
             from .suggestions import suggest
@@ -135,10 +141,9 @@ def predict_file(model, path: Path, target: Path, options: PredictOptions) -> Fi
         reason = str(exc) if isinstance(exc, SpocoError) else f"{type(exc).__name__}: {exc}"
         return FileResult(path.name, error=reason)
     except RuntimeError as exc:  # how torch reports running out of memory (CUDA, MPS, its CPU allocator)
-        import torch
+        from .errors import is_out_of_memory
 
-        text = str(exc).lower()
-        if not (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text):
+        if not is_out_of_memory(exc):
             raise  # anything else is a bug: reported as one, not as this image's failure
         from .model import select_device
 

@@ -38,7 +38,7 @@ import numpy as np
 from .clustering import ClusterConfig
 from .embedding_store import EmbeddingStore
 from .errors import SpocoError
-from .lazy_io import LazyImage, create_label_store, open_label_store, remove_store
+from .lazy_io import LazyImage, create_label_store, mark_complete, open_label_store, remove_store
 from .model import SpocoModel
 from .precision import INFERENCE_PRECISION
 from .shapes import object_radius
@@ -671,7 +671,7 @@ def segment_blockwise(
     if value_range is None and _segmenter is None:
         value_range = sample_value_range(model, lazy)
     blocks = plan_blocks(shape, core, halo_t)
-    create_label_store(out, shape, core, like=lazy)
+    create_label_store(out, shape, core, like=lazy, unfinished=True)
     scratch = Path(tempfile.mkdtemp(prefix=".spoco-blocks-", dir=out.parent))
     finished = False
     try:
@@ -712,6 +712,8 @@ def segment_blockwise(
             jobs = [(str(out), b, np.concatenate([[0], table[offsets[b.index] + 1: offsets[b.index] + counts[b.index] + 1]])
                      .astype(np.uint32)) for b in blocks if counts[b.index] > 0]
             engine.map(relabel_block, jobs)
+        if not failed:  # last: a store left unmarked was cut short or has empty parts (predict --skip-existing)
+            mark_complete(out)
         finished = True
     finally:
         _drop_thread_model()  # the synchronous scheduler made it in this thread

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checks import SEED_MAX
 from .clustering import LAYOUTS, METHODS, ClusterConfig
-from .errors import SpocoError
+from .errors import SpocoError, is_out_of_memory
 from .model import DEVICES, NETWORK_CHOICES, SpocoModel
 from .precision import INFERENCE_PRECISION, PRECISIONS
 from .training import FEW_PAINTED, TrainConfig, scale_jitter_note
@@ -645,8 +645,8 @@ def cmd_train(args) -> int:
         if stems:
             print(f"Note: {len(stems)} {what}(s) have no {other} of the same name and are not used: "
                   f"{_names(sorted(stems))}", file=sys.stderr)
-    images = [read_image(i, keep_channels=args.channel_axis is not None) for _, i, _ in pairs]
-    labels = [read_image(l) for _, _, l in pairs]
+    images = [read_image(i, keep_channels=args.channel_axis is not None, refuse_time=True) for _, i, _ in pairs]
+    labels = [read_image(l, refuse_time=True) for _, _, l in pairs]
     names = [s for s, _, _ in pairs]
     from .data import check_labels, check_pair_shapes
 
@@ -661,12 +661,20 @@ def cmd_train(args) -> int:
               f"channel or a failed export?): {_names(constant)}", file=sys.stderr)
     _check_background_label(args.background_label, labels, names)
     init = _initial_model(args.init, images, args.channel_axis, args.network)
+    if init is not None and init.config.ndim != labels[0].ndim:  # before its voxel size is read for these images
+        raise SpocoError(f"{args.init} is a {init.config.ndim}D model but the images are {labels[0].ndim}D; pass "
+                         f"--init default for the shipped {labels[0].ndim}D start, --init none for a new network, "
+                         f"or a model trained on {labels[0].ndim}D images.")
     voxel_size = _training_voxel_size(args.voxel_size, [i for _, i, _ in pairs], labels[0].ndim, labels,
                                       args.background_label, init)
     _say_channels(images, args.channel_axis, init)
     model_config = _say_network(init, args.network, args.device)
     steps = args.steps if args.steps is not None else (0 if args.minutes else 1000)
     scale = _scale(args.scale, labels, args.background_label, init)
+    if args.patch_size and len(args.patch_size) != labels[0].ndim:  # before TrainConfig names its own field
+        raise SpocoError(f"--patch-size {' '.join(map(str, args.patch_size))} has {len(args.patch_size)} "
+                         f"value{'s' if len(args.patch_size) != 1 else ''} but "
+                         f"the images are {labels[0].ndim}D; give {labels[0].ndim} values, one per axis.")
     _say_patch_size(args.patch_size, labels, scale, voxel_size)
     config = TrainConfig(
         scale=scale,
@@ -699,7 +707,7 @@ def cmd_pretrain(args) -> int:
     init_path = _init_path(args.init)
     out = _out_file(args.out, args.overwrite, list(files.values()) + ([init_path] if init_path else []))
     names = sorted(files)
-    images = [read_image(files[n], keep_channels=args.channel_axis is not None) for n in names]
+    images = [read_image(files[n], keep_channels=args.channel_axis is not None, refuse_time=True) for n in names]
     from .data import check_pair_shapes
 
     for image, name in zip(images, names):  # before any model is chosen
@@ -743,6 +751,68 @@ def _predict_targets(files: dict[str, Path], out: Path, args) -> tuple[dict[str,
     return targets, large
 
 
+#: Below this, in Y or X, ``--block-shape`` gets a warning (a test uses 64, a user rarely means it).
+MIN_BLOCK_SIDE = 64
+
+
+def _skip_existing(files: dict[str, Path], targets: dict[str, Path], existing: list[str],
+                   out: Path) -> tuple[dict[str, Path], set[str]]:
+    """``--skip-existing``: the images still to segment, and those among them whose existing output
+    is to be replaced — an output a kill cut short (:func:`_output_state`). A store another run is
+    writing now, or one without our marks (an earlier version's), is left as it is, and said."""
+    states = {stem: _output_state(targets[stem]) for stem in existing}
+    redo = {stem for stem, state in states.items() if state == "unfinished"}
+    for state, text in (("unfinished", "are incomplete (cut short by an interrupted run, or with parts that "
+                                       "failed): segmenting those images again"),
+                        ("writing", "are being written by another run on this machine: left to it"),
+                        ("unknown", "carry no mark of being whole (written by an earlier version or another "
+                                    "tool): taken as whole; --overwrite segments everything again")):
+        stems = sorted(stem for stem, s in states.items() if s == state)
+        if stems:
+            print(f"{len(stems)} existing output(s) {text} ({_names([targets[s].name for s in stems])}).",
+                  file=sys.stderr)
+    done = set(existing) - redo
+    if done:
+        print(f"Skipping {len(done)} image(s) whose labels exist in {out}.", file=sys.stderr)
+    return {s: p for s, p in files.items() if s not in done}, redo
+
+
+def _output_state(path: Path) -> str:
+    """'complete', 'unfinished', 'writing' or 'unknown' (out_of_core.store_state) for a zarr store;
+    a file (TIFF) is 'complete' when every image plane it declares lies within the file, else
+    'unfinished' (our own TIFFs are written atomically; one cut short comes from elsewhere)."""
+    from .out_of_core import store_state
+
+    if path.is_dir():
+        return store_state(path)
+    return "complete" if _tiff_whole(path) else "unfinished"
+
+
+def _tiff_whole(path: Path) -> bool:
+    """Whether a TIFF holds every plane its first series declares, each plane's data inside the
+    file: read from its directories, not decoded (label files can be gigabytes unpacked)."""
+    import logging
+
+    import tifffile
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a file cut short makes tifffile log what it could not read
+    try:
+        size = path.stat().st_size
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            plane = int(np.prod(pages[0].shape))
+            if plane == 0 or len(pages) * plane < int(np.prod(tif.series[0].shape)):
+                return False
+            return all(n > 0 and o + n <= size for page in pages
+                       for o, n in zip(page.dataoffsets, page.databytecounts))
+    except Exception:  # noqa: BLE001 - any reader error: not a whole file
+        return False
+    finally:
+        log.setLevel(level)
+
+
 def cmd_predict(args) -> int:
     from .batch import PredictOptions
     from .io import check_output_folder, load_model
@@ -771,9 +841,10 @@ def cmd_predict(args) -> int:
             f"{len(existing)} output file(s) exist already (e.g. {targets[existing[0]]}); pass "
             "--skip-existing to segment only the images without one, or --overwrite to replace them."
         )
+    redo: set[str] = set()
     if args.skip_existing and existing:
-        print(f"Skipping {len(existing)} image(s) whose labels exist in {out}.", file=sys.stderr)
-        files = {s: p for s, p in files.items() if s not in set(existing)}
+        files, redo = _skip_existing(files, targets, existing, out)
+    args.redo = redo  # outputs cut short: replaced when their image is segmented again
     check_output_folder(out, room=16 * 2**20, what=f"the label files in {out}")
     append_suggestions = False
     if args.suggest and (out / "suggestions.csv").exists() and not args.overwrite:
@@ -788,6 +859,10 @@ def cmd_predict(args) -> int:
     if args.block_shape and len(args.block_shape) != model.config.ndim:
         raise SpocoError(f"--block-shape needs {model.config.ndim} sizes for this {model.config.ndim}D model, "
                          f"got {len(args.block_shape)}.")
+    if args.block_shape and min(args.block_shape[-2:]) < MIN_BLOCK_SIDE:
+        _warn(f"blocks of {' x '.join(map(str, args.block_shape))} are small: every block border is a seam where "
+              f"objects must be stitched, and the time goes into the halos; blocks of at least {MIN_BLOCK_SIDE} "
+              "pixels in Y and X (the default, sized by the memory a block takes, is far larger) segment better and faster.")
     config = ClusterConfig(
         method=args.method, bandwidth=args.bandwidth, min_size=args.min_size,
         foreground_threshold=args.foreground_threshold, expand=args.expand, shape_split=args.shape_split,
@@ -912,7 +987,7 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
         _warn(f"{path.name}: no suggestions for images segmented block by block (their embedding is not kept).")
     store = target if target.suffix == ".zarr" else target.with_name(f".{target.stem}.blocks.zarr")
     for old in {store, target}:
-        if old.exists() and (args.overwrite or old != target):
+        if old.exists() and (args.overwrite or old != target or stem in getattr(args, "redo", ())):
             remove_store(old)
     how = ", averaging mirrored views (--no-tta: faster)" if options.tta else ", one network pass per tile"
     print(f"{path.name}: {describe(image)}, block by block{how}", file=sys.stderr)
@@ -990,13 +1065,17 @@ def evaluate_folders(pred: str, gt: str) -> dict:
             f"No prediction has a ground-truth file with the same name (predictions: {_names(preds, 3)}; "
             f"ground truth: {_names(gts, 3)})."
         )
-    per_image, missing, failed = {}, [], {}
+    from .data import check_label_values
+
+    per_image, missing, failed, empty_truth = {}, [], {}, []
     for stem in sorted(gts):
-        try:
-            truth = read_image(gts[stem])
+        try:  # whole, non-negative ids: a negative or fractional background would count as an object
+            truth = check_label_values(read_image(gts[stem]), gts[stem].name)
         except SpocoError as exc:
             failed[gts[stem].name] = f"{GT_SKIPPED}: {exc}"
             continue
+        if not truth.any():
+            empty_truth.append(stem)
         labels = None
         if stem not in preds:
             missing.append(stem)
@@ -1005,15 +1084,18 @@ def evaluate_folders(pred: str, gt: str) -> dict:
                 labels = read_image(preds[stem])
                 if labels.shape != truth.shape:
                     raise SpocoError(f"prediction shape {labels.shape} differs from ground truth {truth.shape}")
+                labels = check_label_values(labels, preds[stem].name)
             except SpocoError as exc:
                 failed[preds[stem].name] = f"prediction not compared: {exc}"
                 labels = None
         per_image[stem] = evaluate(truth, np.zeros(truth.shape, np.uint8) if labels is None else labels)
     if not per_image:
-        raise SpocoError("No ground-truth image could be read; nothing was scored.")
+        why = next(iter(failed.values()), "").removeprefix(GT_SKIPPED + ": ")
+        raise SpocoError(f"No ground-truth image could be read, so nothing was scored; the first: {why}")
     mean = {k: float(np.mean([m[k] for m in per_image.values()])) for k in METRIC_KEYS}
     extra = sorted(set(preds) - set(gts))
-    return {"images": per_image, "mean": mean, "missing": missing, "failed": failed, "unmatched_predictions": extra}
+    return {"images": per_image, "mean": mean, "missing": missing, "failed": failed, "unmatched_predictions": extra,
+            "empty_truth": empty_truth}
 
 
 def format_table(result: dict) -> str:
@@ -1039,6 +1121,10 @@ def cmd_evaluate(args) -> int:
     if result["missing"]:
         _warn(f"{len(result['missing'])} ground-truth image(s) have no prediction and were scored as "
               f"empty predictions (every object missed): {_names(result['missing'])}")
+    if result["empty_truth"]:
+        _warn(f"{len(result['empty_truth'])} ground-truth image(s) hold no objects, so their scores say only "
+              f"whether the prediction is empty too (1) or not (0): {_names(result['empty_truth'])}. Are these "
+              "the right files?")
     if result["unmatched_predictions"]:
         _warn(f"{len(result['unmatched_predictions'])} prediction(s) have no ground truth and were not "
               f"scored: {_names(result['unmatched_predictions'])}")
@@ -1076,15 +1162,15 @@ def cmd_demo(args) -> int:
             f"{out} exists and is not empty; choose a new --out folder, or pass --overwrite to write "
             f"the demo's files ({', '.join(DEMO_FILES)}) into it."
         )
-    check_output_folder(out, what=f"the demo's outputs in {out}")
     data = sample.load_sample()
+    init = _initial_model(args.init, [data.train_image])  # a bad --init is refused before the folder is made
+    check_output_folder(out, what=f"the demo's outputs in {out}")
     print("napari-spoco demo: U2OS nuclei (BBBC039, CC0), 256x256 crops; "
           f"{data.n_painted} of {data.n_train_objects} nuclei painted in the training crop.", file=sys.stderr)
     _say_precision(args.precision, args.device, data.train_image.ndim)
     steps = args.steps or 0
     config = TrainConfig(steps=steps, minutes=None if steps else args.minutes, device=args.device,
                          precision=args.precision)
-    init = _initial_model(args.init, [data.train_image])
     steps_before = init.history.get("steps", 0) if init is not None else 0
     t0 = time.perf_counter()
     model, trained, code = _train_with_progress([data.train_image], [data.train_sparse], config, model=init)
@@ -1148,6 +1234,43 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _out_of_memory_message(command: str, exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())[:200]
+    advice = {
+        "predict": "give a zarr or OME-Zarr copy of the image, or a big TIFF (segmented block by block, "
+                   "in bounded memory: --block-shape), or --device cpu where a GPU ran out",
+        "evaluate": "score the images one at a time, or on a machine with more memory",
+    }.get(command, "crop the images to the painted region, lower --batch-size or --patch-size, or use "
+                   "--device cpu where a GPU ran out (or a machine with more memory)")
+    return (f"napari-spoco {command}: error: ran out of memory{f' ({detail})' if detail else ''}. The data are "
+            f"too large for this machine's memory: {advice}.")
+
+
+def _tolerant_zarr_exit() -> None:
+    """After an interrupt, zarr's own exit handler may find its I/O thread still busy with a chunk
+    the interrupt cut short, and print a traceback ("Cannot close a running event loop") as the
+    process ends. Its handler is swapped for one that lets that pass: the process is ending, and
+    what was cut short was removed already."""
+    import atexit
+
+    sync = sys.modules.get("zarr.core.sync")
+    cleanup = getattr(sync, "cleanup_resources", None)
+    if cleanup is None:
+        return
+
+    def tolerant() -> None:
+        import logging
+
+        logging.getLogger(sync.__name__).setLevel(logging.ERROR)  # its "did not finish cleanly" too
+        try:
+            cleanup()
+        except RuntimeError:
+            pass
+
+    atexit.unregister(cleanup)
+    atexit.register(tolerant)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -1169,9 +1292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"napari-spoco {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
+        _tolerant_zarr_exit()
         print("napari-spoco: terminated.", file=sys.stderr)
         return EXIT_SIGTERM
     except KeyboardInterrupt:
+        _tolerant_zarr_exit()
         print("napari-spoco: interrupted.", file=sys.stderr)
         return EXIT_SIGINT
     except BrokenPipeError:
@@ -1183,6 +1308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, and how to get the traceback
         if args.debug:
             raise
+        if is_out_of_memory(exc):  # an image (or patch) larger than this machine holds: not a bug
+            print(_out_of_memory_message(args.command, exc), file=sys.stderr)
+            return EXIT_FAILED
         text = " ".join(str(exc).split())
         text = text if len(text) <= 300 else text[:299] + "…"
         print(f"napari-spoco {args.command}: unexpected error: {type(exc).__name__}: {text} "

@@ -149,7 +149,16 @@ def _check_values(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_finite(image: np.ndarray, name: str) -> np.ndarray:
-    image = image.astype(np.float32, copy=False)
+    wide = np.issubdtype(image.dtype, np.floating) and image.dtype.itemsize > 4
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: said below, not as a warning
+        narrow = image.astype(np.float32, copy=False)
+    if wide and not np.isfinite(narrow).all() and np.isfinite(image).all():
+        peak = float(np.abs(image).max())
+        raise SpocoError(
+            f"{name}: the image holds values as large as {peak:.3g} in magnitude, beyond what 32-bit "
+            "floats hold (about 3.4e38); rescale it (e.g. divide by its maximum) before training or segmenting."
+        )
+    image = narrow
     if not np.isfinite(image).all():
         raise SpocoError(
             f"{name}: the image contains NaN or infinite values; replace them (e.g. with the "
@@ -277,6 +286,27 @@ def check_labels(
             f"{100 * same:.0f} % of the time (painted objects: over 95 %). Check that the labels "
             "are label images (0 = unlabelled, 1, 2, … = objects), not the images themselves."
         )
+    return labels
+
+
+def check_label_values(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Object ids that are whole numbers >= 0, as a scored label image needs them (a negative or
+    fractional background would count as an object). Integer images come back as they are, not
+    copied (a large volume's ground truth and prediction are scored side by side); whole-valued
+    float images as int64."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.unsignedinteger):
+        return labels
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
+            raise SpocoError(f"{name}: label images must hold whole numbers (object ids), not fractions.")
+        if labels.min(initial=0) < 0:
+            raise SpocoError(f"{name}: label ids must be >= 0 (0 = background), not negative.")
+        return labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.signedinteger):
+        raise SpocoError(f"{name}: expected an integer label image, got dtype {labels.dtype}.")
+    if labels.min(initial=0) < 0:
+        raise SpocoError(f"{name}: label ids must be >= 0 (0 = background), not negative.")
     return labels
 
 

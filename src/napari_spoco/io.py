@@ -117,6 +117,17 @@ def save_model(model: SpocoModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def _bioimageio_package(path: Path) -> bool:
+    """A zip holding a bioimage.io description (``rdf.yaml`` or ``bioimageio.yaml``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(Path(n).name in ("rdf.yaml", "bioimageio.yaml") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _cut_short_model(head: bytes, tail: bytes) -> bool:
     """A model file whose end is missing: torch's zip starts with its pickle (``…/data.pkl``)
     holding our format name, and ends with an end-of-central-directory record that is not there."""
@@ -152,6 +163,11 @@ def load_model(path: str | os.PathLike) -> SpocoModel:
                 f"{path} is damaged or incomplete: it starts as a napari-spoco model but cannot be read "
                 f"to the end ({type(exc).__name__}; e.g. a copy or download that did not finish). "
                 "Use a backup or train the model again."
+            ) from exc
+        if _bioimageio_package(path):
+            raise SpocoError(
+                f"{path} is a bioimage.io model package (`napari-spoco export` writes these for other tools), "
+                "not a napari-spoco model file: give the .pt model file it was exported from."
             ) from exc
         raise SpocoError(
             f"{path} is not a napari-spoco model file (could not read it safely: "
@@ -228,19 +244,21 @@ def _check_history(history: dict, damaged: str) -> None:
         raise SpocoError(f"{damaged}: its edge_growth {growth!r} is not true, false or empty.")
 
 
-def read_image(path: str | os.PathLike, keep_channels: bool = False) -> np.ndarray:
+def read_image(path: str | os.PathLike, keep_channels: bool = False, refuse_time: bool = False) -> np.ndarray:
     """Read a TIFF or PNG into an array; unreadable files get a clear error.
 
     Colour comes back channels-last ``(Y, X, 3|4)`` whichever way the file stores it (planar
     RGB TIFFs hold ``(3, Y, X)``, which would otherwise pass for a 3-slice volume); grey+alpha
     PNGs come back grey. Files whose axes metadata names a channel axis are refused with advice
     unless ``keep_channels`` (the caller says which axis holds them: ``--channel-axis``), since
-    a 2- or 3-channel stack cannot be told from a short volume by its shape.
+    a 2- or 3-channel stack cannot be told from a short volume by its shape. ``refuse_time``: a
+    TIFF whose axes name a time axis of several frames is refused with advice (the command line,
+    which would read it as a volume; the library's ``segment_series`` takes such a stack).
     """
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path, keep_channels)
+            return _read_tiff(path, keep_channels, refuse_time)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -314,7 +332,7 @@ def _imagej_spacing(tif) -> dict[str, float]:
     return out
 
 
-def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:
+def _read_tiff(path: Path, keep_channels: bool = False, refuse_time: bool = False) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -326,6 +344,16 @@ def _read_tiff(path: Path, keep_channels: bool = False) -> np.ndarray:
                 and not keep_channels):  # with --channel-axis the file's own axis order is kept
             data = np.moveaxis(data, axes.index("S"), -1)  # planar colour → (…, Y, X, 3|4)
             axes = axes.replace("S", "") + "S"
+        if refuse_time and "T" in axes and data.shape[axes.index("T")] > 1:
+            frames = data.shape[axes.index("T")]
+            raise SpocoError(
+                f"{path} is a time series of {frames} frames (axes {axes}, shape {data.shape}); the command "
+                "line reads a stack as one volume, and would train or segment the frames as 3D. Save each "
+                "frame as its own image (e.g. in Fiji: Image > Stacks > Stack to Images), or segment it frame "
+                "by frame in napari (the SPOCO panel's '3D stack is 2D+t') or with the library's "
+                "segment_series. If the frames are really the slices of a volume, mark them so (Fiji: "
+                "Image > Properties, Slices = the frame count, Frames = 1) and save it again."
+            )
         if "C" in axes and data.shape[axes.index("C")] > 1 and not keep_channels:
             raise SpocoError(
                 f"{path} holds {data.shape[axes.index('C')]} channels (axes {axes}, shape {data.shape}); "

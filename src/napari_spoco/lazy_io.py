@@ -12,7 +12,9 @@ axes and scale.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +187,9 @@ def open_lazy(path: str | os.PathLike) -> LazyImage:
     except SpocoError:
         raise
     except Exception as exc:
-        raise SpocoError(f"Could not open {p} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).") from exc
+        raise SpocoError(f"Could not open {p} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                         "an OME-Zarr image, a zarr array or a TIFF is expected: check that the file or store was "
+                         "written completely, or give the array inside a zarr group.") from exc
     raise SpocoError(f"{p} is neither a zarr store nor a TIFF; large images are read from OME-Zarr, zarr or TIFF.")
 
 
@@ -202,7 +206,9 @@ def _open_zarr(p: Path) -> LazyImage:
     multiscales = ome.get("multiscales")
     if not multiscales:
         arrays = sorted(k for k, _ in node.arrays())
-        hint = f" (it holds the arrays {', '.join(arrays[:5])}: give one, e.g. {p / arrays[0]})" if arrays else ""
+        hint = (f": it holds the arrays {', '.join(arrays[:5])}; give one, e.g. {p / arrays[0]}" if arrays else
+                ", and it holds no array: give the store or array that holds the image (an OME-Zarr image, or "
+                "a zarr array)")
         raise SpocoError(f"{p} is a zarr group without OME-Zarr metadata{hint}.")
     ms = multiscales[0]
     axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"[-len(node[ms['datasets'][0]['path']].shape):]]
@@ -241,13 +247,24 @@ def create_label_store(
     chunks: tuple[int, ...],
     like: LazyImage | None = None,
     dtype=np.uint32,
+    unfinished: bool = False,
 ):
     """A new zarr label array at ``path`` (which must not exist), chunked as ``chunks``.
 
     When ``like`` is OME-Zarr, ``path`` becomes an OME-Zarr label image (NGFF 0.4: group with
     ``multiscales`` of one level ``0`` and ``image-label`` metadata) with ``like``'s spatial
     axes, units and scale; otherwise a plain zarr array. Returns the writable array.
+    ``unfinished``: the store is marked as being written, by this machine and process, until
+    :func:`mark_complete` (so that a store a kill cut short can be told from a whole one).
     """
+    array = _create_label_store(path, shape, chunks, like, dtype)
+    if unfinished:
+        _zarr().open(store=str(path), mode="r+").attrs.update(
+            {COMPLETE_ATTR: False, WRITER_ATTR: f"{HOST}-{os.getpid()}"})
+    return array
+
+
+def _create_label_store(path, shape, chunks, like, dtype):
     zarr = _zarr()
     path = Path(path)
     if path.exists():
@@ -276,6 +293,32 @@ def open_label_store(path: str | os.PathLike, writable: bool = False):
     path = Path(path)
     node = _zarr().open(store=str(path), mode="r+" if writable else "r")
     return node if hasattr(node, "shape") else node["0"]
+
+
+#: On a label store's root: False (with :data:`WRITER_ATTR`) while ``segment_blockwise`` writes
+#: it, True once the whole result is in. A store left False was cut short (a kill, a power cut) or
+#: has parts that failed, so ``predict --skip-existing`` does it again; a store without it was
+#: written by an earlier version or another tool, and is taken as whole.
+COMPLETE_ATTR = "napari_spoco_complete"
+WRITER_ATTR = "napari_spoco_writer"  # "<host>-<process id>" of the run writing it
+#: This machine, as it names itself in marks and hidden file names (process ids are per machine).
+HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def mark_complete(path: str | os.PathLike) -> None:
+    """Record in a label store that it holds a whole result (:data:`COMPLETE_ATTR`)."""
+    node = _zarr().open(store=str(path), mode="r+")
+    node.attrs.update({COMPLETE_ATTR: True, WRITER_ATTR: None})
+
+
+def store_marks(path: str | os.PathLike) -> tuple[bool | None, str | None] | None:
+    """A label store's :data:`COMPLETE_ATTR` and :data:`WRITER_ATTR` (None where absent), or None
+    when it cannot be opened as a zarr store at all."""
+    try:
+        attrs = _zarr().open(store=str(path), mode="r").attrs
+        return attrs.get(COMPLETE_ATTR), attrs.get(WRITER_ATTR)
+    except Exception:  # noqa: BLE001 - any reader error: not a store we can judge
+        return None
 
 
 def remove_store(path: str | os.PathLike) -> None:

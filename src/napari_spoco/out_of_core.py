@@ -14,7 +14,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpocoError
+from .lazy_io import HOST
 
 #: Pixels (spatial, per image) above which an image in memory is segmented block by block and
 #: a label array is not loaded whole: 8000² in 2D, 400³ in 3D. In-memory segmentation of such
@@ -169,7 +169,7 @@ def copy_labels(
 
 #: This machine in the hidden names of a replacing copy: process ids are per machine, and a
 #: shared disk (NFS, SMB) may hold copies that other machines' processes are making.
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_HOST = HOST
 _COPYING: set[str] = set()  # paths this process is replacing now
 _COPYING_LOCK = threading.Lock()
 
@@ -259,6 +259,40 @@ def recover_interrupted_copy(path: str | Path, clean: bool = True) -> Path | Non
         for partial in stale["partial"]:
             remove_store(partial)
     return restored
+
+
+def store_state(path: str | os.PathLike) -> str:
+    """What a label store at ``path`` holds, for ``predict --skip-existing``: 'complete' (marked
+    whole), 'unfinished' (marked as being written by a run that no longer runs, or with failed
+    parts), 'writing' (by a run that still runs on this machine), or 'unknown' (no mark: an
+    earlier version's or another tool's store, or one that cannot be opened)."""
+    from .lazy_io import store_marks
+
+    marks = store_marks(path)
+    if marks is None or marks[0] is None:
+        return "unknown"
+    complete, writer = marks
+    if complete:
+        return "complete"
+    host, _, pid = str(writer or "").rpartition("-")
+    if host == _HOST and pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+        return "writing"
+    return "unfinished"
+
+
+def write_label_store(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """A label image held in memory written as a zarr store (``predict --out-format zarr`` of an
+    image read whole), marked whole at the end; an existing store at ``path`` is replaced."""
+    from .lazy_io import create_label_store, mark_complete, remove_store
+
+    path = Path(path)
+    labels = np.asarray(labels)
+    remove_store(path)
+    store = create_label_store(path, labels.shape, _chunk_shape(labels, labels.shape), dtype=labels.dtype,
+                               unfinished=True)
+    store[...] = labels
+    mark_complete(path)
+    return path
 
 
 def _copy_labels(data, path: Path, progress: Callable[[int, int], None] | None) -> Path:
