@@ -1,0 +1,157 @@
+"""A new user's run, through the command line: paint a share of the objects, train, predict, score.
+
+The held-out cases of issue 10 are measured the way a lab would meet us: the CLI's defaults,
+``napari-spoco train --minutes M`` on a few images with a share of their objects painted,
+``napari-spoco predict`` on other images, ``napari-spoco evaluate`` against their full masks.
+``benchmarks/sparse_accuracy.py`` calls the library; this script runs the installed commands
+themselves (as subprocesses), so that what the CLI adds — reading files, its own defaults, the
+automatic choices it reports — is inside the measurement. Beside each run, on the same painted
+labels and images: the forest peer and the classical pipelines of ``benchmarks/peers.py``.
+
+For each seed, the painting is drawn anew: per training image, ``--share`` of its objects
+(rounded, at least one), chosen at random; the training seed is the same number.
+
+Usage:
+  python benchmarks/cli_heldout.py --dataset isbi2012-em --train isbi_10 isbi_11 ... \
+      --test isbi_15 ... [--seeds 0 1 2] [--share 0.1] [--minutes 5] [--work DIR] [--json FILE] [--data DIR]
+Prints one row per seed and the mean, and writes the JSON if asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_data  # noqa: E402
+
+CLI = [sys.executable, "-m", "napari_spoco.cli"]
+
+
+def paint(mask: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """The sparse labels of one image: ``share`` of its objects (at least one) whole, 0 elsewhere."""
+    ids = np.unique(mask)
+    ids = ids[ids > 0]
+    keep = rng.choice(ids, max(1, int(round(share * len(ids)))), replace=False)
+    return np.where(np.isin(mask, keep), mask, 0).astype(np.uint16)
+
+
+def _rgb(image: np.ndarray) -> bool:
+    """A colour image (Y, X, 3|4), as the CLI reads it."""
+    return image.ndim == 3 and image.shape[-1] in (3, 4)
+
+
+def _run(args: list[str], log: Path) -> float:
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run(CLI + args, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args[:1])} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t
+
+
+def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float, minutes: float,
+             work: Path) -> dict:
+    from peers import ForestPeer, classical, forest_features
+
+    from napari_spoco import evaluate
+
+    run = work / f"{ds}_seed{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    for sub in ("images", "labels", "test", "pred"):
+        (run / sub).mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    painted = 0
+    sparse = []
+    for stem in train:
+        tifffile.imwrite(run / "images" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
+        labels = paint(bench_data.read(ds, stem, "masks"), share, rng)
+        painted += len(np.unique(labels)) - 1
+        sparse.append(labels)
+        tifffile.imwrite(run / "labels" / f"{stem}.tif", labels)
+    for stem in test:
+        tifffile.imwrite(run / "test" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
+    train_s = _run(["train", "--images", str(run / "images"), "--labels", str(run / "labels"),
+                    "--out", str(run / "model.pt"), "--minutes", str(minutes), "--seed", str(seed)], run / "train.log")
+    predict_s = _run(["predict", "--model", str(run / "model.pt"), "--images", str(run / "test"),
+                      "--out", str(run / "pred")], run / "predict.log")
+    log = (run / "train.log").read_text().splitlines()
+    steps = [line for line in log if line.startswith("train: step")]
+    ours, forest, best_classical = [], [], {}
+    def features(image: np.ndarray) -> np.ndarray:
+        return forest_features(image, channel_axis=-1 if _rgb(image) else None)
+
+    peer = ForestPeer(seed=seed).fit([features(bench_data.read(ds, s, "images")) for s in train], sparse)
+    for stem in test:
+        truth = bench_data.read(ds, stem, "masks")
+        image = bench_data.read(ds, stem, "images")
+        ours.append(evaluate(truth, tifffile.imread(run / "pred" / f"{stem}.tif")))
+        forest.append(evaluate(truth, peer.segment(features(image)))["AP50"])
+        for name, labels in classical(image, rgb=_rgb(image)).items():
+            best_classical.setdefault(name, []).append(evaluate(truth, labels)["AP50"])
+    name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1]))
+    return {"seed": seed, "painted": painted, "steps": steps[-1].split(",")[0].split()[-1] if steps else None,
+            "notes": [line for line in log if not line.startswith("train: step")],
+            "AP50": float(np.mean([s["AP50"] for s in ours])), "mAP": float(np.mean([s["mAP"] for s in ours])),
+            "AP50_per_image": [round(s["AP50"], 3) for s in ours],
+            "forest_AP50": float(np.mean(forest)), "forest_per_image": [round(v, 3) for v in forest],
+            "classical": name, "classical_AP50": float(np.mean(scores)),
+            "train_s": train_s, "predict_s": predict_s}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench_data.add_data_argument(parser)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--train", nargs="+", required=True, help="stems of the images to paint and train on")
+    parser.add_argument("--test", nargs="+", required=True, help="stems of the images to segment and score")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--share", type=float, default=0.1)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    bench_data.use_data_dir(args.data, needs=(args.dataset,))
+    if set(args.train) & set(args.test):
+        raise SystemExit("--train and --test share images: the scores would not be held out")
+    work = args.work or Path(tempfile.mkdtemp(prefix="cli_heldout_"))
+    rows = []
+    try:
+        for seed in args.seeds:
+            row = one_seed(args.dataset, args.train, args.test, seed, args.share, args.minutes, work)
+            rows.append(row)
+            print(f"seed {seed}: {row['painted']} painted, {row['steps']} steps, AP50 {row['AP50']:.3f} "
+                  f"{row['AP50_per_image']} (mAP {row['mAP']:.3f}) | forest {row['forest_AP50']:.3f} "
+                  f"| {row['classical']} {row['classical_AP50']:.3f}", flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    ap = [r["AP50"] for r in rows]
+    fo = [r["forest_AP50"] for r in rows]
+    print(f"mean AP50 {np.mean(ap):.3f} ({min(ap):.3f}–{max(ap):.3f}); forest {np.mean(fo):.3f} "
+          f"({min(fo):.3f}–{max(fo):.3f}); {rows[0]['classical']} {np.mean([r['classical_AP50'] for r in rows]):.3f}")
+    if args.json:
+        import torch
+
+        meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "share": args.share,
+                "minutes": args.minutes, "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+        args.json.write_text(json.dumps({"meta": meta, "seeds": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
