@@ -637,6 +637,15 @@ def test_14_an_interrupt_leaves_zarr_an_exit_handler_that_cannot_print_a_traceba
     monkeypatch.setattr(zsync, "cleanup_resources", real)
 
 
+def test_10_a_broken_link_among_the_images_and_a_capped_voxel_size_are_said(work, capsys):
+    (work / "images" / "moved.tif").symlink_to(work / "nowhere" / "moved.tif")
+    code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images", "--out",
+                       work / "p", "--device", "cpu", "--voxel-size", "1", "100000")
+    assert code == 0 and "1 link(s) in" in err and "moved" in err and "point to nothing" in err
+    assert "axes 100000x apart" in err and "at most 4x" in err
+    assert sorted(q.name for q in (work / "p").iterdir()) == ["cells.tif"]
+
+
 # 11 ------------------------------------------------------------------------ values are validated
 @pytest.mark.parametrize("flags, expected", [
     (["--minutes", "nan"], "finite number of minutes"),

@@ -310,6 +310,12 @@ def _files(path: str, zarr: bool = False) -> dict[str, Path]:
         return {p.stem: p}
     if not p.exists():
         raise SpocoError(f"{p} does not exist.")
+    if p.is_dir():  # a link to a moved file, or to a disk not mounted: said, not skipped silently
+        broken = sorted(q.name for q in p.iterdir() if q.is_symlink() and not q.exists()
+                        and q.suffix.lower() in IMAGE_SUFFIXES + (".zarr",))
+        if broken:
+            _warn(f"{len(broken)} link(s) in {p} point to nothing (moved, or on a disk not mounted) and are "
+                  f"skipped: {_names(broken)}")
     return list_images(p, zarr=zarr)
 
 
@@ -404,6 +410,19 @@ def _spacing(v) -> str:
     return " x ".join(f"{x:g}" for x in v)
 
 
+def _say_capped(voxel_size):
+    """A voxel size whose axes differ more than scaling.MAX_ANISOTROPY: say that the coarse axes
+    are interpolated only that far (it was applied quietly)."""
+    from .scaling import MAX_ANISOTROPY
+
+    ratio = max(voxel_size) / min(voxel_size)
+    if ratio > MAX_ANISOTROPY:
+        _warn(f"the voxel size {_spacing(voxel_size)} has axes {ratio:g}x apart; coarse axes are interpolated "
+              f"at most {MAX_ANISOTROPY:g}x (objects stay flatter than they are along them). Check the value if "
+              "that ratio is not what the microscope recorded.")
+    return voxel_size
+
+
 def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=None, init=None):
     """``--voxel-size``, else the one spacing the image files record; else None, and the library
     takes the starting model's, else estimates one from the painted objects' shape (3D), else
@@ -413,7 +432,7 @@ def _training_voxel_size(given, paths, ndim: int, labels=None, background_label=
     from .scaling import anisotropy, check_voxel_size, explain_voxel_estimate
 
     if given:
-        return check_voxel_size(given, ndim)
+        return _say_capped(check_voxel_size(given, ndim))
     found = {p.name: read_voxel_size(p, ndim) for p in paths}
     known = {v for v in found.values() if v is not None}
     if len(known) > 1:
@@ -855,7 +874,7 @@ def cmd_predict(args) -> int:
     if args.voxel_size:  # a wrong count is the user's error, not one image's: say it before the batch
         from .scaling import check_voxel_size
 
-        check_voxel_size(args.voxel_size, model.config.ndim)
+        _say_capped(check_voxel_size(args.voxel_size, model.config.ndim))
     if args.block_shape and len(args.block_shape) != model.config.ndim:
         raise SpocoError(f"--block-shape needs {model.config.ndim} sizes for this {model.config.ndim}D model, "
                          f"got {len(args.block_shape)}.")
