@@ -646,6 +646,25 @@ def test_10_a_broken_link_among_the_images_and_a_capped_voxel_size_are_said(work
     assert sorted(q.name for q in (work / "p").iterdir()) == ["cells.tif"]
 
 
+def test_10_two_files_named_explicitly_are_a_pair_whatever_their_names(work, capsys):
+    """`--images cells.tif --labels cells_labels.tif`: the user named the pair; matching by name
+    is for folders."""
+    import shutil
+
+    labels = work / "elsewhere" / "cells_labels.tif"
+    labels.parent.mkdir()
+    shutil.copy(work / "labels" / "cells.tif", labels)
+    code, _, err = run(capsys, "train", "--images", work / "images" / "cells.tif", "--labels", labels,
+                       "--out", work / "m.pt", *TRAIN)
+    assert code == 0 and (work / "m.pt").exists(), err
+    shutil.copy(work / "gt" / "cells.tif", work / "elsewhere" / "truth.tif")
+    code, out, err = run(capsys, "evaluate", "--pred", work / "gt" / "cells.tif", "--gt",
+                         work / "elsewhere" / "truth.tif", "--json")
+    import json
+
+    assert code == 0 and json.loads(out)["mean"]["AP50"] == 1.0, err
+
+
 # 11 ------------------------------------------------------------------------ values are validated
 @pytest.mark.parametrize("flags, expected", [
     (["--minutes", "nan"], "finite number of minutes"),

@@ -648,6 +648,8 @@ def cmd_train(args) -> int:
 
     image_files = _files(args.images)
     label_files = _files(args.labels)
+    if Path(args.images).is_file() and Path(args.labels).is_file():  # two files named: a pair, whatever the names
+        label_files = {next(iter(image_files)): next(iter(label_files.values()))}
     pairs = match_pairs(image_files, label_files)
     same = [s for s, i, l in pairs if i.resolve() == l.resolve()]
     if same:
@@ -1079,6 +1081,8 @@ def evaluate_folders(pred: str, gt: str) -> dict:
     from .metrics import evaluate
 
     preds, gts = _files(pred), _files(gt)
+    if Path(pred).is_file() and Path(gt).is_file():  # two files named: a pair, whatever the names
+        preds = {next(iter(gts)): next(iter(preds.values()))}
     if not set(preds) & set(gts):
         raise SpocoError(
             f"No prediction has a ground-truth file with the same name (predictions: {_names(preds, 3)}; "
