@@ -271,14 +271,9 @@ def check_labels(
             f"{name}: shape {labels.shape} does not match the image's shape {tuple(shape)}; "
             "labels must be painted on the image they belong to."
         )
-    if np.issubdtype(labels.dtype, np.floating):
-        if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
-            raise SpocoError(f"{name}: label images must hold whole numbers (object ids).")
-    elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise SpocoError(f"{name}: expected an integer label image, got dtype {labels.dtype}.")
-    labels = labels.astype(np.int64)
-    if labels.min(initial=0) < 0:
-        raise SpocoError(f"{name}: label ids must be >= 0 (0 = unlabelled).")
+    labels = check_label_values(labels, name, zero="unlabelled").astype(np.int64)
+    if labels.min(initial=0) < 0:  # uint64 ids of 2**63 and above wrap
+        raise SpocoError(f"{name}: label ids must be below 2**63; renumber the objects (1, 2, 3, …).")
     same = same_id_fraction(labels)
     if same is not None and same < 0.5 and len(np.unique(labels)) > 20:
         raise SpocoError(
@@ -289,11 +284,11 @@ def check_labels(
     return labels
 
 
-def check_label_values(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Object ids that are whole numbers >= 0, as a scored label image needs them (a negative or
+def check_label_values(labels: np.ndarray, name: str = "labels", zero: str = "background") -> np.ndarray:
+    """Object ids that are whole numbers >= 0, as training and scoring need them (a negative or
     fractional background would count as an object). Integer images come back as they are, not
     copied (a large volume's ground truth and prediction are scored side by side); whole-valued
-    float images as int64."""
+    float images as int64. ``zero``: what 0 means, for the message."""
     labels = np.asarray(labels)
     if labels.dtype == bool or np.issubdtype(labels.dtype, np.unsignedinteger):
         return labels
@@ -301,12 +296,12 @@ def check_label_values(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
             raise SpocoError(f"{name}: label images must hold whole numbers (object ids), not fractions.")
         if labels.min(initial=0) < 0:
-            raise SpocoError(f"{name}: label ids must be >= 0 (0 = background), not negative.")
+            raise SpocoError(f"{name}: label ids must be >= 0 (0 = {zero}), not negative.")
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.signedinteger):
         raise SpocoError(f"{name}: expected an integer label image, got dtype {labels.dtype}.")
     if labels.min(initial=0) < 0:
-        raise SpocoError(f"{name}: label ids must be >= 0 (0 = background), not negative.")
+        raise SpocoError(f"{name}: label ids must be >= 0 (0 = {zero}), not negative.")
     return labels
 
 
