@@ -120,6 +120,12 @@ def test_3_out_under_a_file(work, capsys, no_training):
     assert code == 2 and "is a file, not a folder" in err
 
 
+def test_3_out_deeper_under_a_file_names_the_file(work, capsys, no_training):
+    """The message names the file in the way, not the folder that could not be made under it."""
+    code, _, err = run(capsys, *args_train(work, work / "good.pt" / "sub" / "m.pt"))
+    assert code == 2 and f"{work / 'good.pt'} is a file, not a folder" in err
+
+
 def test_3_out_folder_not_writable(work, capsys, no_training, monkeypatch):
     locked = work / "locked"
     locked.mkdir()
@@ -713,6 +719,7 @@ def test_11_patch_size_must_match_the_images(work, capsys):
     (["--foreground-threshold", "2"], "between 0 and 1"),
     (["--min-size", "-3"], "whole number >= 0"),
     (["--expand", "-1"], "whole number >= 0"),
+    (["--suggest", "0"], "whole number >= 1"),  # was accepted and wrote nothing, silently
 ])
 def test_11_predict_values(work, capsys, flags, expected):
     code, _, err = run(capsys, "predict", "--model", work / "good.pt", "--images", work / "images",

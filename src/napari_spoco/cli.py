@@ -202,10 +202,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--voxel-size", type=POSITIVE_FLOAT, nargs="+", metavar="SIZE",
                    help="pixel spacing per spatial axis, Z Y X (or Y X), any unit, e.g. 2 0.5 0.5; coarse axes "
                    "are interpolated to cubic voxels. Default: the TIFF's ImageJ/OME metadata, else the model's training voxel size")
-    pr.add_argument("--suggest", type=NONNEG_INT, default=0, metavar="K",
+    pr.add_argument("--suggest", type=POSITIVE_INT, default=0, metavar="K",
                     help="also write suggestions.csv in --out: per image the K predicted objects the model is "
                     "least sure of, the most doubtful of each of K size classes (image, rank, id, centroid, score, the "
-                    "signals behind it, size in pixels), the ones worth checking and painting next")
+                    "signals behind it, size in pixels), the ones worth checking and painting next. Leave out for none")
     pr.add_argument("--workers", type=POSITIVE_INT, default=1,
                     help="processes to segment with: files of a batch, or blocks of a large image, in parallel "
                     "(torch threads are shared out among them). Default 1")

@@ -456,6 +456,15 @@ def check_output_file(
     return out
 
 
+def _file_in_the_way(folder: Path) -> Path:
+    """The nearest of ``folder`` and its parents that exists and is not a folder (what stops
+    ``mkdir``): for ``a.tif/sub/out`` it is ``a.tif``, which the user must be told about."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate if not candidate.is_dir() else folder
+    return folder
+
+
 def check_output_folder(folder: str | os.PathLike, room: int = MODEL_FILE_ROOM, what: str | None = None) -> Path:
     """Create ``folder`` if needed and prove that a file can be written there with ``room``
     bytes free; otherwise a :class:`SpocoError` that says why, before any work is done."""
@@ -464,7 +473,9 @@ def check_output_folder(folder: str | os.PathLike, room: int = MODEL_FILE_ROOM, 
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise SpocoError(f"Cannot write {what}: {folder} is a file, not a folder.") from None
+        blocker = _file_in_the_way(folder)
+        raise SpocoError(f"Cannot write {what}: {blocker} is a file, not a folder; "
+                         "choose another location or move that file away.") from None
     except OSError as exc:
         raise SpocoError(f"Cannot write {what}: could not create the folder {folder} ({exc.strerror or exc}).") from None
     try:
