@@ -74,6 +74,68 @@ def test_tiff_regions_are_read_through_tifffiles_zarr_store(tmp_path):
     assert np.array_equal(again.read((slice(0, 1), slice(0, 5), slice(0, 5))), data[:1, :5, :5])
 
 
+@pytest.mark.parametrize("layout", ["2d", "3d-imagej", "rgb", "big-endian"])
+def test_uncompressed_tiffs_are_read_region_by_region_not_whole(tmp_path, monkeypatch, layout):
+    """An uncompressed TIFF in one run of bytes (ImageJ's and tifffile.memmap's big files) is one
+    chunk per plane to tifffile's zarr store, so every region read the whole image: 1.4 s per
+    block of a 40 000² image, and a 10 GB one minutes before the first block. Such files are read
+    from a memory map now, without the store; the pixels must be the same."""
+    import tifffile as tf
+
+    from napari_spoco import lazy_io
+
+    rng = np.random.default_rng(1)
+    shape = {"2d": (90, 130), "3d-imagej": (7, 50, 60), "rgb": (40, 50, 3), "big-endian": (64, 48)}[layout]
+    data = rng.integers(0, 60000, shape).astype(np.uint8 if layout == "rgb" else np.uint16)
+    kwargs = {"3d-imagej": {"imagej": True, "metadata": {"axes": "ZYX"}}, "rgb": {"photometric": "rgb"},
+              "big-endian": {"byteorder": ">"}}.get(layout, {})
+    tf.imwrite(tmp_path / "v.tif", data, **kwargs)
+
+    def no_store(*args, **kw):
+        raise AssertionError("read through the zarr store")
+
+    monkeypatch.setattr(tf, "imread", no_store)
+    image = open_lazy(tmp_path / "v.tif")
+    region = tuple(slice(1, n - 2) for n in image.spatial_shape)
+    got = image.read(region)
+    assert got.dtype == data.dtype.newbyteorder("=") and np.array_equal(got, data[region])
+    import pickle
+
+    again = pickle.loads(pickle.dumps(image))  # by path, to worker processes
+    assert np.array_equal(again.read(region), data[region])
+    # compressed TIFFs still go through the store, which decodes only the strips a region needs
+    tf.imwrite(tmp_path / "c.tif", data, compression="zlib", **kwargs)
+    assert lazy_io.contiguous_tiff(str(tmp_path / "c.tif")) is None
+
+
+def test_a_tiff_compressed_in_huge_strips_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
+    from napari_spoco import lazy_io
+
+    data = np.random.default_rng(2).integers(0, 4000, (256, 256), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "strip.tif", data, compression="zlib", rowsperstrip=256)  # one strip
+    tifffile.imwrite(tmp_path / "tiled.tif", data, compression="zlib", tile=(64, 64))
+    tifffile.imwrite(tmp_path / "plain.tif", data)  # uncompressed: memory-mapped, no note
+    monkeypatch.setattr(lazy_io, "LARGE_PIECE", 64 * 64 * 2)
+    note = lazy_io.large_pieces_note(open_lazy(tmp_path / "strip.tif"))
+    assert "strip.tif is stored in compressed pieces" in note and "tile=(512, 512)" in note
+    assert lazy_io.large_pieces_note(open_lazy(tmp_path / "tiled.tif")) == ""
+    assert lazy_io.large_pieces_note(open_lazy(tmp_path / "plain.tif")) == ""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "strip.tif").rename(tmp_path / "in" / "strip.tif")
+    code = main(["predict", "--model", str(_model_file(tmp_path)), "--images", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "out"), "--block-shape", "128", "128"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: strip.tif is stored in compressed pieces" in err, err
+
+
+def test_a_cut_short_uncompressed_tiff_is_named_as_such(tmp_path):
+    tifffile.imwrite(tmp_path / "cut.tif", np.ones((64, 64), np.uint16))
+    whole = (tmp_path / "cut.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(SpocoError, match="cut.tif is cut short"):
+        open_lazy(tmp_path / "cut.tif")
+
+
 def test_label_stores_follow_an_ome_zarr_inputs_axes_and_scale(tmp_path):
     src = open_lazy(write_ome_zarr(tmp_path / "img.zarr", np.zeros((20, 30, 40), np.uint8), axes="zyx",
                                    scale=[2.0, 0.5, 0.5]))

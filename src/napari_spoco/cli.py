@@ -994,7 +994,7 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
     enough (batch.output_suffix)."""
     from .batch import voxel_size_for, zarr_to_tiff
     from .blockwise import segment_blockwise
-    from .lazy_io import describe, open_lazy, remove_store
+    from .lazy_io import describe, large_pieces_note, open_lazy, remove_store
 
     try:
         image = open_lazy(path)
@@ -1012,6 +1012,8 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
             remove_store(old)
     how = ", averaging mirrored views (--no-tta: faster)" if options.tta else ", one network pass per tile"
     print(f"{path.name}: {describe(image)}, block by block{how}", file=sys.stderr)
+    if large_pieces_note(image):
+        _warn(large_pieces_note(image))
     progress = _BlockProgress(path.name)
     try:
         result = segment_blockwise(model, image, store, config=options.config,

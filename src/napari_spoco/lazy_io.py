@@ -84,9 +84,53 @@ class ZarrSource(_PathArray):
         return _zarr().open_array(store=self.path, path=self.array_path or None, mode="r")
 
 
+class _ContiguousTiff:
+    """An uncompressed TIFF series stored in one run of bytes, read region by region from a
+    memory map opened for each read (and closed after it, so that the pages read do not stay in
+    the process's memory). tifffile's zarr store sees such a series as one chunk per strip, and
+    ImageJ and ``tifffile.memmap`` write big images as one strip per plane: through the store every
+    region of a 2D image would read the whole file."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.chunks = self.shape
+
+    def __getitem__(self, key) -> np.ndarray:
+        import mmap
+
+        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY  # a map starts on a page
+        count = int(np.prod(self.shape))
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.offset - start + count * self.dtype.itemsize,
+                                                   access=mmap.ACCESS_READ, offset=start) as mapped:
+            whole = np.frombuffer(mapped, self.dtype, count, self.offset - start).reshape(self.shape)
+            region = np.array(whole[key], dtype=self.dtype.newbyteorder("="))
+            del whole  # the map closes only once no array looks into it
+        return region
+
+
+def contiguous_tiff(path: str) -> _ContiguousTiff | None:
+    """The first series of the TIFF at ``path`` as a :class:`_ContiguousTiff` where it is stored
+    uncompressed in one run of bytes (at full resolution), else None."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        level = series.levels[0] if getattr(series, "levels", None) else series
+        offset = level.dataoffset
+        if offset is None or int(np.prod(level.shape)) == 0:
+            return None
+        dtype = np.dtype(tif.byteorder + level.dtype.char)
+        need, have = int(offset) + int(np.prod(level.shape)) * dtype.itemsize, os.path.getsize(path)
+    if have < need:
+        raise SpocoError(f"{Path(path).name} is cut short: its pixels need {need:,} bytes, the file holds {have:,} "
+                         "(a copy or a save that did not finish?); copy or save it again.")
+    return _ContiguousTiff(path, int(offset), tuple(level.shape), dtype)
+
+
 class TiffSource(_PathArray):
-    """Regions of a TIFF's first series (full resolution), read through tifffile's zarr store:
-    tiles and strips are decoded only where a region needs them."""
+    """Regions of a TIFF's first series (full resolution): from a memory map where the series is
+    stored uncompressed in one run of bytes, else through tifffile's zarr store, where tiles and
+    strips are decoded only where a region needs them."""
 
     def __init__(self, path: str):
         self.path = str(path)
@@ -95,6 +139,9 @@ class TiffSource(_PathArray):
     def _open(self):
         import tifffile
 
+        contiguous = contiguous_tiff(self.path)
+        if contiguous is not None:
+            return contiguous
         store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
         z = _zarr().open(store, mode="r")
         return z if hasattr(z, "shape") else z["0"]
@@ -328,6 +375,27 @@ def remove_store(path: str | os.PathLike) -> None:
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists():
         p.unlink()
+
+
+#: A stored piece (chunk, strip, tile) larger than this is worth a word: every block that touches
+#: it decodes all of it, which costs time and as much memory in each worker.
+LARGE_PIECE = 256 * 2**20
+
+
+def large_pieces_note(image: LazyImage) -> str:
+    """A sentence for the user where ``image`` is stored compressed in pieces so large that
+    block-wise reading decodes far more than each block (a TIFF written as one compressed strip
+    per plane, a zarr array with huge chunks), with what to do; "" otherwise."""
+    source = image.source
+    if not isinstance(source, _PathArray) or isinstance(source.array, _ContiguousTiff):
+        return ""
+    piece = int(np.prod(source.chunks)) * source.dtype.itemsize
+    if piece <= LARGE_PIECE:
+        return ""
+    fix = ("save it tiled (e.g. tifffile.imwrite(path, data, tile=(512, 512), compression='zlib')), "
+           "uncompressed, or as OME-Zarr" if image.kind == "tiff" else "rechunk it (e.g. 1024² in 2D, 128³ in 3D)")
+    return (f"{image.name} is stored in compressed pieces of {piece / 2**20:,.0f} MB, each decoded whole for "
+            f"every block that touches it: slow, and that much memory per worker; {fix} to read it region by region.")
 
 
 def describe(image: LazyImage) -> str:
