@@ -293,3 +293,38 @@ def test_predict_suggest_writes_the_most_doubtful_objects_per_image(folders, cap
     final = list(csv.DictReader((out / "suggestions.csv").open()))
     assert [r for r in final if r["image"] == "more.tif"] == after[len(rows):]
     assert [r for r in final if r["image"] == "cells.tif"] == rows  # the same model, the same image
+
+
+def test_files_named_alike_but_for_a_tag_are_paired(folders, capsys):
+    """Labs name an image and its labels plant001_rgb.png / plant001_label.png (CVPPP) or
+    img_masks.tif (Cellpose); such pairs were refused ("No image has labels with the same file
+    name stem"). Pairing by the names without the tag, said; an exact name still wins."""
+    for sub, tag in (("images", "rgb"), ("labels", "label"), ("gt", "masks")):
+        (folders / sub / "cells.tif").rename(folders / sub / f"cells_{tag}.tif")
+    (folders / "labels" / "cells_fg.tif").write_bytes((folders / "labels" / "cells_label.tif").read_bytes())
+    model = folders / "model.pt"
+    assert main(["train", "--images", str(folders / "images"), "--labels", str(folders / "labels"),
+                 "--out", str(model), "--steps", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "Paired 1 image(s) with label files named alike but for a tag" in err and "cells_rgb with cells_label" in err
+    assert "cells_fg" in err  # not a tag: left unused, and said
+    assert main(["predict", "--model", str(model), "--images", str(folders / "images"),
+                 "--out", str(folders / "pred"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(folders / "pred"), "--gt", str(folders / "gt"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "cells_masks with cells_rgb" in err and set(json.loads(out)["images"]) == {"cells_masks"}
+
+
+def test_pairing_by_tags_keeps_exact_names_and_leaves_ambiguous_names_alone():
+    from pathlib import Path
+
+    from napari_spoco.io import pair_by_tags
+
+    images = {s: Path(f"{s}.tif") for s in ("a", "a_rgb", "b_img", "b_raw", "c_image")}
+    labels = {s: Path(f"{s}.tif") for s in ("a", "a_label", "b_labels", "c_cp_masks", "d_gt")}
+    out, moved = pair_by_tags(images, labels)
+    assert out["a"] == Path("a.tif")  # exact names first
+    assert out["a_rgb"] == Path("a_label.tif") and out["c_image"] == Path("c_cp_masks.tif")
+    assert "b_img" not in out and "b_raw" not in out and out["b_labels"] == Path("b_labels.tif")  # two images 'b'
+    assert moved == [("a_rgb", "a_label"), ("c_image", "c_cp_masks")] and out["d_gt"] == Path("d_gt.tif")

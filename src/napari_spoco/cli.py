@@ -642,14 +642,24 @@ def _check_background_label(value: int | None, labels, names) -> None:
         )
 
 
+def _say_tagged(tagged: list[tuple[str, str]], first: str, second: str) -> None:
+    """Say which files were paired by their names without a tag (io.pair_by_tags)."""
+    if tagged:
+        shown = ", ".join(f"{a} with {b}" for a, b in tagged[:3]) + (", …" if len(tagged) > 3 else "")
+        print(f"Paired {len(tagged)} {first} with {second} named alike but for a tag such as _rgb, _label or "
+              f"_masks: {shown}.", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
-    from .io import match_pairs, read_image
+    from .io import match_pairs, pair_by_tags, read_image
     from .training import TrainConfig
 
     image_files = _files(args.images)
     label_files = _files(args.labels)
     if Path(args.images).is_file() and Path(args.labels).is_file():  # two files named: a pair, whatever the names
         label_files = {next(iter(image_files)): next(iter(label_files.values()))}
+    label_files, tagged = pair_by_tags(image_files, label_files)
+    _say_tagged(tagged, "image(s)", "label files")
     pairs = match_pairs(image_files, label_files)
     same = [s for s, i, l in pairs if i.resolve() == l.resolve()]
     if same:
@@ -1085,6 +1095,10 @@ def evaluate_folders(pred: str, gt: str) -> dict:
     preds, gts = _files(pred), _files(gt)
     if Path(pred).is_file() and Path(gt).is_file():  # two files named: a pair, whatever the names
         preds = {next(iter(gts)): next(iter(preds.values()))}
+    from .io import pair_by_tags
+
+    preds, tagged = pair_by_tags(gts, preds)
+    _say_tagged(tagged, "ground-truth file(s)", "predictions")
     if not set(preds) & set(gts):
         raise SpocoError(
             f"No prediction has a ground-truth file with the same name (predictions: {_names(preds, 3)}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -412,13 +413,52 @@ def list_images(folder: str | os.PathLike, zarr: bool = False) -> dict[str, Path
     return files
 
 
+#: Words that labs append to a file's name to say what it holds (``plant001_rgb.png`` /
+#: ``plant001_label.png``, Cellpose's ``_masks``, ``_gt``): an image and its labels whose names
+#: differ only by such a tag are a pair.
+NAME_TAGS = ("labels", "label", "masks", "mask", "seg", "segmentation", "instances", "gt", "groundtruth",
+             "ground_truth", "truth", "annotation", "annotations", "rgb", "img", "image", "raw", "pred",
+             "prediction", "predictions")
+_TAG = re.compile(r"^(?P<base>.+?)[_\-.](?:cp_)?(?:" + "|".join(NAME_TAGS) + r")$", re.IGNORECASE)
+
+
+def name_without_tag(stem: str) -> str:
+    """``stem`` without one trailing tag of :data:`NAME_TAGS` (``plant001_rgb`` -> ``plant001``)."""
+    found = _TAG.match(stem)
+    return found.group("base") if found else stem
+
+
+def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """``labels`` with the files that no image shares a name with re-keyed to the image whose name
+    is the same without a tag (``plant001_rgb`` and ``plant001_label``), and those (image, label)
+    name pairs. Names left ambiguous (two images or two label files without their tags alike) are
+    left as they are; an exact match always wins."""
+    exact = set(images) & set(labels)
+
+    def unique(stems) -> dict[str, str]:
+        keys: dict[str, list[str]] = {}
+        for stem in stems:
+            keys.setdefault(name_without_tag(stem), []).append(stem)
+        return {k: v[0] for k, v in keys.items() if len(v) == 1}
+
+    image_keys = unique(s for s in images if s not in exact)
+    label_keys = unique(s for s in labels if s not in exact)
+    moved = sorted((image_keys[k], label_keys[k]) for k in set(image_keys) & set(label_keys))
+    if not moved:
+        return labels, []
+    renamed = {label for _, label in moved}
+    out = {s: p for s, p in labels.items() if s not in renamed}
+    out.update({image: labels[label] for image, label in moved})
+    return out, moved
+
+
 def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "labels") -> list[tuple[str, Path, Path]]:
     """Pair files by stem; refuse when nothing matches, report unmatched images."""
     common = sorted(set(images) & set(labels))
     if not common:
         raise SpocoError(
-            f"No image has {what} with the same file name stem (images: {', '.join(list(images)[:3])}…; "
-            f"{what}: {', '.join(list(labels)[:3])}…)."
+            f"No image has {what} with the same file name stem, nor one that differs only by a tag such as "
+            f"_label or _masks (images: {', '.join(list(images)[:3])}…; {what}: {', '.join(list(labels)[:3])}…)."
         )
     return [(s, images[s], labels[s]) for s in common]
 
