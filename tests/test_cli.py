@@ -328,3 +328,24 @@ def test_pairing_by_tags_keeps_exact_names_and_leaves_ambiguous_names_alone():
     assert out["a_rgb"] == Path("a_label.tif") and out["c_image"] == Path("c_cp_masks.tif")
     assert "b_img" not in out and "b_raw" not in out and out["b_labels"] == Path("b_labels.tif")  # two images 'b'
     assert moved == [("a_rgb", "a_label"), ("c_image", "c_cp_masks")] and out["d_gt"] == Path("d_gt.tif")
+
+
+def test_images_and_labels_in_one_folder_are_told_apart_by_label_tags(folders, capsys):
+    """CVPPP keeps plant001_rgb.png, plant001_label.png and plant001_fg.png in one folder, Cellpose
+    x.tif beside x_masks.tif: with --images and --labels the same folder this was refused as
+    "point at the same files"."""
+    both = folders / "both"
+    both.mkdir()
+    (folders / "images" / "cells.tif").rename(both / "cells_rgb.tif")
+    (folders / "labels" / "cells.tif").rename(both / "cells_label.tif")
+    (both / "cells_fg.tif").write_bytes((both / "cells_label.tif").read_bytes())
+    assert main(["train", "--images", str(both), "--labels", str(both), "--out", str(folders / "m.pt"),
+                 "--steps", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "1 file(s) whose names end in a label tag" in err and "cells_rgb with cells_label" in err
+    assert "Training on 1 image(s): cells_rgb" in err
+    (both / "cells_label.tif").unlink()
+    (both / "cells_fg.tif").unlink()
+    assert main(["train", "--images", str(both), "--labels", str(both), "--out", str(folders / "m2.pt"),
+                 "--steps", "1", "--device", "cpu"]) == 2
+    assert "point at the same files" in capsys.readouterr().err

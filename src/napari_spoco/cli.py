@@ -651,13 +651,19 @@ def _say_tagged(tagged: list[tuple[str, str]], first: str, second: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .io import match_pairs, pair_by_tags, read_image
+    from .io import match_pairs, pair_by_tags, read_image, split_by_label_tags
     from .training import TrainConfig
 
     image_files = _files(args.images)
     label_files = _files(args.labels)
     if Path(args.images).is_file() and Path(args.labels).is_file():  # two files named: a pair, whatever the names
         label_files = {next(iter(image_files)): next(iter(label_files.values()))}
+    elif Path(args.images).is_dir() and Path(args.images).resolve() == Path(args.labels).resolve():
+        split = split_by_label_tags(image_files)  # CVPPP's and Cellpose's one folder
+        if split[1]:  # else the same files, refused below
+            image_files, label_files = split
+            print(f"Images and labels in one folder: {len(label_files)} file(s) whose names end in a label tag "
+                  f"(_label, _masks, …) are the labels, the {len(image_files)} other(s) the images.", file=sys.stderr)
     label_files, tagged = pair_by_tags(image_files, label_files)
     _say_tagged(tagged, "image(s)", "label files")
     pairs = match_pairs(image_files, label_files)
@@ -1101,7 +1107,8 @@ def evaluate_folders(pred: str, gt: str) -> dict:
     _say_tagged(tagged, "ground-truth file(s)", "predictions")
     if not set(preds) & set(gts):
         raise SpocoError(
-            f"No prediction has a ground-truth file with the same name (predictions: {_names(preds, 3)}; "
+            f"No prediction has a ground-truth file with the same name, nor (one to one) a name that differs only "
+            f"by a tag such as _rgb or _masks (predictions: {_names(preds, 3)}; "
             f"ground truth: {_names(gts, 3)})."
         )
     from .data import check_label_values

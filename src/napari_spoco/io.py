@@ -419,7 +419,9 @@ def list_images(folder: str | os.PathLike, zarr: bool = False) -> dict[str, Path
 NAME_TAGS = ("labels", "label", "masks", "mask", "seg", "segmentation", "instances", "gt", "groundtruth",
              "ground_truth", "truth", "annotation", "annotations", "rgb", "img", "image", "raw", "pred",
              "prediction", "predictions")
-_TAG = re.compile(r"^(?P<base>.+?)[_\-.](?:cp_)?(?:" + "|".join(NAME_TAGS) + r")$", re.IGNORECASE)
+#: The tags of :data:`NAME_TAGS` that mark a label (or prediction) file.
+LABEL_TAGS = frozenset(NAME_TAGS) - {"rgb", "img", "image", "raw"}
+_TAG = re.compile(r"^(?P<base>.+?)[_\-.](?:cp_)?(?P<tag>" + "|".join(NAME_TAGS) + r")$", re.IGNORECASE)
 
 
 def name_without_tag(stem: str) -> str:
@@ -428,11 +430,22 @@ def name_without_tag(stem: str) -> str:
     return found.group("base") if found else stem
 
 
+def split_by_label_tags(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(images, labels) of one folder that holds both, as CVPPP (``plant001_rgb.png``,
+    ``plant001_label.png``) and Cellpose (``x.tif``, ``x_masks.tif``) keep them: files whose
+    name ends in a label tag (:data:`LABEL_TAGS`) are labels, the others images."""
+    def is_label(stem: str) -> bool:
+        found = _TAG.match(stem)
+        return bool(found) and found.group("tag").lower() in LABEL_TAGS
+
+    return ({s: p for s, p in files.items() if not is_label(s)}, {s: p for s, p in files.items() if is_label(s)})
+
+
 def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """``labels`` with the files that no image shares a name with re-keyed to the image whose name
     is the same without a tag (``plant001_rgb`` and ``plant001_label``), and those (image, label)
-    name pairs. Names left ambiguous (two images or two label files without their tags alike) are
-    left as they are; an exact match always wins."""
+    name pairs. An exact match always wins; among the files it leaves, names that are ambiguous
+    (two images, or two label files, alike without their tags) are left as they are."""
     exact = set(images) & set(labels)
 
     def unique(stems) -> dict[str, str]:
@@ -457,8 +470,9 @@ def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "l
     common = sorted(set(images) & set(labels))
     if not common:
         raise SpocoError(
-            f"No image has {what} with the same file name stem, nor one that differs only by a tag such as "
-            f"_label or _masks (images: {', '.join(list(images)[:3])}…; {what}: {', '.join(list(labels)[:3])}…)."
+            f"No image has {what} with the same file name stem, nor (one to one) a name that differs only by a "
+            f"tag such as _label or _masks (images: {', '.join(list(images)[:3])}…; {what}: "
+            f"{', '.join(list(labels)[:3])}…)."
         )
     return [(s, images[s], labels[s]) for s in common]
 

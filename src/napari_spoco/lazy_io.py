@@ -11,6 +11,7 @@ axes and scale.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -92,39 +93,49 @@ class _ContiguousTiff:
     region of a 2D image would read the whole file."""
 
     def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.path, self.offset, self.shape = path, offset, tuple(shape)
+        self.dtype = np.dtype(dtype).newbyteorder("=")  # what reads return (the file's order is kept apart)
+        self._stored = np.dtype(dtype)
         self.chunks = self.shape
 
     def __getitem__(self, key) -> np.ndarray:
         import mmap
 
         start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY  # a map starts on a page
-        count = int(np.prod(self.shape))
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.offset - start + count * self.dtype.itemsize,
+        count = math.prod(self.shape)  # Python ints: numpy's default integer is 32 bits on some platforms
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.offset - start + count * self._stored.itemsize,
                                                    access=mmap.ACCESS_READ, offset=start) as mapped:
-            whole = np.frombuffer(mapped, self.dtype, count, self.offset - start).reshape(self.shape)
-            region = np.array(whole[key], dtype=self.dtype.newbyteorder("="))
-            del whole  # the map closes only once no array looks into it
-        return region
+            whole = np.frombuffer(mapped, self._stored, count, self.offset - start).reshape(self.shape)
+            try:
+                return np.array(whole[key], dtype=self.dtype)
+            finally:
+                del whole  # the map closes only once no array looks into it (also when the copy failed)
 
 
 def contiguous_tiff(path: str) -> _ContiguousTiff | None:
     """The first series of the TIFF at ``path`` as a :class:`_ContiguousTiff` where it is stored
-    uncompressed in one run of bytes (at full resolution), else None."""
+    uncompressed in one run of bytes of this file (at full resolution) and the file system maps
+    files, else None (tifffile's zarr store reads it then)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         level = series.levels[0] if getattr(series, "levels", None) else series
         offset = level.dataoffset
-        if offset is None or int(np.prod(level.shape)) == 0:
+        if (offset is None or math.prod(level.shape) == 0 or level.is_multifile
+                or getattr(level.keyframe, "parent", tif) is not tif):  # OME series in other files: theirs
             return None
         dtype = np.dtype(tif.byteorder + level.dtype.char)
-        need, have = int(offset) + int(np.prod(level.shape)) * dtype.itemsize, os.path.getsize(path)
+        need, have = int(offset) + math.prod(level.shape) * dtype.itemsize, os.path.getsize(path)
     if have < need:
         raise SpocoError(f"{Path(path).name} is cut short: its pixels need {need:,} bytes, the file holds {have:,} "
                          "(a copy or a save that did not finish?); copy or save it again.")
-    return _ContiguousTiff(path, int(offset), tuple(level.shape), dtype)
+    source = _ContiguousTiff(path, int(offset), tuple(level.shape), dtype)
+    try:
+        source[tuple(slice(0, 1) for _ in source.shape)]  # some network and FUSE file systems refuse maps
+    except OSError:
+        return None
+    return source
 
 
 class TiffSource(_PathArray):
@@ -389,13 +400,13 @@ def large_pieces_note(image: LazyImage) -> str:
     source = image.source
     if not isinstance(source, _PathArray) or isinstance(source.array, _ContiguousTiff):
         return ""
-    piece = int(np.prod(source.chunks)) * source.dtype.itemsize
+    piece = math.prod(source.chunks) * source.dtype.itemsize
     if piece <= LARGE_PIECE:
         return ""
-    fix = ("save it tiled (e.g. tifffile.imwrite(path, data, tile=(512, 512), compression='zlib')), "
-           "uncompressed, or as OME-Zarr" if image.kind == "tiff" else "rechunk it (e.g. 1024² in 2D, 128³ in 3D)")
-    return (f"{image.name} is stored in compressed pieces of {piece / 2**20:,.0f} MB, each decoded whole for "
-            f"every block that touches it: slow, and that much memory per worker; {fix} to read it region by region.")
+    fix = ("save it tiled (e.g. tifffile.imwrite(path, data, tile=(512, 512), compression='zlib')) or as "
+           "OME-Zarr" if image.kind == "tiff" else "rechunk it (e.g. 1024² in 2D, 128³ in 3D)")
+    return (f"{image.name} is stored in pieces of {piece / 2**20:,.0f} MB, each read whole for every block "
+            f"that touches it: slow, and that much memory per worker; {fix} to read it region by region.")
 
 
 def describe(image: LazyImage) -> str:
