@@ -13,7 +13,7 @@ For each seed, the painting is drawn anew: per training image, ``--share`` of it
 
 Usage:
   python benchmarks/cli_heldout.py --dataset isbi2012-em --train isbi_10 isbi_11 ... \
-      --test isbi_15 ... [--seeds 0 1 2] [--share 0.1] [--minutes 5] [--work DIR] [--json FILE] [--data DIR]
+      --test isbi_15 ... | --score-train  [--seeds 0 1 2] [--share 0.1] [--minutes 5] [--work DIR] [--json FILE] [--data DIR]
 Prints one row per seed and the mean, and writes the JSON if asked.
 """
 
@@ -117,7 +117,10 @@ def main() -> int:
     bench_data.add_data_argument(parser)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--train", nargs="+", required=True, help="stems of the images to paint and train on")
-    parser.add_argument("--test", nargs="+", required=True, help="stems of the images to segment and score")
+    parser.add_argument("--test", nargs="+", help="stems of the images to segment and score")
+    parser.add_argument("--score-train", action="store_true",
+                        help="segment and score the training images themselves (the commonest use: paint a few "
+                        "objects of an image, segment that image) instead of --test")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--share", type=float, default=0.1)
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -125,8 +128,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     bench_data.use_data_dir(args.data, needs=(args.dataset,))
-    if set(args.train) & set(args.test):
-        raise SystemExit("--train and --test share images: the scores would not be held out")
+    if args.score_train == bool(args.test):
+        raise SystemExit("give --test, or --score-train to score the training images")
+    if args.score_train:
+        args.test = list(args.train)
+    elif set(args.train) & set(args.test):
+        raise SystemExit("--train and --test share images: the scores would not be held out (--score-train)")
     work = args.work or Path(tempfile.mkdtemp(prefix="cli_heldout_"))
     rows = []
     try:
@@ -146,7 +153,8 @@ def main() -> int:
     if args.json:
         import torch
 
-        meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "share": args.share,
+        meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "score_train": args.score_train,
+                "share": args.share,
                 "minutes": args.minutes, "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
         args.json.write_text(json.dumps({"meta": meta, "seeds": rows}, indent=1))
