@@ -344,8 +344,27 @@ def test_images_and_labels_in_one_folder_are_told_apart_by_label_tags(folders, c
     err = capsys.readouterr().err
     assert "1 file(s) whose names end in a label tag" in err and "cells_rgb with cells_label" in err
     assert "Training on 1 image(s): cells_rgb" in err
+    # a folder on one side and one of its files on the other: the file is not its own partner
+    assert main(["train", "--images", str(both), "--labels", str(both / "cells_label.tif"), "--out",
+                 str(folders / "m1.pt"), "--steps", "1", "--device", "cpu"]) == 0
+    assert "cells_rgb with cells_label" in capsys.readouterr().err
     (both / "cells_label.tif").unlink()
     (both / "cells_fg.tif").unlink()
     assert main(["train", "--images", str(both), "--labels", str(both), "--out", str(folders / "m2.pt"),
                  "--steps", "1", "--device", "cpu"]) == 2
-    assert "point at the same files" in capsys.readouterr().err
+    assert "no file name there ends in a label tag" in capsys.readouterr().err
+
+
+def test_evaluate_on_one_folder_tells_truth_from_predictions_by_tags(folders, capsys):
+    """--pred and --gt the same folder scored every file against itself: a perfect 1.000 for an
+    empty prediction."""
+    one = folders / "one"
+    one.mkdir()
+    (folders / "gt" / "cells.tif").rename(one / "cells_gt.tif")
+    tifffile.imwrite(one / "cells_pred.tif", np.zeros((64, 64), np.uint16))
+    assert main(["evaluate", "--pred", str(one), "--gt", str(one), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["images"]) == {"cells_gt"} and out["mean"]["AP50"] == 0.0
+    (one / "cells_gt.tif").rename(one / "cells_other.tif")  # no tag tells them apart: asked literally, and said
+    assert main(["evaluate", "--pred", str(one), "--gt", str(one)]) == 0
+    assert "each file is scored against itself" in capsys.readouterr().err

@@ -446,7 +446,7 @@ def test_8_background_label_that_never_occurs_is_refused(work, capsys):
 def test_8_labels_pointing_at_the_images(work, capsys):
     code, _, err = run(capsys, "train", "--images", work / "images", "--labels", work / "images",
                        "--out", work / "m.pt", *TRAIN)
-    assert code == 2 and "same files" in err
+    assert code == 2 and "are the same folder" in err and "label tag" in err
 
 
 def test_8_swapped_folders_are_recognised(work, capsys, tmp_path_factory):

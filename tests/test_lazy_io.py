@@ -133,6 +133,25 @@ def test_a_tiff_compressed_in_huge_strips_is_named_with_what_to_do(tmp_path, mon
     assert code == 0 and "warning: strip.tif is stored in pieces" in err, err
 
 
+def test_a_cut_short_imagej_stack_is_named_not_read_as_fewer_planes(tmp_path):
+    """tifffile falls back to the planes that are there when an ImageJ stack is cut short: one
+    plane of five came back as a 2D image, block by block and whole."""
+    from napari_spoco.io import read_image
+
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 64, 64), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    whole = (tmp_path / "s.tif").read_bytes()
+    (tmp_path / "s.tif").write_bytes(whole[: len(whole) // 2])
+    for read in (open_lazy, read_image):
+        with pytest.raises(SpocoError, match="ImageJ header counts 5 planes, the file holds"):
+            read(tmp_path / "s.tif")
+
+
+def test_an_image_without_pixels_is_named(tmp_path):
+    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((0, 10), np.uint8))
+    with pytest.raises(SpocoError, match="zero.tif holds no pixels"):  # was a ZeroDivisionError per image
+        open_lazy(tmp_path / "zero.tif")
+
+
 def test_a_cut_short_uncompressed_tiff_is_named_as_such(tmp_path):
     tifffile.imwrite(tmp_path / "cut.tif", np.ones((64, 64), np.uint16))
     whole = (tmp_path / "cut.tif").read_bytes()

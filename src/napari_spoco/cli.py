@@ -651,7 +651,7 @@ def _say_tagged(tagged: list[tuple[str, str]], first: str, second: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from .io import match_pairs, pair_by_tags, read_image, split_by_label_tags
+    from .io import match_pairs, pair_by_tags, read_image, split_by_label_tags, without_files_of
     from .training import TrainConfig
 
     image_files = _files(args.images)
@@ -659,11 +659,20 @@ def cmd_train(args) -> int:
     if Path(args.images).is_file() and Path(args.labels).is_file():  # two files named: a pair, whatever the names
         label_files = {next(iter(image_files)): next(iter(label_files.values()))}
     elif Path(args.images).is_dir() and Path(args.images).resolve() == Path(args.labels).resolve():
-        split = split_by_label_tags(image_files)  # CVPPP's and Cellpose's one folder
-        if split[1]:  # else the same files, refused below
-            image_files, label_files = split
-            print(f"Images and labels in one folder: {len(label_files)} file(s) whose names end in a label tag "
-                  f"(_label, _masks, …) are the labels, the {len(image_files)} other(s) the images.", file=sys.stderr)
+        image_files, label_files = split_by_label_tags(image_files)  # CVPPP's and Cellpose's one folder
+        if not label_files or not image_files:
+            raise SpocoError(
+                f"--images and --labels are the same folder, and {'no' if not label_files else 'every'} file name "
+                "there ends in a label tag (e.g. x_label.png, x_masks.tif, x_gt.tif): put the labels in a folder of "
+                "their own, or name each after its image with such a tag."
+            )
+        print(f"Images and labels in one folder: {len(label_files)} file(s) whose names end in a label tag "
+              f"(_label, _masks, …) are the labels, the {len(image_files)} other(s) the images.", file=sys.stderr)
+    elif Path(args.images).is_dir() != Path(args.labels).is_dir():  # a folder and one file: not its own partner
+        if Path(args.images).is_dir():
+            image_files = without_files_of(image_files, label_files)
+        else:
+            label_files = without_files_of(label_files, image_files)
     label_files, tagged = pair_by_tags(image_files, label_files)
     _say_tagged(tagged, "image(s)", "label files")
     pairs = match_pairs(image_files, label_files)
@@ -1095,13 +1104,24 @@ def evaluate_folders(pred: str, gt: str) -> dict:
     """Score every ground-truth image. One without a prediction (or whose prediction cannot be
     read or has another shape) counts as an empty prediction, so that the mean is not taken
     over the easy images only; it is listed under ``missing`` / ``failed``."""
-    from .io import read_image
+    from .io import LABEL_TAGS, PREDICTION_TAGS, pair_by_tags, read_image, split_by_label_tags, without_files_of
     from .metrics import evaluate
 
     preds, gts = _files(pred), _files(gt)
     if Path(pred).is_file() and Path(gt).is_file():  # two files named: a pair, whatever the names
         preds = {next(iter(gts)): next(iter(preds.values()))}
-    from .io import pair_by_tags
+    elif Path(pred).is_dir() and Path(pred).resolve() == Path(gt).resolve():  # one folder: every file was its own truth
+        split = split_by_label_tags(gts, LABEL_TAGS - PREDICTION_TAGS)
+        if split[0] and split[1]:
+            preds, gts = split
+        else:
+            print("Note: --pred and --gt are the same folder and no file name there tells ground truth (x_gt.tif, "
+                  "x_masks.tif) from predictions: each file is scored against itself.", file=sys.stderr)
+    elif Path(pred).is_dir() != Path(gt).is_dir():  # a folder and one file: not its own partner
+        if Path(pred).is_dir():
+            preds = without_files_of(preds, gts)
+        else:
+            gts = without_files_of(gts, preds)
 
     preds, tagged = pair_by_tags(gts, preds)
     _say_tagged(tagged, "ground-truth file(s)", "predictions")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -333,10 +334,24 @@ def _imagej_spacing(tif) -> dict[str, float]:
     return out
 
 
+def check_imagej_whole(tif, path: str | os.PathLike) -> None:
+    """Refuse an ImageJ stack cut short: tifffile then falls back to the planes that are there and
+    reads e.g. one plane of a 60-plane volume without a word (a copy or save that did not finish)."""
+    if not tif.is_imagej or tif.series[0].kind == "imagej":
+        return
+    counted = (tif.imagej_metadata or {}).get("images")
+    series = tif.series[0]
+    planes = math.prod(series.shape) // max(1, math.prod(series.keyframe.shape))
+    if isinstance(counted, int) and counted > planes:
+        raise SpocoError(f"{Path(path).name} is cut short: its ImageJ header counts {counted} planes, the file "
+                         f"holds {planes} (a copy or a save that did not finish?); copy or save it again.")
+
+
 def _read_tiff(path: Path, keep_channels: bool = False, refuse_time: bool = False) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        check_imagej_whole(tif, path)
         series = tif.series[0]
         data = np.asarray(series.asarray())
         axes = series.axes
@@ -419,8 +434,9 @@ def list_images(folder: str | os.PathLike, zarr: bool = False) -> dict[str, Path
 NAME_TAGS = ("labels", "label", "masks", "mask", "seg", "segmentation", "instances", "gt", "groundtruth",
              "ground_truth", "truth", "annotation", "annotations", "rgb", "img", "image", "raw", "pred",
              "prediction", "predictions")
-#: The tags of :data:`NAME_TAGS` that mark a label (or prediction) file.
+#: The tags of :data:`NAME_TAGS` that mark a label (or prediction) file, and those of a prediction.
 LABEL_TAGS = frozenset(NAME_TAGS) - {"rgb", "img", "image", "raw"}
+PREDICTION_TAGS = frozenset({"pred", "prediction", "predictions"})
 _TAG = re.compile(r"^(?P<base>.+?)[_\-.](?:cp_)?(?P<tag>" + "|".join(NAME_TAGS) + r")$", re.IGNORECASE)
 
 
@@ -430,13 +446,13 @@ def name_without_tag(stem: str) -> str:
     return found.group("base") if found else stem
 
 
-def split_by_label_tags(files: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+def split_by_label_tags(files: dict[str, Path], tags=LABEL_TAGS) -> tuple[dict[str, Path], dict[str, Path]]:
     """(images, labels) of one folder that holds both, as CVPPP (``plant001_rgb.png``,
     ``plant001_label.png``) and Cellpose (``x.tif``, ``x_masks.tif``) keep them: files whose
-    name ends in a label tag (:data:`LABEL_TAGS`) are labels, the others images."""
+    name ends in one of ``tags`` (:data:`LABEL_TAGS`) are labels, the others images."""
     def is_label(stem: str) -> bool:
         found = _TAG.match(stem)
-        return bool(found) and found.group("tag").lower() in LABEL_TAGS
+        return bool(found) and found.group("tag").lower() in tags
 
     return ({s: p for s, p in files.items() if not is_label(s)}, {s: p for s, p in files.items() if is_label(s)})
 
@@ -463,6 +479,13 @@ def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict
     out = {s: p for s, p in labels.items() if s not in renamed}
     out.update({image: labels[label] for image, label in moved})
     return out, moved
+
+
+def without_files_of(files: dict[str, Path], others: dict[str, Path]) -> dict[str, Path]:
+    """``files`` without those that are one of ``others`` (a folder given on one side and one of
+    its files on the other: the folder's copy of that file is not its partner)."""
+    taken = {p.resolve() for p in others.values()}
+    return {s: p for s, p in files.items() if p.resolve() not in taken}
 
 
 def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "labels") -> list[tuple[str, Path, Path]]:

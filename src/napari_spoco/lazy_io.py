@@ -179,6 +179,8 @@ class LazyImage:
         if "t" in self.axes and self.source.shape[self.axes.index("t")] > 1:
             raise SpocoError(f"{self.name} holds {self.source.shape[self.axes.index('t')]} time points; segment "
                              "them one by one (save each as its own image), or give the array of one time point.")
+        if 0 in tuple(self.source.shape):
+            raise SpocoError(f"{self.name} holds no pixels (shape {tuple(self.source.shape)}).")
         spatial = [a for a in self.axes if a in SPATIAL]
         if len(spatial) not in (2, 3):
             raise SpocoError(f"{self.name}: expected 2 or 3 spatial axes, got axes {self.axes!r} "
@@ -287,7 +289,10 @@ def _open_zarr(p: Path) -> LazyImage:
 def _open_tiff(p: Path) -> LazyImage:
     import tifffile
 
+    from .io import check_imagej_whole
+
     with tifffile.TiffFile(p) as tif:
+        check_imagej_whole(tif, p)
         axes = tif.series[0].axes.lower()
     source = TiffSource(str(p))
     if len(axes) != source.ndim:
