@@ -368,3 +368,13 @@ def test_evaluate_on_one_folder_tells_truth_from_predictions_by_tags(folders, ca
     (one / "cells_gt.tif").rename(one / "cells_other.tif")  # no tag tells them apart: asked literally, and said
     assert main(["evaluate", "--pred", str(one), "--gt", str(one)]) == 0
     assert "each file is scored against itself" in capsys.readouterr().err
+
+
+def test_names_alike_but_for_their_tags_are_named_when_nothing_pairs(tmp_path, capsys):
+    for sub, stems in (("img", ("a_rgb", "a_img")), ("lab", ("a_label",))):
+        (tmp_path / sub).mkdir()
+        for stem in stems:
+            tifffile.imwrite(tmp_path / sub / f"{stem}.tif", np.ones((32, 32), np.uint16))
+    assert main(["train", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                 "--out", str(tmp_path / "m.pt"), "--steps", "1", "--device", "cpu"]) == 2
+    assert "a_img and a_rgb are alike but for their tags" in capsys.readouterr().err

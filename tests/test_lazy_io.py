@@ -152,6 +152,17 @@ def test_an_image_without_pixels_is_named(tmp_path):
         open_lazy(tmp_path / "zero.tif")
 
 
+def test_a_tiff_cut_while_it_is_read_is_named(tmp_path):
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    tifffile.imwrite(tmp_path / "grow.tif", data)
+    image = open_lazy(tmp_path / "grow.tif")
+    assert np.array_equal(image.read((slice(0, 8), slice(0, 8))), data[:8, :8])
+    whole = (tmp_path / "grow.tif").read_bytes()
+    (tmp_path / "grow.tif").write_bytes(whole[:1000])  # another program rewrites it meanwhile
+    with pytest.raises(SpocoError, match="grow.tif changed while it was being read"):
+        image.read((slice(0, 64), slice(0, 64)))
+
+
 def test_a_cut_short_uncompressed_tiff_is_named_as_such(tmp_path):
     tifffile.imwrite(tmp_path / "cut.tif", np.ones((64, 64), np.uint16))
     whole = (tmp_path / "cut.tif").read_bytes()

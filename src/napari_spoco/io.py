@@ -488,6 +488,15 @@ def without_files_of(files: dict[str, Path], others: dict[str, Path]) -> dict[st
     return {s: p for s, p in files.items() if p.resolve() not in taken}
 
 
+def _clash(files: dict[str, Path]) -> str:
+    """Words naming two of ``files`` that are alike without their tags (which keeps them unpaired), or ""."""
+    keys: dict[str, list[str]] = {}
+    for stem in files:
+        keys.setdefault(name_without_tag(stem), []).append(stem)
+    alike = next((v for v in keys.values() if len(v) > 1), None)
+    return f"; {' and '.join(alike[:2])} are alike but for their tags, so neither is paired: rename one" if alike else ""
+
+
 def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "labels") -> list[tuple[str, Path, Path]]:
     """Pair files by stem; refuse when nothing matches, report unmatched images."""
     common = sorted(set(images) & set(labels))
@@ -495,7 +504,7 @@ def match_pairs(images: dict[str, Path], labels: dict[str, Path], what: str = "l
         raise SpocoError(
             f"No image has {what} with the same file name stem, nor (one to one) a name that differs only by a "
             f"tag such as _label or _masks (images: {', '.join(list(images)[:3])}…; {what}: "
-            f"{', '.join(list(labels)[:3])}…)."
+            f"{', '.join(list(labels)[:3])}…){_clash(images) or _clash(labels)}."
         )
     return [(s, images[s], labels[s]) for s in common]
 

@@ -103,8 +103,13 @@ class _ContiguousTiff:
 
         start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY  # a map starts on a page
         count = math.prod(self.shape)  # Python ints: numpy's default integer is 32 bits on some platforms
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.offset - start + count * self._stored.itemsize,
-                                                   access=mmap.ACCESS_READ, offset=start) as mapped:
+        length = self.offset - start + count * self._stored.itemsize
+        with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < start + length:  # replaced or cut since it was opened
+                raise SpocoError(f"{Path(self.path).name} changed while it was being read (it is shorter than "
+                                 "when it was opened); let whatever writes it finish, then run again.")
+            mapped = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        with mapped:
             whole = np.frombuffer(mapped, self._stored, count, self.offset - start).reshape(self.shape)
             try:
                 return np.array(whole[key], dtype=self.dtype)
