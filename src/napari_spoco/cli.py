@@ -1037,8 +1037,9 @@ def _predict_blockwise(model, stem: str, path: Path, target: Path, options, args
             remove_store(old)
     how = ", averaging mirrored views (--no-tta: faster)" if options.tta else ", one network pass per tile"
     print(f"{path.name}: {describe(image)}, block by block{how}", file=sys.stderr)
-    if large_pieces_note(image):
-        _warn(large_pieces_note(image))
+    note = large_pieces_note(image)
+    if note:
+        _warn(note)
     progress = _BlockProgress(path.name)
     try:
         result = segment_blockwise(model, image, store, config=options.config,

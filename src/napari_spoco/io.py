@@ -446,6 +446,14 @@ def name_without_tag(stem: str) -> str:
     return found.group("base") if found else stem
 
 
+def _by_untagged_name(stems) -> dict[str, list[str]]:
+    """``stems`` grouped by their names without a tag (:func:`name_without_tag`)."""
+    groups: dict[str, list[str]] = {}
+    for stem in stems:
+        groups.setdefault(name_without_tag(stem), []).append(stem)
+    return groups
+
+
 def split_by_label_tags(files: dict[str, Path], tags=LABEL_TAGS) -> tuple[dict[str, Path], dict[str, Path]]:
     """(images, labels) of one folder that holds both, as CVPPP (``plant001_rgb.png``,
     ``plant001_label.png``) and Cellpose (``x.tif``, ``x_masks.tif``) keep them: files whose
@@ -465,10 +473,7 @@ def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict
     exact = set(images) & set(labels)
 
     def unique(stems) -> dict[str, str]:
-        keys: dict[str, list[str]] = {}
-        for stem in stems:
-            keys.setdefault(name_without_tag(stem), []).append(stem)
-        return {k: v[0] for k, v in keys.items() if len(v) == 1}
+        return {k: v[0] for k, v in _by_untagged_name(stems).items() if len(v) == 1}
 
     image_keys = unique(s for s in images if s not in exact)
     label_keys = unique(s for s in labels if s not in exact)
@@ -490,10 +495,7 @@ def without_files_of(files: dict[str, Path], others: dict[str, Path]) -> dict[st
 
 def _clash(files: dict[str, Path]) -> str:
     """Words naming two of ``files`` that are alike without their tags (which keeps them unpaired), or ""."""
-    keys: dict[str, list[str]] = {}
-    for stem in files:
-        keys.setdefault(name_without_tag(stem), []).append(stem)
-    alike = next((v for v in keys.values() if len(v) > 1), None)
+    alike = next((v for v in _by_untagged_name(files).values() if len(v) > 1), None)
     return f"; {' and '.join(alike[:2])} are alike but for their tags, so neither is paired: rename one" if alike else ""
 
 
