@@ -328,6 +328,13 @@ def test_pairing_by_tags_keeps_exact_names_and_leaves_ambiguous_names_alone():
     assert out["a_rgb"] == Path("a_label.tif") and out["c_image"] == Path("c_cp_masks.tif")
     assert "b_img" not in out and "b_raw" not in out and out["b_labels"] == Path("b_labels.tif")  # two images 'b'
     assert moved == [("a_rgb", "a_label"), ("c_image", "c_cp_masks")] and out["d_gt"] == Path("d_gt.tif")
+    # a label named after the image's whole name and a tag (the image's own name has a tag too)
+    images = {s: Path(f"{s}.png") for s in ("p1_rgb", "p2_rgb", "p3_rgb")}
+    labels = {s: Path(f"{s}.png") for s in ("p1_rgb_label", "p2_label", "p3_rgb_label", "p3_label")}
+    out, moved = pair_by_tags(images, labels)
+    assert out["p1_rgb"] == Path("p1_rgb_label.png") and out["p2_rgb"] == Path("p2_label.png")
+    assert out["p3_rgb"] == Path("p3_rgb_label.png") and out["p3_label"] == Path("p3_label.png")  # whole name first
+    assert moved == [("p1_rgb", "p1_rgb_label"), ("p2_rgb", "p2_label"), ("p3_rgb", "p3_rgb_label")]
 
 
 def test_images_and_labels_in_one_folder_are_told_apart_by_label_tags(folders, capsys):
