@@ -56,6 +56,7 @@ def data_dir() -> Path:
 
 #: Data sets drawn by code instead of read from --data (benchmarks/synthetic_*.py).
 GENERATED = {synthetic_nuclei.NAME: synthetic_nuclei, synthetic_leaves.NAME: synthetic_leaves}
+GENERATED.update({name: synthetic_nuclei.Variant(name) for name in synthetic_nuclei.VARIANTS})
 
 
 def stems(ds: str) -> list[str]:

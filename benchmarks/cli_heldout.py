@@ -14,6 +14,8 @@ For each seed, the painting is drawn anew: per training image, ``--share`` of it
 Usage:
   python benchmarks/cli_heldout.py --dataset isbi2012-em --train isbi_10 isbi_11 ... \
       --test isbi_15 ... | --score-train  [--seeds 0 1 2] [--share 0.1] [--minutes 5] [--work DIR] [--json FILE] [--data DIR]
+  python benchmarks/cli_heldout.py --dataset synthetic-nuclei-3d-z4 --train train --test test \
+      --peer-voxel-size 4 1 1 [--work DIR --peers-only]   # the 3D peers also on cubic voxels
 Prints one row per seed and the mean, and writes the JSON if asked.
 """
 
@@ -64,30 +66,36 @@ def _run(args: list[str], log: Path) -> float:
 
 
 def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float, minutes: float,
-             work: Path) -> dict:
-    from peers import ForestPeer, classical, forest_features
+             work: Path, peer_voxel_size: tuple[float, ...] | None = None, peers_only: bool = False) -> dict:
+    from peers import ForestPeer, classical, forest_features, from_cubic, to_cubic
 
     from napari_spoco import evaluate
 
     run = work / f"{ds}_seed{seed}"
-    shutil.rmtree(run, ignore_errors=True)
-    for sub in ("images", "labels", "test", "pred"):
-        (run / sub).mkdir(parents=True)
     rng = np.random.default_rng(seed)
     painted = 0
     sparse = []
-    for stem in train:
-        tifffile.imwrite(run / "images" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
-        labels = paint(bench_data.read(ds, stem, "masks"), share, rng)
-        painted += len(np.unique(labels)) - 1
-        sparse.append(labels)
-        tifffile.imwrite(run / "labels" / f"{stem}.tif", labels)
-    for stem in test:
-        tifffile.imwrite(run / "test" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
-    train_s = _run(["train", "--images", str(run / "images"), "--labels", str(run / "labels"),
-                    "--out", str(run / "model.pt"), "--minutes", str(minutes), "--seed", str(seed)], run / "train.log")
-    predict_s = _run(["predict", "--model", str(run / "model.pt"), "--images", str(run / "test"),
-                      "--out", str(run / "pred")], run / "predict.log")
+    if peers_only:  # a finished run's painting, model and predictions, read back
+        sparse = [tifffile.imread(run / "labels" / f"{stem}.tif") for stem in train]
+        painted = sum(len(np.unique(labels)) - 1 for labels in sparse)
+        train_s = predict_s = None
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+        for sub in ("images", "labels", "test", "pred"):
+            (run / sub).mkdir(parents=True)
+        for stem in train:
+            tifffile.imwrite(run / "images" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
+            labels = paint(bench_data.read(ds, stem, "masks"), share, rng)
+            painted += len(np.unique(labels)) - 1
+            sparse.append(labels)
+            tifffile.imwrite(run / "labels" / f"{stem}.tif", labels)
+        for stem in test:
+            tifffile.imwrite(run / "test" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
+        train_s = _run(["train", "--images", str(run / "images"), "--labels", str(run / "labels"),
+                        "--out", str(run / "model.pt"), "--minutes", str(minutes), "--seed", str(seed)],
+                       run / "train.log")
+        predict_s = _run(["predict", "--model", str(run / "model.pt"), "--images", str(run / "test"),
+                          "--out", str(run / "pred")], run / "predict.log")
     log = (run / "train.log").read_text().splitlines()
     steps = [line for line in log if line.startswith("train: step")]
     ours, forest, best_classical = [], [], {}
@@ -103,13 +111,29 @@ def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float
         for name, labels in classical(image, rgb=_rgb(image)).items():
             best_classical.setdefault(name, []).append(evaluate(truth, labels)["AP50"])
     name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1]))
+    cubic = {}
+    if peer_voxel_size:  # the peers again, on the volumes resampled to cubic voxels
+        v = peer_voxel_size
+        peer = ForestPeer(seed=seed).fit([features(to_cubic(bench_data.read(ds, s, "images"), v)) for s in train],
+                                         [to_cubic(s, v, labels=True) for s in sparse])
+        forest_c, classical_c = [], {}
+        for stem in test:
+            truth = bench_data.read(ds, stem, "masks")
+            image = to_cubic(bench_data.read(ds, stem, "images"), v)
+            forest_c.append(evaluate(truth, from_cubic(peer.segment(features(image)), truth.shape, v))["AP50"])
+            for cname, labels in classical(image).items():
+                classical_c.setdefault(cname, []).append(evaluate(truth, from_cubic(labels, truth.shape, v))["AP50"])
+        cname, cscores = max(classical_c.items(), key=lambda kv: np.mean(kv[1]))
+        cubic = {"peer_voxel_size": list(v), "forest_cubic_AP50": float(np.mean(forest_c)),
+                 "forest_cubic_per_image": [round(x, 3) for x in forest_c],
+                 "classical_cubic": cname, "classical_cubic_AP50": float(np.mean(cscores))}
     return {"seed": seed, "painted": painted, "steps": steps[-1].split(",")[0].split()[-1] if steps else None,
             "notes": [line for line in log if not line.startswith("train: step")],
             "AP50": float(np.mean([s["AP50"] for s in ours])), "mAP": float(np.mean([s["mAP"] for s in ours])),
             "AP50_per_image": [round(s["AP50"], 3) for s in ours],
             "forest_AP50": float(np.mean(forest)), "forest_per_image": [round(v, 3) for v in forest],
             "classical": name, "classical_AP50": float(np.mean(scores)),
-            "train_s": train_s, "predict_s": predict_s}
+            "train_s": train_s, "predict_s": predict_s, **cubic}
 
 
 def main() -> int:
@@ -126,7 +150,15 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--work", type=Path, help="folder for the runs (default: a temporary one, removed)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--peer-voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="3D: also run the forest and the classical pipelines on the volumes resampled to "
+                        "cubic voxels of this size (they filter and split isotropically); ours still reads "
+                        "files without a voxel size")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="score a finished --work folder's predictions again and rerun only the peers")
     args = parser.parse_args()
+    if args.peers_only and not args.work:
+        raise SystemExit("--peers-only reads a finished run: give its --work folder")
     bench_data.use_data_dir(args.data, needs=(args.dataset,))
     if args.score_train == bool(args.test):
         raise SystemExit("give --test, or --score-train to score the training images")
@@ -138,11 +170,14 @@ def main() -> int:
     rows = []
     try:
         for seed in args.seeds:
-            row = one_seed(args.dataset, args.train, args.test, seed, args.share, args.minutes, work)
+            row = one_seed(args.dataset, args.train, args.test, seed, args.share, args.minutes, work,
+                           args.peer_voxel_size, args.peers_only)
             rows.append(row)
+            cubic = (f" | on cubic voxels: forest {row['forest_cubic_AP50']:.3f}, {row['classical_cubic']} "
+                     f"{row['classical_cubic_AP50']:.3f}" if args.peer_voxel_size else "")
             print(f"seed {seed}: {row['painted']} painted, {row['steps']} steps, AP50 {row['AP50']:.3f} "
                   f"{row['AP50_per_image']} (mAP {row['mAP']:.3f}) | forest {row['forest_AP50']:.3f} "
-                  f"| {row['classical']} {row['classical_AP50']:.3f}", flush=True)
+                  f"| {row['classical']} {row['classical_AP50']:.3f}{cubic}", flush=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -150,6 +185,10 @@ def main() -> int:
     fo = [r["forest_AP50"] for r in rows]
     print(f"mean AP50 {np.mean(ap):.3f} ({min(ap):.3f}–{max(ap):.3f}); forest {np.mean(fo):.3f} "
           f"({min(fo):.3f}–{max(fo):.3f}); {rows[0]['classical']} {np.mean([r['classical_AP50'] for r in rows]):.3f}")
+    if args.peer_voxel_size:
+        fc = [r["forest_cubic_AP50"] for r in rows]
+        print(f"on cubic voxels: forest {np.mean(fc):.3f} ({min(fc):.3f}–{max(fc):.3f}); {rows[0]['classical_cubic']} "
+              f"{np.mean([r['classical_cubic_AP50'] for r in rows]):.3f}")
     if args.json:
         import torch
 

@@ -116,3 +116,36 @@ def _load(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def test_peers_on_cubic_voxels_read_back_every_voxel_and_split_flat_touching_balls():
+    # labels taken to cubic voxels and back are unchanged, at integer and fractional z-steps
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 6, (7, 9, 8))
+    for step in (4.0, 3.0, 2.24, 1.0):
+        cubic = peers.to_cubic(labels, (step, 1, 1), labels=True)
+        assert cubic.shape == (int(round(7 * step)), 9, 8)
+        assert np.array_equal(peers.from_cubic(cubic, labels.shape, (step, 1, 1)), labels)
+    # two touching balls of radius 8, sampled every 4 px along z (4 planes deep): split into two
+    # on cubic voxels
+    zz, yy, xx = np.meshgrid((np.arange(6) + 0.5) * 4, np.arange(40), np.arange(60), indexing="ij")
+    ball = lambda cx: (zz - 12) ** 2 + (yy - 20) ** 2 + (xx - cx) ** 2 <= 64  # noqa: E731
+    interior = ball(21) | ball(36)
+    cubic = peers.to_cubic(interior.astype(np.uint8), (4, 1, 1), labels=True) > 0
+    split = peers.from_cubic(peers.instances_from_interior(cubic, radius=8), interior.shape, (4, 1, 1))
+    assert split.shape == interior.shape
+    assert split[3, 20, 21] and split[3, 20, 36] and split[3, 20, 21] != split[3, 20, 36]
+
+
+def test_generated_nuclei_variants_differ_from_the_set_in_sampling_and_size():
+    nuclei = _load("synthetic_nuclei")
+    base = nuclei.read("train", "masks")
+    z4 = nuclei.Variant(nuclei.NAME + "-z4")
+    image, mask = z4.read("train", "images"), z4.read("train", "masks")
+    assert image.shape == mask.shape == (20, 160, 160) and image.dtype == np.uint16
+    assert z4.stems() == nuclei.stems() == ["train", "test"]
+    # the same physical nuclei at half the planes: about as many objects, half as deep in planes
+    assert abs(int(mask.max()) - int(base.max())) <= 0.1 * base.max()
+    large = nuclei.Variant(nuclei.NAME + "-large").read("test", "masks")
+    sizes = np.bincount(large.ravel())[1:]
+    assert np.median(sizes[sizes > 0]) > 3 * np.median(np.bincount(base.ravel())[1:])
