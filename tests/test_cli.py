@@ -335,6 +335,9 @@ def test_pairing_by_tags_keeps_exact_names_and_leaves_ambiguous_names_alone():
     assert out["p1_rgb"] == Path("p1_rgb_label.png") and out["p2_rgb"] == Path("p2_label.png")
     assert out["p3_rgb"] == Path("p3_rgb_label.png") and out["p3_label"] == Path("p3_label.png")  # whole name first
     assert moved == [("p1_rgb", "p1_rgb_label"), ("p2_rgb", "p2_label"), ("p3_rgb", "p3_rgb_label")]
+    # evaluate passes the ground truth as the images: predictions named after the image
+    out, moved = pair_by_tags({"p1_rgb_label": Path("t.png")}, {"p1_rgb": Path("p.tif")})
+    assert out == {"p1_rgb_label": Path("p.tif")} and moved == [("p1_rgb_label", "p1_rgb")]
 
 
 def test_images_and_labels_in_one_folder_are_told_apart_by_label_tags(folders, capsys):
@@ -375,6 +378,17 @@ def test_evaluate_on_one_folder_tells_truth_from_predictions_by_tags(folders, ca
     (one / "cells_gt.tif").rename(one / "cells_other.tif")  # no tag tells them apart: asked literally, and said
     assert main(["evaluate", "--pred", str(one), "--gt", str(one)]) == 0
     assert "each file is scored against itself" in capsys.readouterr().err
+
+
+def test_evaluate_pairs_predictions_named_after_the_image_with_truth_named_after_it_and_a_tag(tmp_path, capsys):
+    """predict names its output after the image (plant001_rgb); CVPPP's truth is plant001_rgb_label."""
+    truth = np.zeros((32, 32), np.uint16)
+    truth[4:12, 4:12], truth[20:28, 20:28] = 1, 2
+    for sub, stem in (("pred", "plant001_rgb"), ("gt", "plant001_rgb_label")):
+        (tmp_path / sub).mkdir()
+        tifffile.imwrite(tmp_path / sub / f"{stem}.tif", truth)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean"]["AP50"] == 1.0
 
 
 def test_names_alike_but_for_their_tags_are_named_when_nothing_pairs(tmp_path, capsys):

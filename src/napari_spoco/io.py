@@ -468,8 +468,8 @@ def split_by_label_tags(files: dict[str, Path], tags=LABEL_TAGS) -> tuple[dict[s
 def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     """``labels`` with the files that no image shares a name with re-keyed to the image whose name
     is the same without a tag (``plant001_rgb`` and ``plant001_label``), or which is the label's
-    name without its tag (``plant001_rgb`` and ``plant001_rgb_label``), and those (image, label)
-    name pairs. An exact match always wins, then a label named after an image's whole name; among
+    name without its tag (``plant001_rgb`` and ``plant001_rgb_label``, either way round), and those
+    (image, label) name pairs. An exact match always wins, then a whole name and a tag; among
     the files they leave, names that are ambiguous (two images, or two label files, alike without
     their tags) are left as they are."""
     exact = set(images) & set(labels)
@@ -477,8 +477,14 @@ def pair_by_tags(images: dict[str, Path], labels: dict[str, Path]) -> tuple[dict
     def unique(stems) -> dict[str, str]:
         return {k: v[0] for k, v in _by_untagged_name(stems).items() if len(v) == 1}
 
+    # a label named after an image's whole name and a tag, or (evaluate passes the ground truth as
+    # the images) an image named after a label's whole name and a tag
     groups = _by_untagged_name(s for s in labels if s not in exact)
     whole_name = [(i, groups[i][0]) for i in images if i not in exact and len(groups.get(i, ())) == 1]
+    used = {lab for _, lab in whole_name}
+    groups = _by_untagged_name(s for s in images if s not in exact and s not in {i for i, _ in whole_name})
+    whole_name += [(groups[lab][0], lab) for lab in labels
+                   if lab not in exact and lab not in used and len(groups.get(lab, ())) == 1]
     taken = exact | {i for i, _ in whole_name} | {lab for _, lab in whole_name}
     image_keys = unique(s for s in images if s not in taken)
     label_keys = unique(s for s in labels if s not in taken)
