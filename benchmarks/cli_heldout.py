@@ -166,6 +166,16 @@ def main() -> int:
         args.test = list(args.train)
     elif set(args.train) & set(args.test):
         raise SystemExit("--train and --test share images: the scores would not be held out (--score-train)")
+    if args.peer_voxel_size and (min(args.peer_voxel_size) <= 0
+                                 or bench_data.read(args.dataset, args.train[0], "masks").ndim != 3):
+        raise SystemExit("--peer-voxel-size takes three positive spacings (Z Y X) of a 3D data set")
+    if args.peers_only:
+        for seed in args.seeds:
+            run = args.work / f"{args.dataset}_seed{seed}"
+            missing = [str(p) for p in [run / "train.log"] + [run / "labels" / f"{s}.tif" for s in args.train]
+                       + [run / "pred" / f"{s}.tif" for s in args.test] if not p.exists()]
+            if missing:
+                raise SystemExit(f"--peers-only: {run} is not a finished run of these images ({missing[0]} is missing)")
     work = args.work or Path(tempfile.mkdtemp(prefix="cli_heldout_"))
     rows = []
     try:
@@ -193,6 +203,7 @@ def main() -> int:
         import torch
 
         meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "score_train": args.score_train,
+                "peer_voxel_size": args.peer_voxel_size, "peers_only": args.peers_only,  # share, minutes: the run's own
                 "share": args.share,
                 "minutes": args.minutes, "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}

@@ -114,10 +114,11 @@ def classical(img: np.ndarray, rgb: bool = False) -> dict[str, np.ndarray]:
 
 
 def _cubic_index(n: int, factor: float) -> np.ndarray:
-    """For each voxel of an axis of ``n`` voxels resampled ``factor`` times finer, the index of the
-    original voxel whose extent holds its centre."""
+    """For each voxel of an axis of ``n`` voxels resampled ``factor`` times finer (to
+    ``round(n * factor)`` voxels, as ``ndi.zoom`` does), the index of the original voxel whose
+    extent holds its centre."""
     m = int(round(n * factor))
-    return np.minimum((np.arange(m) + 0.5) / factor, n - 1e-6).astype(int)
+    return np.minimum((np.arange(m) + 0.5) * n / m, n - 1e-6).astype(int)
 
 
 def to_cubic(array: np.ndarray, spacing: tuple[float, ...], labels: bool = False) -> np.ndarray:
@@ -139,8 +140,7 @@ def from_cubic(labels: np.ndarray, shape: tuple[int, ...], spacing: tuple[float,
     factors = np.asarray(spacing, float) / min(spacing)
     if np.allclose(factors, 1):
         return labels
-    index = [np.minimum(((np.arange(n) + 0.5) * f).astype(int), m - 1)
-             for n, f, m in zip(shape, factors, labels.shape)]
+    index = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(int), m - 1) for n, m in zip(shape, labels.shape)]
     return labels[np.ix_(*index)]
 
 

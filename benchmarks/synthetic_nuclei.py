@@ -96,10 +96,11 @@ def read(stem: str, kind: str) -> np.ndarray:
 
 
 #: The same kind drawn at other samplings and sizes, to check that what was measured on the set
-#: above carries over (nothing is tuned on these): a z-step of 4 (nuclei 3–4 planes deep), nuclei
-#: of twice the width at a z-step of 3, and wide nuclei at a z-step of 8 (4–5 planes deep, as in
-#: light-sheet stacks of embryos imaged with a fine pixel and a coarse z-step; beyond the 4x that
-#: the voxel-size estimate and the interpolation are capped at).
+#: above carries over (nothing is tuned on these): a z-step of 4 (nuclei a median 3 planes deep,
+#: 2–5), nuclei of about twice the width at a z-step of 3 (median 24 px across, 7 planes deep),
+#: and wide nuclei at a z-step of 8 (2–5 planes deep, as in light-sheet stacks of embryos imaged
+#: with a fine pixel and a coarse z-step; beyond the 4x that the voxel-size estimate and the
+#: interpolation are capped at).
 VARIANTS: dict[str, dict] = {
     NAME + "-z4": {"z_step": 4.0, "shape": (20, 160, 160)},
     NAME + "-large": {"z_step": 3.0, "radius": (11.0, 16.0), "shape": (30, 224, 224)},
