@@ -251,11 +251,11 @@ def test_objects_share_one_embedded_window_only_when_it_is_no_larger_than_their_
 
 
 def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size(monkeypatch):
-    """Large objects painted sparsely in a volume leave the layout's window with fewer than
-    ``MIN_OBJECTS``: the edge segments crops of its own around further painted objects, and
+    """Large objects painted sparsely in a volume leave the layout's window (grown for them,
+    layout.GROWN) with fewer than ``MIN_OBJECTS``: the edge segments crops of its own around further painted objects, and
     those hold at most ``MAX_CROP_PIXELS`` voxels in all."""
     import napari_spoco.edges as edges
-    from napari_spoco.layout import MAX_PIXELS, segment_windows
+    from napari_spoco.layout import GROWN, MAX_PIXELS, segment_windows
     from napari_spoco.model import ModelConfig, SpocoModel
 
     # 6.4 M voxels
@@ -271,7 +271,7 @@ def test_a_few_painted_objects_in_a_volume_are_measured_in_crops_of_bounded_size
     n = len(embedded)
     grow, scores = edge_expand(model, data, windows=windows)
     crops = embedded[n:]
-    assert crops and sum(crops) <= 1_000_000 and sum(embedded[:n]) <= MAX_PIXELS[3]
+    assert crops and sum(crops) <= 1_000_000 and sum(embedded[:n]) <= GROWN * MAX_PIXELS[3]
     assert grow == 0 and scores[0] > 0.95
 
 

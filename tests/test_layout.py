@@ -158,3 +158,42 @@ def test_the_layout_note_says_which_painted_objects_it_counts():
     assert note.startswith("Objects stand apart (of the 7 painted objects measured whole, splitting merged pieces "
                            "recovers 88%, joining unseparated ones 50%)")
     assert layout_note({}) == ""
+
+
+def _spread_painting(truth: np.ndarray, count: int) -> np.ndarray:
+    ids = np.unique(truth[truth > 0])
+    return np.where(np.isin(truth, ids[:: len(ids) // count][:count]), truth, 0)
+
+
+def test_windows_grow_until_enough_painted_objects_lie_whole_in_them(monkeypatch):
+    """Large objects painted far apart leave too few of them whole in a window of the usual size
+    to decide anything (the foreground rule then joined packed nuclei in 3D: AP50 0.04 where the
+    shape split gave 0.80); the window grows, within ``GROWN`` times its budget, until it holds
+    ``MIN_OBJECTS`` (here the cap comes first, at 7), and the measurement decides. With fewer painted objects than any test could
+    decide on, it keeps its size."""
+    import napari_spoco.layout as layout
+    from napari_spoco.shapes import painted_solidity
+
+    fake_network(monkeypatch)
+    monkeypatch.setattr(layout, "MAX_PIXELS", {2: 20_000, 3: 20_000})
+    image, truth = packed_discs(shape=(392, 392), spacing=32, radius=18)
+    model = SpocoModel.new(ModelConfig(ndim=2, base_features=8, depth=2))
+
+    def measured(painted):
+        sizes = np.bincount(painted.ravel())[1:]
+        model.history.update(object_size_median=float(np.median(sizes[sizes > 0])),
+                             object_solidity=painted_solidity([painted]))
+        data = prepare_training_data([image], [painted])
+        windows = layout.segment_windows(model, data)
+        pixels = sum(int(np.prod(w.labels["separate"].shape)) for w in windows)
+        return pixels, measure_layout(model, data, windows=windows)
+
+    pixels, (chosen, shares) = measured(_spread_painting(truth, 16))
+    assert 20_000 < pixels <= layout.GROWN * 20_000
+    assert shares["objects"] >= layout.DECIDABLE and chosen == "separate", shares
+    monkeypatch.setattr(layout, "GROWN", 1)  # the window of the usual size: too few to decide
+    pixels, (chosen, shares) = measured(_spread_painting(truth, 16))
+    assert pixels <= 20_000 and shares["objects"] < layout.DECIDABLE and chosen is None, shares
+    monkeypatch.setattr(layout, "GROWN", 4)
+    pixels, (chosen, shares) = measured(_spread_painting(truth, 4))  # four painted: never decidable
+    assert pixels <= 20_000 and chosen is None
