@@ -101,8 +101,8 @@ WITH_CROWDING = ("spread", "crowding", "foreground", "size", "disagreement")
 WITHOUT_SIZE = ("spread", "foreground", "disagreement")
 #: What training records from the painted objects and segmentation reads back (training.py):
 #: ``--start-records`` swaps these for the shared start's to separate a round's weights from them.
-POSTPROCESS_RECORDS = ("object_size_median", "object_solidity", "object_solidity_median", "edge_expand",
-                       "edge_scores", "edge_growth", "edge_growth_scores", "layout", "layout_scores")
+POSTPROCESS_RECORDS = ("object_size_median", "object_solidity", "object_solidity_median", "single_peaked",
+                       "edge_expand", "edge_scores", "edge_growth", "edge_growth_scores", "layout", "layout_scores")
 SUGGEST_TIME_TARGET = 0.10  # suggestions add at most 10 % to a Segment
 FEWER_TARGET = 0.5  # suggestions reach random's AP50 at --reference with at most half the objects
 MIN_PASSING = 3  # data sets that must pass (of the four shared ones; three are 2D)

@@ -13,6 +13,9 @@ without it against what segment() does with that record). The
 fraction of the image the foreground head calls foreground is printed too (the shape split
 applies at most at ``shapes.MAX_FOREGROUND_FRACTION``).
 
+``--step outranked_seeds`` compares the shape split seeded by the ball rule alone and also at
+outranked peaks, which segment() does where ``history["single_peaked"]`` (computed from the same
+painted objects for models trained before it was recorded) says the painted objects allow it.
 ``--step peak_spacing --values 0.6 0.8 1.0`` segments with each value of ``shapes.PEAK_SPACING``
 (how far apart, in painted radii, the shape split's seeds must be) instead. ``--step enlarge``
 compares how labels found at a reduced scale come back to the image's size: by nearest neighbour
@@ -22,7 +25,7 @@ object's solidity (``history["object_solidity_median"]``, computed from the pain
 models trained before it was recorded), which turns on the convex merge where objects stand on
 background (boundaries.merge_convex_unseparated).
 
-Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|edge_growth|enlarge]
+Usage:  python benchmarks/postprocess_steps.py --models DIR [--step shape_split|boundary_merge|convex_merge|calibrated_edge|fill_holes|edge_growth|outranked_seeds|enlarge]
         [--growth-check-after-expand]
             [--seeds 0 1 2] [--datasets ...] [--json FILE]
         python benchmarks/postprocess_steps.py --models DIR --step peak_spacing --values 0.6 0.8 1.0
@@ -85,6 +88,20 @@ def convexity(model, data: sa.Data, seed: int, fraction: float, percentile: floa
     return painted_solidity(painted, percentile)
 
 
+def peaks_of_painted(model, data: sa.Data, seed: int, fraction: float) -> bool | None:
+    """What ``train`` records from these painted objects at the network's scale: whether each
+    has one seed by the shape split's rule with outranked peaks (shapes.single_peaked)."""
+    from napari_spoco.data import prepare_training_data
+    from napari_spoco.shapes import single_peaked
+
+    prepared = prepare_training_data(data.train_images, data.painted(fraction, seed), scale=model.pixel_scale,
+                                     voxel_size=model.voxel_size, channels=model.config.in_channels,
+                                     channel_axis=-1 if model.config.in_channels > 1 else None)
+    found = single_peaked([d.objects for d in prepared], model.history.get("object_size_median"))
+    print(f"   painted objects single-peaked (seed {seed}): {found}", flush=True)
+    return found
+
+
 def edge_calibration(model, data: sa.Data, seed: int, fraction: float) -> int:
     """What ``train`` records at its end (edges.py), from these painted objects."""
     from napari_spoco.data import prepare_training_data
@@ -121,6 +138,8 @@ def fill_records(model, data: sa.Data, seed: int, fraction: float, growth_after_
         model.history["object_solidity"] = convexity(model, data, seed, fraction)
     if model.history.get("object_solidity_median") is None:
         model.history["object_solidity_median"] = convexity(model, data, seed, fraction, 50)
+    if "single_peaked" not in model.history:
+        model.history["single_peaked"] = peaks_of_painted(model, data, seed, fraction)
     if model.history.get("edge_expand") is None:
         model.history["edge_expand"] = edge_calibration(model, data, seed, fraction)
     if "edge_growth" not in model.history:
@@ -166,7 +185,7 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--step", default="shape_split",
                         choices=["shape_split", "concave_split", "boundary_merge", "convex_merge", "calibrated_edge", "fill_holes", "edge_growth", "peak_spacing",
-                                 "enlarge"],
+                                 "outranked_seeds", "enlarge"],
                         help="the ClusterConfig switch turned off for the 'without' column, or peak_spacing: "
                              "shapes.PEAK_SPACING at each of --values, or enlarge: labels of a reduced scale "
                              "enlarged by nearest neighbour (without) or with smooth edges (with)")
@@ -178,6 +197,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
+    valued = args.step == "peak_spacing"
+    variants: list = []
     smooth_enlarge = scaling.enlarge_labels
     for data, seed, model in sa.saved_models(args.models, args.datasets, args.seeds):
         split = data.split
@@ -185,7 +206,7 @@ def main() -> int:
         row = {"dataset": split.name, "seed": seed, "step": args.step,
                "reference": model.history["object_solidity"]}
         median = model.history["object_solidity_median"]
-        variants = ([(f"{v:g}", v) for v in args.values] if args.step == "peak_spacing"
+        variants = ([(f"{v:g}", v) for v in args.values] if valued
                     else [("without", False), ("with", True)])
         for name, on in variants:
             if args.step == "peak_spacing":
@@ -199,7 +220,7 @@ def main() -> int:
                 config = replace(ClusterConfig(), **{args.step: on})
             row[name], row["foreground"] = score_tests(model, data, config)
         rows.append(row)
-        if args.step == "peak_spacing":
+        if valued:
             print(f"{split.name:15s} seed {seed}  size {model.history.get('object_size_median', 0):.0f}  "
                   + "  ".join(f"{k}: AP50 {row[k]['AP50']:.3f} mAP {row[k]['mAP']:.3f} merged {row[k]['merged']} "
                               f"split {row[k]['split']}" for k, _ in variants), flush=True)
@@ -208,8 +229,8 @@ def main() -> int:
         print(f"{split.name:15s} seed {seed}  ref {row['reference']:.2f}  fg {row['foreground']:.2f}  "
               f"AP50 {w['AP50']:.3f} -> {s['AP50']:.3f}  mAP {w['mAP']:.3f} -> {s['mAP']:.3f}  merged {w['merged']} -> {s['merged']}  "
               f"split {w['split']} -> {s['split']}  false {w['false']} -> {s['false']}", flush=True)
-    if args.step == "peak_spacing":
-        values_table(rows, [f"{v:g}" for v in args.values])
+    if valued:
+        values_table(rows, [k for k, _ in variants])
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
         return 0

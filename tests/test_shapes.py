@@ -142,6 +142,8 @@ def test_cluster_config_refuses_unusable_shape_settings():
         ClusterConfig(object_size=-3)
     with pytest.raises(SpocoError, match="shape_split"):
         ClusterConfig(shape_split="yes")
+    with pytest.raises(SpocoError, match="outranked_seeds"):
+        ClusterConfig(outranked_seeds=1)
 
 
 def test_training_records_the_painted_convexity_and_segment_uses_it(tmp_path):
@@ -181,6 +183,9 @@ def test_training_records_the_painted_convexity_and_segment_uses_it(tmp_path):
     median = loaded.history["object_solidity_median"]
     assert loaded.history["object_solidity"] <= median <= 1.0
     assert seen["config"].convex_reference == median
+    # three round painted discs each have one peak: the split may seed at outranked peaks
+    assert loaded.history["single_peaked"] is True
+    assert seen["config"].outranked_seeds is True
 
 
 def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
@@ -196,6 +201,11 @@ def test_a_model_file_with_an_unusable_convexity_is_refused(tmp_path):
     model.history["object_solidity_median"] = "round"
     path = save_model(model, tmp_path / "m2.spoco.pt")
     with pytest.raises(SpocoError, match="object_solidity_median"):
+        load_model(path)
+    model.history["object_solidity_median"] = 0.95
+    model.history["single_peaked"] = "yes"
+    path = save_model(model, tmp_path / "m3.spoco.pt")
+    with pytest.raises(SpocoError, match="single_peaked"):
         load_model(path)
 
 
@@ -260,6 +270,154 @@ def test_spaced_peaks_are_the_highest_points_within_the_spacing_and_that_far_apa
         got = spaced_peaks(values, inside, spacing)
         assert len(expected) > 3
         assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.array(expected).tolist()))
+
+
+def _dynamics(values: np.ndarray, inside: np.ndarray) -> dict[tuple, float]:
+    """Every regional maximum's dynamic by a union-find over the pixels from the highest down
+    (face neighbours; the highest maximum gets inf): how far one must descend from it to reach
+    something higher. An independent check of ``shapes._is_peak``'s flood."""
+    flat = np.flatnonzero(inside)
+    order = flat[np.argsort(-values.ravel()[flat], kind="stable")]
+    parent = {}
+    top = {}  # root -> (height, pixel) of its highest point
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    dyn = {}
+    strides = np.array(values.strides) // values.itemsize
+    for i in order:
+        parent[i], top[i] = i, (values.flat[i], i)
+        coord = np.unravel_index(i, values.shape)
+        for ax in range(values.ndim):
+            for d in (-1, 1):
+                c = coord[ax] + d
+                if not 0 <= c < values.shape[ax]:
+                    continue
+                j = i + d * strides[ax]
+                if j not in parent:
+                    continue
+                a, b = find(i), find(j)
+                if a == b:
+                    continue
+                low, high = sorted((a, b), key=lambda r: top[r])
+                if top[low][1] != i:  # a maximum meets higher ground here
+                    dyn[top[low][1]] = top[low][0] - values.flat[i]
+                parent[low] = high
+    for r in {find(i) for i in order}:
+        dyn[top[r][1]] = np.inf
+    return {np.unravel_index(k, values.shape): v for k, v in dyn.items()}
+
+
+def test_spaced_peaks_with_a_dynamic_keep_outranked_peaks_of_that_depth():
+    """Against the definition: a local maximum that the ball rule drops is a seed where its
+    dynamic reaches ``min_dynamic`` and no kept seed lies within ``spacing``; with
+    ``min_dynamic`` the ball rule's seeds are all still there."""
+    from scipy import ndimage as ndi
+
+    from napari_spoco.shapes import spaced_peaks
+
+    rng = np.random.default_rng(5)
+    added = {}
+    for ndim, spacing, depth in ((2, 4.2, 0.0), (2, 4.2, "median"), (3, 3.7, 0.0)):
+        shape = (24,) * ndim
+        if depth != "median":  # the median case looks at the field of the case before
+            inside = ndi.gaussian_filter(rng.random(shape), 2) > 0.5
+            values = np.where(inside, ndi.gaussian_filter(rng.random(shape), 1.5) - 0.45, 0.0)
+            dyn = _dynamics(np.where(inside, values, -np.inf), inside)
+        else:  # a depth that some of the peaks added at depth 0 reach and others do not (the flood)
+            depth = float(np.median([dyn[tuple(p)] for p in set(map(tuple, got.tolist())) - set(map(tuple, ball.tolist()))]))
+        pts = np.argwhere(inside & (values > 0))
+        order = np.argsort(-values[tuple(pts.T)], kind="stable")
+        expected = []
+        for p in pts[order]:
+            if any(((q - p) ** 2).sum() <= spacing**2 for q in expected):
+                continue
+            near = pts[((pts - p) ** 2).sum(1) <= spacing**2]
+            highest = values[tuple(near.T)].max() <= values[tuple(p)]
+            local = values[tuple(p)] >= ndi.maximum_filter(np.where(inside, values, -np.inf), 3)[tuple(p)]
+            if highest or (local and dyn.get(tuple(p), -1.0) >= depth):
+                expected.append(p)
+        ball = spaced_peaks(values, inside, spacing)
+        got = spaced_peaks(values, inside, spacing, min_dynamic=depth)
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, np.array(expected).tolist()))
+        assert set(map(tuple, ball.tolist())) <= set(map(tuple, got.tolist()))
+        added[(ndim, depth > 0)] = len(got) - len(ball)
+    assert all(n > 0 for n in added.values()), added  # each case exercised the rule
+    assert added[(2, True)] < added[(2, False)]  # and the depth told peaks apart
+
+
+def test_overlapping_unequal_balls_are_split_from_the_lower_centre():
+    """Packed nuclei overlap: a ball of radius 8 whose centre lies 14 voxels from that of a ball
+    of radius 11. Within a painted radius of the smaller centre the distance transform rises
+    toward the larger one, so the ball rule finds one seed; the smaller centre is still a peak
+    of its own, and the pair is cut (docs/method.md, "Splitting merged objects by shape")."""
+    from napari_spoco.shapes import split_by_shape
+
+    shape = (36, 36, 48)
+    a = disc(shape, (18, 18, 16), 11)
+    b = disc(shape, (18, 18, 30), 8) & ~a
+    labels = (a | b).astype(np.int64)
+    size = float(disc(shape, (18, 18, 24), 10).sum())
+    assert len(np.unique(split_by_shape(labels, 0.97, size, min_size=50))) == 2  # the ball rule: whole
+    out = split_by_shape(labels, 0.97, size, min_size=50, outranked=True)
+    ids = [i for i in np.unique(out) if i]
+    assert len(ids) == 2
+    for obj in (a, b):
+        assert max((out == i)[obj].sum() / ((out == i) | obj).sum() for i in ids) > 0.75
+
+
+def test_single_peaked_painted_objects_and_irregular_ones():
+    """Round painted objects each have one peak: True. A painted object shaped as the
+    overlapping unequal pair above (an irregular cell with two lobes) has two: False. Objects
+    cut by the image's edge say nothing; none left: None."""
+    from napari_spoco.shapes import single_peaked
+
+    shape = (40, 40, 56)
+    round_ = np.zeros(shape, np.int64)
+    round_[disc(shape, (20, 20, 14), 9)] = 1
+    round_[disc(shape, (20, 20, 40), 10)] = 2
+    size = float(disc(shape, (20, 20, 20), 10).sum())
+    assert single_peaked([round_], size) is True
+    lobed = np.zeros(shape, np.int64)
+    lobed[disc(shape, (20, 20, 20), 11) | disc(shape, (20, 20, 34), 8)] = 1
+    assert single_peaked([round_, lobed], size) is False
+    assert single_peaked([lobed[:, :, 10:]], size) is None  # cut by the edge
+    assert single_peaked([round_], None) is None
+    yy, xx = np.mgrid[:64, :64]
+    flat = ((yy - 32) ** 2 + (xx - 30) ** 2 <= 12**2).astype(np.int64)
+    assert single_peaked([flat], float(flat.sum())) is True  # 2D
+
+
+def test_segment_seeds_at_outranked_peaks_only_where_the_painted_objects_allow_it():
+    """The model's record turns the rule on; without it (older models) or where painted objects
+    had two peaks, the ball rule alone."""
+    from napari_spoco.model import ModelConfig, SpocoModel
+    from napari_spoco.segmentation import model_cluster_config
+
+    model = SpocoModel.new(ModelConfig(base_features=4, depth=2))
+    model.history.update(object_size_median=300.0, object_solidity=0.9)
+    assert model_cluster_config(model).outranked_seeds is False  # no record
+    model.history["single_peaked"] = False
+    assert model_cluster_config(model).outranked_seeds is False
+    model.history["single_peaked"] = True
+    assert model_cluster_config(model).outranked_seeds is True
+    assert model_cluster_config(model, ClusterConfig(outranked_seeds=False)).outranked_seeds is False
+
+
+def test_the_outranked_seeds_follow_their_switch_in_postprocess():
+    from napari_spoco.clustering import postprocess
+
+    shape = (36, 36, 48)
+    a = disc(shape, (18, 18, 16), 11)
+    b = disc(shape, (18, 18, 30), 8) & ~a
+    labels = (a | b).astype(np.int64)
+    size = float(disc(shape, (18, 18, 24), 10).sum())
+    assert postprocess(labels, 50, shape=(0.97, size, False, False)).max() == 1
+    assert postprocess(labels, 50, shape=(0.97, size, False, True)).max() == 2
 
 
 def unequal_pair():

@@ -8,7 +8,7 @@ from napari_spoco import evaluate
 from napari_spoco.pretrained import load_default_model
 from napari_spoco.sample import load_sample
 from napari_spoco.segmentation import segment
-from napari_spoco.tiling import centres, core_bounds, paste_claimed, tiles
+from napari_spoco.tiling import centres, core_bounds, fit_tile, paste_claimed, tiles
 
 
 def test_cores_partition_the_image_and_regions_add_the_halo():
@@ -64,3 +64,41 @@ def test_tiled_segmentation_matches_whole_image_segmentation(monkeypatch, embed_
     agreement = evaluate(whole, tiled)
     assert agreement["AP50"] >= 0.85, agreement
     assert abs(evaluate(s.test_truth, tiled)["AP50"] - evaluate(s.test_truth, whole)["AP50"]) <= 0.05
+
+
+def test_the_default_tile_is_shaped_to_the_image_within_its_voxel_count():
+    """A volume deeper than the default block but no larger in voxels is one tile; a larger one
+    is cut only along the axes longer than the block, those axes given the room the others
+    leave; never more voxels than the block, never a side longer than the image."""
+    block = (64, 384, 384)
+    budget = int(np.prod(block))
+    assert fit_tile((102, 224, 224), block) == (102, 224, 224)
+    for shape in ((200, 224, 224), (30, 1024, 1024), (400, 400, 400), (70, 390, 2000), (5, 5, 10**7)):
+        got = fit_tile(shape, block)
+        assert np.prod(got) <= budget and all(1 <= g <= n for g, n in zip(got, shape)), (shape, got)
+        assert np.prod(got) >= 0.9 * budget, (shape, got)  # the room is used
+    assert fit_tile((200, 224, 224), block)[1:] == (224, 224)  # whole across, cut along z only
+    assert fit_tile((30, 1024, 1024), block)[0] == 30
+    assert fit_tile((1500, 3000), (2048, 2048))[0] == 1500
+
+
+def test_a_deep_volume_within_the_block_is_clustered_once(monkeypatch):
+    """No slabs for a volume of 100×48×48 (the default block's 64 planes): one clustering."""
+    from napari_spoco import segmentation
+    from napari_spoco.model import ModelConfig, SpocoModel
+
+    calls = []
+    real = segmentation.cluster_embeddings
+
+    def spy(embeddings, *rest):
+        calls.append(embeddings.shape)
+        return real(embeddings, *rest)
+
+    monkeypatch.setattr(segmentation, "cluster_embeddings", spy)
+    model = SpocoModel.new(ModelConfig(ndim=3, base_features=4, depth=2))
+    volume = np.random.default_rng(0).random((100, 48, 48)).astype(np.float32)
+    segment(model, volume, device="cpu", tta=False)
+    assert len(calls) == 1 and calls[0][1:] == (100, 48, 48)
+    calls.clear()
+    segment(model, volume, device="cpu", tta=False, tile_shape=(64, 48, 48))  # given: kept
+    assert len(calls) > 1

@@ -60,6 +60,12 @@ class ClusterConfig:
     # less convex than them along the line between its two deepest notches, where both parts are
     # as convex as the painted objects (shapes.cut_at_concavities; docs/method.md).
     concave_split: bool = True
+    # With the shape split, seed it also at peaks that a higher point within a painted radius
+    # outranks, where the painted objects each have one peak that way (the model's
+    # history["single_peaked"]; shapes.single_peaked): packed nuclei overlap so far that the
+    # lower centre lies on the higher one's slope (docs/method.md). segment() turns it off where
+    # the model has no such record; cluster_embeddings called directly takes it as set.
+    outranked_seeds: bool = True
     # Grow objects by the growth that best fitted the predicted pieces to the painted objects at
     # the end of training (edges.py; model.history["edge_expand"]), on top of ``expand``.
     calibrated_edge: bool = True
@@ -107,7 +113,7 @@ class ClusterConfig:
         check_field(self, "object_size", "a positive, finite number, or None", low=0, low_open=True, optional=True)
         for name in ("shape_reference", "convex_reference"):
             check_field(self, name, "a number in (0, 1], or None", low=0, high=1, low_open=True, optional=True)
-        for name in ("shape_split", "concave_split", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes",
+        for name in ("shape_split", "concave_split", "outranked_seeds", "boundary_merge", "calibrated_edge", "adaptive_min_size", "fill_holes",
                      "edge_growth"):
             if not isinstance(getattr(self, name), bool):
                 raise SpocoError(f"ClusterConfig.{name} = {getattr(self, name)!r}: expected True or False.")
@@ -422,7 +428,7 @@ def cluster_embeddings(
     shape = None
     if config.shape_split and foreground is not None and not tiled and applies(config.shape_reference,
                                                                               config.object_size):
-        shape = (config.shape_reference, config.object_size, config.concave_split)
+        shape = (config.shape_reference, config.object_size, config.concave_split, config.outranked_seeds)
     boundary = convex = None
     if config.boundary_merge and foreground is not None and tiled:
         boundary = (foreground, config.boundary_tolerance)
@@ -618,7 +624,7 @@ def postprocess(
     embeddings: np.ndarray | None = None,
     merge_distance: float = 0.0,
     max_size: int | None = None,
-    shape: tuple[float, float] | tuple[float, float, bool] | None = None,
+    shape: tuple[float, float] | tuple[float, float, bool] | tuple[float, float, bool, bool] | None = None,
     boundary: tuple[np.ndarray, float] | None = None,
     foreground: np.ndarray | None = None,
     adaptive: tuple[float, int] | None = None,
@@ -628,9 +634,9 @@ def postprocess(
 ) -> np.ndarray:
     """Clusters to clean instances: split into connected components, merge touching pieces with
     similar mean embeddings, split pieces less convex than ``shape = (reference solidity, object
-    size[, concave])`` at their necks (shapes.py; seeded from the confident core of ``foreground`` where it
+    size[, concave[, outranked]])`` at their necks (shapes.py; seeded from the confident core of ``foreground`` where it
     is given; with ``concave``, pieces of convex objects it leaves whole between their two deepest
-    notches), drop pieces over ``max_size`` (background), merge touching
+    notches; with ``outranked``, seeded also at peaks outranked within the spacing), drop pieces over ``max_size`` (background), merge touching
     pieces with no boundary between them in ``boundary = (foreground probability, tolerance)``
     (boundaries.py), fold pieces under ``min_size`` into their neighbour (or drop
     them; with ``adaptive = (painted median, lowest floor)`` the floor may come down to the
@@ -658,7 +664,8 @@ def postprocess(
         from .shapes import split_by_shape
 
         labels = split_by_shape(labels, shape[0], shape[1], min_size, foreground,
-                                concave=len(shape) > 2 and bool(shape[2]))
+                                concave=len(shape) > 2 and bool(shape[2]),
+                                outranked=len(shape) > 3 and bool(shape[3]))
     if max_size is not None and labels.max() > 0:
         # A piece far larger than any painted object is background the foreground head has not
         # learned yet (early in training): better shown as nothing than as one giant object.

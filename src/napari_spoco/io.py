@@ -241,9 +241,10 @@ def _check_history(history: dict, damaged: str) -> None:
     grow = history.get("edge_expand")
     if grow is not None and (isinstance(grow, bool) or not isinstance(grow, int) or not 0 <= grow <= MAX_EXPAND):
         raise SpocoError(f"{damaged}: its edge_expand {grow!r} is not a whole number from 0 to {MAX_EXPAND}.")
-    growth = history.get("edge_growth")
-    if growth is not None and not isinstance(growth, bool):  # segment() reads only False as "off"
-        raise SpocoError(f"{damaged}: its edge_growth {growth!r} is not true, false or empty.")
+    for key in ("edge_growth", "single_peaked"):  # segment() reads only False, resp. True
+        flag = history.get(key)
+        if flag is not None and not isinstance(flag, bool):
+            raise SpocoError(f"{damaged}: its {key} {flag!r} is not true, false or empty.")
 
 
 def read_image(path: str | os.PathLike, keep_channels: bool = False, refuse_time: bool = False) -> np.ndarray:

@@ -38,7 +38,8 @@ def auto_max_size(model: SpocoModel, shape: tuple[int, ...]) -> int | None:
 def segment_tile_shape(ndim: int) -> tuple[int, ...]:
     """Largest block clustered at once (and embedded at once, where the whole image's embedding
     is too large to compute first): 2048² in 2D (the region a block-wise block reads,
-    ``blockwise.REGION_PIXELS``), 64×384×384 in 3D (half a GB to a GB of working memory).
+    ``blockwise.REGION_PIXELS``), 64×384×384 in 3D (half a GB to a GB of working memory); its
+    pixel count is what counts, :func:`segment` shapes it to the image (``tiling.fit_tile``).
     Smaller 2D tiles clustered each image about twice over in their halos: 1024² tiles made a
     2048² Segment take 1.4-2.3x the time with one network pass; 2048² tiles cost up to 0.3 GB
     more where nearly every pixel is foreground (docs/benchmarks.md, "Clustering tiles of
@@ -107,8 +108,8 @@ def segment(
     isotropic) interpolates coarsely sampled axes up to cubic voxels first (docs/method.md,
     "Anisotropic volumes").
 
-    Images larger than ``tile_shape`` (default :func:`segment_tile_shape`, in the network's
-    pixels) are clustered tile by tile with a halo of context (:mod:`napari_spoco.tiling`); the
+    Images larger than ``tile_shape`` (default: :func:`segment_tile_shape`'s pixel count shaped
+    to the image, :func:`napari_spoco.tiling.fit_tile`; in the network's pixels) are clustered tile by tile with a halo of context (:mod:`napari_spoco.tiling`); the
     embedding is computed once for the whole image when it fits :data:`EMBED_FIRST_MAX_BYTES`
     (:func:`embeds_first`), else tile by tile with the same halo, so that memory stays bounded
     by the tile. ``progress(done, total)`` counts the network's tiles, then the clustering's.
@@ -208,6 +209,10 @@ def model_cluster_config(model: SpocoModel, config: ClusterConfig | None = None)
     if config.edge_growth and model.history.get("edge_growth") is False:
         # the painted objects did not fit clearly better grown into their uncertain edge (edges.growth_helps)
         config = replace(config, edge_growth=False)
+    if config.outranked_seeds and model.history.get("single_peaked") is not True:
+        # the painted objects have peaks of their own that the rule would take as seeds, or
+        # the model predates the record (shapes.single_peaked)
+        config = replace(config, outranked_seeds=False)
     grow = model.history.get("edge_expand") if config.calibrated_edge else None
     if grow:  # the edge fitted on the painted objects at the end of training (edges.py)
         config = replace(config, expand=config.expand + int(grow))
@@ -231,13 +236,17 @@ def _segment_at_network_scale(
     """:func:`segment` of a prepared image already at the model's scale, tile by tile."""
     from dataclasses import replace
 
-    from .tiling import paste_claimed, tiles
+    from .tiling import fit_tile, paste_claimed, tiles
 
     ndim = model.config.ndim
     spatial = image.shape
     config = model_cluster_config(model, config)
-    tile = tuple(tile_shape or segment_tile_shape(ndim))[-len(spatial):]
-    halo = min(object_halo(model, ndim), min(tile) // 4)  # cores at least half the tile
+    if tile_shape is None:  # the default's voxel count, shaped to the image (tiling.fit_tile)
+        tile = fit_tile(spatial, segment_tile_shape(ndim)[-len(spatial):])
+    else:
+        tile = tuple(tile_shape)[-len(spatial):]
+    cut = [t for t, n in zip(tile, spatial) if n > t]  # only the axes that are cut need a halo
+    halo = min(object_halo(model, ndim), min(cut or tile) // 4)  # cores at least half the tile
     blocks = list(tiles(spatial, tile, (halo,) * len(spatial), model.config.size_divisor))
     with_teacher = config.method == "consistency"
     # one tile is embedded whole either way

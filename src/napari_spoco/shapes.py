@@ -142,6 +142,13 @@ CORE_PROBABILITY = 0.8
 #: at least that far apart, in Euclidean distance (docs/method.md: a cube of that half-width,
 #: scikit-image's default, kept one seed for clusters of small packed nuclei).
 PEAK_SPACING = 1.0
+#: Where the painted objects allow it (:func:`single_peaked`), a local maximum that a higher
+#: point within the spacing outranks is still a seed when it is a peak of its own: nothing
+#: higher is reachable from it without descending this many painted radii (its dynamic), and
+#: no seed lies within the spacing. Packed nuclei whose centres lie 1.3-2 radii apart overlap so
+#: far that the ridge from the lower centre rises toward the higher one within a radius
+#: (docs/method.md, "Splitting merged objects by shape"; 0 against 0.01 and 0.03 measured).
+PEAK_DYNAMIC = 0.0
 
 
 @lru_cache(maxsize=8)
@@ -155,10 +162,24 @@ def _ball_offsets(radius: float, ndim: int) -> np.ndarray:
     return ball
 
 
-def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float) -> np.ndarray:
+def _is_peak(img: np.ndarray, point: np.ndarray, depth: float) -> bool:
+    """Whether nothing higher than ``img[point]`` is reachable from ``point`` without going
+    more than ``depth`` below it (its dynamic is at least ``depth``; a plateau's points count as
+    one peak)."""
+    from scipy import ndimage as ndi
+
+    level = img[tuple(point)]
+    regions, _ = ndi.label(img >= level - depth)
+    return bool(img[regions == regions[tuple(point)]].max() <= level)
+
+
+def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float,
+                 min_dynamic: float | None = None) -> np.ndarray:
     """Points of ``inside`` where ``values`` is positive and highest within ``spacing``
     (Euclidean) of the point, no two closer than ``spacing`` (the higher kept): coordinates (n, ndim),
-    highest first.
+    highest first. With ``min_dynamic`` (in ``values``' units), a local maximum outranked within
+    the spacing is kept too where it is a peak of at least that depth (:func:`_is_peak`) and
+    no kept seed lies within the spacing.
 
     As ``peak_local_max`` with a ball footprint, which filters every pixel with the whole ball
     (a minute for one merged pair of large 3D nuclei); here only the local maxima are checked."""
@@ -174,6 +195,7 @@ def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float) -> np.n
     offsets = _ball_offsets(spacing, img.ndim)
     shape = np.array(img.shape)
     kept = np.zeros((0, img.ndim), np.int64)
+    regional = None  # at depth 0 a peak is a regional maximum: all of them in one pass
     for p in cand:
         if len(kept) and ((kept - p) ** 2).sum(1).min() <= spacing * spacing:
             continue  # a higher seed lies within the spacing
@@ -181,17 +203,59 @@ def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float) -> np.n
         q = q[((q >= 0) & (q < shape)).all(1)]
         if img[tuple(q.T)].max() <= img[tuple(p)]:
             kept = np.vstack([kept, p])
+        elif min_dynamic is not None and min_dynamic <= 0:
+            if regional is None:
+                from skimage.morphology import local_maxima
+
+                floor = np.where(inside, values, values[inside].min() - 1.0)
+                regional = local_maxima(floor, connectivity=1, allow_borders=True) & inside
+            if regional[tuple(p)]:
+                kept = np.vstack([kept, p])
+        elif min_dynamic is not None and _is_peak(img, p, min_dynamic):
+            kept = np.vstack([kept, p])
     return kept
 
 
+def single_peaked(objects: list[np.ndarray], object_size: float | None) -> bool | None:
+    """Whether every painted object of label images ``objects`` (0 unpainted, at the network's
+    scale) that lies inside its image has one seed by the rule with outranked peaks
+    (:data:`PEAK_DYNAMIC`) in its own smoothed distance transform, as :func:`split_by_shape`
+    takes them; None without such objects. Where it does, a second peak in a piece is evidence
+    of a second object; irregular cells (phase contrast) have two peaks of their own, and
+    splitting there from outranked peaks cut single cells (docs/method.md)."""
+    from scipy import ndimage as ndi
+
+    if not object_size:
+        return None
+    seen = False
+    for lab in objects:
+        lab = np.asarray(lab)
+        radius = object_radius(object_size, lab.ndim)
+        sigma = max(1.0, radius / 4.0)
+        spacing = max(1.0, PEAK_SPACING * radius)
+        pad = int(np.ceil(3 * sigma)) + 1
+        for i, box in enumerate(ndi.find_objects(lab), start=1):
+            if box is None or any(b.start == 0 or b.stop == n for b, n in zip(box, lab.shape)):
+                continue  # cut by the image's edge: its shape is not its own
+            piece = np.pad(lab[box] == i, pad)
+            seen = True
+            dist = ndi.gaussian_filter(ndi.distance_transform_edt(piece), sigma)
+            if len(spaced_peaks(dist, piece, spacing, PEAK_DYNAMIC * radius)) > 1:
+                return False
+    return True if seen else None
+
+
 def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int,
-                   foreground: np.ndarray | None = None, concave: bool = False) -> np.ndarray:
+                   foreground: np.ndarray | None = None, concave: bool = False,
+                   outranked: bool = False) -> np.ndarray:
     """Split each piece less convex than ``reference`` by a watershed of its own (smoothed)
     distance transform, from peaks at least one painted radius apart (``object_size``: the median
     painted object, in pixels; :func:`spaced_peaks`). With ``foreground`` (probability, the labels' shape) the seeds
     are the peaks of the confident core's distance transform (``CORE_PROBABILITY``) and the
     watershed floods the distance transform weighted by the probability, so cuts follow the dim
-    contact between objects (docs/method.md). A piece with one peak, or whose cut would not give
+    contact between objects (docs/method.md). With ``outranked`` (the painted objects are
+    :func:`single_peaked`) a peak that a higher point within the spacing outranks is a seed as
+    well where it is a peak of its own (:data:`PEAK_DYNAMIC`). A piece with one peak, or whose cut would not give
     two parts of at least ``min_size``, stays whole; smaller parts of a cut are left for the
     caller to fold into a neighbour. With ``concave`` (2D, painted objects at least
     ``CONCAVE_MIN_REFERENCE`` convex) a piece the watershed leaves whole is cut between its two
@@ -227,7 +291,7 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
         else:
             seeds = ndi.gaussian_filter(ndi.distance_transform_edt(prob >= CORE_PROBABILITY), sigma)
             dist = ndi.gaussian_filter(dist * prob, sigma)
-        peaks = spaced_peaks(seeds, piece, spacing)
+        peaks = spaced_peaks(seeds, piece, spacing, PEAK_DYNAMIC * radius if outranked else None)
         sizes = None
         if len(peaks) >= 2:
             markers = np.zeros(piece.shape, np.int32)

@@ -25,6 +25,29 @@ def core_bounds(n: int, tile: int, halo: int, divisor: int = 1) -> list[tuple[in
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def fit_tile(shape: tuple[int, ...], tile: tuple[int, ...]) -> tuple[int, ...]:
+    """A tile of at most ``tile``'s pixel count shaped to an image of ``shape``: the whole image
+    where it holds no more, otherwise whole along the axes shorter than ``tile`` and the room
+    they leave given to the axes that are cut, by one factor. A fixed 64×384×384 block cut a
+    102×224×224 volume into four slabs whose halo (a quarter of the shortest side, 16 planes)
+    was less than one nucleus across: objects at the slab borders were merged or cut, and the
+    slabs held 198 planes for 102 (docs/benchmarks.md, "Seeds at outranked peaks")."""
+    shape = tuple(int(n) for n in shape)
+    budget = math.prod(int(t) for t in tile)
+    if math.prod(shape) <= budget:
+        return shape
+    out = [min(n, int(t)) for n, t in zip(shape, tile)]
+    for _ in range(len(shape)):  # an axis that reaches its image's length passes the room on
+        cut = [i for i, n in enumerate(shape) if out[i] < n]
+        room = budget / math.prod(out)
+        if not cut or room < 1.01:
+            break
+        factor = room ** (1.0 / len(cut))
+        for i in cut:
+            out[i] = min(shape[i], max(out[i], int(out[i] * factor)))
+    return tuple(out)
+
+
 def tiles(shape: tuple[int, ...], tile: tuple[int, ...], halo: tuple[int, ...], divisor: int = 1):
     """Yield (core, region) pairs of slice tuples: the core partitions the image; the region is
     the core grown by the halo and clipped to the image."""

@@ -34,7 +34,7 @@ from .losses import LossConfig, foreground_consistency_term, spoco_loss
 from .model import ModelConfig, SpocoModel, ema_momentum, ema_update, select_device, split_output  # noqa: F401 - select_device: also imported from here
 from .precision import PRECISIONS, autocast, resolve_precision
 from .scaling import check_scale, check_voxel_size, estimate_voxel_size, kept_scale_of, training_scale
-from .shapes import CONCAVE_MIN_REFERENCE, painted_solidities, painted_solidity
+from .shapes import CONCAVE_MIN_REFERENCE, painted_solidities, painted_solidity, single_peaked
 
 #: Steps in a row whose gradients are not finite (skipped) before training counts as diverged.
 MAX_BAD_STEPS = 5
@@ -554,6 +554,8 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["object_solidity"] = painted_solidity(painted, values=values)
         # and how convex the typical one is: touching pieces whose union is as convex are joined
         model.history["object_solidity_median"] = painted_solidity(painted, 50, values=values)
+        # whether each has one peak where the shape split also takes outranked ones (shapes.py)
+        model.history["single_peaked"] = single_peaked(painted, model.history["object_size_median"])
     share = paste_share_for(config, ndim, model.history.get("object_solidity")) if not self_supervised else 0.0
     model.history["paste_share"] = share
     sampler.enable_paste(share, config.ring_width)
