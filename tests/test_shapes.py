@@ -322,6 +322,7 @@ def test_spaced_peaks_with_a_dynamic_keep_outranked_peaks_of_that_depth():
 
     rng = np.random.default_rng(5)
     added = {}
+    got = ball = np.zeros((0, 2), np.int64)  # the seeds of the case before, for the median case
     for ndim, spacing, depth in ((2, 4.2, 0.0), (2, 4.2, "median"), (3, 3.7, 0.0)):
         shape = (24,) * ndim
         if depth != "median":  # the median case looks at the field of the case before
@@ -372,9 +373,10 @@ def test_overlapping_unequal_balls_are_split_from_the_lower_centre():
 
 def test_single_peaked_painted_objects_and_irregular_ones():
     """Round painted objects each have one peak: True. A painted object shaped as the
-    overlapping unequal pair above (an irregular cell with two lobes) has two: False. Objects
-    cut by the image's edge say nothing; none left: None."""
-    from napari_spoco.shapes import single_peaked
+    overlapping unequal pair above (an irregular cell with two lobes) has two: False, unless it
+    is one among more than ``MAX_TWO_PEAKED``'s share of round ones. Objects cut by the image's
+    edge say nothing; none left: None."""
+    from napari_spoco.shapes import MAX_TWO_PEAKED, single_peaked
 
     shape = (40, 40, 56)
     round_ = np.zeros(shape, np.int64)
@@ -385,6 +387,9 @@ def test_single_peaked_painted_objects_and_irregular_ones():
     lobed = np.zeros(shape, np.int64)
     lobed[disc(shape, (20, 20, 20), 11) | disc(shape, (20, 20, 34), 8)] = 1
     assert single_peaked([round_, lobed], size) is False
+    many = int(np.ceil(1 / MAX_TWO_PEAKED))  # one lobed object among this many round ones passes
+    assert single_peaked([round_] * (many // 2) + [lobed], size) is True
+    assert single_peaked([round_] * (many // 2 - 2) + [lobed], size) is False
     assert single_peaked([lobed[:, :, 10:]], size) is None  # cut by the edge
     assert single_peaked([round_], None) is None
     yy, xx = np.mgrid[:64, :64]

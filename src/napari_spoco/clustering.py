@@ -61,7 +61,7 @@ class ClusterConfig:
     # as convex as the painted objects (shapes.cut_at_concavities; docs/method.md).
     concave_split: bool = True
     # With the shape split, seed it also at peaks that a higher point within a painted radius
-    # outranks, where the painted objects each have one peak that way (the model's
+    # outranks, where (nearly) all painted objects have one peak that way (the model's
     # history["single_peaked"]; shapes.single_peaked): packed nuclei overlap so far that the
     # lower centre lies on the higher one's slope (docs/method.md). segment() turns it off where
     # the model has no such record; cluster_embeddings called directly takes it as set.

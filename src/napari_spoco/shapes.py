@@ -216,18 +216,27 @@ def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float,
     return kept
 
 
+#: The painted objects allow seeds at outranked peaks where at most this share of those inside
+#: their images has two peaks of its own. Measured on each set's paintings (seeds 0-2, 10 %):
+#: BBBC039 nuclei 1 of 78-86, the packed 3D nuclei none, phase-contrast cells 5-8 of 33-39, EM
+#: profiles 15-16 of 94-98, leaves 19-28 of 60. Asking for none at all made nuclei hang on one
+#: odd nucleus per painting (docs/method.md).
+MAX_TWO_PEAKED = 0.05
+
+
 def single_peaked(objects: list[np.ndarray], object_size: float | None) -> bool | None:
-    """Whether every painted object of label images ``objects`` (0 unpainted, at the network's
-    scale) that lies inside its image has one seed by the rule with outranked peaks
-    (:data:`PEAK_DYNAMIC`) in its own smoothed distance transform, as :func:`split_by_shape`
-    takes them; None without such objects. Where it does, a second peak in a piece is evidence
-    of a second object; irregular cells (phase contrast) have two peaks of their own, and
-    splitting there from outranked peaks cut single cells (docs/method.md)."""
+    """Whether the painted objects of label images ``objects`` (0 unpainted, at the network's
+    scale) that lie inside their images have one seed each, all but at most
+    :data:`MAX_TWO_PEAKED` of them, by the rule with outranked peaks (:data:`PEAK_DYNAMIC`) in
+    their own smoothed distance transform, as :func:`split_by_shape` takes them; None without
+    such objects. Where they do, a second peak in a piece is evidence of a second object;
+    irregular cells (phase contrast) have two peaks of their own, and splitting there from
+    outranked peaks cut single cells (docs/method.md)."""
     from scipy import ndimage as ndi
 
     if not object_size:
         return None
-    seen = False
+    seen = two = 0
     for lab in objects:
         lab = np.asarray(lab)
         radius = object_radius(object_size, lab.ndim)
@@ -238,11 +247,10 @@ def single_peaked(objects: list[np.ndarray], object_size: float | None) -> bool 
             if box is None or any(b.start == 0 or b.stop == n for b, n in zip(box, lab.shape)):
                 continue  # cut by the image's edge: its shape is not its own
             piece = np.pad(lab[box] == i, pad)
-            seen = True
+            seen += 1
             dist = ndi.gaussian_filter(ndi.distance_transform_edt(piece), sigma)
-            if len(spaced_peaks(dist, piece, spacing, PEAK_DYNAMIC * radius)) > 1:
-                return False
-    return True if seen else None
+            two += len(spaced_peaks(dist, piece, spacing, PEAK_DYNAMIC * radius)) > 1
+    return two <= MAX_TWO_PEAKED * seen if seen else None
 
 
 def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min_size: int,

@@ -554,7 +554,7 @@ def iter_train(  # noqa: C901 - set-up, the step and the clean-up share the mode
         model.history["object_solidity"] = painted_solidity(painted, values=values)
         # and how convex the typical one is: touching pieces whose union is as convex are joined
         model.history["object_solidity_median"] = painted_solidity(painted, 50, values=values)
-        # whether each has one peak where the shape split also takes outranked ones (shapes.py)
+        # whether (nearly) each has one peak where the shape split also takes outranked ones (shapes.py)
         model.history["single_peaked"] = single_peaked(painted, model.history["object_size_median"])
     share = paste_share_for(config, ndim, model.history.get("object_solidity")) if not self_supervised else 0.0
     model.history["paste_share"] = share
