@@ -109,9 +109,10 @@ def segment(
     "Anisotropic volumes").
 
     Images larger than ``tile_shape`` (default: :func:`segment_tile_shape`'s pixel count shaped
-    to the image, :func:`napari_spoco.tiling.fit_tile`; in the network's pixels) are clustered tile by tile with a halo of context (:mod:`napari_spoco.tiling`); the
-    embedding is computed once for the whole image when it fits :data:`EMBED_FIRST_MAX_BYTES`
-    (:func:`embeds_first`), else tile by tile with the same halo, so that memory stays bounded
+    to the image, :func:`napari_spoco.tiling.fit_tile`; in the network's pixels) are clustered
+    tile by tile with a halo of context (:mod:`napari_spoco.tiling`); the embedding is computed
+    once for the whole image when it fits :data:`EMBED_FIRST_MAX_BYTES` (:func:`embeds_first`),
+    else tile by tile with the same halo, so that memory stays bounded
     by the tile. ``progress(done, total)`` counts the network's tiles, then the clustering's.
     ``return_embedding=True`` also returns the whole image's :class:`Embedding` (which does
     take memory in proportion to the image). ``precision``: the network's number format:

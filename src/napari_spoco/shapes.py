@@ -216,6 +216,15 @@ def spaced_peaks(values: np.ndarray, inside: np.ndarray, spacing: float,
     return kept
 
 
+def _seed_scales(object_size: float, ndim: int) -> tuple[float, float, float, int]:
+    """(painted radius, smoothing sigma, seed spacing, padding) of the shape split's seeds for
+    objects of ``object_size`` pixels: :func:`split_by_shape` and :func:`single_peaked` must
+    look at pieces alike."""
+    radius = object_radius(object_size, ndim)
+    sigma = max(1.0, radius / 4.0)
+    return radius, sigma, max(1.0, PEAK_SPACING * radius), int(np.ceil(3 * sigma)) + 1
+
+
 #: The painted objects allow seeds at outranked peaks where at most this share of those inside
 #: their images has two peaks of its own. Measured on each set's paintings (seeds 0-2, 10 %):
 #: BBBC039 nuclei 1 of 78-86, the packed 3D nuclei none, phase-contrast cells 5-8 of 33-39, EM
@@ -239,10 +248,7 @@ def single_peaked(objects: list[np.ndarray], object_size: float | None) -> bool 
     seen = two = 0
     for lab in objects:
         lab = np.asarray(lab)
-        radius = object_radius(object_size, lab.ndim)
-        sigma = max(1.0, radius / 4.0)
-        spacing = max(1.0, PEAK_SPACING * radius)
-        pad = int(np.ceil(3 * sigma)) + 1
+        radius, sigma, spacing, pad = _seed_scales(object_size, lab.ndim)
         for i, box in enumerate(ndi.find_objects(lab), start=1):
             if box is None or any(b.start == 0 or b.stop == n for b, n in zip(box, lab.shape)):
                 continue  # cut by the image's edge: its shape is not its own
@@ -275,12 +281,9 @@ def split_by_shape(labels: np.ndarray, reference: float, object_size: float, min
     from skimage.segmentation import watershed
 
     labels = np.asarray(labels)
-    radius = object_radius(object_size, labels.ndim)
-    sigma = max(1.0, radius / 4.0)
-    spacing = max(1.0, PEAK_SPACING * radius)
+    radius, sigma, spacing, pad = _seed_scales(object_size, labels.ndim)
     out = labels.astype(np.int64, copy=True)
     next_id = int(out.max()) + 1
-    pad = int(np.ceil(3 * sigma)) + 1
     concave = concave and labels.ndim == 2 and reference >= CONCAVE_MIN_REFERENCE
     min_depth = CONCAVITY_DEPTH * radius
     min_part = max(float(min_size), 0.25 * float(object_size))
