@@ -16,6 +16,9 @@ Usage:
       --test isbi_15 ... | --score-train  [--seeds 0 1 2] [--share 0.1] [--minutes 5] [--work DIR] [--json FILE] [--data DIR]
   python benchmarks/cli_heldout.py --dataset synthetic-nuclei-3d-z4 --train train --test test \
       --peer-voxel-size 4 1 1 [--work DIR --peers-only]   # the 3D peers also on cubic voxels
+  python benchmarks/cli_heldout.py ... --no-peers   # ours only: an arm beside a run of the same painting
+The generated sets of benchmarks/bench_data.py (synthetic-nuclei-3d and its variants,
+synthetic-nuclei-2d[-hard], synthetic-leaves-rgb[-hard]) are written out as TIFFs first.
 Prints one row per seed and the mean, and writes the JSON if asked.
 """
 
@@ -66,7 +69,8 @@ def _run(args: list[str], log: Path) -> float:
 
 
 def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float, minutes: float,
-             work: Path, peer_voxel_size: tuple[float, ...] | None = None, peers_only: bool = False) -> dict:
+             work: Path, peer_voxel_size: tuple[float, ...] | None = None, peers_only: bool = False,
+             peers: bool = True) -> dict:
     from peers import ForestPeer, classical, forest_features, from_cubic, to_cubic
 
     from napari_spoco import evaluate
@@ -102,15 +106,19 @@ def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float
     def features(image: np.ndarray) -> np.ndarray:
         return forest_features(image, channel_axis=-1 if _rgb(image) else None)
 
-    peer = ForestPeer(seed=seed).fit([features(bench_data.read(ds, s, "images")) for s in train], sparse)
+    if peers:
+        peer = ForestPeer(seed=seed).fit([features(bench_data.read(ds, s, "images")) for s in train], sparse)
     for stem in test:
         truth = bench_data.read(ds, stem, "masks")
-        image = bench_data.read(ds, stem, "images")
         ours.append(evaluate(truth, tifffile.imread(run / "pred" / f"{stem}.tif")))
+        if not peers:  # --no-peers: an arm beside a run that has them
+            continue
+        image = bench_data.read(ds, stem, "images")
         forest.append(evaluate(truth, peer.segment(features(image)))["AP50"])
         for name, labels in classical(image, rgb=_rgb(image)).items():
             best_classical.setdefault(name, []).append(evaluate(truth, labels)["AP50"])
-    name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1]))
+    name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1])) if peers else ("none", [np.nan])
+    forest = forest or [np.nan]
     cubic = {}
     if peer_voxel_size:  # the peers again, on the volumes resampled to cubic voxels
         v = peer_voxel_size
@@ -156,7 +164,11 @@ def main() -> int:
                         "files without a voxel size")
     parser.add_argument("--peers-only", action="store_true",
                         help="score a finished --work folder's predictions again and rerun only the peers")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="score ours only (an arm beside a run of the same painting that has the peers)")
     args = parser.parse_args()
+    if args.no_peers and (args.peers_only or args.peer_voxel_size):
+        raise SystemExit("--no-peers runs ours only: not with --peers-only or --peer-voxel-size")
     if args.peers_only and not args.work:
         raise SystemExit("--peers-only reads a finished run: give its --work folder")
     bench_data.use_data_dir(args.data, needs=(args.dataset,))
@@ -181,7 +193,7 @@ def main() -> int:
     try:
         for seed in args.seeds:
             row = one_seed(args.dataset, args.train, args.test, seed, args.share, args.minutes, work,
-                           args.peer_voxel_size, args.peers_only)
+                           args.peer_voxel_size, args.peers_only, peers=not args.no_peers)
             rows.append(row)
             cubic = (f" | on cubic voxels: forest {row['forest_cubic_AP50']:.3f}, {row['classical_cubic']} "
                      f"{row['classical_cubic_AP50']:.3f}" if args.peer_voxel_size else "")
@@ -204,7 +216,7 @@ def main() -> int:
 
         meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "score_train": args.score_train,
                 "peer_voxel_size": args.peer_voxel_size, "peers_only": args.peers_only,  # share, minutes: the run's own
-                "share": args.share,
+                "share": args.share, "no_peers": args.no_peers,
                 "minutes": args.minutes, "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
         args.json.write_text(json.dumps({"meta": meta, "seeds": rows}, indent=1))

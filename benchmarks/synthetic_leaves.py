@@ -53,14 +53,17 @@ def _soil(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return rgb
 
 
-def rosette(seed: int, shape: tuple[int, int] = (384, 384)) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (Y, X, 3), mask uint16 (Y, X)) of one plant seen from above."""
+def rosette(seed: int, shape: tuple[int, int] = (384, 384), count: tuple[int, int] = (10, 21),
+            youngest: float = 0.30, cues: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (Y, X, 3), mask uint16 (Y, X)) of one plant seen from above: ``count`` leaves
+    (drawn), the youngest ``youngest`` times as long as the oldest, ``cues`` the strength of the
+    shading (rim, midrib, shadow) that tells overlapping leaves apart besides their outlines."""
     rng = np.random.default_rng(seed)
     ny, nx = shape
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
     centre = np.array([ny, nx], float) / 2 + rng.uniform(-0.08, 0.08, 2) * [ny, nx]
     reach = rng.uniform(0.30, 0.46) * min(shape)  # longest leaf, stalk included
-    n = int(rng.integers(10, 21))
+    n = int(rng.integers(*count))
     start = rng.uniform(0, 2 * np.pi)
     # one green per plant; its leaves differ only a little (younger ones lighter)
     plant_hue, plant_sat, plant_value = rng.uniform(0.22, 0.30), rng.uniform(0.45, 0.65), rng.uniform(0.40, 0.55)
@@ -68,7 +71,7 @@ def rosette(seed: int, shape: tuple[int, int] = (384, 384)) -> tuple[np.ndarray,
     mask = np.zeros(shape, np.uint16)
     for i in range(n):  # the oldest (longest) first; each younger leaf covers the ones below it
         age = 1.0 - i / n
-        length = reach * (0.30 + 0.70 * age ** 0.8) * rng.uniform(0.85, 1.1)
+        length = reach * (youngest + (1 - youngest) * age ** 0.8) * rng.uniform(0.85, 1.1)
         angle = start + i * GOLDEN_ANGLE + rng.normal(0, 0.12)
         stalk = length * rng.uniform(0.25, 0.40)
         blade = length - stalk
@@ -87,13 +90,13 @@ def rosette(seed: int, shape: tuple[int, int] = (384, 384)) -> tuple[np.ndarray,
             continue
         # the shadow this leaf casts on what is below it, then the leaf itself
         shadow = ndi.binary_dilation(leaf, iterations=3) & ~leaf
-        image[shadow] *= 0.85
+        image[shadow] *= 1 - 0.15 * cues
         hue = plant_hue + rng.normal(0, 0.008)
         sat = np.clip(plant_sat + rng.normal(0, 0.03), 0, 1)
         value = plant_value * (1.0 + 0.10 * (1 - age)) * rng.uniform(0.95, 1.05)
         rim = np.clip(1 - np.abs(across) / np.maximum(half_width * profile, 1), 0, 1)
         midrib = np.exp(-(across / max(1.0, 0.05 * half_width)) ** 2) * (t > 0) * (t < 0.9)
-        shade = value * (0.80 + 0.25 * rim ** 0.5 + 0.15 * midrib)
+        shade = value * (1 - 0.2 * cues + cues * 0.25 * rim ** 0.5 + cues * 0.15 * midrib)
         leaf_rgb = _hsv_to_rgb(np.full(leaf.sum(), hue), np.full(leaf.sum(), sat), np.clip(shade[leaf], 0, 1))
         image[leaf] = leaf_rgb
         mask[leaf] = i + 1
@@ -113,11 +116,34 @@ def stems() -> list[str]:
 
 
 @lru_cache(maxsize=64)
-def _plant(stem: str) -> tuple[np.ndarray, np.ndarray]:
+def _plant(stem: str, variant: str = NAME) -> tuple[np.ndarray, np.ndarray]:
     index = int(stem[-2:])
-    return rosette((1000 if stem.startswith("train") else 2000) + index)
+    return rosette((1000 if stem.startswith("train") else 2000) + index, **VARIANTS.get(variant, {}))
 
 
 def read(stem: str, kind: str) -> np.ndarray:
     """The image or mask of one generated plant (``stem`` from :func:`stems`), drawn once per process."""
     return _plant(stem)[0 if kind == "images" else 1]
+
+
+#: The same kind made harder, to check that what was measured on the set above carries over
+#: (nothing is tuned on it): rosettes of 14-26 leaves whose youngest, at the centre, are a
+#: twelfth of the oldest's length (as in photographs of older plants, where leaves span 5-150 px),
+#: and less shading to tell overlapping leaves apart.
+VARIANTS: dict[str, dict] = {
+    NAME + "-hard": {"count": (14, 27), "youngest": 0.08, "cues": 0.4},
+}
+
+
+class Variant:
+    """One of :data:`VARIANTS`, read as :mod:`bench_data` reads a generated set."""
+
+    def __init__(self, name: str):
+        self.NAME = name
+
+    @staticmethod
+    def stems() -> list[str]:
+        return stems()
+
+    def read(self, stem: str, kind: str) -> np.ndarray:
+        return _plant(stem, self.NAME)[0 if kind == "images" else 1]

@@ -149,3 +149,29 @@ def test_generated_nuclei_variants_differ_from_the_set_in_sampling_and_size():
     large = nuclei.Variant(nuclei.NAME + "-large").read("test", "masks")
     sizes = np.bincount(large.ravel())[1:]
     assert np.median(sizes[sizes > 0]) > 3 * np.median(np.bincount(base.ravel())[1:])
+
+
+def test_generated_2d_nuclei_touch_in_clumps_and_the_hard_variant_hides_the_line_between_them():
+    from scipy import ndimage as ndi
+
+    nuclei = _load("synthetic_nuclei_2d")
+    image, mask = nuclei.packed_nuclei_2d(3, shape=(200, 200), count=(40, 41))
+    again, _ = nuclei.packed_nuclei_2d(3, shape=(200, 200), count=(40, 41))
+    assert image.shape == mask.shape == (200, 200) and image.dtype == np.uint16 and np.array_equal(image, again)
+    ids = np.unique(mask[mask > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and 30 <= len(ids) <= 40
+    # many nuclei touch another one (a neighbour's id, higher or lower, within one pixel)
+    highest = ndi.grey_dilation(mask, size=3)
+    lowest = ndi.grey_erosion(np.where(mask > 0, mask, mask.max() + 1), size=3)
+    touching = np.unique(mask[(mask > 0) & (((highest != mask) & (highest > 0)) | (lowest != mask) & (lowest <= mask.max()))])
+    assert len(touching) >= 0.4 * len(ids)
+
+    def contrast(image, mask):
+        """Mean brightness where two nuclei meet, over the mean inside: the dark line's depth."""
+        seam = (mask > 0) & (ndi.grey_dilation(mask, size=3) != mask)
+        return image[seam].mean() / image[(mask > 0) & ~seam].mean()
+
+    hard_image, hard_mask = nuclei.packed_nuclei_2d(3, shape=(200, 200), count=(40, 41),
+                                                    **nuclei.VARIANTS[nuclei.NAME + "-hard"])
+    assert contrast(hard_image, hard_mask) > contrast(image, mask) + 0.05
+    assert nuclei.stems()[:1] == ["train00"] and len(set(nuclei.stems())) == 8
