@@ -89,12 +89,25 @@ def test_a_merged_pair_of_balls_is_split_in_3d():
     test_a_merged_pair_is_split_in_two_and_single_objects_are_kept(ndim=3)
 
 
-def test_a_piece_as_convex_as_the_painted_objects_is_kept():
+def test_a_piece_is_tried_below_the_painted_reference_or_try_below_and_its_seeds_decide():
+    # Painted objects as irregular as phase-contrast cells or occluded leaves set a low reference
+    # (0.6); a touching pair (0.87 convex) is still tried below shapes.TRY_BELOW, and its two
+    # seeds cut it (docs/method.md, "Splitting merged objects by shape").
+    from napari_spoco import shapes
+
     a, b = pair((48, 96))
     labels = (a | b).astype(np.int64)
-    # painted objects this irregular set a reference below the pair's convexity: no cut
+    assert shapes.TRY_BELOW == 0.9 and solidity(a | b) < 0.9
     out = split_by_shape(labels, reference=0.6, object_size=float(a.sum()), min_size=20)
+    assert len(set(np.unique(out)) - {0}) == 2
+    # a bar as convex as a box is not tried, although its flat ridge has a seed every radius ...
+    bar = np.zeros((30, 120), np.int64)
+    bar[10:20, 5:115] = 1
+    out = split_by_shape(bar, reference=0.6, object_size=80.0, min_size=10)
     assert set(np.unique(out)) == {0, 1}
+    # ... which would cut it if it were tried: the gate is what keeps it whole
+    out = split_by_shape(bar, reference=1.01, object_size=80.0, min_size=10)
+    assert len(set(np.unique(out)) - {0}) >= 2
 
 
 def test_painted_solidity_is_a_low_percentile_of_the_painted_objects():
