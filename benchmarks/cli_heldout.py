@@ -117,8 +117,7 @@ def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float
         forest.append(evaluate(truth, peer.segment(features(image)))["AP50"])
         for name, labels in classical(image, rgb=_rgb(image)).items():
             best_classical.setdefault(name, []).append(evaluate(truth, labels)["AP50"])
-    name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1])) if peers else ("none", [np.nan])
-    forest = forest or [np.nan]
+    name, scores = max(best_classical.items(), key=lambda kv: np.mean(kv[1])) if peers else (None, None)
     cubic = {}
     if peer_voxel_size:  # the peers again, on the volumes resampled to cubic voxels
         v = peer_voxel_size
@@ -139,8 +138,8 @@ def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float
             "notes": [line for line in log if not line.startswith("train: step")],
             "AP50": float(np.mean([s["AP50"] for s in ours])), "mAP": float(np.mean([s["mAP"] for s in ours])),
             "AP50_per_image": [round(s["AP50"], 3) for s in ours],
-            "forest_AP50": float(np.mean(forest)), "forest_per_image": [round(v, 3) for v in forest],
-            "classical": name, "classical_AP50": float(np.mean(scores)),
+            "forest_AP50": float(np.mean(forest)) if peers else None, "forest_per_image": [round(v, 3) for v in forest],
+            "classical": name, "classical_AP50": float(np.mean(scores)) if peers else None,
             "train_s": train_s, "predict_s": predict_s, **cubic}
 
 
@@ -197,16 +196,18 @@ def main() -> int:
             rows.append(row)
             cubic = (f" | on cubic voxels: forest {row['forest_cubic_AP50']:.3f}, {row['classical_cubic']} "
                      f"{row['classical_cubic_AP50']:.3f}" if args.peer_voxel_size else "")
+            peer_text = (f" | forest {row['forest_AP50']:.3f} | {row['classical']} {row['classical_AP50']:.3f}"
+                         if row["forest_AP50"] is not None else "")
             print(f"seed {seed}: {row['painted']} painted, {row['steps']} steps, AP50 {row['AP50']:.3f} "
-                  f"{row['AP50_per_image']} (mAP {row['mAP']:.3f}) | forest {row['forest_AP50']:.3f} "
-                  f"| {row['classical']} {row['classical_AP50']:.3f}{cubic}", flush=True)
+                  f"{row['AP50_per_image']} (mAP {row['mAP']:.3f}){peer_text}{cubic}", flush=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     ap = [r["AP50"] for r in rows]
-    fo = [r["forest_AP50"] for r in rows]
-    print(f"mean AP50 {np.mean(ap):.3f} ({min(ap):.3f}–{max(ap):.3f}); forest {np.mean(fo):.3f} "
-          f"({min(fo):.3f}–{max(fo):.3f}); {rows[0]['classical']} {np.mean([r['classical_AP50'] for r in rows]):.3f}")
+    fo = [r["forest_AP50"] for r in rows if r["forest_AP50"] is not None]
+    peer_text = (f"; forest {np.mean(fo):.3f} ({min(fo):.3f}–{max(fo):.3f}); {rows[0]['classical']} "
+                 f"{np.mean([r['classical_AP50'] for r in rows]):.3f}" if fo else " (no peers)")
+    print(f"mean AP50 {np.mean(ap):.3f} ({min(ap):.3f}–{max(ap):.3f}){peer_text}")
     if args.peer_voxel_size:
         fc = [r["forest_cubic_AP50"] for r in rows]
         print(f"on cubic voxels: forest {np.mean(fc):.3f} ({min(fc):.3f}–{max(fc):.3f}); {rows[0]['classical_cubic']} "

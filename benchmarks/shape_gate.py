@@ -49,7 +49,9 @@ def scored_pairs(args, seed: int) -> tuple[Path, list[tuple[np.ndarray, np.ndarr
     path = args.models / f"{args.dataset}_seed{seed}.spoco.pt"
     if not path.exists():
         return None
-    split = next(s for s in splits() if s.name == args.dataset)
+    split = next((s for s in splits() if s.name == args.dataset), None)
+    if split is None:
+        raise SystemExit(f"--models: {args.dataset} is not one of sparse_accuracy.py's splits; use --cli for other runs")
     pairs = [(bench_data.read(args.dataset, stem, "images")[split.crop], bench_data.read(args.dataset, stem, "masks")[split.crop])
              for stem in split.test]
     return path, pairs
@@ -76,7 +78,7 @@ def main() -> int:
     from napari_spoco.segmentation import segment
 
     torch.set_num_threads(args.threads)
-    values = [0.0] + list(args.values or [shapes.TRY_BELOW])
+    values = [0.0] + [v for v in (args.values or [shapes.TRY_BELOW]) if v != 0.0]
     shipped = shapes.TRY_BELOW
     rows = []
     try:
@@ -90,7 +92,7 @@ def main() -> int:
             row = {"seed": seed, "model": str(path), "reference": model.history.get("object_solidity")}
             for v in values:
                 shapes.TRY_BELOW = v
-                scores = [evaluate(truth, segment(model, image)) for image, truth in pairs]
+                scores = [evaluate(truth, segment(model, image, device="cpu")) for image, truth in pairs]
                 row[f"AP50@{v:g}"] = float(np.mean([s["AP50"] for s in scores]))
                 row[f"mAP@{v:g}"] = float(np.mean([s["mAP"] for s in scores]))
             rows.append(row)

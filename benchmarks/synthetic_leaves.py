@@ -56,7 +56,8 @@ def _soil(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 def rosette(seed: int, shape: tuple[int, int] = (384, 384), count: tuple[int, int] = (10, 21),
             youngest: float = 0.30, cues: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (Y, X, 3), mask uint16 (Y, X)) of one plant seen from above: ``count`` leaves
-    (drawn), the youngest ``youngest`` times as long as the oldest, ``cues`` the strength of the
+    (drawn), each ``youngest + (1 - youngest) * age ** 0.8`` times the longest (age 1 for the oldest,
+    1/n for the youngest), ``cues`` the strength of the
     shading (rim, midrib, shadow) that tells overlapping leaves apart besides their outlines."""
     rng = np.random.default_rng(seed)
     ny, nx = shape
@@ -127,8 +128,8 @@ def read(stem: str, kind: str) -> np.ndarray:
 
 
 #: The same kind made harder, to check that what was measured on the set above carries over
-#: (nothing is tuned on it): rosettes of 14-26 leaves whose youngest, at the centre, are a
-#: twelfth of the oldest's length (as in photographs of older plants, where leaves span 5-150 px),
+#: (nothing is tuned on it): rosettes of 14-26 leaves whose youngest, at the centre, are a fifth to a
+#: seventh of the oldest's length (as in photographs of older plants, where leaves span 5-150 px),
 #: and less shading to tell overlapping leaves apart.
 VARIANTS: dict[str, dict] = {
     NAME + "-hard": {"count": (14, 27), "youngest": 0.08, "cues": 0.4},

@@ -137,8 +137,8 @@ def applies(reference: float | None, object_size: float | None) -> bool:
 #: A piece is tried by the shape split when it is less convex than the painted reference or than
 #: this, whichever is higher; its seeds, a painted radius apart, decide whether it is cut. Painted
 #: leaves partly covered by younger ones are as irregular as phase-contrast cells, so a
-#: reference of 0.52-0.55 left two overlapping leaves untried (rosettes 0.762 -> 0.857 with it,
-#: phase contrast 0.465 -> 0.476, nuclei unchanged; docs/method.md).
+#: reference of 0.52-0.59 left two overlapping leaves untried (older rosettes 0.762 -> 0.857 with it,
+#: phase contrast 0.465 -> 0.476, nuclei and EM unchanged, packed 3D +0.004; docs/method.md).
 TRY_BELOW = 0.9
 
 
