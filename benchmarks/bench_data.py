@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import synthetic_em
 import synthetic_leaves
 import synthetic_nuclei
 import synthetic_nuclei_2d
@@ -57,10 +58,11 @@ def data_dir() -> Path:
 
 #: Data sets drawn by code instead of read from --data (benchmarks/synthetic_*.py).
 GENERATED = {synthetic_nuclei.NAME: synthetic_nuclei, synthetic_leaves.NAME: synthetic_leaves,
-             synthetic_nuclei_2d.NAME: synthetic_nuclei_2d}
+             synthetic_nuclei_2d.NAME: synthetic_nuclei_2d, synthetic_em.NAME: synthetic_em}
 GENERATED.update({name: synthetic_nuclei.Variant(name) for name in synthetic_nuclei.VARIANTS})
 GENERATED.update({name: synthetic_nuclei_2d.Variant(name) for name in synthetic_nuclei_2d.VARIANTS})
 GENERATED.update({name: synthetic_leaves.Variant(name) for name in synthetic_leaves.VARIANTS})
+GENERATED.update({name: synthetic_em.Variant(name) for name in synthetic_em.VARIANTS})
 
 
 def stems(ds: str) -> list[str]:

@@ -17,8 +17,10 @@ Usage:
   python benchmarks/cli_heldout.py --dataset synthetic-nuclei-3d-z4 --train train --test test \
       --peer-voxel-size 4 1 1 [--work DIR --peers-only]   # the 3D peers also on cubic voxels
   python benchmarks/cli_heldout.py ... --no-peers   # ours only: an arm beside a run of the same painting
+  python benchmarks/cli_heldout.py ... --scale 0.5 --no-peers   # such an arm, trained at another scale
 The generated sets of benchmarks/bench_data.py (synthetic-nuclei-3d and its variants,
-synthetic-nuclei-2d[-hard], synthetic-leaves-rgb[-hard]) are written out as TIFFs first.
+synthetic-nuclei-2d[-hard], synthetic-leaves-rgb[-hard], synthetic-em[-large]) are written out
+as TIFFs first.
 Prints one row per seed and the mean, and writes the JSON if asked.
 """
 
@@ -70,7 +72,7 @@ def _run(args: list[str], log: Path) -> float:
 
 def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float, minutes: float,
              work: Path, peer_voxel_size: tuple[float, ...] | None = None, peers_only: bool = False,
-             peers: bool = True) -> dict:
+             peers: bool = True, scale: str | None = None) -> dict:
     from peers import ForestPeer, classical, forest_features, from_cubic, to_cubic
 
     from napari_spoco import evaluate
@@ -96,8 +98,8 @@ def one_seed(ds: str, train: list[str], test: list[str], seed: int, share: float
         for stem in test:
             tifffile.imwrite(run / "test" / f"{stem}.tif", bench_data.read(ds, stem, "images"))
         train_s = _run(["train", "--images", str(run / "images"), "--labels", str(run / "labels"),
-                        "--out", str(run / "model.pt"), "--minutes", str(minutes), "--seed", str(seed)],
-                       run / "train.log")
+                        "--out", str(run / "model.pt"), "--minutes", str(minutes), "--seed", str(seed)]
+                       + (["--scale", scale] if scale else []), run / "train.log")
         predict_s = _run(["predict", "--model", str(run / "model.pt"), "--images", str(run / "test"),
                           "--out", str(run / "pred")], run / "predict.log")
     log = (run / "train.log").read_text().splitlines()
@@ -163,6 +165,8 @@ def main() -> int:
                         "files without a voxel size")
     parser.add_argument("--peers-only", action="store_true",
                         help="score a finished --work folder's predictions again and rerun only the peers")
+    parser.add_argument("--scale", help="passed to `napari-spoco train --scale` (default: its own, auto); an arm "
+                        "beside the default run")
     parser.add_argument("--no-peers", action="store_true",
                         help="score ours only (an arm beside a run of the same painting that has the peers)")
     args = parser.parse_args()
@@ -192,7 +196,8 @@ def main() -> int:
     try:
         for seed in args.seeds:
             row = one_seed(args.dataset, args.train, args.test, seed, args.share, args.minutes, work,
-                           args.peer_voxel_size, args.peers_only, peers=not args.no_peers)
+                           args.peer_voxel_size, args.peers_only, peers=not args.no_peers,
+                           scale=args.scale)
             rows.append(row)
             cubic = (f" | on cubic voxels: forest {row['forest_cubic_AP50']:.3f}, {row['classical_cubic']} "
                      f"{row['classical_cubic_AP50']:.3f}" if args.peer_voxel_size else "")
@@ -217,7 +222,7 @@ def main() -> int:
 
         meta = {"dataset": args.dataset, "train": args.train, "test": args.test, "score_train": args.score_train,
                 "peer_voxel_size": args.peer_voxel_size, "peers_only": args.peers_only,  # share, minutes: the run's own
-                "share": args.share, "no_peers": args.no_peers,
+                "share": args.share, "no_peers": args.no_peers, "scale": args.scale,
                 "minutes": args.minutes, "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
         args.json.write_text(json.dumps({"meta": meta, "seeds": rows}, indent=1))

@@ -5,7 +5,9 @@ A piece is tried by the shape split when it is less convex than the painted refe
 10th percentile of the painted objects' solidity) or than ``TRY_BELOW``, whichever is higher.
 This script segments each model's scored images twice in one process, with the floor at 0
 (the reference alone, as before 2026-12-07) and at each ``--values`` (default: the shipped
-value), and prints AP50 / mAP per seed and their means.
+value), and prints AP50 / mAP per seed and their means, and the seconds each floor's Segments
+took (after one Segment that warms up and is not timed: the floor adds convex hulls of more
+pieces).
 
 Models come from either
 * ``--cli DIR``: a ``benchmarks/cli_heldout.py --work DIR`` folder (``DATASET_seedS/model.pt``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,20 +93,27 @@ def main() -> int:
             path, pairs = found
             model = load_model(path)
             row = {"seed": seed, "model": str(path), "reference": model.history.get("object_solidity")}
+            if pairs:
+                segment(model, pairs[0][0], device="cpu")  # warm-up, not timed
             for v in values:
                 shapes.TRY_BELOW = v
-                scores = [evaluate(truth, segment(model, image, device="cpu")) for image, truth in pairs]
+                t0 = time.perf_counter()
+                predictions = [segment(model, image, device="cpu") for image, _ in pairs]
+                row[f"seconds@{v:g}"] = time.perf_counter() - t0
+                scores = [evaluate(truth, pred) for (_, truth), pred in zip(pairs, predictions)]
                 row[f"AP50@{v:g}"] = float(np.mean([s["AP50"] for s in scores]))
                 row[f"mAP@{v:g}"] = float(np.mean([s["mAP"] for s in scores]))
             rows.append(row)
             print(f"seed {seed} (reference {row['reference'] or 0:.3f}): "
-                  + ", ".join(f"floor {v:g}: AP50 {row[f'AP50@{v:g}']:.3f} mAP {row[f'mAP@{v:g}']:.3f}" for v in values),
+                  + ", ".join(f"floor {v:g}: AP50 {row[f'AP50@{v:g}']:.3f} mAP {row[f'mAP@{v:g}']:.3f} "
+                               f"({row[f'seconds@{v:g}']:.1f} s)" for v in values),
                   flush=True)
     finally:
         shapes.TRY_BELOW = shipped
     if rows:
         print("mean: " + ", ".join(f"floor {v:g}: AP50 {np.mean([r[f'AP50@{v:g}'] for r in rows]):.3f} "
-                                   f"mAP {np.mean([r[f'mAP@{v:g}'] for r in rows]):.3f}" for v in values))
+                                   f"mAP {np.mean([r[f'mAP@{v:g}'] for r in rows]):.3f} "
+                                   f"(total {sum(r[f'seconds@{v:g}'] for r in rows):.1f} s)" for v in values))
     if args.json:
         args.json.write_text(json.dumps({"dataset": args.dataset, "values": values, "seeds": rows}, indent=1))
     return 0

@@ -175,3 +175,34 @@ def test_generated_2d_nuclei_touch_in_clumps_and_the_hard_variant_hides_the_line
                                                     **nuclei.VARIANTS[nuclei.NAME + "-hard"])
     assert contrast(hard_image, hard_mask) > contrast(image, mask) + 0.05
     assert nuclei.stems()[:1] == ["train00"] and len(set(nuclei.stems())) == 8
+
+
+def test_generated_micrographs_tile_the_image_with_profiles_behind_dark_walls_that_fade():
+    from scipy import ndimage as ndi
+
+    em = _load("synthetic_em")
+    image, mask = em.em_profiles(7, shape=(256, 256), median_diameter=100.0)
+    again, _ = em.em_profiles(7, shape=(256, 256), median_diameter=100.0)
+    assert image.shape == mask.shape == (256, 256) and image.dtype == np.uint8 and np.array_equal(image, again)
+    ids = np.unique(mask[mask > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1)) and len(ids) >= 5
+    walls = mask == 0
+    assert 0.01 < walls.mean() < 0.2  # profiles fill the image; only thin walls lie between them
+    inside = image[~walls].astype(float)
+    assert image[walls].mean() < inside.mean() - 0.05 * 255  # walls are darker on the whole ...
+    # ... but not everywhere: the faintest tenth of the wall pixels is as bright as much of the
+    # inside, which walls of full darkness everywhere are not
+    assert np.percentile(image[walls], 90) > np.percentile(inside, 25)
+    dark_walls, dark_mask = em.em_profiles(7, shape=(256, 256), median_diameter=100.0, faintest=1.0)
+    assert np.percentile(dark_walls[dark_mask == 0], 90) < np.percentile(dark_walls[dark_mask > 0], 25)
+    # mitochondria are dark bodies well inside the profiles, and the truth keeps them in their profile
+    core = ndi.binary_erosion(~walls, iterations=3)
+    bodies, n = ndi.label(core & (ndi.gaussian_filter(image.astype(float), 1) < np.percentile(inside, 50) - 0.2 * 255))
+    assert n and np.bincount(bodies.ravel())[1:].max() >= 50
+    # the large variant draws larger profiles than the set at the same image size
+    large = em.VARIANTS[em.NAME + "-large"]
+    _, big = em.em_profiles(7, shape=(512, 512), median_diameter=large["median_diameter"],
+                            membrane_width=large["membrane_width"])
+    _, usual = em.em_profiles(7, shape=(512, 512))
+    assert np.median(np.bincount(big.ravel())[1:]) > 2 * np.median(np.bincount(usual.ravel())[1:])
+    assert em.Variant(em.NAME + "-large").stems() == em.stems() and len(em.stems()) == 10
